@@ -1,0 +1,270 @@
+"""Vision Transformer (Dosovitskiy et al., 2021) and its R+ViT hybrids.
+
+Numerics and module names follow the released checkpoints: pre-LN blocks,
+LayerNorm epsilon 1e-6, tanh-GELU, query scaled by 1/sqrt(head_dim). Parameter
+names are the ones newer Flax code writes (`LayerNorm_0`,
+`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0` inside each
+`encoderblock_{i}`); `vit_jax.checkpoint` maps the older global numbering.
+
+Looking inside: pass `capture_attention=(layer, ...)` and/or
+`capture_block_outputs=True` to `__call__` and apply with
+`mutable=['intermediates']` (see `vit_jax.models.apply_with_intermediates`).
+Without them the forward pass uses the fused attention kernel and stores
+nothing.
+"""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax import layers
+from vit_jax import models_resnet
+
+Dtype = Any
+
+LAYER_NORM_EPSILON = 1e-6
+CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+# Classifiers that prepend a learned class token at index 0.
+TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
+
+_xavier = nn.initializers.xavier_uniform()
+
+
+def layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
+  # Statistics and output in float32 whatever the compute dtype (see layers).
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=jnp.float32,
+                      param_dtype=param_dtype, name=name)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention with q/k/v kernels (D, heads, D/heads), out (heads, ., D).
+
+  The fused `jax.nn.dot_product_attention` runs unless the caller wants the
+  attention weights or attention dropout is active; then the explicit einsum
+  path computes (and optionally sows) the probabilities.
+  """
+  num_heads: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND, *, train: bool, capture_weights: bool = False):
+    hidden = x_BND.shape[-1]
+    if hidden % self.num_heads:
+      raise ValueError(f'hidden size {hidden} is not divisible by '
+                       f'{self.num_heads} heads')
+    head_dim = hidden // self.num_heads
+    projection = lambda name: nn.DenseGeneral(
+        (self.num_heads, head_dim), dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=_xavier,
+        dot_general=layers.dot_general(self.dtype), name=name)
+    q_BNHK = projection('query')(x_BND)
+    k_BNHK = projection('key')(x_BND)
+    v_BNHK = projection('value')(x_BND)
+
+    use_dropout = train and self.dropout_rate > 0
+    if capture_weights or use_dropout:
+      q_BNHK = q_BNHK / jnp.sqrt(head_dim).astype(q_BNHK.dtype)
+      logits_BHQK = layers.einsum('bqhd,bkhd->bhqk', q_BNHK, k_BNHK, self.dtype)
+      weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1)
+      if capture_weights:
+        self.sow('intermediates', 'attention_weights', weights_BHQK)
+      weights_BHQK = nn.Dropout(self.dropout_rate)(
+          weights_BHQK, deterministic=not use_dropout)
+      out_BNHK = layers.einsum('bhqk,bkhd->bqhd', weights_BHQK, v_BNHK,
+                               self.dtype)
+    else:
+      out_BNHK = jax.nn.dot_product_attention(
+          q_BNHK.astype(self.dtype), k_BNHK.astype(self.dtype),
+          v_BNHK.astype(self.dtype)).astype(jnp.float32)
+
+    return nn.DenseGeneral(
+        hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_xavier, dot_general=layers.dot_general(self.dtype),
+        name='out')(out_BNHK)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> tanh-GELU -> dropout -> Dense -> dropout."""
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    dense = lambda features, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_xavier, bias_init=nn.initializers.normal(stddev=1e-6),
+        dot_general=layers.dot_general(self.dtype), name=name)
+    y = dense(self.mlp_dim, 'Dense_0')(x)
+    y = nn.gelu(y, approximate=True)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = dense(x.shape[-1], 'Dense_1')(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN block: x + Drop(MHA(LN(x))), then x + MLP(LN(x))."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND, *, train: bool, capture_attention: bool = False):
+    y = layer_norm('LayerNorm_0', self.param_dtype)(x_BND)
+    y = MultiHeadAttention(
+        self.num_heads, self.attention_dropout_rate, self.dtype,
+        self.param_dtype, name='MultiHeadDotProductAttention_0')(
+            y, train=train, capture_weights=capture_attention)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    x_BND = x_BND + y
+    y = layer_norm('LayerNorm_1', self.param_dtype)(x_BND)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
+                 name='MlpBlock_0')(y, train=train)
+    return x_BND + y
+
+
+class AddPositionEmbedding(nn.Module):
+  """Adds a learned (1, N, D) `pos_embedding` to every token, class included."""
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND):
+    pos_embedding_1ND = self.param(
+        'pos_embedding', nn.initializers.normal(stddev=0.02),
+        (1, *x_BND.shape[1:]), self.param_dtype)
+    return x_BND + pos_embedding_1ND.astype(x_BND.dtype)
+
+
+class Encoder(nn.Module):
+  """Position embedding, dropout, `num_layers` blocks, final LayerNorm."""
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND, *, train: bool,
+               capture_attention: Sequence[int] = (),
+               capture_block_outputs: bool = False):
+    x_BND = AddPositionEmbedding(self.param_dtype, name='posembed_input')(x_BND)
+    x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
+    for layer in range(self.num_layers):
+      x_BND = EncoderBlock(
+          self.num_heads, self.mlp_dim, self.dropout_rate,
+          self.attention_dropout_rate, self.dtype, self.param_dtype,
+          name=f'encoderblock_{layer}')(
+              x_BND, train=train, capture_attention=layer in capture_attention)
+      if capture_block_outputs:
+        self.sow('intermediates', 'block_outputs', x_BND)
+    return layer_norm('encoder_norm', self.param_dtype)(x_BND)
+
+
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier; with `resnet_units` set, an R+ViT hybrid.
+
+  Attributes:
+    num_classes: classes of the `head`; 0 or None returns the features
+      (after `pre_logits` when `representation_size` is set).
+    patch_size: (ph, pw) of the `embedding` conv, on the stem output for
+      hybrids.
+    classifier: one of CLASSIFIERS.
+    representation_size: width of the tanh `pre_logits` layer, or None.
+    resnet_units: units per ResNet stage for hybrids, () for the root only,
+      None for a pure ViT.
+    head_bias_init: constant init of the head bias (-10 for sigmoid
+      pre-training, 0 for fine-tuning).
+  """
+  num_classes: Optional[int]
+  patch_size: Sequence[int]
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  classifier: str = 'token'
+  representation_size: Optional[int] = None
+  resnet_units: Optional[Sequence[int]] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_BHWC, *, train: bool = False,
+               capture_attention: Sequence[int] = (),
+               capture_block_outputs: bool = False):
+    """Classifies images in [-1, 1].
+
+    Args:
+      images_BHWC: float images, NHWC, values in [-1, 1].
+      train: enables dropout (needs a 'dropout' rng).
+      capture_attention: layer indices whose attention weights
+        (B, heads, tokens, tokens) are sown into 'intermediates'.
+      capture_block_outputs: sow every block's output (B, tokens, D).
+
+    Returns:
+      Logits (B, num_classes), (B, N, num_classes) for the unpooled
+      classifiers, or the features when num_classes is 0/None.
+    """
+    if self.classifier not in CLASSIFIERS:
+      raise ValueError(f'unknown classifier {self.classifier!r}; '
+                       f'expected one of {CLASSIFIERS}')
+    x = images_BHWC
+    if self.resnet_units is not None:
+      x = models_resnet.ResNetStem(self.resnet_units, dtype=self.dtype,
+                                   param_dtype=self.param_dtype)(x)
+    x = nn.Conv(self.hidden_size, tuple(self.patch_size),
+                strides=tuple(self.patch_size), padding='VALID',
+                dtype=self.dtype, param_dtype=self.param_dtype,
+                conv_general_dilated=layers.conv_general_dilated(self.dtype),
+                name='embedding')(x)
+    batch, rows, cols, hidden = x.shape
+    x_BND = jnp.reshape(x, (batch, rows * cols, hidden))  # row-major patches
+
+    if self.classifier in TOKEN_CLASSIFIERS:
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, hidden),
+                       self.param_dtype)
+      cls = jnp.broadcast_to(cls.astype(x_BND.dtype), (batch, 1, hidden))
+      x_BND = jnp.concatenate([cls, x_BND], axis=1)
+
+    x_BND = Encoder(
+        self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
+        self.attention_dropout_rate, self.dtype, self.param_dtype,
+        name='Transformer')(
+            x_BND, train=train, capture_attention=tuple(capture_attention),
+            capture_block_outputs=capture_block_outputs)
+
+    if self.classifier == 'token':
+      x = x_BND[:, 0]
+    elif self.classifier == 'gap':
+      x = jnp.mean(x_BND, axis=1)
+    else:  # 'unpooled', 'token_unpooled': every token goes through the head.
+      x = x_BND
+
+    if self.representation_size is not None:
+      x = nn.Dense(self.representation_size, dtype=self.dtype,
+                   param_dtype=self.param_dtype,
+                   dot_general=layers.dot_general(self.dtype),
+                   name='pre_logits')(x)
+      x = jnp.tanh(x)
+    self.sow('intermediates', 'pre_logits', x)
+    if not self.num_classes:
+      return x
+    return nn.Dense(
+        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.constant(self.head_bias_init),
+        dot_general=layers.dot_general(self.dtype), name='head')(x)
