@@ -1,0 +1,100 @@
+"""Every configuration key, its default and what it means.
+
+Other config files start from `get_config()` and change values; the result is
+locked, so a misspelt key (in a file or as `--config.<key>=...`) is an error,
+not a silently ignored setting.
+
+Weight decay convention: `config.weight_decay` is decoupled and scaled by the
+current learning rate, exactly as `optax.adamw` and PyTorch's AdamW do: every
+step subtracts `lr_t * weight_decay * param`. The paper's Table 3 values (0.1
+for JFT, 0.03 for ImageNet-21k) are quoted in this convention and are used
+unchanged. big_vision's `wd` is multiplied by the schedule's *multiplier*
+instead (0..1), so its equivalent is `weight_decay * peak lr` (0.1 * 1e-3 ->
+1e-4).
+"""
+
+import ml_collections
+
+
+def get_config():
+  """The defaults: a small ViT on the real Fashion-MNIST, CPU friendly."""
+  config = ml_collections.ConfigDict()
+
+  # --- Model ---------------------------------------------------------------
+  config.model_name = 'ViT-Ti_16'  # A key of vit_jax.models.VARIANTS or short form.
+  config.model = ml_collections.ConfigDict()
+  config.model.classifier = 'token'  # token | gap | unpooled | token_unpooled.
+  config.model.representation_size = ml_collections.FieldReference(None, int)  # pre_logits width; None: no pre_logits.
+  config.model.dropout_rate = 0.0  # Dropout after pos-emb, attention out, GELU, MLP out.
+  config.model.attention_dropout_rate = 0.0  # Dropout on attention probabilities.
+  config.model.head_bias_init = 0.0  # Head bias init: -10 with sigmoid pre-training.
+  config.model.dtype = 'float32'  # Matmul operand dtype: float32 | bfloat16 (accumulation is always float32).
+  config.model.param_dtype = 'float32'  # Parameter storage dtype.
+  # Architecture overrides of the named variant (None keeps the variant's).
+  config.model.patch_size = ml_collections.FieldReference(None, int)  # Patch side in stem-output pixels.
+  config.model.hidden_size = ml_collections.FieldReference(None, int)  # Token width D.
+  config.model.mlp_dim = ml_collections.FieldReference(None, int)  # MLP hidden width.
+  config.model.num_heads = ml_collections.FieldReference(None, int)  # Attention heads.
+  config.model.num_layers = ml_collections.FieldReference(None, int)  # Encoder blocks.
+  config.model.scan_layers = False  # Scan over encoder blocks (one compiled block).
+  config.model.remat_policy = 'none'  # none | full | dots_saveable | ... (jax.checkpoint_policies).
+
+  # --- Data ----------------------------------------------------------------
+  config.dataset = 'fashion_mnist_local'  # TFDS name (or 'imagefolder').
+  config.data_dir = ml_collections.FieldReference(None, str)  # TFDS data_dir, or the image-folder root.
+  config.train_split = 'train'  # TFDS split for training (slicing allowed: 'train[:90%]').
+  config.eval_split = 'test'  # TFDS split for evaluation.
+  config.num_classes = ml_collections.FieldReference(None, int)  # None: read from the dataset info.
+  config.image_size = 224  # Train and eval resolution (square).
+  config.train_augment = 'inception_crop'  # inception_crop | resize (no random crop).
+  config.random_flip = True  # Horizontal flip at training.
+  config.shuffle_buffer = 50_000  # Examples in the tf.data shuffle buffer.
+  config.cache = 'auto'  # auto (cache sets under ~1 GB) | true | false.
+  config.prefetch = 2  # Batches prefetched by tf.data.
+
+  # --- Batch and steps ------------------------------------------------------
+  config.batch_size = 512  # Global batch size (all processes, all micro-batches).
+  config.eval_batch_size = 512  # Global eval batch size.
+  config.grad_accum_steps = 1  # Micro-batches per step, accumulated inside the jitted step.
+  config.total_steps = 10_000  # Training steps.
+  config.seed = 0  # Init, dropout and data-order seed.
+
+  # --- Optimiser and schedule ------------------------------------------------
+  config.optimizer = 'sgd'  # sgd (momentum) | adam (decoupled weight decay).
+  config.lr = 0.03  # Peak learning rate.
+  config.warmup_steps = 500  # Linear warm-up steps (first update already non-zero).
+  config.decay_type = 'cosine'  # cosine | linear | constant, after warm-up.
+  config.end_lr = 0.0  # Final learning rate of linear decay.
+  config.momentum = 0.9  # SGD momentum.
+  config.momentum_dtype = 'float32'  # SGD momentum buffer dtype: float32 | bfloat16.
+  config.adam_b1 = 0.9  # Adam beta1.
+  config.adam_b2 = 0.999  # Adam beta2.
+  config.weight_decay = 0.0  # Decoupled, scaled by the current lr as in AdamW (see docstring).
+  config.weight_decay_mask = 'kernels'  # kernels (ndim >= 2: no biases, norms, pos-emb, cls) | all.
+  config.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
+  config.loss = 'softmax_xent'  # softmax_xent | sigmoid_xent.
+  config.label_smoothing = 0.0  # Softmax label smoothing.
+  config.ema_decay = 0.0  # Polyak/EMA decay of params (paper: 0.9999); 0 disables.
+
+  # --- Initialisation from a checkpoint --------------------------------------
+  config.pretrained_path = ml_collections.FieldReference(None, str)  # Released-layout .npz to fine-tune from.
+  config.posemb_resize = 'bilinear_aligned'  # bilinear_aligned (original code) | bilinear | bicubic.
+
+  # --- Periodic actions --------------------------------------------------------
+  config.log_every = 50  # Steps between progress lines and train metrics.
+  config.eval_every = 1000  # Steps between evaluations (and at the end).
+  config.checkpoint_every = 1000  # Steps between orbax checkpoints (and at the end).
+  config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
+  config.export_npz = True  # Export final params as released-layout model.npz.
+
+  # --- Devices -------------------------------------------------------------------
+  config.mesh_model_axis = 1  # Devices on the 'model' axis; the rest form 'data'.
+  config.fsdp = False  # Shard params and optimizer state over the 'data' axis.
+
+  return config
+
+
+def lock(config):
+  """Locks the key set so unknown overrides fail."""
+  config.lock()
+  return config
