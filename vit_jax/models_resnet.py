@@ -49,7 +49,8 @@ class StdConv(nn.Module):
     return layers.conv(x, kernel, self.strides, 'SAME', self.dtype)
 
 
-def group_norm(name, dtype, param_dtype, scale_init=nn.initializers.ones):
+def group_norm(name, param_dtype, scale_init=nn.initializers.ones):
+  # Statistics and output in float32 whatever the compute dtype (see layers).
   return nn.GroupNorm(num_groups=_GROUPS, epsilon=_NORM_EPSILON, name=name,
                       dtype=jnp.float32, param_dtype=param_dtype,
                       scale_init=scale_init)
@@ -69,7 +70,7 @@ class BottleneckUnit(nn.Module):
                         tuple(self.strides) != (1, 1))
     conv = lambda f, k, s, name: StdConv(f, k, s, self.dtype, self.param_dtype,
                                          name=name)
-    norm = lambda name, **kw: group_norm(name, self.dtype, self.param_dtype,
+    norm = lambda name, **kw: group_norm(name, self.param_dtype,
                                          **kw)
 
     residual = x
@@ -104,30 +105,32 @@ class ResNetStage(nn.Module):
     return x
 
 
-class ResNetStem(nn.Module):
+def resnet_stem(x, num_units: Sequence[int], *, width: int = 64,
+                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
   """Root conv + max-pool, then one stage of bottleneck units per entry.
 
-  Attributes:
+  A function, not a Module: called inside the VisionTransformer's compact
+  `__call__`, its modules are the ViT's direct children (`conv_root`,
+  `block1`, ...), as in the released hybrid checkpoints.
+
+  Args:
+    x: (B, H, W, C) images.
     num_units: units per stage, e.g. (3, 4, 9) for R50+ViT-B/16; () keeps only
       the root (4x downsampling), as in R+ViT-Ti/16.
     width: channels of the root conv; stage i has width * 2**i bottleneck
       channels.
-  """
-  num_units: Sequence[int]
-  width: int = 64
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+    dtype: matmul operand dtype.
+    param_dtype: parameter dtype.
 
-  @nn.compact
-  def __call__(self, x):  # (B, H, W, 3) -> (B, H/4/2**(S-1), ..., C)
-    x = StdConv(self.width, (7, 7), (2, 2), self.dtype, self.param_dtype,
-                name='conv_root')(x)
-    x = group_norm('gn_root', self.dtype, self.param_dtype)(x)
-    x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
-    for stage, units in enumerate(self.num_units):
-      # The first stage keeps the max-pool's resolution; later ones halve it.
-      first_strides = (1, 1) if stage == 0 else (2, 2)
-      x = ResNetStage(units, self.width * 2**stage, first_strides, self.dtype,
-                      self.param_dtype, name=f'block{stage + 1}')(x)
-    return x
+  Returns:
+    (B, H / 4 / 2**(stages - 1), W / ..., channels) features.
+  """
+  x = StdConv(width, (7, 7), (2, 2), dtype, param_dtype, name='conv_root')(x)
+  x = nn.relu(group_norm('gn_root', param_dtype)(x))
+  x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+  for stage, units in enumerate(num_units):
+    # The first stage keeps the max-pool's resolution; later ones halve it.
+    first_strides = (1, 1) if stage == 0 else (2, 2)
+    x = ResNetStage(units, width * 2**stage, first_strides, dtype, param_dtype,
+                    name=f'block{stage + 1}')(x)
+  return x

@@ -224,8 +224,8 @@ class VisionTransformer(nn.Module):
                        f'expected one of {CLASSIFIERS}')
     x = images_BHWC
     if self.resnet_units is not None:
-      x = models_resnet.ResNetStem(self.resnet_units, dtype=self.dtype,
-                                   param_dtype=self.param_dtype)(x)
+      x = models_resnet.resnet_stem(x, self.resnet_units, dtype=self.dtype,
+                                    param_dtype=self.param_dtype)
     x = nn.Conv(self.hidden_size, tuple(self.patch_size),
                 strides=tuple(self.patch_size), padding='VALID',
                 dtype=self.dtype, param_dtype=self.param_dtype,

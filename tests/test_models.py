@@ -1,0 +1,248 @@
+"""Model tests: the variant table, the parameter tree, and numerics against an
+independent NumPy implementation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import helpers
+from tests import numpy_vit
+from vit_jax import checkpoint
+from vit_jax import models
+
+# Exact counts at 224 px, 1000 classes, token head, no pre_logits
+# (REFERENCE.md section 1). g/14 and G/14 are not in the reference table; their
+# counts are ours and agree with the Scaling-ViT paper's 1011M / 1843M to the
+# head and class-token size.
+EXPECTED_PARAMS = {
+    'ViT-Ti_16': 5_717_416,
+    'ViT-S_16': 22_050_664,
+    'ViT-S_32': 22_878_952,
+    'ViT-B_8': 86_576_872,
+    'ViT-B_16': 86_567_656,
+    'ViT-B_32': 88_224_232,
+    'ViT-L_16': 304_326_632,
+    'ViT-L_32': 306_535_400,
+    'ViT-H_14': 632_045_800,
+    'ViT-g_14': 1_012_611_432,
+    'ViT-G_14': 1_844_440_680,
+    'R+ViT-Ti_16': 6_337_704,
+    'R26+ViT-S_32': 36_431_912,
+    'R26+ViT-B_32': 101_383_976,
+    'R50+ViT-B_16': 98_659_112,
+    'R50+ViT-L_32': 328_994_856,
+}
+
+
+def test_every_variant_has_a_pinned_parameter_count():
+  assert sorted(models.VARIANTS) == sorted(EXPECTED_PARAMS)
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED_PARAMS))
+def test_parameter_count(name):
+  shapes = models.param_shapes(models.create_model(name), (224, 224))
+  assert models.count_params(shapes) == EXPECTED_PARAMS[name]
+
+
+def test_gap_model_has_hidden_size_fewer_parameters():
+  shapes = models.param_shapes(
+      models.create_model('ViT-B_16', classifier='gap'), (224, 224))
+  assert models.count_params(shapes) == 86_566_120
+
+
+@pytest.mark.parametrize('alias', ['ViT-B_16', 'B/16', 'ViT-B/16', ' B/16 '])
+def test_short_names_select_the_same_variant(alias):
+  assert models.canonical_name(alias) == 'ViT-B_16'
+
+
+@pytest.mark.parametrize('alias,name', [('R50+B/16', 'R50+ViT-B_16'),
+                                        ('R+Ti/16', 'R+ViT-Ti_16'),
+                                        ('g/14', 'ViT-g_14'),
+                                        ('G/14', 'ViT-G_14')])
+def test_hybrid_and_giant_short_names(alias, name):
+  assert models.canonical_name(alias) == name
+
+
+def test_unknown_model_name_lists_the_known_ones():
+  with pytest.raises(ValueError, match='unknown model .*ViT-B_16'):
+    models.canonical_name('ViT-Q_16')
+
+
+def _block_keys(index, numbering):
+  attention, ln1, mlp = numbering
+  block = f'Transformer/encoderblock_{index}'
+  keys = [f'{block}/LayerNorm_0/{p}' for p in ('bias', 'scale')]
+  keys += [f'{block}/{attention}/{proj}/{p}'
+           for proj in ('key', 'out', 'query', 'value')
+           for p in ('bias', 'kernel')]
+  keys += [f'{block}/{ln1}/{p}' for p in ('bias', 'scale')]
+  keys += [f'{block}/{mlp}/Dense_{i}/{p}' for i in (0, 1)
+           for p in ('bias', 'kernel')]
+  return keys
+
+
+OLD_NUMBERING = ('MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3')
+
+VIT_B16_RELEASED_KEYS = sorted(
+    ['cls', 'embedding/bias', 'embedding/kernel', 'head/bias', 'head/kernel',
+     'Transformer/encoder_norm/bias', 'Transformer/encoder_norm/scale',
+     'Transformer/posembed_input/pos_embedding'] +
+    [k for i in range(12) for k in _block_keys(i, OLD_NUMBERING)])
+
+
+def _r50_stem_keys():
+  keys = ['conv_root/kernel', 'gn_root/bias', 'gn_root/scale']
+  for stage, units in enumerate((3, 4, 9)):
+    for unit in range(units):
+      pre = f'block{stage + 1}/unit{unit + 1}'
+      convs = ['conv1', 'conv2', 'conv3'] + (['conv_proj'] if unit == 0 else [])
+      keys += [f'{pre}/{c}/kernel' for c in convs]
+      keys += [f'{pre}/{c.replace("conv", "gn")}/{p}' for c in convs
+               for p in ('bias', 'scale')]
+  return keys
+
+
+R50_B16_RELEASED_KEYS = sorted(VIT_B16_RELEASED_KEYS + _r50_stem_keys())
+
+
+@pytest.mark.parametrize('name,expected', [
+    ('ViT-B_16', VIT_B16_RELEASED_KEYS),
+    ('R50+ViT-B_16', R50_B16_RELEASED_KEYS),
+])
+def test_released_key_list(name, expected):
+  shapes = models.param_shapes(models.create_model(name), (224, 224))
+  assert sorted(checkpoint.to_released_layout(
+      jax.tree_util.tree_map(lambda s: np.zeros(()), shapes))) == expected
+
+
+def test_vit_b16_shapes_match_the_released_files():
+  shapes = models.param_shapes(models.create_model('ViT-B_16'), (384, 384))
+  block = shapes['Transformer']['encoderblock_0']
+  attention = block['MultiHeadDotProductAttention_0']
+  assert shapes['embedding']['kernel'].shape == (16, 16, 3, 768)
+  assert shapes['Transformer']['posembed_input']['pos_embedding'].shape == (
+      1, 577, 768)
+  assert attention['query']['kernel'].shape == (768, 12, 64)
+  assert attention['query']['bias'].shape == (12, 64)
+  assert attention['out']['kernel'].shape == (12, 64, 768)
+  assert block['MlpBlock_0']['Dense_0']['kernel'].shape == (768, 3072)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(classifier='token'),
+    dict(classifier='gap'),
+    dict(classifier='token', representation_size=24),
+    dict(classifier='gap', num_classes=0),
+])
+def test_vit_matches_numpy_reference(overrides):
+  model = helpers.tiny_model(**overrides)
+  params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+  images = helpers.random_images(3, helpers.TINY_IMAGE_SIZE)
+  ours = model.apply({'params': params}, images)
+  reference = numpy_vit.forward(
+      checkpoint.to_released_layout(params), images, num_layers=2, patch=4,
+      classifier=model.classifier)
+  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_hybrid_matches_numpy_reference():
+  model = helpers.tiny_hybrid()
+  params = helpers.random_params(model, 32)
+  images = helpers.random_images(2, 32)
+  ours = model.apply({'params': params}, images)
+  reference = numpy_vit.forward(
+      checkpoint.to_released_layout(params), images, num_layers=2, patch=1,
+      resnet_units=(1, 1))
+  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_unpooled_classifiers_give_per_token_outputs():
+  images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
+  for classifier, tokens in (('unpooled', 16), ('token_unpooled', 17)):
+    model = helpers.tiny_model(classifier=classifier)
+    params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+    assert model.apply({'params': params}, images).shape == (2, tokens, 10)
+
+
+def test_non_square_images_give_a_non_square_grid():
+  model = helpers.tiny_model()
+  params = models.init_params(model, jax.random.PRNGKey(0), (16, 24))
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (
+      1, 1 + 4 * 6, 32)
+
+
+def test_captured_attention_rows_sum_to_one_and_outputs_agree():
+  model = helpers.tiny_model()
+  params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+  images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
+  plain = model.apply({'params': params}, images)
+  out, inter = models.apply_with_intermediates(
+      model, params, images, attention_layers=[0, -1], block_outputs=True)
+  np.testing.assert_allclose(out, plain, rtol=1e-5, atol=1e-6)
+  assert sorted(inter['attention_weights']) == [0, 1]
+  weights = inter['attention_weights'][1]
+  assert weights.shape == (2, 2, 17, 17)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+  assert len(inter['block_outputs']) == 2
+  assert inter['block_outputs'][0].shape == (2, 17, 32)
+  assert inter['pre_logits'].shape == (2, 32)
+
+
+def test_default_forward_stores_nothing():
+  model = helpers.tiny_model()
+  params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+  images = helpers.random_images(1, helpers.TINY_IMAGE_SIZE)
+  _, state = model.apply({'params': params}, images, mutable=['intermediates'])
+  assert set(state['intermediates']) == {'pre_logits'}
+
+
+def test_dropout_only_in_training():
+  model = helpers.tiny_model(dropout_rate=0.5, attention_dropout_rate=0.5)
+  params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+  images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
+  apply = lambda seed, train: model.apply(
+      {'params': params}, images, train=train,
+      rngs={'dropout': jax.random.PRNGKey(seed)})
+  np.testing.assert_array_equal(apply(0, False), apply(1, False))
+  assert not np.allclose(apply(0, True), apply(1, True))
+
+
+def test_bfloat16_compute_is_close_to_float32_and_keeps_float32_params():
+  model32 = helpers.tiny_model()
+  model16 = helpers.tiny_model(dtype=jnp.bfloat16)
+  params = helpers.random_params(model32, helpers.TINY_IMAGE_SIZE)
+  images = helpers.random_images(4, helpers.TINY_IMAGE_SIZE)
+  out32 = model32.apply({'params': params}, images)
+  out16 = model16.apply({'params': params}, images)
+  assert out16.dtype == jnp.float32
+  np.testing.assert_allclose(out16, out32, rtol=0.1, atol=0.1)
+  init16 = models.init_params(model16, jax.random.PRNGKey(0), (16, 16))
+  assert {x.dtype for x in jax.tree_util.tree_leaves(init16)} == {
+      np.dtype('float32')}
+
+
+def test_param_dtype_is_plumbed_to_every_layer():
+  model = helpers.tiny_hybrid(param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+  shapes = models.param_shapes(model, (32, 32))
+  assert {x.dtype for x in jax.tree_util.tree_leaves(shapes)} == {
+      jnp.dtype(jnp.bfloat16)}
+
+
+def test_initialisation_follows_the_reference():
+  model = models.create_model('ViT-S_16', num_classes=5, head_bias_init=-10.0)
+  params = models.init_params(model, jax.random.PRNGKey(0), (32, 32))
+  np.testing.assert_array_equal(params['head']['kernel'], 0)
+  np.testing.assert_array_equal(params['head']['bias'], -10)
+  np.testing.assert_array_equal(params['cls'], 0)
+  pos = params['Transformer']['posembed_input']['pos_embedding']
+  assert abs(float(np.std(pos)) - 0.02) < 0.003
+  mlp_bias = params['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0'][
+      'bias']
+  assert 0 < float(np.std(mlp_bias)) < 1e-5
+  query = params['Transformer']['encoderblock_0'][
+      'MultiHeadDotProductAttention_0']['query']['kernel']
+  # xavier_uniform over the flattened (384, 384) kernel: limit sqrt(6/768).
+  limit = np.sqrt(6 / (384 + 384))
+  assert float(np.abs(query).max()) <= limit
+  assert float(np.abs(query).max()) > 0.95 * limit

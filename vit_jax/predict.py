@@ -1,0 +1,108 @@
+r"""Classifies images with a released (or exported) `.npz` checkpoint.
+
+  python -m vit_jax.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
+      [--image_size=384] [--top_k=5] [--labels=FILE|imagenet2012] \
+      [--logits_out=logits.npy] IMAGE...
+
+The class count, representation size, classifier and native resolution come
+from the file; the architecture from --model. --labels takes a text file with
+one class name per line, or `imagenet2012` for the ImageNet-1k class names
+shipped with tensorflow-datasets (WordNet synset IDs, TFDS's label names).
+"""
+
+import sys
+from typing import List, Optional, Sequence
+
+from absl import app
+from absl import flags
+from etils import epath
+import numpy as np
+
+from vit_jax import checkpoint
+from vit_jax import preprocess
+from vit_jax import pretrained
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Path of the .npz file.')
+_MODEL = flags.DEFINE_string('model', None, 'Model name, e.g. ViT-B_16.')
+_IMAGE_SIZE = flags.DEFINE_integer(
+    'image_size', None, 'Resolution; default: the checkpoint\'s native one.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
+_LABELS = flags.DEFINE_string(
+    'labels', None, 'Class-name file (one per line) or "imagenet2012".')
+_LOGITS_OUT = flags.DEFINE_string(
+    'logits_out', None, 'Save float32 logits (N, classes) here (.npy).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per forward.')
+
+# TFDS's own ImageNet-1k label list, in class-index order.
+_IMAGENET2012_LABELS = 'datasets/imagenet2012/labels.txt'
+
+
+def read_labels(spec: Optional[str], num_classes: int) -> Optional[List[str]]:
+  """Class names from a file or the 'imagenet2012' shortcut, or None."""
+  if spec is None:
+    return None
+  if spec == 'imagenet2012':
+    import tensorflow_datasets as tfds  # Heavy: only when asked for.
+    path = tfds.core.utils.tfds_path() / _IMAGENET2012_LABELS
+  else:
+    path = epath.Path(spec)
+    if not path.exists():
+      raise FileNotFoundError(f'labels file {spec} does not exist')
+  names = [line.strip() for line in path.read_text().splitlines()
+           if line.strip()]
+  if len(names) != num_classes:
+    raise ValueError(f'{spec} has {len(names)} labels but the checkpoint has '
+                     f'{num_classes} classes')
+  return names
+
+
+def format_top_k(path: str, logits: np.ndarray, k: int,
+                 labels: Optional[Sequence[str]]) -> str:
+  """One block of text: the image and its k most probable classes."""
+  shifted = np.exp(logits - logits.max())
+  probabilities = shifted / shifted.sum()
+  lines = [path]
+  for index in np.argsort(-logits)[:k]:
+    name = f'  {labels[index]}' if labels else ''
+    lines.append(f'  {probabilities[index]:7.2%}  class {index:5d}{name}')
+  return '\n'.join(lines)
+
+
+def run(checkpoint_path: str, model_name: str, images: Sequence[str], *,
+        image_size: Optional[int] = None, top_k: int = 5,
+        labels: Optional[str] = None, logits_out: Optional[str] = None,
+        batch_size: int = 32) -> np.ndarray:
+  """Classifies `images`, prints the top-k and returns the logits."""
+  model, params, image_size = pretrained.load(
+      checkpoint_path, model_name, image_size=image_size)
+  if not model.num_classes:
+    raise ValueError(f'{checkpoint_path} has no head: it gives features, not '
+                     'classes')
+  label_names = read_labels(labels, model.num_classes)
+  pixels = np.stack([preprocess.load_image(path, image_size)
+                     for path in images])
+  logits = pretrained.predict_logits(model, params, pixels, batch_size)
+  for path, row in zip(images, logits):
+    print(format_top_k(path, row, min(top_k, model.num_classes), label_names))
+  if logits_out:
+    np.save(logits_out, logits)
+  return logits
+
+
+def main(argv):
+  images = argv[1:]
+  if not images:
+    raise app.UsageError('give at least one image path')
+  try:
+    run(_CHECKPOINT.value, _MODEL.value, images, image_size=_IMAGE_SIZE.value,
+        top_k=_TOP_K.value, labels=_LABELS.value,
+        logits_out=_LOGITS_OUT.value, batch_size=_BATCH_SIZE.value)
+  except (FileNotFoundError, ValueError, checkpoint.CheckpointMismatchError
+         ) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['checkpoint', 'model'])
+  app.run(main)
