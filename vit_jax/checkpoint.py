@@ -35,7 +35,7 @@ _OLD_TO_NEW_BLOCK_NAMES = {
     'MlpBlock_3': 'MlpBlock_0',
 }
 _NEW_TO_OLD_BLOCK_NAMES = {v: k for k, v in _OLD_TO_NEW_BLOCK_NAMES.items()}
-_GROUP_NORM = re.compile(r'(^|/)gn_(root|proj|\d)/(scale|bias)$')
+_GROUP_NORM = re.compile(r'(^|/)gn(_root|_proj|\d+)/(scale|bias)$')
 # Lists in error messages are cut here; the count is always given.
 _MAX_LISTED = 20
 
