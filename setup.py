@@ -1,0 +1,38 @@
+"""vit_jax: the Vision Transformer in JAX/Flax.
+
+Version ranges here; the exact, tested set is requirements.lock (used by
+scripts/bootstrap.sh).
+"""
+
+import setuptools
+
+setuptools.setup(
+    name='vit_jax',
+    version='0.1.0',
+    description='Vision Transformer (ViT) and R+ViT hybrids in JAX/Flax: '
+    'released checkpoints, pre-training, fine-tuning and analysis.',
+    packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'absl-py>=2.1,<3',
+        'clu>=0.0.12,<0.1',
+        'etils[epath]>=1.7,<2',
+        'flax>=0.12.6,<0.13',
+        'importlib_resources>=6,<8',
+        'jax>=0.9.2,<0.11',
+        'matplotlib>=3.8,<4',
+        'ml-collections>=1.0,<2',
+        'ml_dtypes>=0.5,<1',
+        'numpy>=1.26,<3',
+        'optax>=0.2.4,<0.3',
+        'orbax-checkpoint>=0.11,<0.13',
+        'pillow>=10,<14',
+        'scipy>=1.11,<2',
+        'tensorboard>=2.18,<3',
+        'tensorflow-cpu>=2.18,<2.22',
+        'tensorflow-datasets>=4.9.7,<4.10',
+    ],
+    extras_require={
+        'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4'],
+    },
+)
