@@ -1,0 +1,134 @@
+"""Tests of vit_jax.preprocess: exact scaling, RGB, crops, flips, load_image."""
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from vit_jax import preprocess
+
+
+def _random_image(height=12, width=10, channels=3, seed=0):
+  rng = np.random.RandomState(seed)
+  return rng.randint(0, 256, (height, width, channels)).astype(np.uint8)
+
+
+def test_scale_pixels_is_exact_affine_map_to_minus_one_one():
+  pixels = np.array([0, 1, 127, 128, 254, 255], np.uint8)
+  scaled = preprocess.scale_pixels(tf.constant(pixels)).numpy()
+  assert scaled.dtype == np.float32
+  np.testing.assert_array_equal(
+      scaled, (pixels.astype(np.float32) - 127.5) / 127.5)
+  assert scaled[0] == -1.0 and scaled[-1] == 1.0
+
+
+def test_to_rgb_tiles_grey_and_keeps_rgb():
+  grey = _random_image(channels=1)
+  rgb = preprocess.to_rgb(tf.constant(grey)).numpy()
+  assert rgb.shape == grey.shape[:2] + (3,)
+  for c in range(3):
+    np.testing.assert_array_equal(rgb[..., c], grey[..., 0])
+  colour = _random_image()
+  np.testing.assert_array_equal(preprocess.to_rgb(tf.constant(colour)), colour)
+
+
+def test_to_rgb_rejects_two_channels():
+  with pytest.raises(ValueError, match='1 or 3 channels'):
+    preprocess.to_rgb(tf.zeros([4, 4, 2], tf.uint8))
+
+
+def test_resize_is_exact_noop_at_target_size_and_resizes_otherwise():
+  image = _random_image(8, 8)
+  same = preprocess.resize(tf.constant(image), 8).numpy()
+  assert same.dtype == np.float32
+  np.testing.assert_array_equal(same, image.astype(np.float32))
+  bigger = preprocess.resize(tf.constant(image), 20).numpy()
+  assert bigger.shape == (20, 20, 3)
+  assert bigger.min() >= 0 and bigger.max() <= 255
+
+
+def test_eval_preprocess_grey_gives_identical_exact_channels():
+  grey = _random_image(6, 6, channels=1)
+  out = preprocess.eval_preprocess(tf.constant(grey), 6).numpy()
+  expected = (grey[..., 0].astype(np.float32) - 127.5) / 127.5
+  assert out.shape == (6, 6, 3)
+  for c in range(3):
+    np.testing.assert_array_equal(out[..., c], expected)
+
+
+def test_inception_crop_shape_and_seed_determinism():
+  image = tf.constant(_random_image(40, 30))
+  crops = [preprocess.inception_crop(image, 16, tf.constant([0, s])).numpy()
+           for s in (1, 1, 2)]
+  assert crops[0].shape == (16, 16, 3)
+  assert crops[0].min() >= 0 and crops[0].max() <= 255
+  np.testing.assert_array_equal(crops[0], crops[1])
+  assert not np.array_equal(crops[0], crops[2])
+
+
+def test_random_flip_is_identity_or_mirror_and_both_happen():
+  image = _random_image()
+  outcomes = set()
+  for s in range(16):
+    out = preprocess.random_flip(tf.constant(image), tf.constant([3, s]))
+    out = out.numpy()
+    if np.array_equal(out, image):
+      outcomes.add('same')
+    else:
+      np.testing.assert_array_equal(out, image[:, ::-1])
+      outcomes.add('flipped')
+  assert outcomes == {'same', 'flipped'}
+
+
+@pytest.mark.parametrize('augment', ['inception_crop', 'resize'])
+def test_train_preprocess_range_shape_and_grey(augment):
+  grey = tf.constant(_random_image(20, 20, channels=1))
+  out = preprocess.train_preprocess(grey, 12, tf.constant([5, 7]),
+                                    augment=augment).numpy()
+  assert out.shape == (12, 12, 3) and out.dtype == np.float32
+  assert out.min() >= -1.0 and out.max() <= 1.0
+  np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_train_preprocess_without_augmentation_matches_eval():
+  image = tf.constant(_random_image(9, 9))
+  train = preprocess.train_preprocess(image, 9, tf.constant([0, 0]),
+                                      augment='resize', flip=False)
+  np.testing.assert_array_equal(train, preprocess.eval_preprocess(image, 9))
+
+
+def test_train_preprocess_rejects_unknown_augment():
+  with pytest.raises(ValueError, match='train_augment'):
+    preprocess.train_preprocess(tf.zeros([4, 4, 3], tf.uint8), 4,
+                                tf.constant([0, 0]), augment='mixup')
+
+
+def test_load_image_png_exact_values(tmp_path):
+  image = _random_image(7, 7)
+  path = str(tmp_path / 'img.png')
+  Image.fromarray(image).save(path)
+  out = preprocess.load_image(path, 7)
+  assert out.dtype == np.float32 and out.shape == (7, 7, 3)
+  np.testing.assert_array_equal(out, (image.astype(np.float32) - 127.5) / 127.5)
+
+
+def test_load_image_grey_jpeg_resized_to_three_channels(tmp_path):
+  path = str(tmp_path / 'grey.JPG')
+  Image.fromarray(_random_image(30, 20, channels=1)[..., 0], 'L').save(
+      path, format='JPEG')
+  out = preprocess.load_image(path, 16)
+  assert out.shape == (16, 16, 3)
+  assert out.min() >= -1.0 and out.max() <= 1.0
+  np.testing.assert_array_equal(out[..., 0], out[..., 1])
+
+
+def test_load_image_corrupt_file_raises_value_error_naming_it(tmp_path):
+  path = tmp_path / 'broken.jpg'
+  path.write_bytes(b'\xff\xd8 this is not really a jpeg')
+  with pytest.raises(ValueError, match='broken.jpg'):
+    preprocess.load_image(str(path), 8)
+
+
+def test_load_image_missing_file_raises_naming_it(tmp_path):
+  with pytest.raises(FileNotFoundError, match='missing.png'):
+    preprocess.load_image(str(tmp_path / 'missing.png'), 8)
