@@ -14,6 +14,8 @@ Training:   image uint8 -> to_rgb -> inception_crop | resize -> random_flip
 Evaluation: image uint8 -> to_rgb -> resize -> scale_pixels
 """
 
+import re
+
 import tensorflow as tf
 
 # Inception-style crop ranges (Szegedy et al. 2015), as in the ViT code.
@@ -179,5 +181,10 @@ def load_image(path, image_size):
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
     raise ValueError(
         f'Cannot decode image file {path!r}: not a JPEG, PNG, GIF or BMP '
-        f'image, or the file is corrupt ({e.message.strip()}).') from e
+        f'image, or the file is corrupt ({_op_error_reason(e)}).') from e
   return eval_preprocess(image, image_size).numpy()
+
+
+def _op_error_reason(error):
+  """The human part of a TF op error message (no op and device names)."""
+  return re.sub(r'\{\{.*?\}\}|\[Op:.*', '', error.message).strip()

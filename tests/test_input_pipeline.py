@@ -1,0 +1,387 @@
+"""Tests of vit_jax.input_pipeline and the fashion_mnist_local builder.
+
+All data is generated here: a tiny TFDS builder whose images carry their own
+example id, Fashion-MNIST idx files with a few dozen examples, and
+image-folder trees written with PIL. Nothing touches the network.
+"""
+
+import gzip
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import common
+from vit_jax import input_pipeline
+from vit_jax.datasets import fashion_mnist_local
+
+TINY_SPLITS = {'train': 37, 'test': 23}  # Not multiples of any batch size.
+TINY_SIZE = 6
+
+
+def _tiny_image(example_id):
+  """Channel 0 is the id everywhere (crop-proof); 1, 2 are gradients."""
+  rows, cols = np.mgrid[:TINY_SIZE, :TINY_SIZE]
+  return np.stack([np.full_like(rows, example_id), 40 * cols, 40 * rows],
+                  axis=-1).astype(np.uint8)
+
+
+class VitJaxTinyImages(tfds.core.GeneratorBasedBuilder):
+  """60 tiny RGB images whose pixels encode their example id."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(TINY_SIZE, TINY_SIZE, 3)),
+            'label': tfds.features.ClassLabel(num_classes=5),
+        }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    offsets = {'train': 100, 'test': 0}
+    return {split: self._generate_examples(offsets[split], n)
+            for split, n in TINY_SPLITS.items()}
+
+  def _generate_examples(self, offset, n):
+    for i in range(offset, offset + n):
+      yield i, {'image': _tiny_image(i), 'label': i % 5}
+
+
+def _ids(images):
+  """Recovers example ids from channel 0 of [-1, 1] images (B, H, W, 3)."""
+  return np.round(images[:, :, :, 0].mean(axis=(1, 2)) * 127.5 + 127.5
+                  ).astype(int)
+
+
+@pytest.fixture(scope='module')
+def tiny_data_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  tfds.builder('vit_jax_tiny_images', data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def _config(**overrides):
+  config = common.get_config()
+  config.update(dict(
+      dataset='vit_jax_tiny_images', image_size=TINY_SIZE, batch_size=8,
+      eval_batch_size=8, shuffle_buffer=100, prefetch=1,
+      train_augment='resize', random_flip=False), **overrides)
+  return config
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+# --- Dataset info and errors --------------------------------------------------
+
+
+def test_dataset_info(tiny_data_dir):
+  info = input_pipeline.get_dataset_info(_config(data_dir=tiny_data_dir))
+  assert info == input_pipeline.DatasetInfo(
+      num_classes=5, num_train_examples=37, num_eval_examples=23,
+      image_shape=(TINY_SIZE, TINY_SIZE, 3))
+
+
+def test_unknown_dataset_is_named(tmp_path):
+  with pytest.raises(ValueError, match="'no_such_dataset_xyz'.*not a registered"):
+    input_pipeline.get_dataset_info(
+        _config(dataset='no_such_dataset_xyz', data_dir=str(tmp_path)))
+
+
+def test_missing_data_dir_is_named(tmp_path):
+  missing = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
+    input_pipeline.get_dataset_info(_config(data_dir=missing))
+
+
+def test_unprepared_dataset_says_how_to_build_it(tmp_path):
+  with pytest.raises(FileNotFoundError,
+                     match='not prepared.*tfds build vit_jax_tiny_images'):
+    input_pipeline.get_dataset_info(_config(data_dir=str(tmp_path)))
+
+
+def test_missing_split_is_named(tiny_data_dir):
+  with pytest.raises(ValueError, match="'validation' does not exist"):
+    input_pipeline.get_dataset_info(
+        _config(data_dir=tiny_data_dir, eval_split='validation'))
+
+
+def test_batch_not_divisible_by_processes(tiny_data_dir):
+  with pytest.raises(ValueError, match='multiple of the number of JAX'):
+    input_pipeline.get_train_iterator(
+        _config(data_dir=tiny_data_dir, batch_size=9), process_count=2,
+        process_index=0)
+
+
+def test_num_classes_smaller_than_dataset_rejected(tiny_data_dir):
+  with pytest.raises(ValueError, match='has 5 classes'):
+    input_pipeline.get_dataset_info(
+        _config(data_dir=tiny_data_dir, num_classes=3))
+
+
+# --- Evaluation ---------------------------------------------------------------
+
+
+def test_eval_visits_every_example_once_with_padding(tiny_data_dir):
+  evals = input_pipeline.get_eval_iterator(_config(data_dir=tiny_data_dir))
+  assert len(evals) == 3 and evals.num_examples == 23
+  for _ in range(2):  # Re-iterable: each pass is complete.
+    batches = list(evals)
+    assert len(batches) == 3
+    for batch in batches:
+      assert batch['image'].shape == (8, TINY_SIZE, TINY_SIZE, 3)
+      assert batch['image'].dtype == np.float32
+      assert batch['label'].dtype == np.int32
+    mask = np.concatenate([b['mask'] for b in batches])
+    np.testing.assert_array_equal(mask, [1] * 23 + [0] * 1)
+    ids = np.concatenate([_ids(b['image']) for b in batches])[mask == 1]
+    labels = np.concatenate([b['label'] for b in batches])[mask == 1]
+    assert sorted(ids) == list(range(23))
+    np.testing.assert_array_equal(labels, ids % 5)
+
+
+def test_eval_shards_over_processes_partition_the_split(tiny_data_dir):
+  config = _config(data_dir=tiny_data_dir)
+  seen = []
+  for index in range(2):
+    evals = input_pipeline.get_eval_iterator(config, process_index=index,
+                                             process_count=2)
+    batches = list(evals)
+    assert len(batches) == len(evals) == 3  # ceil(12 / 4) on both processes.
+    assert all(b['image'].shape[0] == 4 for b in batches)
+    mask = np.concatenate([b['mask'] for b in batches])
+    ids = np.concatenate([_ids(b['image']) for b in batches])[mask == 1]
+    assert len(ids) == evals.num_examples
+    seen.extend(ids)
+  assert sorted(seen) == list(range(23))
+
+
+# --- Training -----------------------------------------------------------------
+
+
+def test_train_batches_are_host_local(tiny_data_dir):
+  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
+                   random_flip=True)
+  batch = next(input_pipeline.get_train_iterator(
+      config, process_index=1, process_count=2))
+  assert batch['image'].shape == (4, TINY_SIZE, TINY_SIZE, 3)
+  assert batch['image'].dtype == np.float32
+  assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
+  assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
+  np.testing.assert_array_equal(batch['mask'], np.ones(4))
+
+
+def test_each_epoch_is_a_permutation_of_the_split(tiny_data_dir):
+  batches = _take(input_pipeline.get_train_iterator(
+      _config(data_dir=tiny_data_dir)), 9)  # 72 examples: 37 + 35.
+  ids = np.concatenate([_ids(b['image']) for b in batches])
+  assert sorted(ids[:37]) == list(range(100, 137))
+  assert len(set(ids[37:])) == 35
+  assert not np.array_equal(ids[:35], ids[37:])  # Reshuffled.
+
+
+def test_same_seed_same_batches_other_seed_other_order(tiny_data_dir):
+  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
+                   random_flip=True)
+  first = _take(input_pipeline.get_train_iterator(config), 6)
+  again = _take(input_pipeline.get_train_iterator(config), 6)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  config.seed = 1
+  other = _take(input_pipeline.get_train_iterator(config), 6)
+  assert not np.array_equal(first[0]['image'], other[0]['image'])
+
+
+def test_augmentation_differs_between_epochs(tiny_data_dir):
+  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
+                   random_flip=True)
+  batches = _take(input_pipeline.get_train_iterator(config), 9)
+  images = np.concatenate([b['image'] for b in batches])
+  ids = _ids(images)
+  first, second = (np.flatnonzero(ids == ids[0])[:2])
+  assert second >= 37  # The same example, one epoch later.
+  assert not np.array_equal(images[first], images[second])
+
+
+@pytest.mark.parametrize('start_step', [3, 5, 14])
+def test_start_step_resumes_the_same_stream(tiny_data_dir, start_step):
+  # Steps 5 and 14 start mid-epoch (40 and 112 examples into a 37 split).
+  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
+                   random_flip=True)
+  reference = _take(input_pipeline.get_train_iterator(config), start_step + 2)
+  resumed = _take(input_pipeline.get_train_iterator(
+      config, start_step=start_step), 2)
+  for a, b in zip(reference[start_step:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_cache_setting_does_not_change_the_data(tiny_data_dir):
+  batches = {}
+  for cache in ('true', 'false'):
+    config = _config(data_dir=tiny_data_dir, cache=cache)
+    batches[cache] = _take(input_pipeline.get_train_iterator(config), 3)
+  for a, b in zip(batches['true'], batches['false']):
+    np.testing.assert_array_equal(a['image'], b['image'])
+  with pytest.raises(ValueError, match='config.cache'):
+    next(input_pipeline.get_train_iterator(
+        _config(data_dir=tiny_data_dir, cache='sometimes')))
+
+
+# --- fashion_mnist_local --------------------------------------------------------
+
+
+def _write_idx(path, array, magic):
+  header = magic.to_bytes(4, 'big') + b''.join(
+      d.to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _write_fashion_mnist(directory, sizes=(('train', 40), ('t10k', 15))):
+  """Writes small idx files; returns {split: (images, labels)}."""
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.RandomState(0)
+  data = {}
+  for prefix, n in sizes:
+    images = rng.randint(0, 256, (n, 28, 28)).astype(np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    _write_idx(os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'),
+               images, 0x803)
+    _write_idx(os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'),
+               labels, 0x801)
+    data['test' if prefix == 't10k' else prefix] = (images, labels)
+  return data
+
+
+def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch):
+  idx = _write_fashion_mnist(str(tmp_path / 'idx'))
+  monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'idx'))
+  config = _config(dataset='fashion_mnist_local',
+                   data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
+                   eval_batch_size=4)
+  info = input_pipeline.get_dataset_info(config)
+  assert (info.num_classes, info.num_train_examples,
+          info.num_eval_examples) == (10, 40, 15)
+  builder = tfds.builder('fashion_mnist_local', data_dir=config.data_dir)
+  assert builder.info.features['label'].names[0] == 'T-shirt/top'
+  assert builder.info.features['label'].names[9] == 'Ankle boot'
+  # Decoded PNGs reproduce the idx pixels exactly, as 3 equal channels.
+  images, labels = idx['test']
+  batches = list(input_pipeline.get_eval_iterator(config))
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == 15 and len(mask) == 16
+  got = np.concatenate([b['image'] for b in batches])[mask == 1]
+  got_labels = np.concatenate([b['label'] for b in batches])[mask == 1]
+  np.testing.assert_array_equal(got[..., 0], got[..., 1])
+  np.testing.assert_array_equal(got[..., 0], got[..., 2])
+  pixels = np.round(got[..., 0] * 127.5 + 127.5).astype(np.uint8)
+  order = [next(i for i in range(15) if np.array_equal(p, images[i]))
+           for p in pixels]
+  assert sorted(order) == list(range(15))
+  np.testing.assert_array_equal(got_labels, labels[order])
+
+
+def test_fashion_mnist_missing_idx_dir_says_how_to_install(tmp_path,
+                                                           monkeypatch):
+  monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'no_idx'))
+  with pytest.raises(FileNotFoundError,
+                     match='apt-get install dataset-fashion-mnist'):
+    input_pipeline.get_dataset_info(_config(
+        dataset='fashion_mnist_local', data_dir=str(tmp_path / 'tfds')))
+
+
+def test_idx_parser_rejects_wrong_magic_and_truncation(tmp_path):
+  path = str(tmp_path / 'labels.gz')
+  _write_idx(path, np.zeros(5, np.uint8), 0x803)  # Image magic on labels.
+  with pytest.raises(ValueError, match='magic number'):
+    fashion_mnist_local.read_idx(path, 0x801)
+  with gzip.open(path, 'wb') as f:
+    f.write((0x801).to_bytes(4, 'big') + (10).to_bytes(4, 'big') + b'\0' * 3)
+  with pytest.raises(ValueError, match='truncated'):
+    fashion_mnist_local.read_idx(path, 0x801)
+
+
+def test_idx_parser_rejects_mismatched_counts(tmp_path):
+  _write_fashion_mnist(str(tmp_path))
+  _write_idx(str(tmp_path / 't10k-labels-idx1-ubyte.gz'),
+             np.zeros(3, np.uint8), 0x801)
+  with pytest.raises(ValueError, match='15 images but .* 3 labels'):
+    fashion_mnist_local.load_split(str(tmp_path), 'test')
+
+
+def test_png_encoder_round_trips(tmp_path):
+  image = np.random.RandomState(1).randint(0, 256, (5, 9)).astype(np.uint8)
+  path = tmp_path / 'x.png'
+  path.write_bytes(fashion_mnist_local.encode_png_grey(image))
+  np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
+
+
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist_local.DEFAULT_DIR),
+                    reason='dataset-fashion-mnist is not installed')
+def test_real_fashion_mnist_test_split():
+  images, labels = fashion_mnist_local.load_split(
+      fashion_mnist_local.DEFAULT_DIR, 'test')
+  assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+  assert sorted(set(labels.tolist())) == list(range(10))
+
+
+# --- Image folders ----------------------------------------------------------------
+
+
+# Class folder -> (solid colour, files). Sorted names: Dog, bird, cat.
+_FOLDER_CLASSES = {
+    'cat': ((250, 0, 0), ['a.png', 'b.PNG', 'c.jpg']),
+    'Dog': ((0, 250, 0), ['d.JPEG', 'e.Jpg']),
+    'bird': ((0, 0, 250), ['f.jpeg', 'g.png', 'notes.txt']),
+}
+
+
+def _write_image_folder(root):
+  for split in ('train', 'test'):
+    for name, (colour, files) in _FOLDER_CLASSES.items():
+      os.makedirs(os.path.join(root, split, name))
+      for f in files:
+        path = os.path.join(root, split, name, f)
+        if f.endswith('.txt'):
+          with open(path, 'w') as txt:
+            txt.write('not an image')
+          continue
+        fmt = 'PNG' if f.lower().endswith('png') else 'JPEG'
+        Image.new('RGB', (10, 8), colour).save(path, format=fmt)
+
+
+def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
+  _write_image_folder(str(tmp_path))
+  config = _config(dataset='imagefolder', data_dir=str(tmp_path),
+                   image_size=8, eval_batch_size=4)
+  info = input_pipeline.get_dataset_info(config)
+  assert (info.num_classes, info.num_train_examples,
+          info.num_eval_examples) == (3, 7, 7)
+  batches = list(input_pipeline.get_eval_iterator(config))
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert len(mask) == 8 and mask.sum() == 7
+  labels = np.concatenate([b['label'] for b in batches])[mask == 1]
+  images = np.concatenate([b['image'] for b in batches])[mask == 1]
+  assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2, 2]
+  colour_channel = images.mean(axis=(1, 2)).argmax(axis=-1)
+  # Dog (green) -> 0, bird (blue) -> 1, cat (red) -> 2.
+  np.testing.assert_array_equal(colour_channel, np.array([1, 2, 0])[labels])
+  batch = next(input_pipeline.get_train_iterator(config))
+  assert batch['image'].shape == (8, 8, 8, 3)
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    input_pipeline.get_dataset_info(
+        _config(dataset='imagefolder', data_dir=str(tmp_path / 'absent')))
+  _write_image_folder(str(tmp_path))
+  with pytest.raises(ValueError, match="'val' does not exist"):
+    input_pipeline.get_dataset_info(_config(
+        dataset='imagefolder', data_dir=str(tmp_path), eval_split='val'))
