@@ -36,8 +36,6 @@ def get_config():
   config.model.mlp_dim = ml_collections.FieldReference(None, int)  # MLP hidden width.
   config.model.num_heads = ml_collections.FieldReference(None, int)  # Attention heads.
   config.model.num_layers = ml_collections.FieldReference(None, int)  # Encoder blocks.
-  config.model.scan_layers = False  # Scan over encoder blocks (one compiled block).
-  config.model.remat_policy = 'none'  # none | full | dots_saveable | ... (jax.checkpoint_policies).
 
   # --- Data ----------------------------------------------------------------
   config.dataset = 'fashion_mnist_local'  # TFDS name (or 'imagefolder').
@@ -89,12 +87,13 @@ def get_config():
 
   # --- Devices -------------------------------------------------------------------
   config.mesh_model_axis = 1  # Devices on the 'model' axis; the rest form 'data'.
-  config.fsdp = False  # Shard params and optimizer state over the 'data' axis.
+  config.fsdp = False  # Shard params, optimizer state and EMA over the 'data' axis.
+  config.sharding_rules = ()  # ((path regex, PartitionSpec tuple), ...) tried first; see vit_jax/sharding.py.
 
   return config
 
 
 def lock(config):
-  """Locks the key set so unknown overrides fail."""
+  """Locks the key set so unknown keys (typos) fail loudly."""
   config.lock()
   return config

@@ -20,6 +20,12 @@ fi
 [ -d "$FASHION_MNIST_DIR" ] || echo "bootstrap: warning: $FASHION_MNIST_DIR" \
   "is missing (apt-get install dataset-fashion-mnist); the default run needs it" >&2
 
+# Quiet pip, minus notes about extra index locations some machines configure.
+pip_install() {
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 |
+    { grep -v "Location .* is ignored" || true; }
+}
+
 PYTHON=${PYTHON:-python3}
 STAMP=.venv/.requirements.lock.sha256
 WANT=$(sha256sum requirements.lock setup.py | sha256sum | cut -d' ' -f1)
@@ -27,9 +33,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; th
   echo "bootstrap: creating .venv from requirements.lock" >&2
   rm -rf .venv
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check \
-    -r requirements.lock
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-    --no-build-isolation -e .
+  pip_install -r requirements.lock
+  pip_install --no-deps --no-build-isolation -e .
   echo "$WANT" > "$STAMP"
 fi

@@ -1,0 +1,45 @@
+r"""The offline default: a small ViT trained from scratch on real Fashion-MNIST.
+
+  bash scripts/run_default.sh
+  # = python -m vit_jax.main --config=configs/default.py --workdir=runs/default
+
+Data: Debian's dataset-fashion-mnist (60,000 train / 10,000 test, 28x28 grey),
+read through TFDS (`vit_jax/datasets/fashion_mnist_local.py`) and tf.data like
+any other dataset. Model: ViT-Ti-style blocks, 4x4 patches on the 28x28 image
+(49 patches + class token), width 128, 6 layers; bf16 matmuls with float32
+accumulation and float32 params.
+Expected on a 2-core CPU: about 10 minutes, test top-1 >= 0.90 (see README).
+"""
+
+from configs import common
+
+
+def get_config():
+  config = common.get_config()
+  config.model_name = 'ViT-Ti_16'
+  config.model.patch_size = 4
+  config.model.hidden_size = 128
+  config.model.mlp_dim = 256
+  config.model.num_heads = 4
+  config.model.num_layers = 6
+  config.model.dtype = 'bfloat16'
+
+  config.dataset = 'fashion_mnist_local'
+  config.image_size = 28
+  config.train_augment = 'resize'  # Small grey images: flips only.
+  config.random_flip = True
+
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.total_steps = 4000
+  config.optimizer = 'adam'
+  config.lr = 1e-3
+  config.warmup_steps = 200
+  config.decay_type = 'cosine'
+  config.weight_decay = 0.05
+  config.grad_clip_norm = 1.0
+
+  config.log_every = 100
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  return common.lock(config)

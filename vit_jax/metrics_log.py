@@ -1,0 +1,56 @@
+"""Where metrics go: TensorBoard (clu writers) and `workdir/metrics.jsonl`.
+
+metrics.jsonl has one JSON object per write, always with 'step'; evaluation
+records carry `top1_accuracy`, `top5_accuracy`, `loss` and `num_examples`
+(prefixed `ema_` for the averaged params). Only process 0 writes.
+"""
+
+import json
+from typing import Any, Dict, Mapping
+
+from clu import metric_writers
+from etils import epath
+import jax
+import numpy as np
+
+
+class MetricsLog:
+  """Writes scalar records to TensorBoard event files and metrics.jsonl."""
+
+  def __init__(self, workdir):
+    self._is_writer = jax.process_index() == 0
+    self._writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self._is_writer, asynchronous=False)
+    self.jsonl_path = epath.Path(workdir) / 'metrics.jsonl'
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    self._writer.write_scalars(step, scalars)
+    if self._is_writer:
+      with self.jsonl_path.open('a') as f:
+        f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+
+  def drop_after(self, step: int) -> None:
+    """Forgets records past `step`: a resumed run repeats those steps."""
+    if not (self._is_writer and self.jsonl_path.exists()):
+      return
+    kept = [line for line in self.jsonl_path.read_text().splitlines()
+            if line and json.loads(line)['step'] <= step]
+    self.jsonl_path.write_text(''.join(line + '\n' for line in kept))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+def evaluation_record(sums: Dict[str, float], prefix: str = '') -> Dict:
+  """Accuracy and mean loss from summed eval_step outputs."""
+  count = sums['count']
+  return {
+      f'{prefix}top1_accuracy': sums['top1_correct'] / count,
+      f'{prefix}top5_accuracy': sums['top5_correct'] / count,
+      f'{prefix}loss': sums['loss_sum'] / count,
+      f'{prefix}num_examples': count,
+  }

@@ -1,0 +1,257 @@
+"""Training and evaluation: setup, data, model, shard, restore, loop.
+
+`train_and_evaluate(config, workdir)` is the whole job; vit_jax.main only
+parses flags. Everything here is importable by tests and notebooks.
+"""
+
+import dataclasses
+import time
+from typing import Any, Dict, Optional
+
+from absl import logging
+from clu import parameter_overview
+from etils import epath
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import numpy as np
+
+from vit_jax import checkpoint
+from vit_jax import checkpointing
+from vit_jax import input_pipeline
+from vit_jax import metrics_log
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import posemb
+from vit_jax import sharding
+from vit_jax import steps
+
+_ARCHITECTURE_KEYS = ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads',
+                      'num_layers')
+
+
+def build_model(config, num_classes: int):
+  """The VisionTransformer described by `config.model_name` / `config.model`."""
+  overrides = {k: config.model[k] for k in _ARCHITECTURE_KEYS
+               if config.model[k] is not None}
+  return models.create_model(
+      config.model_name, num_classes=num_classes,
+      classifier=config.model.classifier,
+      representation_size=config.model.representation_size,
+      dropout_rate=config.model.dropout_rate,
+      attention_dropout_rate=config.model.attention_dropout_rate,
+      head_bias_init=config.model.head_bias_init,
+      dtype=jnp.dtype(config.model.dtype),
+      param_dtype=jnp.dtype(config.model.param_dtype), **overrides)
+
+
+def is_due(step: int, every: int, total_steps: int) -> bool:
+  """The one cadence rule: every `every` steps, and at the last step."""
+  return step == total_steps or (every > 0 and step % every == 0)
+
+
+@dataclasses.dataclass
+class Setup:
+  """What the loop needs, built once."""
+  model: Any
+  mesh: Any
+  state_shardings: Any
+  train_step: Any  # jitted (state, batch) -> (state, metrics)
+  eval_step: Any  # jitted (params, batch) -> sums
+  init_state: Any  # jitted (rng) -> state, created already sharded
+
+
+def make_setup(config, num_classes: int) -> Setup:
+  """Model, optimizer, mesh and the jitted steps with explicit shardings."""
+  model = build_model(config, num_classes)
+  optimizer = optim.make_optimizer(config)
+  mesh = sharding.make_mesh(config.mesh_model_axis)
+  images = jnp.zeros((1, config.image_size, config.image_size, 3))
+
+  def init_state(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    params = model.init(params_rng, images, train=False)['params']
+    return steps.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params if config.ema_decay else {}, rng=dropout_rng)
+
+  state_shapes = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+  state_shardings = sharding.tree_shardings(
+      state_shapes, mesh, tuple(config.sharding_rules), config.fsdp)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  train_step = jax.jit(
+      steps.bind(steps.train_step, model=model, optimizer=optimizer,
+                 learning_rate=optim.learning_rate_schedule(config),
+                 loss=config.loss, label_smoothing=config.label_smoothing,
+                 accum_steps=config.grad_accum_steps,
+                 ema_decay=config.ema_decay),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+  eval_step = jax.jit(
+      steps.bind(steps.eval_step, model=model, loss=config.loss),
+      in_shardings=(state_shardings.params, batch_sharding),
+      out_shardings=replicated)
+  return Setup(model, mesh, state_shardings, train_step, eval_step,
+               jax.jit(init_state, out_shardings=state_shardings))
+
+
+def initial_state(config, setup: Setup, checkpointer):
+  """Restores the latest checkpoint, or initialises (from a released .npz
+  when `config.pretrained_path` is set)."""
+  if checkpointer.latest_step() is not None:
+    abstract = checkpointing.abstract_like(
+        jax.eval_shape(setup.init_state, jax.random.PRNGKey(0)),
+        setup.state_shardings)
+    logging.info('Resuming from step %d', checkpointer.latest_step())
+    return checkpointer.restore(abstract)
+  state = setup.init_state(jax.random.PRNGKey(config.seed))
+  if config.pretrained_path:
+    state = _load_pretrained(config, setup, state)
+  return state
+
+
+def _load_pretrained(config, setup: Setup, state):
+  init_params = jax.device_get(state.params)
+  pos = init_params['Transformer']['posembed_input']['pos_embedding']
+  grid = posemb.square_grid(
+      pos.shape[1] - checkpoint.num_prefix_tokens(config.model.classifier))
+  params = checkpoint.load_for_fine_tuning(
+      config.pretrained_path, init_params, classifier=config.model.classifier,
+      grid=grid, method=config.posemb_resize)
+  params = jax.device_put(params, setup.state_shardings.params)
+  logging.info('Loaded %s for fine-tuning', config.pretrained_path)
+  return state.replace(params=params,
+                       ema_params=params if config.ema_decay else {})
+
+
+def evaluate(setup: Setup, params, eval_batches) -> Dict[str, float]:
+  """Sums eval_step over one pass; every example counts exactly once."""
+  sums = None
+  for batch in eval_batches:
+    out = setup.eval_step(params, sharding.global_batch(batch, setup.mesh))
+    sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+  return {k: float(v) for k, v in jax.device_get(sums).items()}
+
+
+def host_params(params):
+  """Full params on every host (gathers shards of other processes)."""
+  if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(params)):
+    return jax.device_get(params)
+  return multihost_utils.process_allgather(params)
+
+
+def export_npz(state, workdir, ema: bool) -> Dict[str, str]:
+  """Writes final params (and EMA params) in the released layout."""
+  exports = {'model.npz': state.params}
+  if ema:
+    exports['model_ema.npz'] = state.ema_params
+  paths = {}
+  for name, params in exports.items():
+    params = host_params(params)
+    path = epath.Path(workdir) / name
+    if jax.process_index() == 0:
+      checkpoint.save_npz(params, path)
+    paths[name] = str(path)
+  return paths
+
+
+class Progress:
+  """The progress line: steps/s, images/s, ETA and the applied lr."""
+
+  def __init__(self, start_step: int, total_steps: int, batch_size: int):
+    self._total, self._batch = total_steps, batch_size
+    self._last_step, self._last_time = start_step, time.time()
+
+  def report(self, step: int, metrics: Dict[str, float]) -> Dict[str, float]:
+    now = time.time()
+    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta_min = (self._total - step) / max(steps_per_sec, 1e-9) / 60
+    logging.info(
+        'step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  %.0f img/s  ETA %.1f min',
+        step, self._total, metrics['loss'], metrics['lr'], steps_per_sec,
+        steps_per_sec * self._batch, eta_min)
+    return {'steps_per_sec': steps_per_sec,
+            'images_per_sec': steps_per_sec * self._batch}
+
+
+def _mean_metrics(history) -> Dict[str, float]:
+  history = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def _check_finite(metrics, step, checkpointer):
+  if not np.isfinite(metrics['loss']):
+    raise FloatingPointError(
+        f'the training loss is {metrics["loss"]} at step {step}. Lower '
+        'config.lr, keep config.grad_clip_norm > 0, or check the data; the '
+        f'last checkpoint is at step {checkpointer.latest_step()}.')
+
+
+def _validate(config):
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by '
+                     f'grad_accum_steps {config.grad_accum_steps}')
+  data_devices = jax.device_count() // config.mesh_model_axis
+  micro_batch = config.batch_size // config.grad_accum_steps
+  if micro_batch % data_devices:
+    raise ValueError(
+        f'the micro-batch of {micro_batch} examples (batch_size / '
+        f'grad_accum_steps) does not split over {data_devices} data-parallel '
+        'devices; choose a multiple')
+
+
+def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
+  """Trains per `config`, evaluating, checkpointing and exporting to workdir.
+
+  Returns:
+    The last evaluation record (None if no evaluation ran).
+  """
+  _validate(config)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  logging.info('Config:\n%s', config)
+  info = input_pipeline.get_dataset_info(config)
+  setup = make_setup(config, info.num_classes)
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  state = initial_state(config, setup, checkpointer)
+  parameter_overview.log_parameter_overview(state.params)
+  start_step = int(jax.device_get(state.step))
+
+  log = metrics_log.MetricsLog(workdir)
+  log.drop_after(start_step)
+  train_batches = input_pipeline.get_train_iterator(config,
+                                                    start_step=start_step)
+  eval_batches = input_pipeline.get_eval_iterator(config)
+  progress = Progress(start_step, config.total_steps, config.batch_size)
+  history, record = [], None
+  for step in range(start_step + 1, config.total_steps + 1):
+    batch = sharding.global_batch(next(train_batches), setup.mesh)
+    state, metrics = setup.train_step(state, batch)
+    history.append(metrics)
+    if is_due(step, config.log_every, config.total_steps):
+      train_metrics = _mean_metrics(history)
+      history = []
+      _check_finite(train_metrics, step, checkpointer)
+      train_metrics.update(progress.report(step, train_metrics))
+      log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
+    if is_due(step, config.eval_every, config.total_steps):
+      record = metrics_log.evaluation_record(
+          evaluate(setup, state.params, eval_batches))
+      if config.ema_decay:
+        record.update(metrics_log.evaluation_record(
+            evaluate(setup, state.ema_params, eval_batches), prefix='ema_'))
+      logging.info('step %d eval: %s', step, record)
+      log.write(step, record)
+    if is_due(step, config.checkpoint_every, config.total_steps):
+      checkpointer.save(state, step)
+  checkpointer.close()
+  log.flush()
+  if config.export_npz:
+    for name, path in export_npz(state, workdir, config.ema_decay > 0).items():
+      logging.info('Exported %s (released .npz layout) to %s', name, path)
+  log.close()
+  return record
