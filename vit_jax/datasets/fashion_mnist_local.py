@@ -4,7 +4,7 @@ TFDS's own `fashion_mnist` downloads the data and verifies checksums of the
 upstream gzip files. This machine has no internet, and Debian's package
 `dataset-fashion-mnist` ships the same data re-gzipped (different bytes, so
 those checksums fail). This builder reads the decompressed idx files directly,
-so preparing it needs no network and takes a few seconds:
+so preparing it needs no network and takes about 7 s (2 CPU cores):
 
   import tensorflow_datasets as tfds
   import vit_jax.datasets  # Registers the builder.
@@ -146,7 +146,8 @@ def encode_png_grey(image):
   """Encodes a uint8 (H, W) array as a greyscale PNG.
 
   TFDS's own encoder runs a TF op per image (about 5,700 images/s here); this
-  direct zlib encoding is about 3x faster, which makes preparing take seconds.
+  direct encoding at zlib's fastest level (files 2% larger than level 6) cuts
+  preparing the 70,000 images from about 23 s to about 7 s.
 
   Args:
     image: uint8 array (H, W).
@@ -160,7 +161,7 @@ def encode_png_grey(image):
       [np.zeros((height, 1), np.uint8), image.astype(np.uint8)], axis=1)
   header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
   return (b'\x89PNG\r\n\x1a\n' + _png_chunk(b'IHDR', header) +
-          _png_chunk(b'IDAT', zlib.compress(scanlines.tobytes(), 6)) +
+          _png_chunk(b'IDAT', zlib.compress(scanlines.tobytes(), 1)) +
           _png_chunk(b'IEND', b''))
 
 
