@@ -72,13 +72,30 @@ def canonical_name(name: str) -> str:
   return canonical
 
 
+def stem_stride(resnet_units: Optional[Sequence[int]]) -> int:
+  """Input pixels per stem-output pixel: 1 for a pure ViT (None), else the
+  root's 4x and 2x for every ResNet stage after the first."""
+  if resnet_units is None:
+    return 1
+  return 4 * 2**max(len(resnet_units) - 1, 0)
+
+
 def effective_patch_pixels(name: str) -> int:
   """Input pixels per token side: 16 for ViT-B_16 and R50+ViT-B_16."""
   variant = VARIANTS[canonical_name(name)]
-  if variant.resnet_units is None:
-    return variant.patch_size
-  stem_stride = 4 * 2**max(len(variant.resnet_units) - 1, 0)
-  return stem_stride * variant.patch_size
+  return stem_stride(variant.resnet_units) * variant.patch_size
+
+
+def patch_pixels(model: models_vit.VisionTransformer) -> Tuple[int, int]:
+  """Input pixels per token side (h, w) of a built model.
+
+  Unlike `effective_patch_pixels`, which reads the variant table, this
+  follows the model's own attributes, so a model built with overridden
+  `patch_size` or `resnet_units` gets its true token size.
+  """
+  stride = stem_stride(model.resnet_units)
+  patch_h, patch_w = model.patch_size
+  return stride * patch_h, stride * patch_w
 
 
 def create_model(name: str, num_classes: Optional[int] = 1000,

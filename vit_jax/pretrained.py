@@ -61,7 +61,9 @@ def load(path, model_name: str, *, image_size: Optional[int] = None,
     image_size: run resolution; None keeps the checkpoint's native one. A
       different size resizes the position embedding with `posemb_method`.
     posemb_method: see vit_jax.posemb.METHODS.
-    **model_overrides: further VisionTransformer attributes (e.g. dtype).
+    **model_overrides: further VisionTransformer attributes (e.g. dtype),
+      including architecture fields for a file trained with overrides
+      (e.g. num_layers=2, hidden_size=32, patch_size=4).
 
   Returns:
     (model, params, image_size).
@@ -71,20 +73,21 @@ def load(path, model_name: str, *, image_size: Optional[int] = None,
   """
   loaded = checkpoint.load_params(path)
   facts = describe(loaded)
-  variant = models.VARIANTS[models.canonical_name(model_name)]
-  if facts.hidden_size != variant.hidden_size:
+  # Architecture overrides (hidden_size, patch_size, ...) count: the model,
+  # not the variant table, says what the file must hold.
+  model = models.create_model(
+      model_name, num_classes=facts.num_classes, classifier=facts.classifier,
+      representation_size=facts.representation_size, **model_overrides)
+  if facts.hidden_size != model.hidden_size:
     raise checkpoint.CheckpointMismatchError(
         f'{path} has hidden size {facts.hidden_size} but {model_name} has '
-        f'{variant.hidden_size}: is --model right for this file?')
-  patch_pixels = models.effective_patch_pixels(model_name)
+        f'{model.hidden_size}: is --model right for this file?')
+  patch_pixels, _ = models.patch_pixels(model)
   native_size = facts.grid[0] * patch_pixels
   image_size = image_size or native_size
   if image_size % patch_pixels:
     raise ValueError(f'image size {image_size} is not a multiple of '
                      f'{model_name}\'s {patch_pixels}-pixel patches')
-  model = models.create_model(
-      model_name, num_classes=facts.num_classes, classifier=facts.classifier,
-      representation_size=facts.representation_size, **model_overrides)
   shapes = models.param_shapes(model, (image_size, image_size))
   grid = (image_size // patch_pixels,) * 2
   loaded = checkpoint.adapt_pos_embedding(

@@ -1,0 +1,457 @@
+r"""Looks inside a checkpoint: the ViT paper's Figures 6 and 7 as PNGs.
+
+  python -m vit_jax.visualize --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
+      --out_dir=analysis [--image_size=224] IMAGE...
+
+writes to --out_dir:
+  rollout_<i>_<name>.png  per image: the image, the image weighted by its
+      attention-rollout map and a heat overlay of the map (Fig. 6). Models
+      without a class token (`gap`) get the rollout averaged over the patch
+      queries, which is what their mean-pooled representation draws on; the
+      figure title and analysis.json say so.
+  attention_distance.png  mean attention distance of every head against
+      depth, averaged over the given images (Fig. 7 right).
+  position_embedding_similarity.png  cosine similarity of each patch's
+      position embedding with all the others, a grid of grids (Fig. 7 centre).
+  embedding_filters_pca.png  the first 28 principal components of the patch
+      embedding filters as RGB patches (Fig. 7 left); skipped for hybrids,
+      whose embedding filters act on ResNet features rather than RGB pixels.
+  analysis.json  the numbers behind the figures (see `to_json`).
+  rollout.npy  float32 (images, rows, cols) rollout maps.
+
+For a checkpoint trained with `config.model` architecture overrides, pass the
+same overrides (--num_layers=..., --hidden_size=..., ...). `compute_analysis`
+(numbers only) and the `plot_*` functions are importable, e.g. in a notebook.
+"""
+
+import functools
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from vit_jax import analysis
+from vit_jax import cli_flags
+from vit_jax import models
+from vit_jax import models_vit
+from vit_jax import preprocess
+from vit_jax import pretrained
+
+# The paper shows 28 components (Fig. 7 left) in 4 rows of 7.
+NUM_FILTER_COMPONENTS = 28
+_FILTER_COLUMNS = 7
+# Images per forward pass: every layer's attention weights are kept at once.
+_BATCH_SIZE = 8
+_DPI = 100
+
+ROLLOUT_CLASS_TOKEN = 'class_token'
+ROLLOUT_MEAN_QUERY = 'mean_over_patch_queries'
+_ROLLOUT_DESCRIPTIONS = {
+    ROLLOUT_CLASS_TOKEN:
+        'attention rollout: the class token\'s row over the patches',
+    ROLLOUT_MEAN_QUERY:
+        'attention rollout averaged over all patch queries (the model has no '
+        'class token; its gap representation pools every token)',
+}
+
+# ----------------------------------------------------------------------------
+# Computing.
+
+
+def _attention_per_chunk(model, params, images_BHWC, batch_size):
+  """Yields (attention {layer: (b, heads, N, N)}, b) over image chunks."""
+  layers = tuple(range(model.num_layers))
+  apply = jax.jit(functools.partial(models.apply_with_intermediates, model,
+                                    attention_layers=layers))
+  for start in range(0, len(images_BHWC), batch_size):
+    chunk = images_BHWC[start:start + batch_size]
+    _, intermediates = apply(params, chunk)
+    attention = jax.tree_util.tree_map(np.asarray,
+                                       intermediates['attention_weights'])
+    yield attention, len(chunk)
+
+
+def _filter_components(model, params, model_name, notes):
+  """(components, explained variance ratio), or (None, None) with a note."""
+  if model.resnet_units is not None:
+    channels = params['embedding']['kernel'].shape[2]
+    notes.append(
+        f'embedding-filter PCA skipped: in the hybrid {model_name} the patch '
+        f'embedding acts on {channels}-channel ResNet stem features, not on '
+        'RGB pixels, so its filters have no RGB picture.')
+    return None, None
+  kernel = params['embedding']['kernel']
+  patch_h, patch_w, channels, num_filters = kernel.shape
+  count = min(NUM_FILTER_COMPONENTS, num_filters, patch_h * patch_w * channels)
+  if count < NUM_FILTER_COMPONENTS:
+    notes.append(f'only {count} embedding-filter components shown: the model '
+                 f'has {num_filters} filters of dimension '
+                 f'{patch_h * patch_w * channels}.')
+  components, ratio = analysis.embedding_filter_components(kernel, count)
+  return components, ratio
+
+
+def compute_analysis(model: models_vit.VisionTransformer, params,
+                     images, model_name: str, *,
+                     batch_size: int = _BATCH_SIZE) -> Dict[str, Any]:
+  """The numbers behind every figure, for images in [-1, 1].
+
+  Args:
+    model: a VisionTransformer with a 'token' or 'gap' classifier.
+    params: its parameters (position embedding at the images' grid).
+    images: (B, H, W, 3) float images in [-1, 1], H and W multiples of the
+      model's patch size in input pixels.
+    model_name: the variant's name, for the record and the notes.
+    batch_size: images per forward pass.
+
+  Returns:
+    A dict: 'model', 'image_size', 'grid' (rows, cols), 'patch_pixels'
+    (h, w), 'classifier', 'rollout_kind' (ROLLOUT_CLASS_TOKEN or
+    ROLLOUT_MEAN_QUERY), 'rollout_maps' (B, rows, cols) float32,
+    'mean_attention_distance_px' (layers, heads) over the images,
+    'position_embedding_similarity' (rows, cols, rows, cols),
+    'filter_components' (K, p, p, 3) and 'filter_explained_variance' (K,)
+    or None for hybrids, and 'notes' (list of str).
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4 or not len(images):
+    raise ValueError(f'need a (B, H, W, 3) batch of images, got shape '
+                     f'{images.shape}')
+  patch_h, patch_w = models.patch_pixels(model)
+  height, width = images.shape[1:3]
+  if height % patch_h or width % patch_w:
+    raise ValueError(f'images of {height}x{width} pixels do not split into '
+                     f'{patch_h}x{patch_w}-pixel patches')
+  grid = (height // patch_h, width // patch_w)
+  num_prefix = int(model.classifier in models_vit.TOKEN_CLASSIFIERS)
+  notes = []
+  if num_prefix:
+    kind = ROLLOUT_CLASS_TOKEN
+  else:
+    kind = ROLLOUT_MEAN_QUERY
+    notes.append(f'rollout maps are the mean over patch queries: classifier '
+                 f'{model.classifier!r} has no class token.')
+
+  maps, distance_sum_LH = [], 0.0
+  for attention, count in _attention_per_chunk(model, params, images,
+                                               batch_size):
+    rollout = analysis.attention_rollout(attention,
+                                         has_class_token=bool(num_prefix))
+    maps.append(rollout.class_token_map(grid) if num_prefix else
+                rollout.mean_query_map(grid))
+    # Each chunk's value is a mean over its images; weight it by their count.
+    distance_sum_LH = distance_sum_LH + count * (
+        analysis.mean_attention_distance_per_layer(
+            attention, grid, (patch_h, patch_w), num_prefix_tokens=num_prefix))
+
+  components, ratio = _filter_components(model, params, model_name, notes)
+  return {
+      'model': model_name,
+      'image_size': [int(height), int(width)],
+      'grid': list(grid),
+      'patch_pixels': [patch_h, patch_w],
+      'classifier': model.classifier,
+      'rollout_kind': kind,
+      'rollout_maps': np.concatenate(maps).astype(np.float32),
+      'mean_attention_distance_px': distance_sum_LH / len(images),
+      'position_embedding_similarity': analysis.position_embedding_similarity(
+          params['Transformer']['posembed_input']['pos_embedding'], grid,
+          num_prefix_tokens=num_prefix),
+      'filter_components': components,
+      'filter_explained_variance': ratio,
+      'notes': notes,
+  }
+
+
+# ----------------------------------------------------------------------------
+# Plotting. Each function writes one PNG and imports matplotlib lazily, so
+# importing this module (or computing) never needs a display or matplotlib.
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # Files only: no display on servers and in tests.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path) -> None:
+  fig.savefig(path, dpi=_DPI, bbox_inches='tight')
+  _pyplot().close(fig)
+
+
+def _displayable(image_HWC) -> np.ndarray:
+  """[-1, 1] model input -> [0, 1] RGB."""
+  return np.clip((np.asarray(image_HWC, np.float32) + 1) / 2, 0, 1)
+
+
+def upsample_map(map_RC, height: int, width: int) -> np.ndarray:
+  """Bilinear upsampling of a (rows, cols) map to (height, width), scaled so
+  its maximum is 1 (the paper's display normalisation)."""
+  upsampled = jax.image.resize(np.asarray(map_RC, np.float32), (height, width),
+                               'bilinear')
+  upsampled = np.maximum(np.asarray(upsampled), 0)
+  return upsampled / max(float(upsampled.max()), np.finfo(np.float32).tiny)
+
+
+def plot_rollout(image_HWC, map_RC, title: str, path) -> None:
+  """The image, the image weighted by the map (as in the paper) and a heat
+  overlay of the map."""
+  plt = _pyplot()
+  image = _displayable(image_HWC)
+  mask_HW = upsample_map(map_RC, *image.shape[:2])
+  fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+  axes[0].imshow(image)
+  axes[0].set_title('input')
+  axes[1].imshow(image * mask_HW[..., None])
+  axes[1].set_title('attention (image x map)')
+  axes[2].imshow(image)
+  heat = axes[2].imshow(mask_HW, cmap='jet', alpha=0.5, vmin=0, vmax=1)
+  axes[2].set_title('map overlay')
+  fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04)
+  for axis in axes:
+    axis.axis('off')
+  fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+
+
+def plot_attention_distance(distances_LH, image_size: int, title: str,
+                            path) -> None:
+  """One dot per head: x = layer (1-based, as the paper), y = pixels."""
+  plt = _pyplot()
+  distances_LH = np.asarray(distances_LH)
+  num_layers, num_heads = distances_LH.shape
+  fig, axis = plt.subplots(figsize=(5, 4))
+  layers_LH = np.broadcast_to(np.arange(1, num_layers + 1)[:, None],
+                              distances_LH.shape)
+  for head in range(num_heads):
+    axis.scatter(layers_LH[:, head], distances_LH[:, head], s=14,
+                 label=f'head {head + 1}')
+  axis.set_xlabel('network depth (layer)')
+  axis.set_ylabel('mean attention distance (pixels)')
+  axis.set_xticks(range(1, num_layers + 1))
+  axis.set_ylim(0, image_size)
+  if num_heads <= 16:
+    axis.legend(fontsize=6, ncol=2, loc='lower right')
+  axis.set_title(title, fontsize=9)
+  _save(fig, path)
+
+
+def similarity_mosaic(similarity_RCRC, gap: int = 1) -> np.ndarray:
+  """Tiles the (rows, cols) maps of every patch into one image, `gap` NaN
+  pixels apart (drawn as background), patch (r, c)'s map at tile (r, c)."""
+  rows, cols = similarity_RCRC.shape[:2]
+  tile_h, tile_w = rows + gap, cols + gap
+  mosaic = np.full((rows * tile_h - gap, cols * tile_w - gap), np.nan,
+                   np.float32)
+  for r in range(rows):
+    for c in range(cols):
+      mosaic[r * tile_h:r * tile_h + rows,
+             c * tile_w:c * tile_w + cols] = similarity_RCRC[r, c]
+  return mosaic
+
+
+def plot_position_similarity(similarity_RCRC, title: str, path) -> None:
+  """The grid of grids: tile (r, c) is patch (r, c)'s similarity map."""
+  plt = _pyplot()
+  rows, cols = similarity_RCRC.shape[:2]
+  fig, axis = plt.subplots(figsize=(6, 6 * rows / cols))
+  cmap = plt.get_cmap('viridis').with_extremes(bad='white')  # The gaps.
+  shown = axis.imshow(similarity_mosaic(similarity_RCRC), cmap=cmap, vmin=-1,
+                      vmax=1, interpolation='nearest')
+  # Ticks at the tile centres, numbered like the paper's axes (1-based).
+  axis.set_xticks([c * (cols + 1) + (cols - 1) / 2 for c in range(cols)])
+  axis.set_xticklabels(range(1, cols + 1), fontsize=6)
+  axis.set_yticks([r * (rows + 1) + (rows - 1) / 2 for r in range(rows)])
+  axis.set_yticklabels(range(1, rows + 1), fontsize=6)
+  axis.set_xlabel('input patch column')
+  axis.set_ylabel('input patch row')
+  fig.colorbar(shown, ax=axis, fraction=0.046, pad=0.04,
+               label='cosine similarity')
+  axis.set_title(title, fontsize=9)
+  _save(fig, path)
+
+
+def plot_filter_components(components_KPPC, ratio_K, title: str,
+                           path) -> None:
+  """Each component min-max normalised to [0, 1] and shown as an RGB patch."""
+  plt = _pyplot()
+  count = len(components_KPPC)
+  columns = min(_FILTER_COLUMNS, count)
+  rows = -(-count // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns,
+                                                   1.3 * rows + 0.4),
+                           squeeze=False)
+  for index, axis in enumerate(axes.flat):
+    axis.axis('off')
+    if index < count:
+      component = components_KPPC[index]
+      low, high = component.min(), component.max()
+      axis.imshow((component - low) / max(high - low, 1e-12),
+                  interpolation='nearest')
+      axis.set_title(f'{index + 1}: {100 * ratio_K[index]:.1f}%', fontsize=6)
+  fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+
+
+# ----------------------------------------------------------------------------
+# Writing.
+
+
+def _figure_name(index: int, image_path: str) -> str:
+  stem = os.path.splitext(os.path.basename(image_path))[0]
+  return f'rollout_{index:02d}_{re.sub(r"[^A-Za-z0-9_.-]", "_", stem)}.png'
+
+
+def to_json(result: Dict[str, Any], image_paths: Sequence[str],
+            figures: Sequence[str]) -> Dict[str, Any]:
+  """The analysis.json record: compute_analysis's numbers as plain lists.
+
+  The position-embedding similarity (rows^2 x cols^2 numbers) and the filter
+  components stay out; the figures show them.
+  """
+  ratio = result['filter_explained_variance']
+  return {
+      'model': result['model'],
+      'image_size': result['image_size'],
+      'grid': result['grid'],
+      'patch_pixels': result['patch_pixels'],
+      'classifier': result['classifier'],
+      'images': list(image_paths),
+      'rollout_kind': result['rollout_kind'],
+      'rollout_description': _ROLLOUT_DESCRIPTIONS[result['rollout_kind']],
+      'rollout_maps': result['rollout_maps'].tolist(),
+      'rollout_file': 'rollout.npy',
+      'mean_attention_distance_px': np.asarray(
+          result['mean_attention_distance_px']).tolist(),
+      'filter_pca_explained_variance': (None if ratio is None else
+                                        np.asarray(ratio).tolist()),
+      'figures': list(figures),
+      'notes': list(result['notes']),
+  }
+
+
+def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
+                  out_dir) -> Dict[str, Any]:
+  """Writes every figure, rollout.npy and analysis.json into `out_dir`.
+
+  Args:
+    result: what `compute_analysis` returned for `images`.
+    images: the (B, H, W, 3) images in [-1, 1] it was computed on.
+    image_paths: their names, for titles and file names.
+    out_dir: created if missing.
+
+  Returns:
+    The analysis.json record.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  name = result['model']
+  gap_note = ('' if result['rollout_kind'] == ROLLOUT_CLASS_TOKEN else
+              '\nmean over patch queries (no class token)')
+  figures = []
+  for index, (image, path) in enumerate(zip(images, image_paths)):
+    figures.append(_figure_name(index, path))
+    plot_rollout(image, result['rollout_maps'][index],
+                 f'{name}: attention rollout of {os.path.basename(path)}'
+                 f'{gap_note}', os.path.join(out_dir, figures[-1]))
+  num_images = len(image_paths)
+  figures.append('attention_distance.png')
+  plot_attention_distance(
+      result['mean_attention_distance_px'], max(result['image_size']),
+      f'{name}: mean attention distance per head\n(averaged over '
+      f'{num_images} image{"s" * (num_images > 1)})',
+      os.path.join(out_dir, figures[-1]))
+  figures.append('position_embedding_similarity.png')
+  plot_position_similarity(
+      result['position_embedding_similarity'],
+      f'{name}: position embedding similarity', os.path.join(out_dir,
+                                                             figures[-1]))
+  if result['filter_components'] is not None:
+    figures.append('embedding_filters_pca.png')
+    plot_filter_components(
+        result['filter_components'], result['filter_explained_variance'],
+        f'{name}: principal components of the embedding filters\n'
+        '(share of variance)', os.path.join(out_dir, figures[-1]))
+
+  np.save(os.path.join(out_dir, 'rollout.npy'), result['rollout_maps'])
+  record = to_json(result, image_paths, figures)
+  with open(os.path.join(out_dir, 'analysis.json'), 'w') as f:
+    json.dump(record, f, indent=1)
+  return record
+
+
+def run(checkpoint_path: str, model_name: str, image_paths: Sequence[str],
+        out_dir: str, *, image_size: Optional[int] = None,
+        **model_overrides: Any) -> Dict[str, Any]:
+  """Loads the checkpoint, analyses the images, writes `out_dir`.
+
+  Args:
+    checkpoint_path: a released-layout .npz.
+    model_name: its variant, e.g. 'ViT-B_16'.
+    image_paths: image files for the rollout maps and the distance average.
+    out_dir: where the figures and analysis.json go.
+    image_size: resolution; None: the checkpoint's native one.
+    **model_overrides: architecture overrides the checkpoint was trained with.
+
+  Returns:
+    The analysis.json record.
+
+  Raises:
+    FileNotFoundError, ValueError, CheckpointMismatchError: see
+    `cli_flags.USER_ERRORS`.
+  """
+  if not image_paths:
+    raise ValueError('give at least one image: the rollout maps and the '
+                     'attention distances are computed on them')
+  model, params, image_size = pretrained.load(
+      checkpoint_path, model_name, image_size=image_size, **model_overrides)
+  images = np.stack([preprocess.load_image(path, image_size)
+                     for path in image_paths])
+  result = compute_analysis(model, params, images, model_name)
+  record = write_outputs(result, images, image_paths, out_dir)
+  _report(record, out_dir)
+  return record
+
+
+def _report(record: Dict[str, Any], out_dir: str) -> None:
+  distances = np.asarray(record['mean_attention_distance_px'])
+  print(f'{record["model"]} at {record["image_size"][0]} px, grid '
+        f'{record["grid"][0]}x{record["grid"][1]}, classifier '
+        f'{record["classifier"]}')
+  for layer, row in enumerate(distances):
+    print(f'  layer {layer + 1:2d}: mean attention distance '
+          f'{row.min():6.1f} .. {row.max():6.1f} px over {len(row)} heads')
+  for note in record['notes']:
+    print(f'note: {note}')
+  for figure in record['figures'] + ['rollout.npy', 'analysis.json']:
+    print(f'wrote {os.path.join(out_dir, figure)}')
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  cli_flags.define_model_flags(flag_values)
+  flags.DEFINE_string('out_dir', None, 'Folder for the PNGs and analysis.json.',
+                      flag_values=flag_values)
+
+
+def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
+  """Runs `run` on the parsed flags; user errors exit with status 1."""
+  def checked_run():
+    cli_flags.check_required(flag_values, 'checkpoint', 'model', 'out_dir')
+    return run(flag_values.checkpoint, flag_values.model, argv[1:],
+               flag_values.out_dir, image_size=flag_values.image_size,
+               **cli_flags.architecture_overrides(flag_values))
+  return cli_flags.exit_on_user_error(checked_run)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
