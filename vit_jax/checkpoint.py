@@ -143,7 +143,7 @@ def save_npz(params: Params, path) -> None:
   np.savez(buffer, **to_released_layout(params))
   tmp = path.parent / f'.{path.name}.tmp'
   tmp.write_bytes(buffer.getvalue())
-  tmp.rename(path)
+  tmp.replace(path)  # Overwrites an older export.
 
 
 # ----------------------------------------------------------------- merging --

@@ -24,9 +24,10 @@ import numpy as np
 DATA_AXIS, MODEL_AXIS = 'data', 'model'
 
 
-def make_mesh(model_axis_size: int = 1) -> jax.sharding.Mesh:
-  """All devices (of all processes) as a (data, model) mesh."""
-  num_devices = jax.device_count()
+def make_mesh(model_axis_size: int = 1, devices=None) -> jax.sharding.Mesh:
+  """A (data, model) mesh of `devices` (default: all, of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  num_devices = len(devices)
   if num_devices % model_axis_size:
     raise ValueError(f'mesh_model_axis={model_axis_size} does not divide the '
                      f'{num_devices} devices')
@@ -34,7 +35,8 @@ def make_mesh(model_axis_size: int = 1) -> jax.sharding.Mesh:
   # with_sharding_constraint works (Explicit axes would reject it).
   return jax.make_mesh((num_devices // model_axis_size, model_axis_size),
                        (DATA_AXIS, MODEL_AXIS),
-                       axis_types=(AxisType.Auto, AxisType.Auto))
+                       axis_types=(AxisType.Auto, AxisType.Auto),
+                       devices=devices)
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -98,8 +98,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model,
         lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
   metrics = {
       'loss': loss_value,
-      'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(params),
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(params),
       'lr': learning_rate(state.step),
   }
   new_state = state.replace(step=state.step + 1, params=params,

@@ -61,11 +61,14 @@ class Setup:
   init_state: Any  # jitted (rng) -> state, created already sharded
 
 
-def make_setup(config, num_classes: int) -> Setup:
-  """Model, optimizer, mesh and the jitted steps with explicit shardings."""
+def make_setup(config, num_classes: int, devices=None) -> Setup:
+  """Model, optimizer, mesh and the jitted steps with explicit shardings.
+
+  `devices` defaults to all devices of all processes.
+  """
   model = build_model(config, num_classes)
   optimizer = optim.make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh_model_axis)
+  mesh = sharding.make_mesh(config.mesh_model_axis, devices)
   images = jnp.zeros((1, config.image_size, config.image_size, 3))
 
   def init_state(rng):

@@ -1,0 +1,274 @@
+"""Training tests: tiny models on a generated image folder, 8 CPU devices."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import common
+from tests import helpers
+from vit_jax import checkpoint
+from vit_jax import input_pipeline
+from vit_jax import optim
+from vit_jax import pretrained
+from vit_jax import sharding
+from vit_jax import steps
+from vit_jax import train
+
+IMAGE_SIZE = 16
+CLASSES = ('ankle', 'bag', 'coat')
+TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 5  # 15 test images: not a multiple of 8.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _class_image(rng, label):
+  """A noisy image whose mean colour gives its class away."""
+  image = rng.integers(0, 80, (IMAGE_SIZE, IMAGE_SIZE, 3))
+  image[..., label] += 150
+  return image.astype(np.uint8)
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('folder')
+  rng = np.random.default_rng(0)
+  for split, count in (('train', TRAIN_PER_CLASS), ('test', TEST_PER_CLASS)):
+    for label, name in enumerate(CLASSES):
+      os.makedirs(root / split / name)
+      for i in range(count):
+        Image.fromarray(_class_image(rng, label)).save(
+            root / split / name / f'{i}.png')
+  return str(root)
+
+
+def _config(data_dir, **overrides):
+  config = common.get_config()
+  config.update(dict(
+      dataset='imagefolder', data_dir=data_dir, image_size=IMAGE_SIZE,
+      train_augment='resize', random_flip=False, batch_size=8,
+      eval_batch_size=8, shuffle_buffer=64, total_steps=4, warmup_steps=1,
+      optimizer='adam', lr=1e-3, log_every=1, eval_every=4,
+      checkpoint_every=2))
+  config.model.update(dict(helpers.TINY_VIT))
+  for key, value in overrides.items():
+    target = config.model if key.startswith('model.') else config
+    target[key.split('.')[-1]] = value
+  return common.lock(config)
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _train_losses(workdir):
+  return {r['step']: r['train_loss'] for r in _records(workdir)
+          if 'train_loss' in r}
+
+
+def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
+                                                             tmp_path):
+  workdir = str(tmp_path / 'run')
+  record = train.train_and_evaluate(_config(image_folder), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  records = _records(workdir)
+  assert [r['step'] for r in records if 'train_loss' in r] == [1, 2, 3, 4]
+  evaluation = [r for r in records if 'top1_accuracy' in r]
+  assert len(evaluation) == 1 and evaluation[0]['step'] == 4
+  assert evaluation[0]['num_examples'] == len(CLASSES) * TEST_PER_CLASS
+  assert record['top1_accuracy'] == evaluation[0]['top1_accuracy']
+  assert {'top5_accuracy', 'loss'} <= set(evaluation[0])
+  # The logged lr is the one applied: warm-up step 0 already uses lr > 0.
+  lrs = [r['train_lr'] for r in records if 'train_lr' in r]
+  schedule = optim.learning_rate_schedule(_config(image_folder))
+  np.testing.assert_allclose(lrs, [schedule(s) for s in range(4)], rtol=1e-6)
+  assert lrs[0] == pytest.approx(1e-3)
+
+
+def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
+                                                               tmp_path):
+  workdir = str(tmp_path / 'run')
+  record = train.train_and_evaluate(_config(image_folder), workdir)
+  model, params, _ = pretrained.load(os.path.join(workdir, 'model.npz'),
+                                     'Ti/16', **helpers.TINY_VIT)
+  config = _config(image_folder)
+  images, labels = [], []
+  for batch in input_pipeline.get_eval_iterator(config):
+    keep = batch['mask'] > 0
+    images.append(batch['image'][keep])
+    labels.append(batch['label'][keep])
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  assert len(labels) == len(CLASSES) * TEST_PER_CLASS
+  logits = pretrained.predict_logits(model, params, images)
+  assert record['top1_accuracy'] == pytest.approx(
+      np.mean(logits.argmax(-1) == labels))
+
+
+def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path):
+  config = _config(image_folder, total_steps=6, checkpoint_every=3,
+                   eval_every=0, **{'model.dropout_rate': 0.1})
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(config, straight)
+
+  interrupted = str(tmp_path / 'interrupted')
+  train.train_and_evaluate(config, interrupted)
+  # A kill after the step-3 checkpoint: the step-6 one never happened.
+  shutil.rmtree(os.path.join(interrupted, 'checkpoints', '6'))
+  train.train_and_evaluate(config, interrupted)
+
+  assert _train_losses(interrupted) == _train_losses(straight)
+  steps_logged = [r['step'] for r in _records(interrupted)
+                  if 'train_loss' in r]
+  assert steps_logged == [1, 2, 3, 4, 5, 6]  # No step logged twice.
+
+
+def _one_step(config, devices, batch):
+  setup = train.make_setup(config, len(CLASSES), devices=devices)
+  state = setup.init_state(jax.random.PRNGKey(0))
+  state, metrics = setup.train_step(
+      state, sharding.global_batch(batch, setup.mesh))
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+def _batch(size, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.uniform(-1, 1, (size, IMAGE_SIZE, IMAGE_SIZE, 3)
+                               ).astype(np.float32),
+          'label': rng.integers(0, len(CLASSES), size).astype(np.int32)}
+
+
+def _assert_close_trees(a, b, **tol):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, **tol)
+
+
+def test_eight_device_step_equals_one_device_step(image_folder):
+  batch = _batch(16)
+  config = _config(image_folder, batch_size=16)
+  params8, metrics8 = _one_step(config, jax.devices(), batch)
+  params1, metrics1 = _one_step(config, jax.devices()[:1], batch)
+  np.testing.assert_allclose(metrics8['loss'], metrics1['loss'], rtol=1e-5)
+  _assert_close_trees(params8, params1, rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_step_equals_replicated_step(image_folder):
+  batch = _batch(16)
+  replicated, _ = _one_step(_config(image_folder, batch_size=16),
+                            jax.devices(), batch)
+  fsdp, _ = _one_step(_config(image_folder, batch_size=16, fsdp=True),
+                      jax.devices(), batch)
+  _assert_close_trees(fsdp, replicated, rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_shards_parameters_over_the_data_axis(image_folder):
+  config = _config(image_folder, fsdp=True)
+  setup = train.make_setup(config, len(CLASSES))
+  state = setup.init_state(jax.random.PRNGKey(0))
+  kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0'][
+      'Dense_0']['kernel']  # (32, 64): 64 splits over 8 devices.
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, 'data')
+  assert kernel.addressable_shards[0].data.shape == (32, 8)
+
+
+def test_gradient_accumulation_equals_one_big_batch(image_folder):
+  batch = _batch(32)
+  big, metrics_big = _one_step(_config(image_folder, batch_size=32),
+                               jax.devices(), batch)
+  accumulated, metrics_acc = _one_step(
+      _config(image_folder, batch_size=32, grad_accum_steps=4),
+      jax.devices(), batch)
+  np.testing.assert_allclose(metrics_acc['loss'], metrics_big['loss'],
+                             rtol=1e-5)
+  np.testing.assert_allclose(metrics_acc['grad_norm'],
+                             metrics_big['grad_norm'], rtol=1e-4)
+  _assert_close_trees(accumulated, big, rtol=1e-4, atol=1e-6)
+
+
+def test_ema_params_are_evaluated_and_exported(image_folder, tmp_path):
+  workdir = str(tmp_path / 'run')
+  record = train.train_and_evaluate(
+      _config(image_folder, ema_decay=0.5), workdir)
+  assert 'ema_top1_accuracy' in record
+  ema = checkpoint.load_params(os.path.join(workdir, 'model_ema.npz'))
+  final = checkpoint.load_params(os.path.join(workdir, 'model.npz'))
+  assert not np.allclose(ema['embedding']['kernel'],
+                         final['embedding']['kernel'])
+
+
+def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
+                                                               tmp_path):
+  source = helpers.tiny_model(num_classes=7, representation_size=16)
+  path = str(tmp_path / 'pretrained.npz')
+  checkpoint.save_npz(helpers.random_params(source, 8), path)  # 8 px, 2x2.
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(
+      _config(image_folder, pretrained_path=path, optimizer='sgd', lr=0.01,
+              total_steps=2), workdir)
+  tuned = checkpoint.load_params(os.path.join(workdir, 'model.npz'))
+  assert tuned['head']['kernel'].shape == (32, len(CLASSES))
+  assert 'pre_logits' not in tuned
+  assert tuned['Transformer']['posembed_input']['pos_embedding'].shape == (
+      1, 1 + 16, 32)
+
+
+def test_fine_tune_from_another_model_fails_clearly(image_folder, tmp_path):
+  path = str(tmp_path / 'other.npz')
+  checkpoint.save_npz(helpers.random_params(
+      helpers.tiny_model(hidden_size=16), 16), path)
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match='shape mismatch'):
+    train.train_and_evaluate(_config(image_folder, pretrained_path=path),
+                             str(tmp_path / 'run'))
+
+
+def test_unknown_dataset_fails_clearly(tmp_path):
+  config = _config(None, dataset='no_such_dataset_xyz')
+  with pytest.raises(ValueError, match='no_such_dataset_xyz'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_missing_data_dir_fails_clearly(tmp_path):
+  missing = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError, match='missing'):
+    train.train_and_evaluate(_config(missing), str(tmp_path / 'run'))
+
+
+def test_batch_not_splitting_over_devices_fails_clearly(image_folder,
+                                                        tmp_path):
+  with pytest.raises(ValueError, match='does not split over 8'):
+    train.train_and_evaluate(_config(image_folder, batch_size=12),
+                             str(tmp_path / 'run'))
+
+
+def test_non_finite_loss_stops_the_run(image_folder, tmp_path):
+  with pytest.raises(FloatingPointError, match='training loss is nan'):
+    train.train_and_evaluate(
+        _config(image_folder, lr=float('nan'), grad_clip_norm=0.0),
+        str(tmp_path / 'run'))
+
+
+def test_main_rejects_an_unknown_config_key(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       f'--workdir={tmp_path}', '--config.no_such_key=3'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'no_such_key' in result.stderr
+
+
+def test_main_reports_a_missing_data_dir_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       f'--workdir={tmp_path}', '--config.dataset=imagefolder',
+       f'--config.data_dir={tmp_path}/nope'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert 'error:' in result.stderr and 'nope' in result.stderr
+  assert 'Traceback' not in result.stderr
