@@ -71,10 +71,14 @@ def format_top_k(path: str, logits: np.ndarray, k: int,
 def run(checkpoint_path: str, model_name: str, images: Sequence[str], *,
         image_size: Optional[int] = None, top_k: int = 5,
         labels: Optional[str] = None, logits_out: Optional[str] = None,
-        batch_size: int = 32) -> np.ndarray:
-  """Classifies `images`, prints the top-k and returns the logits."""
+        batch_size: int = 32, **model_overrides) -> np.ndarray:
+  """Classifies `images`, prints the top-k and returns the logits.
+
+  `model_overrides` (e.g. num_layers=2) reach `pretrained.load`, for files
+  trained with a modified architecture.
+  """
   model, params, image_size = pretrained.load(
-      checkpoint_path, model_name, image_size=image_size)
+      checkpoint_path, model_name, image_size=image_size, **model_overrides)
   if not model.num_classes:
     raise ValueError(f'{checkpoint_path} has no head: it gives features, not '
                      'classes')
