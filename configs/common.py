@@ -22,7 +22,7 @@ def get_config():
 
   # --- Model ---------------------------------------------------------------
   config.model_name = 'ViT-Ti_16'  # A key of vit_jax.models.VARIANTS or short form.
-  config.model = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict()  # Architecture and numerics of the model.
   config.model.classifier = 'token'  # token | gap | unpooled | token_unpooled.
   config.model.representation_size = ml_collections.FieldReference(None, int)  # pre_logits width; None: no pre_logits.
   config.model.dropout_rate = 0.0  # Dropout after pos-emb, attention out, GELU, MLP out.
