@@ -29,7 +29,8 @@ JSON_KEYS = {
 
 
 def _tiny_models():
-  return {'token': helpers.tiny_model(),
+  # The token model has a pre_logits layer, as ImageNet-21k checkpoints do.
+  return {'token': helpers.tiny_model(representation_size=8),
           'gap': helpers.tiny_model(classifier='gap'),
           'hybrid': helpers.tiny_hybrid()}
 

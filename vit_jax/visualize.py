@@ -65,9 +65,15 @@ _ROLLOUT_DESCRIPTIONS = {
 
 def _attention_per_chunk(model, params, images_BHWC, batch_size):
   """Yields (attention {layer: (b, heads, N, N)}, b) over image chunks."""
-  layers = tuple(range(model.num_layers))
-  apply = jax.jit(functools.partial(models.apply_with_intermediates, model,
-                                    attention_layers=layers))
+  # Nothing after the encoder matters here, and without the `pre_logits`
+  # layer flax can sow the intermediates: it refuses to sow 'pre_logits'
+  # next to a submodule of that name (ImageNet-21k checkpoints have one).
+  encoder_only = model.clone(num_classes=0, representation_size=None)
+  params = {name: value for name, value in params.items()
+            if name not in ('head', 'pre_logits')}
+  apply = jax.jit(functools.partial(
+      models.apply_with_intermediates, encoder_only,
+      attention_layers=tuple(range(model.num_layers))))
   for start in range(0, len(images_BHWC), batch_size):
     chunk = images_BHWC[start:start + batch_size]
     _, intermediates = apply(params, chunk)

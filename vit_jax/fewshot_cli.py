@@ -1,0 +1,249 @@
+r"""Few-shot linear evaluation of a checkpoint's frozen features, as in the paper.
+
+  python -m vit_jax.fewshot_cli --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
+      --dataset=cifar10 [--data_dir=~/tensorflow_datasets] \
+      [--train_split=train] [--test_split=test] [--image_size=224] \
+      [--shots=1,5,10,25] [--seeds=0,1,2] [--val_per_class=10] \
+      [--json_out=fewshot.json] [--features_out=features.npz]
+
+Both splits go through the evaluation transform (resize, no augmentation) of
+`vit_jax.input_pipeline`, padded and masked so every example counts once.
+The features are the `pre_logits` (the file's head is dropped, so they are
+the model's output). The whole training split is the pool the shots and the
+l2-validation examples are drawn from; a TFDS slice such as
+--train_split='train[:10000]' bounds the extraction cost. --dataset takes any prepared TFDS image-classification
+dataset, `fashion_mnist_local`, or `imagefolder` with --data_dir=ROOT holding
+ROOT/<split>/<class>/*.png|jpg. The protocol (ridge regression to {-1, 1}
+targets, l2 chosen per seed on validation examples) is `vit_jax.fewshot`'s.
+
+Results print one line per shot count and, with --json_out, go to a file
+(see `to_json`). For a checkpoint trained with `config.model` architecture
+overrides, pass the same overrides (--num_layers=..., ...).
+"""
+
+import json
+import os
+from typing import (Any, Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple)
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from vit_jax import cli_flags
+from vit_jax import fewshot
+from vit_jax import input_pipeline
+from vit_jax import pretrained
+
+
+def data_config(dataset: str, split: str, image_size: int, batch_size: int,
+                data_dir: Optional[str] = None):
+  """The experiment config with one split as the evaluation split.
+
+  Starts from configs/common.py's defaults, so data settings not named here
+  (caching, prefetch) are the project's.
+  """
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.get_config()
+  config.dataset = dataset
+  config.data_dir = data_dir
+  # input_pipeline checks both splits exist; only eval_split is read.
+  config.train_split = split
+  config.eval_split = split
+  config.image_size = image_size
+  config.eval_batch_size = batch_size
+  return common.lock(config)
+
+
+def extract_pre_logits(model, params, batches: Iterable[Mapping[str, Any]]
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+  """(features (n, F) float32, labels (n,) int64) of the real examples.
+
+  What fewshot.extract_features does, for input_pipeline batches, with the
+  plain forward pass of a head-less model, whose output is the pre_logits.
+  fewshot.extract_features sows them through models.apply_with_intermediates
+  instead, which flax refuses for a model with a `pre_logits` layer (as in
+  the ImageNet-21k checkpoints): a value cannot be sown under the name of a
+  submodule.
+
+  Args:
+    model: a VisionTransformer with num_classes 0 and a pooled classifier.
+    params: its parameters.
+    batches: {'image', 'label', 'mask'} dicts of input_pipeline.
+
+  Returns:
+    The features and labels of the examples whose mask is 1, in order.
+  """
+  if model.num_classes:
+    raise ValueError('the model has a head: drop it (feature_extractor)')
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  features, labels = [], []
+  for batch in batches:
+    real = np.asarray(batch['mask']).astype(bool)
+    features.append(np.asarray(apply(params, batch['image']), np.float32)[real])
+    labels.append(np.asarray(batch['label'])[real].astype(np.int64))
+  if not features:
+    raise ValueError('no batches to extract features from')
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def _features(model, params, config):
+  batches = input_pipeline.get_eval_iterator(config)
+  return extract_pre_logits(model, params, batches)
+
+
+def feature_extractor(checkpoint_path: str, model_name: str, *,
+                      image_size: Optional[int] = None,
+                      **model_overrides: Any):
+  """(model, params, image_size) giving pre_logits: the file's head dropped."""
+  model, params, image_size = pretrained.load(
+      checkpoint_path, model_name, image_size=image_size, **model_overrides)
+  features_only = {name: value for name, value in params.items()
+                   if name != 'head'}
+  return model.clone(num_classes=0), features_only, image_size
+
+
+def to_json(results: Dict[int, Dict[str, Any]], **facts: Any
+            ) -> Dict[str, Any]:
+  """`facts` plus the results with string keys ('5' shots, '0.5' l2)."""
+  def with_string_keys(result):
+    return {**result, 'per_l2': {repr(float(l2)): value
+                                 for l2, value in result['per_l2'].items()}}
+  return {**facts, 'results': {str(shots): with_string_keys(result)
+                               for shots, result in sorted(results.items())}}
+
+
+def run(checkpoint_path: str, model_name: str, dataset: str, *,
+        data_dir: Optional[str] = None, train_split: str = 'train',
+        test_split: str = 'test', image_size: Optional[int] = None,
+        shots: Sequence[int] = fewshot.DEFAULT_SHOTS,
+        seeds: Sequence[int] = fewshot.DEFAULT_SEEDS,
+        val_per_class: int = fewshot.DEFAULT_VAL_PER_CLASS,
+        l2_regs: Sequence[float] = fewshot.DEFAULT_L2_REGS,
+        batch_size: int = 64, json_out: Optional[str] = None,
+        features_out: Optional[str] = None,
+        **model_overrides: Any) -> Dict[str, Any]:
+  """Extracts features of both splits, evaluates, prints and saves.
+
+  Args:
+    checkpoint_path: a released-layout .npz.
+    model_name: its variant, e.g. 'ViT-B_16'.
+    dataset: TFDS name, 'fashion_mnist_local' or 'imagefolder'.
+    data_dir: TFDS data_dir or the image-folder root.
+    train_split: the pool the shots are drawn from.
+    test_split: the held-out examples.
+    image_size: resolution; None: the checkpoint's native one.
+    shots: as in fewshot.evaluate_fewshot.
+    seeds: as in fewshot.evaluate_fewshot.
+    val_per_class: as in fewshot.evaluate_fewshot.
+    l2_regs: as in fewshot.evaluate_fewshot.
+    batch_size: images per forward pass.
+    json_out: write the record (see `to_json`) here.
+    features_out: save the features and labels of both splits here (.npz:
+      train_features, train_labels, test_features, test_labels), e.g. to try
+      other l2 values without running the model again.
+    **model_overrides: architecture overrides the checkpoint was trained with.
+
+  Returns:
+    The JSON record.
+  """
+  if not shots or min(shots) < 1:
+    raise ValueError(f'shots must be positive integers, got {list(shots)}')
+  model, params, image_size = feature_extractor(
+      checkpoint_path, model_name, image_size=image_size, **model_overrides)
+  split_config = lambda split: data_config(dataset, split, image_size,
+                                           batch_size, data_dir)
+  train_features, train_labels = _features(model, params,
+                                           split_config(train_split))
+  test_features, test_labels = _features(model, params,
+                                         split_config(test_split))
+  if features_out:
+    np.savez(features_out, train_features=train_features,
+             train_labels=train_labels, test_features=test_features,
+             test_labels=test_labels)
+  results = fewshot.evaluate_fewshot(
+      train_features, train_labels, test_features, test_labels, shots=shots,
+      seeds=seeds, l2_regs=l2_regs, val_per_class=val_per_class)
+  record = to_json(
+      results, checkpoint=str(checkpoint_path), model=model_name,
+      dataset=dataset, data_dir=data_dir, train_split=train_split,
+      test_split=test_split, image_size=image_size,
+      feature_dim=int(train_features.shape[1]),
+      num_classes=int(train_labels.max()) + 1,
+      num_train_examples=len(train_labels),
+      num_test_examples=len(test_labels), shots=[int(k) for k in shots],
+      seeds=[int(s) for s in seeds], val_per_class=val_per_class,
+      l2_regs=[float(l2) for l2 in l2_regs])
+  print(f'{model_name} on {dataset}: {len(train_labels)} {train_split} / '
+        f'{len(test_labels)} {test_split} examples, '
+        f'{train_features.shape[1]} features')
+  print(fewshot.format_results(results))
+  if json_out:
+    if os.path.dirname(json_out):
+      os.makedirs(os.path.dirname(json_out), exist_ok=True)
+    with open(json_out, 'w') as f:
+      json.dump(record, f, indent=1)
+    print(f'wrote {json_out}')
+  return record
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags of the module docstring on `flag_values`."""
+  cli_flags.define_model_flags(flag_values)
+  define = lambda kind, name, default, text: kind(
+      name, default, text, flag_values=flag_values)
+  define(flags.DEFINE_string, 'dataset', None,
+         'TFDS name, fashion_mnist_local, or imagefolder.')
+  define(flags.DEFINE_string, 'data_dir', None,
+         'TFDS data_dir, or the image-folder root.')
+  define(flags.DEFINE_string, 'train_split', 'train', 'Pool of the shots.')
+  define(flags.DEFINE_string, 'test_split', 'test', 'Held-out examples.')
+  define(flags.DEFINE_list, 'shots', [str(k) for k in fewshot.DEFAULT_SHOTS],
+         'Examples per class.')
+  define(flags.DEFINE_list, 'seeds', [str(s) for s in fewshot.DEFAULT_SEEDS],
+         'One sample per seed and shot count.')
+  define(flags.DEFINE_integer, 'val_per_class',
+         fewshot.DEFAULT_VAL_PER_CLASS,
+         'Training examples per class, besides the shots, to choose l2 on.')
+  define(flags.DEFINE_integer, 'batch_size', 64, 'Images per forward pass.')
+  define(flags.DEFINE_string, 'json_out', None, 'Write the results here.')
+  define(flags.DEFINE_string, 'features_out', None,
+         'Save both splits\' features and labels here (.npz).')
+
+
+def _integers(flag_values, name: str) -> List[int]:
+  try:
+    return [int(value) for value in flag_values[name].value]
+  except ValueError:
+    raise ValueError(f'--{name} must be a comma-separated list of integers, '
+                     f'got {",".join(flag_values[name].value)!r}') from None
+
+
+def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
+  """Runs `run` on the parsed flags; user errors exit with status 1."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+
+  def checked_run():
+    cli_flags.check_required(flag_values, 'checkpoint', 'model', 'dataset')
+    return run(
+        flag_values.checkpoint, flag_values.model, flag_values.dataset,
+        data_dir=flag_values.data_dir, train_split=flag_values.train_split,
+        test_split=flag_values.test_split, image_size=flag_values.image_size,
+        shots=_integers(flag_values, 'shots'),
+        seeds=_integers(flag_values, 'seeds'),
+        val_per_class=flag_values.val_per_class,
+        batch_size=flag_values.batch_size, json_out=flag_values.json_out,
+        features_out=flag_values.features_out,
+        **cli_flags.architecture_overrides(flag_values))
+  return cli_flags.exit_on_user_error(checked_run)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
