@@ -225,7 +225,10 @@ def _integers(flag_values, name: str) -> List[int]:
 
 
 def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
-  """Runs `run` on the parsed flags; user errors exit with status 1."""
+  """Runs `run` on the parsed flags; user errors exit with status 1.
+
+  Returns None: app.run passes the return value to sys.exit.
+  """
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
 
@@ -241,7 +244,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
         batch_size=flag_values.batch_size, json_out=flag_values.json_out,
         features_out=flag_values.features_out,
         **cli_flags.architecture_overrides(flag_values))
-  return cli_flags.exit_on_user_error(checked_run)
+  cli_flags.exit_on_user_error(checked_run)
 
 
 if __name__ == '__main__':

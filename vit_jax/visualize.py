@@ -449,13 +449,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
-  """Runs `run` on the parsed flags; user errors exit with status 1."""
+  """Runs `run` on the parsed flags; user errors exit with status 1.
+
+  Returns None: app.run passes the return value to sys.exit.
+  """
   def checked_run():
     cli_flags.check_required(flag_values, 'checkpoint', 'model', 'out_dir')
     return run(flag_values.checkpoint, flag_values.model, argv[1:],
                flag_values.out_dir, image_size=flag_values.image_size,
                **cli_flags.architecture_overrides(flag_values))
-  return cli_flags.exit_on_user_error(checked_run)
+  cli_flags.exit_on_user_error(checked_run)
 
 
 if __name__ == '__main__':
