@@ -88,9 +88,9 @@ def test_dataset_info(tiny_data_dir):
 
 
 def test_unknown_dataset_is_named(tmp_path):
-  with pytest.raises(ValueError, match="'no_such_dataset_xyz'.*not a registered"):
+  with pytest.raises(ValueError, match="'no_such_dataset_x'.*not a registered"):
     input_pipeline.get_dataset_info(
-        _config(dataset='no_such_dataset_xyz', data_dir=str(tmp_path)))
+        _config(dataset='no_such_dataset_x', data_dir=str(tmp_path)))
 
 
 def test_missing_data_dir_is_named(tmp_path):
@@ -234,7 +234,7 @@ def test_cache_setting_does_not_change_the_data(tiny_data_dir):
         _config(data_dir=tiny_data_dir, cache='sometimes')))
 
 
-# --- fashion_mnist_local --------------------------------------------------------
+# --- fashion_mnist_local ------------------------------------------------------
 
 
 def _write_idx(path, array, magic):
@@ -332,7 +332,7 @@ def test_real_fashion_mnist_test_split():
   assert sorted(set(labels.tolist())) == list(range(10))
 
 
-# --- Image folders ----------------------------------------------------------------
+# --- Image folders ------------------------------------------------------------
 
 
 # Class folder -> (solid colour, files). Sorted names: Dog, bird, cat.

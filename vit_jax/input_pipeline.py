@@ -189,7 +189,8 @@ def _tfds_builder(name, data_dir):
     if name in LOCAL_BUILDERS:
       builder.download_and_prepare()
     else:
-      root = data_dir or '~/tensorflow_datasets'
+      root = data_dir or os.environ.get('TFDS_DATA_DIR',
+                                        '~/tensorflow_datasets')
       raise FileNotFoundError(
           f'Dataset {name!r} is not prepared in {builder.data_dir!r} and this '
           f'code never downloads. On a machine with internet run `tfds build '

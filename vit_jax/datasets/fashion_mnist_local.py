@@ -8,12 +8,13 @@ so preparing it needs no network and takes about 7 s (2 CPU cores):
 
   import tensorflow_datasets as tfds
   import vit_jax.datasets  # Registers the builder.
-  builder = tfds.builder('fashion_mnist_local', data_dir='~/tensorflow_datasets')
+  builder = tfds.builder('fashion_mnist_local', data_dir='/data/tfds')
   builder.download_and_prepare()
 
 Where the idx files are read from, first match wins:
   1. the environment variable `VIT_JAX_FASHION_MNIST_DIR`;
-  2. `/usr/share/datasets/fashion-mnist` (`apt-get install dataset-fashion-mnist`).
+  2. `/usr/share/datasets/fashion-mnist`, where
+     `apt-get install dataset-fashion-mnist` puts them.
 Each file may be gzipped (`*-ubyte.gz`) or plain (`*-ubyte`). The prepared
 data in `data_dir` is reused afterwards; delete it to rebuild from other files.
 """
@@ -139,7 +140,8 @@ def load_split(directory, split):
 
 def _png_chunk(kind, payload):
   crc = zlib.crc32(kind + payload)
-  return struct.pack('>I', len(payload)) + kind + payload + struct.pack('>I', crc)
+  return (struct.pack('>I', len(payload)) + kind + payload +
+          struct.pack('>I', crc))
 
 
 def encode_png_grey(image):
