@@ -1,4 +1,6 @@
-r"""Few-shot linear evaluation of a checkpoint's frozen features, as in the paper.
+r"""Few-shot linear evaluation of a checkpoint's frozen features (paper 4.1).
+
+Run from the repository root (the data settings start from configs/common.py):
 
   python -m vit_jax.fewshot_cli --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
       --dataset=cifar10 [--data_dir=~/tensorflow_datasets] \
@@ -11,14 +13,16 @@ Both splits go through the evaluation transform (resize, no augmentation) of
 The features are the `pre_logits` (the file's head is dropped, so they are
 the model's output). The whole training split is the pool the shots and the
 l2-validation examples are drawn from; a TFDS slice such as
---train_split='train[:10000]' bounds the extraction cost. --dataset takes any prepared TFDS image-classification
-dataset, `fashion_mnist_local`, or `imagefolder` with --data_dir=ROOT holding
-ROOT/<split>/<class>/*.png|jpg. The protocol (ridge regression to {-1, 1}
-targets, l2 chosen per seed on validation examples) is `vit_jax.fewshot`'s.
+--train_split='train[:10000]' bounds the extraction cost. --dataset takes any
+prepared TFDS image-classification dataset, `fashion_mnist_local`, or
+`imagefolder` with --data_dir=ROOT holding ROOT/<split>/<class>/*.png|jpg.
+The protocol (ridge regression to {-1, 1} targets, l2 chosen per seed on
+validation examples drawn from the training split) is `vit_jax.fewshot`'s.
 
 Results print one line per shot count and, with --json_out, go to a file
 (see `to_json`). For a checkpoint trained with `config.model` architecture
-overrides, pass the same overrides (--num_layers=..., ...).
+overrides, pass the same overrides, e.g. for configs/default.py's model.npz:
+--patch_size=4 --hidden_size=128 --mlp_dim=256 --num_heads=4 --num_layers=6.
 """
 
 import json
