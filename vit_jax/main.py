@@ -8,6 +8,7 @@ Many processes: pass --coordinator_address, --num_processes and --process_id
 Cloud TPU or SLURM with --distributed).
 """
 
+import logging as logging_lib
 import os
 import sys
 
@@ -40,6 +41,14 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'detect the cluster (implied by --coordinator_address).')
 
 
+class _LibraryInfoFilter(logging_lib.Filter):
+  """Keeps orbax's per-save INFO chatter out of the training log."""
+
+  def filter(self, record):
+    return record.levelno >= logging_lib.WARNING or (
+        '/orbax/' not in record.pathname)
+
+
 def _initialize_distributed():
   if _COORDINATOR.value or _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
@@ -53,6 +62,7 @@ def _initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging_lib.getLogger('absl').addFilter(_LibraryInfoFilter())
   _initialize_distributed()
   try:
     record = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

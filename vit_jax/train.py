@@ -143,7 +143,8 @@ def host_params(params):
   """Full params on every host (gathers shards of other processes)."""
   if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(params)):
     return jax.device_get(params)
-  return multihost_utils.process_allgather(params)
+  # tiled=True: global arrays come back whole, not stacked per process.
+  return multihost_utils.process_allgather(params, tiled=True)
 
 
 def export_npz(state, workdir, ema: bool) -> Dict[str, str]:
