@@ -189,12 +189,25 @@ def test_captured_attention_rows_sum_to_one_and_outputs_agree():
   assert inter['pre_logits'].shape == (2, 32)
 
 
+def test_intermediates_of_a_model_with_pre_logits():
+  model = helpers.tiny_model(representation_size=24)
+  params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+  images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
+  logits, inter = models.apply_with_intermediates(model, params, images,
+                                                  attention_layers=[0])
+  features = inter['pre_logits']
+  assert features.shape == (2, 24) and np.abs(features).max() <= 1  # tanh
+  np.testing.assert_allclose(
+      logits, features @ params['head']['kernel'] + params['head']['bias'],
+      rtol=1e-5, atol=1e-5)
+
+
 def test_default_forward_stores_nothing():
   model = helpers.tiny_model()
   params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
   images = helpers.random_images(1, helpers.TINY_IMAGE_SIZE)
   _, state = model.apply({'params': params}, images, mutable=['intermediates'])
-  assert set(state['intermediates']) == {'pre_logits'}
+  assert set(state['intermediates']) == {'features'}
 
 
 def test_dropout_only_in_training():

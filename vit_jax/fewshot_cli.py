@@ -60,41 +60,9 @@ def data_config(dataset: str, split: str, image_size: int, batch_size: int,
   return common.lock(config)
 
 
-def extract_pre_logits(model, params, batches: Iterable[Mapping[str, Any]]
-                       ) -> Tuple[np.ndarray, np.ndarray]:
-  """(features (n, F) float32, labels (n,) int64) of the real examples.
-
-  What fewshot.extract_features does, for input_pipeline batches, with the
-  plain forward pass of a head-less model, whose output is the pre_logits.
-  fewshot.extract_features sows them through models.apply_with_intermediates
-  instead, which flax refuses for a model with a `pre_logits` layer (as in
-  the ImageNet-21k checkpoints): a value cannot be sown under the name of a
-  submodule.
-
-  Args:
-    model: a VisionTransformer with num_classes 0 and a pooled classifier.
-    params: its parameters.
-    batches: {'image', 'label', 'mask'} dicts of input_pipeline.
-
-  Returns:
-    The features and labels of the examples whose mask is 1, in order.
-  """
-  if model.num_classes:
-    raise ValueError('the model has a head: drop it (feature_extractor)')
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
-  features, labels = [], []
-  for batch in batches:
-    real = np.asarray(batch['mask']).astype(bool)
-    features.append(np.asarray(apply(params, batch['image']), np.float32)[real])
-    labels.append(np.asarray(batch['label'])[real].astype(np.int64))
-  if not features:
-    raise ValueError('no batches to extract features from')
-  return np.concatenate(features), np.concatenate(labels)
-
-
 def _features(model, params, config):
   batches = input_pipeline.get_eval_iterator(config)
-  return extract_pre_logits(model, params, batches)
+  return fewshot.extract_features(model, params, batches)
 
 
 def feature_extractor(checkpoint_path: str, model_name: str, *,

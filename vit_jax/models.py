@@ -167,7 +167,7 @@ def apply_with_intermediates(
       {'params': params}, images, train=False, capture_attention=layers,
       capture_block_outputs=block_outputs, mutable=['intermediates'])
   sown = state['intermediates']
-  result = {'pre_logits': sown['pre_logits'][0]}
+  result = {'pre_logits': sown['features'][0]}
   encoder = sown.get('Transformer', {})
   if layers:
     result['attention_weights'] = {

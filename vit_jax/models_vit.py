@@ -260,7 +260,8 @@ class VisionTransformer(nn.Module):
                    dot_general=layers.dot_general(self.dtype),
                    name='pre_logits')(x)
       x = jnp.tanh(x)
-    self.sow('intermediates', 'pre_logits', x)
+    # Named apart from the 'pre_logits' layer: a sow may not reuse its scope.
+    self.sow('intermediates', 'features', x)
     if not self.num_classes:
       return x
     return nn.Dense(

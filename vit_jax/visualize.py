@@ -65,9 +65,7 @@ _ROLLOUT_DESCRIPTIONS = {
 
 def _attention_per_chunk(model, params, images_BHWC, batch_size):
   """Yields (attention {layer: (b, heads, N, N)}, b) over image chunks."""
-  # Nothing after the encoder matters here, and without the `pre_logits`
-  # layer flax can sow the intermediates: it refuses to sow 'pre_logits'
-  # next to a submodule of that name (ImageNet-21k checkpoints have one).
+  # Nothing after the encoder matters here: skip the pre_logits and head.
   encoder_only = model.clone(num_classes=0, representation_size=None)
   params = {name: value for name, value in params.items()
             if name not in ('head', 'pre_logits')}
