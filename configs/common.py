@@ -43,6 +43,7 @@ def get_config():
   config.train_split = 'train'  # TFDS split for training (slicing allowed: 'train[:90%]').
   config.eval_split = 'test'  # TFDS split for evaluation.
   config.num_classes = ml_collections.FieldReference(None, int)  # None: read from the dataset info.
+  config.label_map = ml_collections.FieldReference(None, str)  # Label derived from other features: a key of vit_jax.vtab.LABEL_MAPS.
   config.image_size = 224  # Train and eval resolution (square).
   config.train_augment = 'inception_crop'  # inception_crop | resize (no random crop).
   config.random_flip = True  # Horizontal flip at training.
@@ -84,6 +85,18 @@ def get_config():
   config.checkpoint_every = 1000  # Steps between orbax checkpoints (and at the end).
   config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
   config.export_npz = True  # Export final params as released-layout model.npz.
+
+  # --- More evaluations (vit_jax/evaluators.py) -------------------------------
+  config.extra_evals = ()  # Eval sets run with every evaluation: imagenet2012_real (real_*) | imagenet_v2 (v2_*).
+  config.extra_evals_data_dir = ml_collections.FieldReference(None, str)  # Their TFDS data_dir; None: config.data_dir.
+  config.fewshot_every = 0  # Steps between few-shot linear evaluations of the params (and at the end); 0 disables.
+  config.fewshot_dataset = 'fashion_mnist_local'  # TFDS name or 'imagefolder' of the few-shot evaluation.
+  config.fewshot_data_dir = ml_collections.FieldReference(None, str)  # Its data_dir; None: config.data_dir.
+  config.fewshot_train_split = 'train[:10000]'  # Pool the shots and the l2-validation examples are drawn from.
+  config.fewshot_test_split = 'test'  # Held-out examples the linear classifiers are scored on.
+  config.fewshot_shots = (1, 5, 10, 25)  # Examples per class; logged as fewshot_{k}shot_top1.
+  config.fewshot_seeds = (0,)  # One sample of shots per seed; the logged top-1 is the mean.
+  config.fewshot_val_per_class = 10  # Pool examples per class (besides the shots) that choose l2.
 
   # --- Devices -------------------------------------------------------------------
   config.mesh_model_axis = 1  # Devices on the 'model' axis; the rest form 'data'.

@@ -1,14 +1,8 @@
 """tf.data input pipelines yielding host-local numpy batches.
 
-Sources (`config.dataset`):
-  * any TFDS image-classification dataset with 'image' and 'label' features,
-    read from `config.data_dir` (None: TFDS's default). Nothing is ever
-    downloaded: a dataset that is not prepared there is an error that says
-    how to prepare it, except `fashion_mnist_local` (`vit_jax.datasets`),
-    which needs no network and is prepared on first use (about 10 s).
-  * 'imagefolder': `config.data_dir/<split>/<class>/*.{jpg,jpeg,png}` (any
-    extension case). Class index = position of the class folder's name in the
-    sorted union of the class folders of the train and eval splits.
+Sources (`config.dataset`, `config.label_map`): any prepared TFDS
+image-classification dataset or an image folder, never downloaded; see
+`vit_jax.input_sources`.
 
 Public API:
   get_dataset_info(config) -> DatasetInfo
@@ -45,7 +39,6 @@ every epoch still gets fresh crops and flips.
 """
 
 import dataclasses
-import math
 import os
 
 import jax
@@ -53,29 +46,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax import datasets as local_datasets
+from vit_jax import input_sources
 from vit_jax import preprocess
 
-
-def _hide_accelerators_from_tf():
-  # TF would otherwise reserve most of the GPU memory JAX needs.
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TF's devices were initialised already: too late.
-    pass
-
-
-_hide_accelerators_from_tf()
-
-IMAGEFOLDER = 'imagefolder'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-# Builders that read local files only; they are prepared on first use.
-LOCAL_BUILDERS = (local_datasets.fashion_mnist_local.FashionMnistLocal.name,)
 CACHE_AUTO_MAX_BYTES = 1 << 30
-# Decoded size / file size assumed for image folders (JPEG is ~5-15x, PNG
-# ~2-3x), and how many files are measured to estimate it.
-_FOLDER_DECODE_EXPANSION = 8
-_FOLDER_SIZE_SAMPLE = 100
 # tf.data threads: the TF pool must leave cores to XLA, which runs the step.
 _INPUT_THREADS = max(1, (os.cpu_count() or 2) // 2)
 
@@ -115,179 +89,6 @@ def local_batch_size(global_batch_size, process_count=None):
   return global_batch_size // process_count
 
 
-def _even_slice(num_examples, process_index, process_count):
-  """[start, stop) of this process's share, as `tfds.even_splits` cuts it."""
-  size, remainder = divmod(num_examples, process_count)
-  start = process_index * size + min(process_index, remainder)
-  return start, start + size + (process_index < remainder)
-
-
-# ----------------------------------------------------------------------------
-# Sources: a split's per-process slice as a dataset of uint8 images + labels.
-# ----------------------------------------------------------------------------
-
-
-class _TfdsSource:
-  """A prepared TFDS dataset."""
-
-  def __init__(self, builder):
-    self._builder = builder
-    features = builder.info.features
-    if 'image' not in features or 'label' not in features:
-      raise ValueError(
-          f'Dataset {builder.name!r} has features {list(features)}; an image '
-          "classification dataset needs 'image' and 'label'.")
-    label = features['label']
-    self.num_classes = getattr(label, 'num_classes', None)
-
-  def num_examples(self, split, process_index=0, process_count=1):
-    subsplit = tfds.even_splits(split, n=process_count)[process_index]
-    return self._builder.info.splits[subsplit].num_examples
-
-  def read(self, split, process_index, process_count):
-    subsplit = tfds.even_splits(split, n=process_count)[process_index]
-    ds = self._builder.as_dataset(
-        split=subsplit, shuffle_files=False,
-        read_config=tfds.ReadConfig(add_tfds_id=False))
-    return ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']},
-                  num_parallel_calls=tf.data.AUTOTUNE)
-
-  def decoded_bytes(self, split):
-    shape = self._builder.info.features['image'].shape
-    if all(d is not None for d in shape):
-      return self.num_examples(split) * math.prod(shape)
-    # Unknown image sizes: the encoded size is the best cheap lower bound.
-    return self._builder.info.dataset_size
-
-
-def _check_split(builder, split):
-  try:
-    builder.info.splits[split]  # pylint: disable=pointless-statement
-  except (KeyError, ValueError, AssertionError) as e:
-    raise ValueError(
-        f'Split {split!r} does not exist in dataset {builder.name!r} '
-        f'(splits: {sorted(builder.info.splits)}); fix config.train_split / '
-        f'config.eval_split. ({e})') from None
-
-
-def _tfds_builder(name, data_dir):
-  """Returns a prepared builder, never downloading; see module docstring."""
-  if data_dir is not None and not tf.io.gfile.isdir(data_dir):
-    if name not in LOCAL_BUILDERS:
-      raise FileNotFoundError(
-          f'data_dir {data_dir!r} does not exist; set config.data_dir to the '
-          f'folder holding the prepared TFDS dataset {name!r}.')
-    tf.io.gfile.makedirs(data_dir)
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.DatasetNotFoundError:
-    raise ValueError(
-        f'Dataset {name!r} is not a registered TFDS dataset and is not '
-        f'prepared in data_dir {data_dir!r}; check config.dataset (e.g. '
-        f"'fashion_mnist_local', 'cifar10', or 'imagefolder').") from None
-  if not builder.is_prepared():
-    if name in LOCAL_BUILDERS:
-      builder.download_and_prepare()
-    else:
-      root = data_dir or os.environ.get('TFDS_DATA_DIR',
-                                        '~/tensorflow_datasets')
-      raise FileNotFoundError(
-          f'Dataset {name!r} is not prepared in {builder.data_dir!r} and this '
-          f'code never downloads. On a machine with internet run `tfds build '
-          f'{name} --data_dir={root}` (or prepare it with tfds), then copy '
-          f'the prepared files to {root}.')
-  return builder
-
-
-class _FolderSource:
-  """Images in `root/<split>/<class>/<file>`, one class per folder."""
-
-  def __init__(self, root, splits):
-    if not root:
-      raise ValueError("config.dataset='imagefolder' needs config.data_dir "
-                       'set to the image-folder root.')
-    if not tf.io.gfile.isdir(root):
-      raise FileNotFoundError(f'data_dir {root!r} (the image-folder root) '
-                              'does not exist.')
-    self._root = root
-    split_dirs = [os.path.join(root, s) for s in dict.fromkeys(splits)]
-    classes = set()
-    for split_dir in split_dirs:
-      if tf.io.gfile.isdir(split_dir):
-        classes.update(_subdirs(split_dir))
-    self.class_names = sorted(classes)
-    self.num_classes = len(self.class_names)
-    self._files = {}
-
-  def _list(self, split):
-    """Returns (paths, labels) of a split, in a fixed shuffled order."""
-    if split not in self._files:
-      split_dir = os.path.join(self._root, split)
-      if not tf.io.gfile.isdir(split_dir):
-        raise ValueError(
-            f'Split {split!r} does not exist: no folder {split_dir!r} '
-            f'(found: {sorted(_subdirs(self._root))}); fix '
-            'config.train_split / config.eval_split.')
-      paths, labels = [], []
-      for label, name in enumerate(self.class_names):
-        class_dir = os.path.join(split_dir, name)
-        if not tf.io.gfile.isdir(class_dir):
-          continue
-        for f in sorted(tf.io.gfile.listdir(class_dir)):
-          if f.lower().endswith(IMAGE_EXTENSIONS):
-            paths.append(os.path.join(class_dir, f))
-            labels.append(label)
-      if not paths:
-        raise ValueError(f'No {"/".join(IMAGE_EXTENSIONS)} files found in '
-                         f'{split_dir!r}/<class>/.')
-      # Files sorted by class would give each process a few classes only.
-      order = np.random.RandomState(0).permutation(len(paths))
-      self._files[split] = ([paths[i] for i in order],
-                            [labels[i] for i in order])
-    return self._files[split]
-
-  def num_examples(self, split, process_index=0, process_count=1):
-    start, stop = _even_slice(len(self._list(split)[0]), process_index,
-                              process_count)
-    return stop - start
-
-  def read(self, split, process_index, process_count):
-    paths, labels = self._list(split)
-    start, stop = _even_slice(len(paths), process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(
-        {'path': paths[start:stop], 'label': labels[start:stop]})
-    return ds.map(
-        lambda ex: {'image': preprocess.decode_image(tf.io.read_file(
-            ex['path'])), 'label': ex['label']},
-        num_parallel_calls=tf.data.AUTOTUNE)
-
-  def decoded_bytes(self, split):
-    paths = self._list(split)[0]
-    sample = paths[:_FOLDER_SIZE_SAMPLE]
-    mean_size = np.mean([tf.io.gfile.stat(p).length for p in sample])
-    return int(mean_size * len(paths) * _FOLDER_DECODE_EXPANSION)
-
-
-def _subdirs(path):
-  return [d.rstrip('/') for d in tf.io.gfile.listdir(path)
-          if tf.io.gfile.isdir(os.path.join(path, d))]
-
-
-def _get_source(config):
-  """Returns the source named by config.dataset, with both splits checked."""
-  if config.dataset == IMAGEFOLDER:
-    source = _FolderSource(config.data_dir,
-                           (config.train_split, config.eval_split))
-    for split in (config.train_split, config.eval_split):
-      source.num_examples(split)  # Raises for a missing or empty split.
-    return source
-  data_dir = config.data_dir and os.path.expanduser(config.data_dir)
-  builder = _tfds_builder(config.dataset, data_dir)
-  for split in (config.train_split, config.eval_split):
-    _check_split(builder, split)
-  return _TfdsSource(builder)
-
-
 def _num_classes(config, source):
   if config.num_classes is not None:
     if source.num_classes and config.num_classes < source.num_classes:
@@ -308,7 +109,7 @@ def get_dataset_info(config):
     ValueError / FileNotFoundError: unknown dataset, missing data_dir or
       split, dataset not prepared (see the module docstring).
   """
-  source = _get_source(config)
+  source = input_sources.get_source(config)
   return DatasetInfo(
       num_classes=_num_classes(config, source),
       num_train_examples=source.num_examples(config.train_split),
@@ -387,7 +188,7 @@ def make_train_dataset(config, *, start_step=0, process_index=None,
   """The tf.data.Dataset behind `get_train_iterator` (same arguments)."""
   process_index, process_count = _process_args(process_index, process_count)
   batch = local_batch_size(config.batch_size, process_count)
-  source = _get_source(config)
+  source = input_sources.get_source(config)
   split = config.train_split
   num_local = source.num_examples(split, process_index, process_count)
   if num_local == 0:
@@ -446,23 +247,28 @@ class EvalIterable:
     return self.num_batches
 
 
-def get_eval_iterator(config, *, process_index=None, process_count=None):
+def get_eval_iterator(config, *, source=None, split=None, process_index=None,
+                      process_count=None):
   """Returns a re-iterable over padded, masked host-local eval batches.
 
   Args:
     config: the experiment config (data keys of configs/common.py).
+    source: read this `vit_jax.input_sources` source instead of
+      config.dataset's (evaluators read other datasets so).
+    split: read this split instead of config.eval_split.
     process_index: defaults to jax.process_index() (for tests).
     process_count: defaults to jax.process_count() (for tests).
 
   Returns:
     EvalIterable: each iteration yields every example of this process's
-    slice of config.eval_split exactly once (mask 1), then padding (mask 0)
-    up to `num_batches` full batches.
+    slice of the split exactly once (mask 1), then padding (mask 0) up to
+    `num_batches` full batches. Features the source adds besides 'image' and
+    'label' (e.g. a multi-hot label set) pass through, zero in the padding.
   """
   process_index, process_count = _process_args(process_index, process_count)
   batch = local_batch_size(config.eval_batch_size, process_count)
-  source = _get_source(config)
-  split = config.eval_split
+  source = source or input_sources.get_source(config)
+  split = split or config.eval_split
   num_local = source.num_examples(split, process_index, process_count)
   # Every process must run as many batches as the largest slice needs.
   largest = max(source.num_examples(split, i, process_count)
@@ -472,14 +278,20 @@ def get_eval_iterator(config, *, process_index=None, process_count=None):
   data = source.read(split, process_index, process_count)
   if _should_cache(config, source, split):
     data = data.cache()  # uint8, before resizing: small.
-  ds = data.map(
-      lambda ex: _to_model_input(
-          preprocess.eval_preprocess(ex['image'], config.image_size),
-          ex['label'], 1),
-      num_parallel_calls=tf.data.AUTOTUNE)
+  extras = {k: spec for k, spec in data.element_spec.items()
+            if k not in ('image', 'label')}
+
+  def to_model_input(example):
+    image = preprocess.eval_preprocess(example['image'], config.image_size)
+    return {**_to_model_input(image, example['label'], 1),
+            **{k: example[k] for k in extras}}
+
+  ds = data.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
   size = config.image_size
-  padding = tf.data.Dataset.from_tensors(_to_model_input(
-      tf.zeros([size, size, 3], tf.float32), 0, 0)).repeat()
+  padding = tf.data.Dataset.from_tensors({
+      **_to_model_input(tf.zeros([size, size, 3], tf.float32), 0, 0),
+      **{k: tf.zeros(spec.shape, spec.dtype) for k, spec in extras.items()},
+  }).repeat()
   ds = ds.concatenate(padding).take(num_batches * batch)
   ds = ds.batch(batch, drop_remainder=True).prefetch(config.prefetch)
   return EvalIterable(ds.with_options(_options()), num_batches, num_local)

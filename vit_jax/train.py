@@ -18,6 +18,7 @@ import numpy as np
 
 from vit_jax import checkpoint
 from vit_jax import checkpointing
+from vit_jax import evaluators
 from vit_jax import input_pipeline
 from vit_jax import metrics_log
 from vit_jax import models
@@ -230,6 +231,8 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   train_batches = input_pipeline.get_train_iterator(config,
                                                     start_step=start_step)
   eval_batches = input_pipeline.get_eval_iterator(config)
+  extra_evals = evaluators.ExtraEvals.from_config(config, setup)
+  fewshot_eval = evaluators.FewShotEvaluator.from_config(config, setup)
   progress = Progress(start_step, config.total_steps, config.batch_size)
   history, record = [], None
   for step in range(start_step + 1, config.total_steps + 1):
@@ -248,8 +251,11 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
       if config.ema_decay:
         record.update(metrics_log.evaluation_record(
             evaluate(setup, state.ema_params, eval_batches), prefix='ema_'))
+      record.update(extra_evals.evaluate(state.params))
       logging.info('step %d eval: %s', step, record)
       log.write(step, record)
+    if fewshot_eval and is_due(step, config.fewshot_every, config.total_steps):
+      log.write(step, fewshot_eval.evaluate(state.params))
     if is_due(step, config.checkpoint_every, config.total_steps):
       checkpointer.save(state, step)
   checkpointer.close()

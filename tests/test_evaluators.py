@@ -1,0 +1,294 @@
+"""Tests of vit_jax.evaluators: ImageNet-ReaL, ImageNet-v2 and few-shot.
+
+ImageNet-ReaL and ImageNet-v2 are generated here, a few 8x8 JPEGs each, under
+their real TFDS names, versions and features, in a temporary data_dir: the
+library then opens them through TFDS's own registered builders, exactly as it
+would open the real prepared datasets. A stand-in model whose prediction is
+the image's dominant colour channel makes every accuracy known in advance.
+"""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import common
+from tests import data_helpers
+from tests import helpers
+from vit_jax import evaluators
+from vit_jax import fewshot
+from vit_jax import input_pipeline
+from vit_jax import sharding
+from vit_jax import train
+
+NUM_CLASSES = 1000  # Both ImageNet test sets use the 1000 ImageNet classes.
+IMAGE_SIZE = 8
+# (dominant channel = predicted class, ReaL label set). Three of the five
+# labelled images contain their prediction; two images have no labels.
+REAL_EXAMPLES = (
+    (0, (0, 7)),   # Correct.
+    (0, (3,)),     # Wrong.
+    (1, (1,)),     # Correct.
+    (2, ()),       # No labels: excluded.
+    (1, ()),       # No labels: excluded.
+    (2, (9, 2, 5)),  # Correct.
+    (1, (0, 2)),   # Wrong.
+)
+# (dominant channel, label) of the ImageNet-v2 test images: 4 of 6 right.
+V2_EXAMPLES = ((0, 0), (1, 1), (2, 2), (0, 5), (1, 1), (2, 0))
+
+
+def _colour_image(channel, seed):
+  """An 8x8 image whose dominant channel survives JPEG compression."""
+  rng = np.random.default_rng(seed)
+  image = rng.integers(0, 40, (IMAGE_SIZE, IMAGE_SIZE, 3))
+  image[..., channel] += 200
+  return image.astype(np.uint8)
+
+
+def _imagenet_label():
+  return tfds.features.ClassLabel(num_classes=NUM_CLASSES)
+
+
+class Imagenet2012Real(tfds.core.GeneratorBasedBuilder,
+                       skip_registration=True):
+  """Generated stand-in with the features of TFDS's imagenet2012_real."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(encoding_format='jpeg'),
+        'original_label': _imagenet_label(),
+        'real_label': tfds.features.Sequence(_imagenet_label()),
+        'file_name': tfds.features.Text(),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'validation': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, (channel, real) in enumerate(REAL_EXAMPLES):
+      yield i, {'image': _colour_image(channel, i), 'original_label': channel,
+                'real_label': list(real), 'file_name': f'{i}.JPEG'}
+
+
+class ImagenetV2(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Generated stand-in with the features of TFDS's imagenet_v2."""
+
+  VERSION = tfds.core.Version('3.0.0')
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name='matched-frequency')]
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(encoding_format='jpeg'),
+        'label': _imagenet_label(),
+        'file_name': tfds.features.Text(),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'test': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, (channel, label) in enumerate(V2_EXAMPLES):
+      yield i, {'image': _colour_image(channel, 100 + i), 'label': label,
+                'file_name': f'{label}/{i}.jpeg'}
+
+
+@pytest.fixture(scope='module')
+def imagenet_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  for builder_class in (Imagenet2012Real, ImagenetV2):
+    builder_class(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+class DominantChannel(nn.Module):
+  """Predicts class c in {0, 1, 2} for an image whose channel c is largest."""
+  num_classes: int = NUM_CLASSES
+
+  @nn.compact
+  def __call__(self, images_BHWC, *, train: bool = False):
+    del train
+    means_B3 = images_BHWC.mean(axis=(1, 2))
+    rest = jnp.full((images_BHWC.shape[0], self.num_classes - 3), -10.0)
+    return jnp.concatenate([10 * means_B3, rest], axis=-1)
+
+
+def _config(**overrides):
+  config = common.get_config()
+  config.update({**dict(image_size=IMAGE_SIZE, eval_batch_size=8,
+                        prefetch=1), **overrides})
+  return common.lock(config)
+
+
+def _mesh():
+  return sharding.make_mesh(1)
+
+
+# --- ImageNet-ReaL -------------------------------------------------------------
+
+
+def test_real_accuracy_counts_predictions_in_the_label_set(imagenet_dir):
+  evaluation = evaluators.make_extra_eval(
+      'imagenet2012_real', _config(data_dir=imagenet_dir), DominantChannel(),
+      _mesh())
+  record = evaluation.evaluate({})
+  assert record == {'real_top1_accuracy': 3 / 5, 'real_num_examples': 5.0,
+                    'real_num_without_labels': 2.0}
+
+
+def test_real_label_sets_arrive_multi_hot_and_padding_is_masked(imagenet_dir):
+  source = evaluators.real_labels_source(imagenet_dir)
+  batches = list(input_pipeline.get_eval_iterator(
+      _config(eval_batch_size=4), source=source, split='validation'))
+  assert len(batches) == 2  # 7 images + 1 padding row.
+  mask = np.concatenate([b['mask'] for b in batches])
+  real = np.concatenate([b['real_label'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])
+  np.testing.assert_array_equal(mask, [1] * 7 + [0])
+  assert real.shape == (8, NUM_CLASSES) and real.dtype == np.float32
+  got = sorted((int(label), tuple(np.flatnonzero(row)))
+               for label, row in zip(labels[:7], real[:7]))
+  assert got == sorted((c, tuple(sorted(r))) for c, r in REAL_EXAMPLES)
+  assert not real[7].any()
+
+
+def test_real_step_ignores_masked_rows_even_when_they_would_be_right():
+  logits = jnp.asarray([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+  model = type('Fixed', (), {'apply': lambda self, v, x, train: logits})()
+  batch = {'image': jnp.zeros((3, 1, 1, 3)),
+           'real_label': jnp.asarray([[1.0, 0, 0], [0, 0, 0], [0, 0, 1]]),
+           'mask': jnp.asarray([1.0, 1.0, 0.0])}
+  sums = evaluators.real_labels_eval_step({}, batch, model=model)
+  assert {k: float(v) for k, v in sums.items()} == {
+      'top1_correct': 1.0, 'count': 1.0, 'without_labels': 1.0}
+
+
+# --- ImageNet-v2 -----------------------------------------------------------------
+
+
+def test_imagenet_v2_is_evaluated_like_the_main_eval_set(imagenet_dir):
+  evaluation = evaluators.make_extra_eval(
+      'imagenet_v2', _config(data_dir=imagenet_dir), DominantChannel(),
+      _mesh())
+  record = evaluation.evaluate({})
+  assert record['v2_top1_accuracy'] == pytest.approx(4 / 6)
+  # The top 5 are the three colour classes, then 3 and 4: label 0 of the
+  # blue image is in it, label 5 of the red one is not.
+  assert record['v2_top5_accuracy'] == pytest.approx(5 / 6)
+  assert record['v2_num_examples'] == 6
+  assert record['v2_loss'] > 0
+
+
+def test_extra_evals_need_a_1000_class_model(imagenet_dir):
+  with pytest.raises(ValueError, match='1000 classes but the model has 10'):
+    evaluators.make_extra_eval('imagenet_v2', _config(data_dir=imagenet_dir),
+                               DominantChannel(num_classes=10), _mesh())
+  with pytest.raises(ValueError, match="unknown 'imagenet_a'"):
+    evaluators.make_extra_eval('imagenet_a', _config(data_dir=imagenet_dir),
+                               DominantChannel(), _mesh())
+
+
+def _tiny_train_config(data_dir, **overrides):
+  config = common.get_config()
+  config.update(dict(
+      image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
+      batch_size=8, eval_batch_size=8, shuffle_buffer=16, prefetch=1,
+      total_steps=2, warmup_steps=1, optimizer='adam', lr=1e-3, log_every=1,
+      eval_every=2, checkpoint_every=2, data_dir=data_dir, **overrides))
+  config.model.update(dict(helpers.TINY_VIT))
+  return common.lock(config)
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_training_logs_the_extra_evals_with_their_prefixes(imagenet_dir,
+                                                           tmp_path):
+  # The main eval set is ImageNet-v2 itself, so v2_* must equal it exactly.
+  config = _tiny_train_config(
+      imagenet_dir, dataset='imagenet_v2', train_split='test',
+      eval_split='test', extra_evals=('imagenet2012_real', 'imagenet_v2'))
+  record = train.train_and_evaluate(config, str(tmp_path))
+  for key in ('top1_accuracy', 'top5_accuracy', 'loss', 'num_examples'):
+    assert record[f'v2_{key}'] == pytest.approx(record[key], rel=1e-6)
+  assert record['real_num_examples'] == 5
+  assert record['real_num_without_labels'] == 2
+  assert 0 <= record['real_top1_accuracy'] <= 1
+  logged = [r for r in _records(str(tmp_path)) if 'real_top1_accuracy' in r]
+  assert [r['step'] for r in logged] == [2]
+
+
+# --- Few-shot ----------------------------------------------------------------------
+
+FEWSHOT_CLASSES = 4
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('folder'))
+  data_helpers.write_image_folder(root, {'train': 6, 'test': 3},
+                                  FEWSHOT_CLASSES, helpers.TINY_IMAGE_SIZE)
+  return root
+
+
+def _fewshot_config(folder, **overrides):
+  config = common.get_config()
+  config.update(dict(
+      dataset='imagefolder', data_dir=folder, image_size=helpers.TINY_IMAGE_SIZE,
+      eval_batch_size=8, prefetch=1, fewshot_dataset='imagefolder',
+      fewshot_train_split='train', fewshot_test_split='test',
+      fewshot_shots=(1, 2), fewshot_seeds=(0, 1), fewshot_val_per_class=2))
+  config.update(overrides)
+  return common.lock(config)
+
+
+def test_fewshot_evaluator_equals_the_library_on_sharded_params(folder):
+  config = _fewshot_config(folder)
+  model = helpers.tiny_model(num_classes=FEWSHOT_CLASSES,
+                             representation_size=16)
+  params = data_helpers.numpy_params(model, helpers.TINY_IMAGE_SIZE)
+  mesh = _mesh()
+  shardings = sharding.tree_shardings(params, mesh, fsdp=True)
+  sharded = jax.device_put(params, shardings)
+  got = evaluators.FewShotEvaluator(config, model, mesh, shardings).evaluate(
+      sharded)
+
+  def batches(split):
+    return input_pipeline.get_eval_iterator(config, split=split)
+  expected = fewshot.run_fewshot_from_iterators(
+      model, params, batches('train'), batches('test'), shots=(1, 2),
+      seeds=(0, 1), val_per_class=2)
+  assert got == pytest.approx({f'fewshot_{k}shot_top1': r['top1_mean']
+                               for k, r in expected.items()})
+  assert got['fewshot_2shot_top1'] > 1 / FEWSHOT_CLASSES  # Colours separate.
+
+
+def test_fewshot_runs_at_its_cadence_during_training(folder, tmp_path):
+  config = _fewshot_config(
+      folder, train_augment='resize',
+      random_flip=False, batch_size=8, shuffle_buffer=16, total_steps=4,
+      warmup_steps=1, optimizer='adam', lr=1e-3, log_every=4, eval_every=4,
+      checkpoint_every=4, fewshot_every=3)
+  config.model.update(dict(helpers.TINY_VIT))
+  train.train_and_evaluate(config, str(tmp_path))
+  logged = [r for r in _records(str(tmp_path)) if 'fewshot_1shot_top1' in r]
+  assert [r['step'] for r in logged] == [3, 4]  # Every 3 steps and the end.
+  assert all(0 <= r['fewshot_2shot_top1'] <= 1 for r in logged)
+
+
+def test_fewshot_needs_pooled_features(folder):
+  model = helpers.tiny_model(num_classes=FEWSHOT_CLASSES,
+                             classifier='unpooled')
+  with pytest.raises(ValueError, match='pooled features'):
+    evaluators.FewShotEvaluator(_fewshot_config(folder), model, _mesh())
