@@ -281,3 +281,12 @@ def test_read_npz_accepts_file_like_remote_paths(tmp_path, vit_params):
   buffer = io.BytesIO(path.read_bytes())
   with np.load(buffer) as archive:
     assert sorted(archive.files) == sorted(flat)
+
+
+def test_a_scanned_model_loads_per_block_files(tmp_path, vit_params):
+  path = tmp_path / 'm.npz'
+  checkpoint.save_npz(vit_params, path)
+  scanned = helpers.tiny_model(scan_layers=True)
+  shapes = models.param_shapes(scanned, (16, 16))
+  merged = checkpoint.merge_strict(shapes, checkpoint.load_params(path))
+  _assert_trees_equal(checkpoint.unstack_blocks(merged), vit_params, rtol=0)

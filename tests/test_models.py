@@ -259,3 +259,46 @@ def test_initialisation_follows_the_reference():
   limit = np.sqrt(6 / (384 + 384))
   assert float(np.abs(query).max()) <= limit
   assert float(np.abs(query).max()) > 0.95 * limit
+
+
+@pytest.mark.parametrize('remat_policy', ['none', 'full', 'dots'])
+def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
+  loop = helpers.tiny_model()
+  scanned = helpers.tiny_model(scan_layers=True, remat_policy=remat_policy)
+  params = helpers.random_params(loop, helpers.TINY_IMAGE_SIZE)
+  stacked = checkpoint.stack_blocks(params)
+  assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(
+      models.param_shapes(scanned, (16, 16)))
+  images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
+  np.testing.assert_allclose(scanned.apply({'params': stacked}, images),
+                             loop.apply({'params': params}, images),
+                             rtol=1e-5, atol=1e-5)
+
+  def loss(model, p):
+    return jnp.sum(model.apply({'params': p}, images, train=True) ** 2)
+
+  grads_loop = checkpoint.stack_blocks(jax.grad(lambda p: loss(loop, p))(params))
+  grads_scan = jax.grad(lambda p: loss(scanned, p))(stacked)
+  # float32 sums in another order: compare on the gradients' overall scale
+  # (the key bias gradient, for one, is zero up to rounding).
+  scale = max(float(np.abs(g).max())
+              for g in jax.tree_util.tree_leaves(grads_loop))
+  for a, b in zip(jax.tree_util.tree_leaves(grads_scan),
+                  jax.tree_util.tree_leaves(grads_loop)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_scanned_model_keeps_the_released_layout_and_intermediates():
+  scanned = helpers.tiny_model(scan_layers=True)
+  params = models.init_params(scanned, jax.random.PRNGKey(0), (16, 16))
+  assert params['Transformer']['encoderblock']['LayerNorm_0']['scale'].shape == (
+      2, 32)
+  released = checkpoint.to_released_layout(params)
+  assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel' in released
+  assert not any(k.startswith('Transformer/encoderblock/') for k in released)
+  images = helpers.random_images(1, helpers.TINY_IMAGE_SIZE)
+  out, inter = models.apply_with_intermediates(scanned, params, images,
+                                               attention_layers=[1])
+  np.testing.assert_allclose(out, scanned.apply({'params': params}, images),
+                             rtol=1e-5, atol=1e-6)
+  assert inter['attention_weights'][1].shape == (1, 2, 17, 17)

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from etils import epath
 import flax
+import jax
 import ml_dtypes
 import numpy as np
 
@@ -121,12 +122,55 @@ def _check_block_numbering(flat: Mapping[str, np.ndarray]):
                      f'({sorted(new)}) encoder-block module numbering')
 
 
+# ------------------------------------------- scanned (stacked) encoder blocks --
+
+_STACKED, _BLOCK = 'encoderblock', 'encoderblock_{}'
+
+
+def is_stacked(params: Params) -> bool:
+  return _STACKED in params.get('Transformer', {})
+
+
+def unstack_blocks(params: Params) -> Params:
+  """A scanned model's `encoderblock` (layer axis first) -> encoderblock_{i}."""
+  if not is_stacked(params):
+    return params
+  encoder = dict(params['Transformer'])
+  stacked = encoder.pop(_STACKED)
+  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  for layer in range(num_layers):
+    encoder[_BLOCK.format(layer)] = jax.tree_util.tree_map(
+        lambda x, i=layer: x[i], stacked)
+  return {**params, 'Transformer': encoder}
+
+
+def stack_blocks(params: Params) -> Params:
+  """encoderblock_{i} -> one `encoderblock` with a leading layer axis."""
+  if is_stacked(params) or 'Transformer' not in params:
+    return params
+  encoder = dict(params['Transformer'])
+  blocks = []
+  while _BLOCK.format(len(blocks)) in encoder:
+    blocks.append(encoder.pop(_BLOCK.format(len(blocks))))
+  if not blocks:
+    return params
+  encoder[_STACKED] = jax.tree_util.tree_map(lambda *x: np.stack(x), *blocks)
+  return {**params, 'Transformer': encoder}
+
+
+def match_block_layout(params: Params, like: Params) -> Params:
+  """Stacks or unstacks the encoder blocks of `params` as `like` has them."""
+  return stack_blocks(params) if is_stacked(like) else unstack_blocks(params)
+
+
 # ----------------------------------------------------------------- writing --
 
 
 def to_released_layout(params: Params) -> Dict[str, np.ndarray]:
-  """Our tree -> the ViT-paper layout: flat, old numbering, float32."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+  """Our tree -> the ViT-paper layout: flat, old numbering, float32, one
+  entry per encoder block whether or not the model scans them."""
+  params = unstack_blocks(flax.core.unfreeze(params))
+  flat = flax.traverse_util.flatten_dict(params, sep='/')
   return {
       '/'.join(_NEW_TO_OLD_BLOCK_NAMES.get(part, part)
                for part in key.split('/')): np.asarray(value, np.float32)
@@ -164,10 +208,11 @@ def merge_strict(init_params: Params, loaded_params: Params, *,
     CheckpointMismatchError: listing missing keys, unexpected keys and shape
       mismatches, with how to proceed.
   """
-  init = flax.traverse_util.flatten_dict(flax.core.unfreeze(init_params),
-                                         sep='/')
-  loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded_params),
-                                           sep='/')
+  init_params = flax.core.unfreeze(init_params)
+  loaded_params = match_block_layout(flax.core.unfreeze(loaded_params),
+                                     like=init_params)
+  init = flax.traverse_util.flatten_dict(init_params, sep='/')
+  loaded = flax.traverse_util.flatten_dict(loaded_params, sep='/')
   skip = lambda key: any(re.fullmatch(p, key) for p in dont_load)
   missing = sorted(k for k in init if k not in loaded and not skip(k))
   extra = sorted(k for k in loaded if k not in init and not skip(k))

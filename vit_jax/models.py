@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import checkpoint
 from vit_jax import models_vit
 
 
@@ -163,6 +164,9 @@ def apply_with_intermediates(
     when asked, and 'block_outputs' [(B, N, D)] * num_layers when asked.
   """
   layers = sorted({i % model.num_layers for i in attention_layers})
+  if model.scan_layers:  # Per-layer captures need the unrolled encoder.
+    model = model.clone(scan_layers=False)
+    params = checkpoint.unstack_blocks(params)
   outputs, state = model.apply(
       {'params': params}, images, train=False, capture_attention=layers,
       capture_block_outputs=block_outputs, mutable=['intermediates'])

@@ -9,8 +9,7 @@ names are the ones newer Flax code writes (`LayerNorm_0`,
 Looking inside: pass `capture_attention=(layer, ...)` and/or
 `capture_block_outputs=True` to `__call__` and apply with
 `mutable=['intermediates']` (see `vit_jax.models.apply_with_intermediates`).
-Without them the forward pass uses the fused attention kernel and stores
-nothing.
+Without them the forward pass stores nothing.
 """
 
 from typing import Any, Optional, Sequence
@@ -41,9 +40,11 @@ def layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
 class MultiHeadAttention(nn.Module):
   """Self-attention with q/k/v kernels (D, heads, D/heads), out (heads, ., D).
 
-  The fused `jax.nn.dot_product_attention` runs unless the caller wants the
-  attention weights or attention dropout is active; then the explicit einsum
-  path computes (and optionally sows) the probabilities.
+  Attention is two einsums around a float32 softmax, the computation
+  `jax.nn.dot_product_attention` does by default (logits scaled after the
+  product), written out because XLA:CPU runs it faster without that
+  function's grouped-query vmap and bf16 round trip of the probabilities,
+  and because it lets the weights be sown and dropped out.
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -65,21 +66,15 @@ class MultiHeadAttention(nn.Module):
     k_BNHK = projection('key')(x_BND)
     v_BNHK = projection('value')(x_BND)
 
-    use_dropout = train and self.dropout_rate > 0
-    if capture_weights or use_dropout:
-      q_BNHK = q_BNHK / jnp.sqrt(head_dim).astype(q_BNHK.dtype)
-      logits_BHQK = layers.einsum('bqhd,bkhd->bhqk', q_BNHK, k_BNHK, self.dtype)
-      weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1)
-      if capture_weights:
-        self.sow('intermediates', 'attention_weights', weights_BHQK)
-      weights_BHQK = nn.Dropout(self.dropout_rate)(
-          weights_BHQK, deterministic=not use_dropout)
-      out_BNHK = layers.einsum('bhqk,bkhd->bqhd', weights_BHQK, v_BNHK,
-                               self.dtype)
-    else:
-      out_BNHK = jax.nn.dot_product_attention(
-          q_BNHK.astype(self.dtype), k_BNHK.astype(self.dtype),
-          v_BNHK.astype(self.dtype)).astype(jnp.float32)
+    logits_BHQK = layers.einsum('bqhd,bkhd->bhqk', q_BNHK, k_BNHK, self.dtype)
+    logits_BHQK = logits_BHQK * jnp.float32(1 / head_dim**0.5)
+    weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1)
+    if capture_weights:
+      self.sow('intermediates', 'attention_weights', weights_BHQK)
+    weights_BHQK = nn.Dropout(self.dropout_rate)(
+        weights_BHQK, deterministic=not (train and self.dropout_rate > 0))
+    out_BNHK = layers.einsum('bhqk,bkhd->bqhd', weights_BHQK, v_BNHK,
+                             self.dtype)
 
     return nn.DenseGeneral(
         hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
@@ -108,27 +103,60 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN block: x + Drop(MHA(LN(x))), then x + MLP(LN(x))."""
+  """Pre-LN block: x + Drop(MHA(LN(x))), then x + MLP(LN(x)).
+
+  `train` and `capture_attention` are attributes, not call arguments, so
+  nn.remat and nn.scan see a block of one array argument.
+  """
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  train: bool = False
+  capture_attention: bool = False
 
   @nn.compact
-  def __call__(self, x_BND, *, train: bool, capture_attention: bool = False):
+  def __call__(self, x_BND):
+    train = self.train
     y = layer_norm('LayerNorm_0', self.param_dtype)(x_BND)
     y = MultiHeadAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,
         self.param_dtype, name='MultiHeadDotProductAttention_0')(
-            y, train=train, capture_weights=capture_attention)
+            y, train=train, capture_weights=self.capture_attention)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x_BND = x_BND + y
     y = layer_norm('LayerNorm_1', self.param_dtype)(x_BND)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
                  name='MlpBlock_0')(y, train=train)
     return x_BND + y
+
+
+class ScanStepBlock(EncoderBlock):
+  """EncoderBlock as an nn.scan body: (x, None) -> (block(x), None)."""
+
+  def __call__(self, x_BND, _):  # pytype: disable=signature-mismatch
+    return super().__call__(x_BND), None
+
+
+# What the backward pass may keep instead of recomputing (config remat_policy).
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_saveable,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _maybe_remat(block_class, remat_policy: str, prevent_cse: bool):
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f'unknown remat_policy {remat_policy!r}; expected one of '
+                     f'{sorted(REMAT_POLICIES)}')
+  if remat_policy == 'none':
+    return block_class
+  return nn.remat(block_class, policy=REMAT_POLICIES[remat_policy],
+                  prevent_cse=prevent_cse)
 
 
 class AddPositionEmbedding(nn.Module):
@@ -144,7 +172,13 @@ class AddPositionEmbedding(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Position embedding, dropout, `num_layers` blocks, final LayerNorm."""
+  """Position embedding, dropout, `num_layers` blocks, final LayerNorm.
+
+  With `scan_layers` the blocks are one nn.scan over a block whose params
+  carry a leading layer axis (`encoderblock`, compiled once); otherwise they
+  are `encoderblock_{i}`. vit_jax.checkpoint converts between the two, and
+  the released `.npz` layout is always per block.
+  """
   num_layers: int
   num_heads: int
   mlp_dim: int
@@ -152,6 +186,8 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x_BND, *, train: bool,
@@ -159,17 +195,31 @@ class Encoder(nn.Module):
                capture_block_outputs: bool = False):
     x_BND = AddPositionEmbedding(self.param_dtype, name='posembed_input')(x_BND)
     x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
-    for layer in range(self.num_layers):
-      x_BND = EncoderBlock(
-          self.num_heads, self.mlp_dim, self.dropout_rate,
-          self.attention_dropout_rate, self.dtype, self.param_dtype,
-          name=f'encoderblock_{layer}')(
-              x_BND, train=train, capture_attention=layer in capture_attention)
-      if capture_block_outputs:
-        self.sow('intermediates', 'block_outputs', x_BND)
+    block_args = (self.num_heads, self.mlp_dim, self.dropout_rate,
+                  self.attention_dropout_rate, self.dtype, self.param_dtype)
+    if self.scan_layers:
+      if capture_attention or capture_block_outputs:
+        raise ValueError('a scanned encoder cannot capture per-layer '
+                         'intermediates; use models.apply_with_intermediates, '
+                         'which runs the unrolled model')
+      blocks = nn.scan(
+          _maybe_remat(ScanStepBlock, self.remat_policy, prevent_cse=False),
+          variable_axes={'params': 0}, split_rngs={'params': True,
+                                                   'dropout': True},
+          length=self.num_layers)
+      x_BND, _ = blocks(*block_args, train=train, name='encoderblock')(
+          x_BND, None)
+    else:
+      block_class = _maybe_remat(EncoderBlock, self.remat_policy,
+                                 prevent_cse=True)
+      for layer in range(self.num_layers):
+        x_BND = block_class(
+            *block_args, train=train,
+            capture_attention=layer in capture_attention,
+            name=f'encoderblock_{layer}')(x_BND)
+        if capture_block_outputs:
+          self.sow('intermediates', 'block_outputs', x_BND)
     return layer_norm('encoder_norm', self.param_dtype)(x_BND)
-
-
 
 
 class VisionTransformer(nn.Module):
@@ -186,6 +236,10 @@ class VisionTransformer(nn.Module):
       None for a pure ViT.
     head_bias_init: constant init of the head bias (-10 for sigmoid
       pre-training, 0 for fine-tuning).
+    scan_layers: one scanned block instead of num_layers unrolled ones
+      (faster compiles; params stacked under `encoderblock`).
+    remat_policy: one of REMAT_POLICIES: recompute activations in the
+      backward pass instead of storing them.
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -201,6 +255,8 @@ class VisionTransformer(nn.Module):
   head_bias_init: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, images_BHWC, *, train: bool = False,
@@ -243,7 +299,7 @@ class VisionTransformer(nn.Module):
     x_BND = Encoder(
         self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
         self.attention_dropout_rate, self.dtype, self.param_dtype,
-        name='Transformer')(
+        self.scan_layers, self.remat_policy, name='Transformer')(
             x_BND, train=train, capture_attention=tuple(capture_attention),
             capture_block_outputs=capture_block_outputs)
 
