@@ -272,3 +272,20 @@ def test_main_reports_a_missing_data_dir_without_a_traceback(tmp_path):
   assert result.returncode == 1
   assert 'error:' in result.stderr and 'nope' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_scanned_rematerialised_run_fine_tunes_and_exports_per_block(
+    image_folder, tmp_path):
+  source = helpers.tiny_model(num_classes=7)
+  path = str(tmp_path / 'pretrained.npz')
+  checkpoint.save_npz(helpers.random_params(source, 16), path)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(
+      _config(image_folder, pretrained_path=path, total_steps=2,
+              **{'model.scan_layers': True, 'model.remat_policy': 'full'}),
+      workdir)
+  # The unrolled model loads the export: the layout is per block.
+  model, params, _ = pretrained.load(os.path.join(workdir, 'model.npz'),
+                                     'Ti/16', **helpers.TINY_VIT)
+  assert 'encoderblock_1' in params['Transformer']
+  assert model.num_classes == len(CLASSES)

@@ -42,6 +42,8 @@ def build_model(config, num_classes: int):
       dropout_rate=config.model.dropout_rate,
       attention_dropout_rate=config.model.attention_dropout_rate,
       head_bias_init=config.model.head_bias_init,
+      scan_layers=config.model.scan_layers,
+      remat_policy=config.model.remat_policy,
       dtype=jnp.dtype(config.model.dtype),
       param_dtype=jnp.dtype(config.model.param_dtype), **overrides)
 
