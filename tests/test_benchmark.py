@@ -1,0 +1,88 @@
+"""Smoke tests of vit_jax.benchmark on a one-layer model (no timing claims)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vit_jax import benchmark
+
+# A one-layer ViT-Ti at 32 px: compiles in seconds.
+_TINY = dict(model='ViT-Ti_16', batch_size=2, image_size=32, num_classes=10,
+             steps=2, warmup=2, peak_matmul_size=128, num_layers=1)
+
+
+def _check_consistent(result, batch_size):
+  for key in ('images_per_sec', 'step_time_ms', 'cpu_time_ms', 'params',
+              'gflops_per_image', 'achieved_tflops', 'matmul_peak_tflops',
+              'fraction_of_peak', 'xla_peak_memory_mb', 'max_rss_mb'):
+    assert result[key] > 0, key
+  assert result['images_per_sec'] * result['step_time_ms'] / 1e3 == (
+      pytest.approx(batch_size))
+  assert result['step_time_ms_min'] <= result['step_time_ms'] <= (
+      result['step_time_ms_max'])
+  assert result['fraction_of_peak'] == pytest.approx(
+      result['achieved_tflops'] / result['matmul_peak_tflops'])
+  flops_per_step = result['gflops_per_image'] * 1e9 * batch_size
+  assert result['achieved_tflops'] == pytest.approx(
+      flops_per_step / (result['step_time_ms'] / 1e3) / 1e12)
+  json.dumps(result)  # JSON-ready
+
+
+@pytest.mark.parametrize('mode,dtype', [('inference', 'float32'),
+                                        ('train', 'bfloat16')])
+def test_fields_positive_and_consistent(mode, dtype):
+  result = benchmark.run_benchmark(mode=mode, dtype=dtype, host_devices=1,
+                                   **_TINY)
+  _check_consistent(result, _TINY['batch_size'])
+  assert result['host_devices'] == 1
+  assert (result['mode'], result['dtype']) == (mode, dtype)
+
+
+def test_train_counts_backward_flops():
+  common = dict(_TINY, host_devices=1)
+  inference = benchmark.run_benchmark(mode='inference', **common)
+  train = benchmark.run_benchmark(mode='train', **common)
+  # Forward + backward is about 3x the forward pass.
+  assert 2 < train['gflops_per_image'] / inference['gflops_per_image'] < 4
+  assert train['params'] == inference['params']
+
+
+def test_batch_split_over_two_devices_counts_all_flops():
+  one = benchmark.run_benchmark(mode='inference', host_devices=1, **_TINY)
+  two = benchmark.run_benchmark(mode='inference', host_devices=2, **_TINY)
+  assert two['host_devices'] == 2
+  assert two['gflops_per_image'] == pytest.approx(one['gflops_per_image'],
+                                                  rel=0.05)
+
+
+def test_rejects_short_warmup_and_indivisible_batch():
+  with pytest.raises(ValueError, match='warmup'):
+    benchmark.run_benchmark(**dict(_TINY, warmup=1))
+  with pytest.raises(ValueError, match='divisible'):
+    benchmark.run_benchmark(host_devices=2, **dict(_TINY, batch_size=3))
+
+
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ('torch', 'timm')),
+    reason='the optional torch and timm are not installed')
+def test_compare_with_timm():
+  # find_spec, not importorskip: timm imports only through the benchmark's
+  # torchvision stand-in where torchvision is missing.
+  result = benchmark.run_benchmark(mode='train', dtype='float32',
+                                   host_devices=1, compare='timm', **_TINY)
+  timm = result['timm']
+  assert timm['params'] == result['params']  # the same architecture
+  assert timm['images_per_sec'] > 0
+  assert result['ratio_vs_timm'] == pytest.approx(
+      result['images_per_sec'] / timm['images_per_sec'])
+  assert 'ours/timm' in benchmark.format_result(result)
+
+
+def test_package_does_not_import_torch():
+  code = ('import sys, vit_jax.benchmark; '
+          'sys.exit("torch" in sys.modules)')
+  assert subprocess.run([sys.executable, '-c', code],
+                        check=False).returncode == 0

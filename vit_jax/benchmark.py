@@ -1,0 +1,355 @@
+r"""Throughput benchmark of a ViT variant, optionally against timm (PyTorch).
+
+  python -m vit_jax.benchmark --model=ViT-B_16 --batch_size=8 \
+      --image_size=224 --mode=inference --dtype=bfloat16 --compare=timm \
+      --json_out=/tmp/bench.json
+
+Protocol: every step is compiled and run `--warmup` (>= 2) times before the
+clock starts; then each of `--steps` steps is timed on its own up to
+`block_until_ready` and the median is reported. With `--compare=timm` the two
+frameworks' timed steps alternate, so a change in machine load during the run
+hits both alike and the ratio stays meaningful.
+
+`--mode=train` times a whole training step: forward, backward and an SGD
+momentum update, jitted with the parameters and optimizer state donated.
+FLOPs come from XLA's cost analysis of the compiled step (forward + backward
+for training), so `fraction_of_peak` compares the achieved rate with a large
+matmul of the same dtype measured on the spot.
+"""
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vit_jax import models
+
+_MODEL = flags.DEFINE_string('model', 'ViT-B_16', 'Variant name.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per step.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Head size.')
+_MODE = flags.DEFINE_enum('mode', 'inference', ['inference', 'train'],
+                          'What one step does.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'Matmul operand dtype (parameters stay float32).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (median reported).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (>= 2).')
+_COMPARE = flags.DEFINE_enum('compare', None, ['timm'],
+                             'Also time the same model in this framework.')
+_JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the results here.')
+_HOST_DEVICES = flags.DEFINE_integer(
+    'host_devices', None,
+    'Split the batch over this many XLA:CPU devices (default: every device '
+    'there is). Must divide the batch size.')
+
+# The ratio of the matmul size used to measure the peak to stay well inside
+# the time budget: 2 * 4096^3 is 137 GFLOP, about 0.1-0.5 s on two cores.
+_PEAK_MATMUL_SIZE = 4096
+
+Step = Callable[[], None]
+
+
+def matmul_peak_tflops(dtype: Any, size: int = _PEAK_MATMUL_SIZE,
+                       repeats: int = 3) -> float:
+  """TFLOP/s of a large square matmul, the best the matrix units manage.
+
+  Bfloat16 operands accumulate in float32 as the model's matmuls do.
+
+  Args:
+    dtype: operand dtype.
+    size: the side of the square matrices.
+    repeats: timed runs; the fastest counts (the peak, not the typical).
+
+  Returns:
+    The achieved TFLOP/s.
+  """
+  a = jnp.ones((size, size), dtype)
+  b = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda a, b: jnp.dot(a, b,
+                                        preferred_element_type=jnp.float32))
+  times = _time_steps([lambda: matmul(a, b).block_until_ready()],
+                      steps=repeats, warmup=2)[0]['wall']
+  return 2 * size**3 / min(times) / 1e12
+
+
+def _time_steps(steps_fns: Sequence[Step], steps: int,
+                warmup: int) -> List[Dict[str, List[float]]]:
+  """Times each call of every step function, the functions interleaved.
+
+  Args:
+    steps_fns: callables that each run one step to completion.
+    steps: timed calls of each.
+    warmup: untimed calls of each first.
+
+  Returns:
+    Per function {'wall': seconds, 'cpu': process CPU seconds} of every
+    call. CPU time is the steadier figure when other processes share the
+    cores: it counts only the cycles this process got (spin-waits included).
+  """
+  for _ in range(warmup):
+    for step in steps_fns:
+      step()
+  times = [{'wall': [], 'cpu': []} for _ in steps_fns]
+  for _ in range(steps):
+    for step, step_times in zip(steps_fns, times):
+      start, start_cpu = time.perf_counter(), time.process_time()
+      step()
+      step_times['wall'].append(time.perf_counter() - start)
+      step_times['cpu'].append(time.process_time() - start_cpu)
+  return times
+
+
+def _mesh(num_devices: Optional[int]) -> jax.sharding.Mesh:
+  devices = jax.devices()
+  if num_devices is not None:
+    if num_devices > len(devices):
+      raise ValueError(
+          f'--host_devices={num_devices} but there are only {len(devices)} '
+          'devices; start the process with a larger '
+          '--xla_force_host_platform_device_count')
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.array(devices), ('data',))
+
+
+def _compiled_stats(compiled: Any, num_devices: int) -> Dict[str, float]:
+  """FLOPs and memory of one compiled step (all devices together)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0]
+  memory = compiled.memory_analysis()
+  # An SPMD program is the per-device program: scale to the whole step.
+  stats = {'flops': float(cost.get('flops', 0.0)) * num_devices}
+  if memory is not None:
+    peak = getattr(memory, 'peak_memory_in_bytes', 0)
+    if not peak:
+      peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+              - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    stats['xla_peak_bytes'] = float(peak) * num_devices
+    stats['xla_temp_bytes'] = float(memory.temp_size_in_bytes) * num_devices
+  return stats
+
+
+def _cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels).mean()
+
+
+def _jax_steps(model_name: str, batch_size: int, image_size: int,
+               num_classes: int, mode: str, dtype: Any,
+               mesh: jax.sharding.Mesh, images_np: np.ndarray,
+               labels_np: np.ndarray, overrides: Dict[str, Any]):
+  """Builds and compiles one step of our model; returns (step, info)."""
+  del batch_size  # implied by the images
+  model = models.create_model(model_name, num_classes=num_classes, dtype=dtype,
+                              **overrides)
+  params = models.init_params(model, jax.random.PRNGKey(0),
+                              (image_size, image_size))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('data'))
+  params = jax.device_put(params, replicated)
+  images = jax.device_put(jnp.asarray(images_np), batch_sharding)
+  labels = jax.device_put(jnp.asarray(labels_np), batch_sharding)
+  info = {'params': models.count_params(params)}
+
+  if mode == 'inference':
+    forward = jax.jit(lambda params, images: model.apply(
+        {'params': params}, images, train=False),
+                      in_shardings=(replicated, batch_sharding))
+    compiled = forward.lower(params, images).compile()
+
+    def step():
+      compiled(params, images).block_until_ready()
+  else:
+    optimizer = optax.sgd(learning_rate=1e-3, momentum=0.9)
+
+    def train_step(state, images, labels):
+      params, opt_state = state
+      loss_fn = lambda params: _cross_entropy(
+          model.apply({'params': params}, images, train=True), labels)
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    state = (params, jax.device_put(optimizer.init(params), replicated))
+    jitted = jax.jit(train_step, donate_argnums=0,
+                     in_shardings=(replicated, batch_sharding, batch_sharding),
+                     out_shardings=(replicated, replicated))
+    compiled = jitted.lower(state, images, labels).compile()
+    holder = [state]
+
+    def step():
+      holder[0], loss = compiled(holder[0], images, labels)
+      loss.block_until_ready()
+
+  info.update(_compiled_stats(compiled, mesh.size))
+  return step, info
+
+
+def _summary(times: Dict[str, List[float]],
+             batch_size: int) -> Dict[str, float]:
+  wall = times['wall']
+  step_time = statistics.median(wall)
+  return {
+      'step_time_ms': step_time * 1e3,
+      'images_per_sec': batch_size / step_time,
+      'step_time_ms_min': min(wall) * 1e3,
+      'step_time_ms_max': max(wall) * 1e3,
+      'cpu_time_ms': statistics.median(times['cpu']) * 1e3,
+  }
+
+
+def _max_rss_bytes() -> float:
+  return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
+                  image_size: int = 224, num_classes: int = 1000,
+                  mode: str = 'inference', dtype: str = 'float32',
+                  steps: int = 10, warmup: int = 2,
+                  compare: Optional[str] = None,
+                  host_devices: Optional[int] = None,
+                  peak_matmul_size: int = _PEAK_MATMUL_SIZE,
+                  **model_overrides: Any) -> Dict[str, Any]:
+  """Times `steps` steps of the model (and of timm's with `compare`).
+
+  Args:
+    model: variant name (see `models.VARIANTS`).
+    batch_size: images per step.
+    image_size: square input side in pixels.
+    num_classes: head size.
+    mode: 'inference' or 'train'.
+    dtype: 'float32' or 'bfloat16' matmul operands.
+    steps: timed steps; the median is reported.
+    warmup: untimed steps before timing; at least 2 (compilation and
+      first-touch allocations must not be timed).
+    compare: None or 'timm'.
+    host_devices: XLA devices to split the batch over (default: all).
+    peak_matmul_size: side of the square matmul that measures the peak.
+    **model_overrides: architecture overrides for `models.create_model`
+      (e.g. num_layers=1 for a smoke test); timm gets the same.
+
+  Returns:
+    A JSON-ready dict of results (see the module docstring).
+  """
+  if warmup < 2:
+    raise ValueError(f'warmup={warmup}: at least 2 untimed steps are needed '
+                     'so compilation and first-touch costs are excluded')
+  jnp_dtype = jnp.dtype(dtype)
+  mesh = _mesh(host_devices)
+  if batch_size % mesh.size:
+    raise ValueError(f'batch_size={batch_size} is not divisible by the '
+                     f'{mesh.size} devices; set --host_devices')
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(
+      np.float32)
+  labels = rng.integers(0, num_classes, (batch_size,)).astype(np.int32)
+
+  name = models.canonical_name(model)
+  step, info = _jax_steps(name, batch_size, image_size, num_classes, mode,
+                          jnp_dtype, mesh, images, labels, model_overrides)
+  step_fns = [step]
+  other = None
+  if compare == 'timm':
+    from vit_jax import benchmark_timm  # pylint: disable=g-import-not-at-top
+    variant = dataclasses.replace(models.VARIANTS[name], **model_overrides)
+    other = benchmark_timm.TimmStep(
+        variant, batch_size=batch_size,
+        image_size=image_size, num_classes=num_classes, mode=mode,
+        dtype=dtype, images_nhwc=images, labels=labels)
+    step_fns.append(other.step)
+  elif compare is not None:
+    raise ValueError(f'unknown --compare={compare!r}; only "timm" exists')
+
+  times = _time_steps(step_fns, steps=steps, warmup=warmup)
+  peak = matmul_peak_tflops(jnp_dtype, size=peak_matmul_size)
+
+  result = {
+      'model': name, 'mode': mode, 'dtype': dtype, 'batch_size': batch_size,
+      'image_size': image_size, 'num_classes': num_classes, 'steps': steps,
+      'warmup': warmup, 'host_devices': mesh.size,
+      'jax_version': jax.__version__,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'params': info['params'],
+      'gflops_per_image': info['flops'] / batch_size / 1e9,
+      'flops_counted': 'forward+backward' if mode == 'train' else 'forward',
+      'matmul_peak_tflops': peak,
+      'xla_peak_memory_mb': info.get('xla_peak_bytes', 0.0) / 2**20,
+      'xla_temp_memory_mb': info.get('xla_temp_bytes', 0.0) / 2**20,
+      **_summary(times[0], batch_size),
+  }
+  result['achieved_tflops'] = (
+      info['flops'] / (result['step_time_ms'] / 1e3) / 1e12)
+  result['fraction_of_peak'] = result['achieved_tflops'] / peak
+  result['max_rss_mb'] = _max_rss_bytes() / 2**20
+  if other is not None:
+    timm_result = {**other.info(), **_summary(times[1], batch_size)}
+    timm_result['achieved_tflops'] = (
+        info['flops'] / (timm_result['step_time_ms'] / 1e3) / 1e12)
+    timm_result['fraction_of_peak'] = timm_result['achieved_tflops'] / peak
+    result['timm'] = timm_result
+    result['ratio_vs_timm'] = (result['images_per_sec']
+                               / timm_result['images_per_sec'])
+    # The same ratio from CPU time, steadier on a shared machine.
+    result['cpu_ratio_vs_timm'] = (timm_result['cpu_time_ms']
+                                   / result['cpu_time_ms'])
+  return result
+
+
+def format_result(result: Dict[str, Any]) -> str:
+  lines = [
+      f"{result['model']} {result['mode']} {result['dtype']} "
+      f"batch {result['batch_size']} @ {result['image_size']}px on "
+      f"{result['host_devices']} device(s)",
+      f"  ours: {result['images_per_sec']:.2f} img/s, "
+      f"{result['step_time_ms']:.1f} ms/step "
+      f"({result['cpu_time_ms']:.0f} ms CPU), "
+      f"{result['gflops_per_image']:.1f} GFLOP/img, "
+      f"{result['achieved_tflops']:.3f} TFLOP/s = "
+      f"{result['fraction_of_peak']:.0%} of the "
+      f"{result['matmul_peak_tflops']:.3f} TFLOP/s matmul peak",
+  ]
+  if 'timm' in result:
+    timm = result['timm']
+    lines.append(
+        f"  timm: {timm['images_per_sec']:.2f} img/s, "
+        f"{timm['step_time_ms']:.1f} ms/step "
+        f"({timm['cpu_time_ms']:.0f} ms CPU); ours/timm = "
+        f"{result['ratio_vs_timm']:.2f}x (by CPU time "
+        f"{result['cpu_ratio_vs_timm']:.2f}x)")
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _HOST_DEVICES.value:
+    # Must happen before the first JAX operation starts the CPU backend.
+    jax.config.update('jax_num_cpu_devices', _HOST_DEVICES.value)
+  result = run_benchmark(
+      model=_MODEL.value, batch_size=_BATCH_SIZE.value,
+      image_size=_IMAGE_SIZE.value, num_classes=_NUM_CLASSES.value,
+      mode=_MODE.value, dtype=_DTYPE.value, steps=_STEPS.value,
+      warmup=_WARMUP.value, compare=_COMPARE.value,
+      host_devices=_HOST_DEVICES.value)
+  print(format_result(result))
+  print(json.dumps(result, indent=1, sort_keys=True))
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, 'w') as f:
+      json.dump(result, f, indent=1, sort_keys=True)
+    print(f'wrote {_JSON_OUT.value}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  app.run(main)
