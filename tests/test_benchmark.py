@@ -31,31 +31,38 @@ def _check_consistent(result, batch_size):
   json.dumps(result)  # JSON-ready
 
 
+@pytest.fixture(scope='module')
+def inference():
+  return benchmark.run_benchmark(mode='inference', dtype='float32',
+                                 host_devices=1, **_TINY)
+
+
+@pytest.fixture(scope='module')
+def train():
+  return benchmark.run_benchmark(mode='train', dtype='bfloat16',
+                                 host_devices=1, **_TINY)
+
+
 @pytest.mark.parametrize('mode,dtype', [('inference', 'float32'),
                                         ('train', 'bfloat16')])
-def test_fields_positive_and_consistent(mode, dtype):
-  result = benchmark.run_benchmark(mode=mode, dtype=dtype, host_devices=1,
-                                   **_TINY)
+def test_fields_positive_and_consistent(request, mode, dtype):
+  result = request.getfixturevalue(mode)
   _check_consistent(result, _TINY['batch_size'])
   assert result['host_devices'] == 1
   assert (result['mode'], result['dtype']) == (mode, dtype)
 
 
-def test_train_counts_backward_flops():
-  common = dict(_TINY, host_devices=1)
-  inference = benchmark.run_benchmark(mode='inference', **common)
-  train = benchmark.run_benchmark(mode='train', **common)
+def test_train_counts_backward_flops(inference, train):
   # Forward + backward is about 3x the forward pass.
   assert 2 < train['gflops_per_image'] / inference['gflops_per_image'] < 4
   assert train['params'] == inference['params']
 
 
-def test_batch_split_over_two_devices_counts_all_flops():
-  one = benchmark.run_benchmark(mode='inference', host_devices=1, **_TINY)
+def test_batch_split_over_two_devices_counts_all_flops(inference):
   two = benchmark.run_benchmark(mode='inference', host_devices=2, **_TINY)
   assert two['host_devices'] == 2
-  assert two['gflops_per_image'] == pytest.approx(one['gflops_per_image'],
-                                                  rel=0.05)
+  assert two['gflops_per_image'] == pytest.approx(
+      inference['gflops_per_image'], rel=0.05)
 
 
 def test_rejects_short_warmup_and_indivisible_batch():

@@ -53,34 +53,32 @@ _HOST_DEVICES = flags.DEFINE_integer(
     'Split the batch over this many XLA:CPU devices (default: every device '
     'there is). Must divide the batch size.')
 
-# The ratio of the matmul size used to measure the peak to stay well inside
-# the time budget: 2 * 4096^3 is 137 GFLOP, about 0.1-0.5 s on two cores.
+# Side of the square matmul that measures the peak: 2 * 4096^3 is 137 GFLOP,
+# about 0.3-0.7 s on two cores, large enough to reach the library's best.
 _PEAK_MATMUL_SIZE = 4096
 
 Step = Callable[[], None]
 
 
-def matmul_peak_tflops(dtype: Any, size: int = _PEAK_MATMUL_SIZE,
-                       repeats: int = 3) -> float:
-  """TFLOP/s of a large square matmul, the best the matrix units manage.
+def matmul_step(dtype: Any, size: int = _PEAK_MATMUL_SIZE):
+  """A large square matmul to time against the model: (step, flops).
 
-  Bfloat16 operands accumulate in float32 as the model's matmuls do.
+  Bfloat16 operands accumulate in float32 as the model's matmuls do. Its
+  fastest run is the `matmul_peak_tflops` of the results: the best the
+  matrix units manage under the conditions the model ran in.
 
   Args:
     dtype: operand dtype.
     size: the side of the square matrices.
-    repeats: timed runs; the fastest counts (the peak, not the typical).
 
   Returns:
-    The achieved TFLOP/s.
+    A callable that runs one matmul to completion, and its FLOPs.
   """
   a = jnp.ones((size, size), dtype)
   b = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda a, b: jnp.dot(a, b,
                                         preferred_element_type=jnp.float32))
-  times = _time_steps([lambda: matmul(a, b).block_until_ready()],
-                      steps=repeats, warmup=2)[0]['wall']
-  return 2 * size**3 / min(times) / 1e12
+  return lambda: matmul(a, b).block_until_ready(), 2.0 * size**3
 
 
 def _time_steps(steps_fns: Sequence[Step], steps: int,
@@ -272,8 +270,10 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
   elif compare is not None:
     raise ValueError(f'unknown --compare={compare!r}; only "timm" exists')
 
-  times = _time_steps(step_fns, steps=steps, warmup=warmup)
-  peak = matmul_peak_tflops(jnp_dtype, size=peak_matmul_size)
+  # The peak matmul runs in every round too, so it sees the same load.
+  peak_step, peak_flops = matmul_step(jnp_dtype, size=peak_matmul_size)
+  times = _time_steps(step_fns + [peak_step], steps=steps, warmup=warmup)
+  peak = peak_flops / min(times[-1]['wall']) / 1e12
 
   result = {
       'model': name, 'mode': mode, 'dtype': dtype, 'batch_size': batch_size,
