@@ -62,12 +62,13 @@ class Imagenet2012Real(tfds.core.GeneratorBasedBuilder,
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(encoding_format='jpeg'),
-        'original_label': _imagenet_label(),
-        'real_label': tfds.features.Sequence(_imagenet_label()),
-        'file_name': tfds.features.Text(),
-    }))
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(encoding_format='jpeg'),
+            'original_label': _imagenet_label(),
+            'real_label': tfds.features.Sequence(_imagenet_label()),
+            'file_name': tfds.features.Text(),
+        }))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -86,11 +87,12 @@ class ImagenetV2(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name='matched-frequency')]
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(encoding_format='jpeg'),
-        'label': _imagenet_label(),
-        'file_name': tfds.features.Text(),
-    }))
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(encoding_format='jpeg'),
+            'label': _imagenet_label(),
+            'file_name': tfds.features.Text(),
+        }))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -133,7 +135,7 @@ def _mesh():
   return sharding.make_mesh(1)
 
 
-# --- ImageNet-ReaL -------------------------------------------------------------
+# --- ImageNet-ReaL ------------------------------------------------------------
 
 
 def test_real_accuracy_counts_predictions_in_the_label_set(imagenet_dir):
@@ -172,7 +174,7 @@ def test_real_step_ignores_masked_rows_even_when_they_would_be_right():
       'top1_correct': 1.0, 'count': 1.0, 'without_labels': 1.0}
 
 
-# --- ImageNet-v2 -----------------------------------------------------------------
+# --- ImageNet-v2 --------------------------------------------------------------
 
 
 def test_imagenet_v2_is_evaluated_like_the_main_eval_set(imagenet_dir):
@@ -229,7 +231,7 @@ def test_training_logs_the_extra_evals_with_their_prefixes(imagenet_dir,
   assert [r['step'] for r in logged] == [2]
 
 
-# --- Few-shot ----------------------------------------------------------------------
+# --- Few-shot -----------------------------------------------------------------
 
 FEWSHOT_CLASSES = 4
 
@@ -245,9 +247,10 @@ def folder(tmp_path_factory):
 def _fewshot_config(folder, **overrides):
   config = common.get_config()
   config.update(dict(
-      dataset='imagefolder', data_dir=folder, image_size=helpers.TINY_IMAGE_SIZE,
-      eval_batch_size=8, prefetch=1, fewshot_dataset='imagefolder',
-      fewshot_train_split='train', fewshot_test_split='test',
+      dataset='imagefolder', data_dir=folder,
+      image_size=helpers.TINY_IMAGE_SIZE, eval_batch_size=8, prefetch=1,
+      fewshot_dataset='imagefolder', fewshot_train_split='train',
+      fewshot_test_split='test',
       fewshot_shots=(1, 2), fewshot_seeds=(0, 1), fewshot_val_per_class=2))
   config.update(overrides)
   return common.lock(config)

@@ -118,7 +118,7 @@ def test_unknown_label_map_is_named():
     vtab.get_label_map('clevr_colour')
 
 
-# --- Through the input pipeline ---------------------------------------------
+# --- Through the input pipeline -----------------------------------------------
 
 NUM_DSPRITES = 20
 
@@ -135,17 +135,18 @@ class Dsprites(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self):
     label = tfds.features.ClassLabel
     value = lambda: tfds.features.Tensor(shape=[], dtype=np.float32)
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(64, 64, 1)),
-        'label_shape': label(num_classes=3),
-        'label_scale': label(num_classes=6),
-        'label_orientation': label(num_classes=40),
-        'label_x_position': label(num_classes=32),
-        'label_y_position': label(num_classes=32),
-        'value_shape': value(), 'value_scale': value(),
-        'value_orientation': value(), 'value_x_position': value(),
-        'value_y_position': value(),
-    }))
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(64, 64, 1)),
+            'label_shape': label(num_classes=3),
+            'label_scale': label(num_classes=6),
+            'label_orientation': label(num_classes=40),
+            'label_x_position': label(num_classes=32),
+            'label_y_position': label(num_classes=32),
+            'value_shape': value(), 'value_scale': value(),
+            'value_orientation': value(), 'value_x_position': value(),
+            'value_y_position': value(),
+        }))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -165,7 +166,8 @@ class Dsprites(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _example_ids(images_BHWC):
   """The generator's index i: the square starts at row i."""
-  return [int(np.argmax(image[..., 0].max(axis=1) > 0)) for image in images_BHWC]
+  return [int(np.argmax(image[..., 0].max(axis=1) > 0))
+          for image in images_BHWC]
 
 
 @pytest.fixture(scope='module')
@@ -220,7 +222,7 @@ def test_label_map_reading_absent_features_fails_clearly(dsprites_dir):
                               'clevr_count')
 
 
-# --- The 19 task configs -------------------------------------------------------
+# --- The 19 task configs ------------------------------------------------------
 
 
 def _slice_size(split):

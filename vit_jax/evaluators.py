@@ -285,7 +285,7 @@ class FewShotEvaluator:
 
   @classmethod
   def from_config(cls, config, setup) -> Optional['FewShotEvaluator']:
-    """The evaluator for a `train.Setup`, None when config.fewshot_every is 0."""
+    """The evaluator for a `train.Setup`; None when config.fewshot_every=0."""
     if not config.fewshot_every:
       return None
     return cls(config, setup.model, setup.mesh, setup.state_shardings.params)
