@@ -199,6 +199,14 @@ def test_extra_evals_need_a_1000_class_model(imagenet_dir):
                                DominantChannel(), _mesh())
 
 
+def test_extra_eval_names_accept_the_command_line_form():
+  # --config.extra_evals=a,b arrives as the one-element tuple ('a,b',).
+  config = _config(extra_evals=('imagenet2012_real, imagenet_v2',))
+  assert evaluators.extra_eval_names(config) == ['imagenet2012_real',
+                                                 'imagenet_v2']
+  assert evaluators.extra_eval_names(_config()) == []
+
+
 def _tiny_train_config(data_dir, **overrides):
   config = common.get_config()
   config.update(dict(

@@ -184,6 +184,16 @@ def make_extra_eval(name: str, config, model, mesh,
                    mesh, record)
 
 
+def extra_eval_names(config) -> List[str]:
+  """config.extra_evals as a list of names.
+
+  Entries may hold comma-separated names, which is what the command line
+  `--config.extra_evals=imagenet2012_real,imagenet_v2` gives.
+  """
+  return [name.strip() for entry in config.extra_evals
+          for name in entry.split(',') if name.strip()]
+
+
 class ExtraEvals:
   """The eval sets of `config.extra_evals`, run with every evaluation."""
 
@@ -195,7 +205,7 @@ class ExtraEvals:
     """Builds every set of config.extra_evals for a `train.Setup`."""
     return cls([make_extra_eval(name, config, setup.model, setup.mesh,
                                 setup.state_shardings.params)
-                for name in config.extra_evals])
+                for name in extra_eval_names(config)])
 
   def evaluate(self, params) -> Dict[str, float]:
     """All sets' records in one dict ({} when there are none)."""
