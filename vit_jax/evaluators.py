@@ -16,10 +16,10 @@
     fitted per `vit_jax.fewshot`. Records: fewshot_{k}shot_top1 per shot
     count k (mean over `config.fewshot_seeds`).
 
-Every evaluation runs the model jitted over the training mesh with the
-params' own shardings, on padded and masked batches of
-`vit_jax.input_pipeline`, so every example counts exactly once on any number
-of devices and processes.
+Both evaluate the trained params (not their EMA average). Every evaluation
+runs the model jitted over the training mesh with the params' own
+shardings, on padded and masked batches of `vit_jax.input_pipeline`, so
+every example counts exactly once on any number of devices and processes.
 """
 
 import functools
