@@ -132,7 +132,7 @@ class TimmStep:
     torch.manual_seed(0)
     self._model = create_model(variant, image_size, num_classes)
     self._images = torch.from_numpy(
-        np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+        np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2), np.float32))
     self._labels = torch.from_numpy(labels.astype(np.int64))
     self._bf16 = dtype == 'bfloat16'
     self._mode = mode
