@@ -50,10 +50,10 @@ def _jit_on_mesh(step: Callable, mesh, params_shardings):
   """`step(params, batch)` jitted with batches split over 'data' and a
   replicated result (every process gets all of it)."""
   replicated = sharding.replicated(mesh)
-  return jax.jit(
+  return sharding.MeshBound(jax.jit(
       step, in_shardings=(params_shardings or replicated,
                           sharding.batch_sharding(mesh)),
-      out_shardings=replicated)
+      out_shardings=replicated), mesh)
 
 
 def sum_over_batches(step: Callable, params, batches: Iterable[Any],

@@ -276,7 +276,7 @@ def measure(config, num_classes: int, num_devices: int,
         'starts)')
   start = time.perf_counter()
   setup = train.make_setup(config, num_classes, devices=devices[:num_devices])
-  state_shapes = jax.eval_shape(setup.init_state, jax.random.PRNGKey(0))
+  state_shapes = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   setup_s = time.perf_counter() - start
   data_devices = setup.mesh.shape[sharding.DATA_AXIS]
   images_per_device = _images_per_device(config, data_devices)

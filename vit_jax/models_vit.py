@@ -25,6 +25,8 @@ Dtype = Any
 
 LAYER_NORM_EPSILON = 1e-6
 CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+# Logical names of the (B, N, D) activation axes, for sharding rules.
+ACTIVATION_AXES = ('batch', 'tokens', 'embed')
 # Classifiers that prepend a learned class token at index 0.
 TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
 
@@ -120,6 +122,8 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BND):
     train = self.train
+    # A no-op unless the caller maps logical axes to a mesh (vit_jax.sharding).
+    x_BND = nn.with_logical_constraint(x_BND, ACTIVATION_AXES)
     y = layer_norm('LayerNorm_0', self.param_dtype)(x_BND)
     y = MultiHeadAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,

@@ -9,12 +9,18 @@ the same rule, applied to its path and shape:
   2. else, with `config.fsdp`, its largest dimension divisible by the 'data'
      axis is split over 'data' (FSDP/ZeRO-3: XLA gathers for the matmuls);
   3. else it is replicated.
-The model code knows nothing of devices.
+The model code knows nothing of devices: it names the axes of its
+activations ('batch', 'tokens', 'embed', see models_vit), and
+ACTIVATION_RULES map them onto the mesh while a step is traced. Without the
+constraint, a scanned encoder with FSDP params lets the partitioner replicate
+the activations: every device would compute the whole batch.
 """
 
+import contextlib
 import re
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
@@ -22,6 +28,37 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 DATA_AXIS, MODEL_AXIS = 'data', 'model'
+
+
+# Logical activation axes -> mesh axes.
+ACTIVATION_RULES = (('batch', DATA_AXIS), ('tokens', None), ('embed', None))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh):
+  """Mesh and logical-axis rules in force while a step traces."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(ACTIVATION_RULES):
+    yield
+
+
+class MeshBound:
+  """A jitted function whose calls and lowerings run in
+  `activation_sharding(mesh)` (jax.set_mesh is refused inside jit)."""
+
+  def __init__(self, jitted, mesh):
+    self._jitted, self._mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with activation_sharding(self._mesh):
+      return self._jitted(*args)
+
+  def lower(self, *args):
+    with activation_sharding(self._mesh):
+      return self._jitted.lower(*args)
+
+  def eval_shape(self, *args):
+    with activation_sharding(self._mesh):
+      return self._jitted.eval_shape(*args)
 
 
 def make_mesh(model_axis_size: int = 1, devices=None) -> jax.sharding.Mesh:

@@ -100,8 +100,10 @@ def make_setup(config, num_classes: int, devices=None) -> Setup:
       steps.bind(steps.eval_step, model=model, loss=config.loss),
       in_shardings=(state_shardings.params, batch_sharding),
       out_shardings=replicated)
-  return Setup(model, mesh, state_shardings, train_step, eval_step,
-               jax.jit(init_state, out_shardings=state_shardings))
+  init = jax.jit(init_state, out_shardings=state_shardings)
+  bind = lambda jitted: sharding.MeshBound(jitted, mesh)
+  return Setup(model, mesh, state_shardings, bind(train_step),
+               bind(eval_step), bind(init))
 
 
 def initial_state(config, setup: Setup, checkpointer):
@@ -109,7 +111,7 @@ def initial_state(config, setup: Setup, checkpointer):
   when `config.pretrained_path` is set)."""
   if checkpointer.latest_step() is not None:
     abstract = checkpointing.abstract_like(
-        jax.eval_shape(setup.init_state, jax.random.PRNGKey(0)),
+        setup.init_state.eval_shape(jax.random.PRNGKey(0)),
         setup.state_shardings)
     logging.info('Resuming from step %d', checkpointer.latest_step())
     return checkpointer.restore(abstract)
