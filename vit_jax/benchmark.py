@@ -15,8 +15,8 @@ momentum update, jitted with the parameters and optimizer state donated.
 FLOPs come from XLA's cost analysis of the compiled step (forward + backward
 for training), so `fraction_of_peak` compares the achieved rate with a large
 matmul of the same dtype, timed in the same rounds as the steps. Memory:
-XLA's compiled memory analysis (arguments + outputs + temporaries) and the
-process's max RSS, read before timm is loaded (timm's figure is the whole
+XLA's compiled memory analysis (its peak estimate, and arguments + outputs
++ temporaries as an upper bound) and the process's max RSS, read before timm is loaded (timm's figure is the whole
 process's).
 
 On a machine that other processes share, wall time depends on how the OS
@@ -140,11 +140,13 @@ def _compiled_stats(compiled: Any, num_devices: int) -> Dict[str, float]:
   # An SPMD program is the per-device program: scale to the whole step.
   stats = {'flops': float(cost.get('flops', 0.0)) * num_devices}
   if memory is not None:
-    peak = getattr(memory, 'peak_memory_in_bytes', 0)
-    if not peak:
-      peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-              - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-    stats['xla_peak_bytes'] = float(peak) * num_devices
+    # All buffers the step holds at once at worst; XLA's own peak estimate
+    # (from its buffer assignment) can be lower, where buffers reuse space.
+    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    stats['xla_buffers_bytes'] = float(total) * num_devices
+    stats['xla_peak_bytes'] = float(
+        getattr(memory, 'peak_memory_in_bytes', 0) or total) * num_devices
     stats['xla_temp_bytes'] = float(memory.temp_size_in_bytes) * num_devices
   return stats
 
@@ -300,6 +302,7 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
       'matmul_peak_tflops': peak,
       'xla_peak_memory_mb': info.get('xla_peak_bytes', 0.0) / 2**20,
       'xla_temp_memory_mb': info.get('xla_temp_bytes', 0.0) / 2**20,
+      'xla_buffers_memory_mb': info.get('xla_buffers_bytes', 0.0) / 2**20,
       **_summary(times[0], batch_size),
   }
   result['achieved_tflops'] = (
