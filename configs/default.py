@@ -5,9 +5,11 @@ r"""The offline default: a small ViT trained from scratch on real Fashion-MNIST.
 
 Data: Debian's dataset-fashion-mnist (60,000 train / 10,000 test, 28x28 grey),
 read through TFDS (`vit_jax/datasets/fashion_mnist_local.py`) and tf.data like
-any other dataset. Model: ViT-Ti-style blocks, 4x4 patches on the 28x28 image
-(49 patches + class token), width 128, 6 layers; bf16 matmuls with float32
-accumulation and float32 params.
+any other dataset. Model: 4x4 patches on the 28x28 image (49 patches + class
+token), width 96, 3 heads, MLP 192, 4 layers (0.3M parameters); bf16 matmuls
+with float32 accumulation and float32 params. Adam, batch 128, 4,000 steps
+(8.5 epochs), no augmentation: at this budget the model underfits, so flips
+only slow it down.
 Expected on a 2-core CPU: about 10 minutes, test top-1 >= 0.90 (see README).
 """
 
@@ -18,22 +20,22 @@ def get_config():
   config = common.get_config()
   config.model_name = 'ViT-Ti_16'
   config.model.patch_size = 4
-  config.model.hidden_size = 128
-  config.model.mlp_dim = 256
-  config.model.num_heads = 4
-  config.model.num_layers = 6
+  config.model.hidden_size = 96
+  config.model.mlp_dim = 192
+  config.model.num_heads = 3
+  config.model.num_layers = 4
   config.model.dtype = 'bfloat16'
 
   config.dataset = 'fashion_mnist_local'
   config.image_size = 28
-  config.train_augment = 'resize'  # Small grey images: flips only.
-  config.random_flip = True
+  config.train_augment = 'resize'
+  config.random_flip = False
 
   config.batch_size = 128
   config.eval_batch_size = 1000
   config.total_steps = 4000
   config.optimizer = 'adam'
-  config.lr = 1e-3
+  config.lr = 2e-3
   config.warmup_steps = 200
   config.decay_type = 'cosine'
   config.weight_decay = 0.05
