@@ -107,3 +107,9 @@ def test_package_does_not_import_torch():
           'sys.exit("torch" in sys.modules)')
   assert subprocess.run([sys.executable, '-c', code],
                         check=False).returncode == 0
+
+
+def test_default_host_devices_split_only_float32_inference():
+  assert benchmark.default_host_devices('train', 'float32', 8) == 1
+  assert benchmark.default_host_devices('inference', 'bfloat16', 8) == 1
+  assert benchmark.default_host_devices('inference', 'float32', 7) == 1
