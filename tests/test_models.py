@@ -302,3 +302,18 @@ def test_scanned_model_keeps_the_released_layout_and_intermediates():
   np.testing.assert_allclose(out, scanned.apply({'params': params}, images),
                              rtol=1e-5, atol=1e-6)
   assert inter['attention_weights'][1].shape == (1, 2, 17, 17)
+
+
+def test_fused_attention_equals_the_einsum_path():
+  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(size=(2, 17, 32)).astype(np.float32)
+  fused = models_vit.MultiHeadAttention(2, implementation='fused')
+  einsum = models_vit.MultiHeadAttention(2, implementation='einsum')
+  variables = fused.init(jax.random.PRNGKey(0), x, train=False)
+  np.testing.assert_allclose(fused.apply(variables, x, train=False),
+                             einsum.apply(variables, x, train=False),
+                             rtol=1e-5, atol=1e-6)
+  # On this CPU, 'auto' takes the einsum path; elsewhere the fused one.
+  auto = models_vit.MultiHeadAttention(2)
+  assert auto._use_fused(False, False) == (jax.default_backend() != 'cpu')
+  assert not auto._use_fused(True, False)

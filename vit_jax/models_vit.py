@@ -42,16 +42,31 @@ def layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
 class MultiHeadAttention(nn.Module):
   """Self-attention with q/k/v kernels (D, heads, D/heads), out (heads, ., D).
 
-  Attention is two einsums around a float32 softmax, the computation
-  `jax.nn.dot_product_attention` does by default (logits scaled after the
-  product), written out because XLA:CPU runs it faster without that
-  function's grouped-query vmap and bf16 round trip of the probabilities,
-  and because it lets the weights be sown and dropped out.
+  `implementation`:
+    'fused': `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU,
+      XLA's elsewhere);
+    'einsum': two einsums around a float32 softmax, the same computation
+      written out: it can sow and drop out the weights, and XLA:CPU runs it
+      faster (no grouped-query vmap, no bf16 round trip of the
+      probabilities);
+    'auto' (default): 'fused', except on CPU and whenever the weights are
+      wanted or attention dropout is active.
   """
   num_heads: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  implementation: str = 'auto'
+
+  def _use_fused(self, capture_weights: bool, use_dropout: bool) -> bool:
+    if self.implementation not in ('auto', 'fused', 'einsum'):
+      raise ValueError(f'unknown attention implementation '
+                       f'{self.implementation!r}')
+    if capture_weights or use_dropout:
+      return False
+    if self.implementation == 'auto':
+      return jax.default_backend() != 'cpu'
+    return self.implementation == 'fused'
 
   @nn.compact
   def __call__(self, x_BND, *, train: bool, capture_weights: bool = False):
@@ -68,15 +83,22 @@ class MultiHeadAttention(nn.Module):
     k_BNHK = projection('key')(x_BND)
     v_BNHK = projection('value')(x_BND)
 
-    logits_BHQK = layers.einsum('bqhd,bkhd->bhqk', q_BNHK, k_BNHK, self.dtype)
-    logits_BHQK = logits_BHQK * jnp.float32(1 / head_dim**0.5)
-    weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1)
-    if capture_weights:
-      self.sow('intermediates', 'attention_weights', weights_BHQK)
-    weights_BHQK = nn.Dropout(self.dropout_rate)(
-        weights_BHQK, deterministic=not (train and self.dropout_rate > 0))
-    out_BNHK = layers.einsum('bhqk,bkhd->bqhd', weights_BHQK, v_BNHK,
-                             self.dtype)
+    use_dropout = train and self.dropout_rate > 0
+    if self._use_fused(capture_weights, use_dropout):
+      out_BNHK = jax.nn.dot_product_attention(
+          q_BNHK.astype(self.dtype), k_BNHK.astype(self.dtype),
+          v_BNHK.astype(self.dtype)).astype(jnp.float32)
+    else:
+      logits_BHQK = layers.einsum('bqhd,bkhd->bhqk', q_BNHK, k_BNHK,
+                                  self.dtype)
+      logits_BHQK = logits_BHQK * jnp.float32(1 / head_dim**0.5)
+      weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1)
+      if capture_weights:
+        self.sow('intermediates', 'attention_weights', weights_BHQK)
+      weights_BHQK = nn.Dropout(self.dropout_rate)(
+          weights_BHQK, deterministic=not use_dropout)
+      out_BNHK = layers.einsum('bhqk,bkhd->bqhd', weights_BHQK, v_BNHK,
+                               self.dtype)
 
     return nn.DenseGeneral(
         hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
