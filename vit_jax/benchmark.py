@@ -47,24 +47,30 @@ import optax
 
 from vit_jax import models
 
-_MODEL = flags.DEFINE_string('model', 'ViT-B_16', 'Variant name.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per step.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Head size.')
-_MODE = flags.DEFINE_enum('mode', 'inference', ['inference', 'train'],
-                          'What one step does.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'Matmul operand dtype (parameters stay float32).')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (median reported).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (>= 2).')
-_COMPARE = flags.DEFINE_enum('compare', None, ['timm'],
-                             'Also time the same model in this framework.')
-_JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the results here.')
-_HOST_DEVICES = flags.DEFINE_integer(
-    'host_devices', None,
-    'Split the batch over this many XLA:CPU devices. Must divide the batch '
-    'size. Default: default_host_devices() (2 for float32 inference on a '
-    'CPU with 2+ cores, else 1).')
+def define_flags():
+  """Defines the command-line flags; only when run as a program, so that
+  importing several command-line modules in one process does not clash."""
+  global _MODEL, _BATCH_SIZE, _IMAGE_SIZE, _NUM_CLASSES, _MODE, _DTYPE, _STEPS, _WARMUP, _COMPARE, _JSON_OUT, _HOST_DEVICES
+  _MODEL = flags.DEFINE_string('model', 'ViT-B_16', 'Variant name.')
+  _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per step.')
+  _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
+  _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Head size.')
+  _MODE = flags.DEFINE_enum('mode', 'inference', ['inference', 'train'],
+                            'What one step does.')
+  _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                             'Matmul operand dtype (parameters stay float32).')
+  _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (median reported).')
+  _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first (>= 2).')
+  _COMPARE = flags.DEFINE_enum('compare', None, ['timm'],
+                               'Also time the same model in this framework.')
+  _JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the results here.')
+  _HOST_DEVICES = flags.DEFINE_integer(
+      'host_devices', None,
+      'Split the batch over this many XLA:CPU devices. Must divide the batch '
+      'size. Default: default_host_devices() (2 for float32 inference on a '
+      'CPU with 2+ cores, else 1).')
+
+
 
 # Side of the square matmul that measures the peak: 2 * 4096^3 is 137 GFLOP,
 # about 0.3-0.7 s on two cores, large enough to reach the library's best.
@@ -394,4 +400,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -399,26 +399,32 @@ def run(model: str, num_devices: int, *, device_memory_gib: float = 16.0,
   return report
 
 
-_MODEL = flags.DEFINE_string('model', 'ViT-H_14', 'Variant name.')
-_NUM_DEVICES = flags.DEFINE_integer(
-    'num_devices', DEFAULT_NUM_DEVICES,
-    'Devices of the mesh (fake XLA:CPU devices).')
-_DEVICE_MEMORY_GIB = flags.DEFINE_float(
-    'device_memory_gib', 16.0, 'Memory of one device, for the verdict.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 4096, 'Global batch size.')
-_GRAD_ACCUM_STEPS = flags.DEFINE_integer(
-    'grad_accum_steps', None,
-    f'Micro-batches per step; default: the fewest with at most '
-    f'{MAX_IMAGES_PER_DEVICE} images per device.')
-_REMAT_POLICY = flags.DEFINE_enum(
-    'remat_policy', 'full', ['none', 'full', 'dots', 'dots_no_batch'],
-    'config.model.remat_policy.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', 21843,
-                                    'Head size (ImageNet-21k: 21843).')
-_EMA_DECAY = flags.DEFINE_float('ema_decay', 0.0,
-                                'config.ema_decay; > 0 adds an EMA copy.')
-_JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the report here.')
+def define_flags():
+  """Defines the command-line flags; only when run as a program, so that
+  importing several command-line modules in one process does not clash."""
+  global _MODEL, _NUM_DEVICES, _DEVICE_MEMORY_GIB, _BATCH_SIZE, _GRAD_ACCUM_STEPS, _REMAT_POLICY, _IMAGE_SIZE, _NUM_CLASSES, _EMA_DECAY, _JSON_OUT
+  _MODEL = flags.DEFINE_string('model', 'ViT-H_14', 'Variant name.')
+  _NUM_DEVICES = flags.DEFINE_integer(
+      'num_devices', DEFAULT_NUM_DEVICES,
+      'Devices of the mesh (fake XLA:CPU devices).')
+  _DEVICE_MEMORY_GIB = flags.DEFINE_float(
+      'device_memory_gib', 16.0, 'Memory of one device, for the verdict.')
+  _BATCH_SIZE = flags.DEFINE_integer('batch_size', 4096, 'Global batch size.')
+  _GRAD_ACCUM_STEPS = flags.DEFINE_integer(
+      'grad_accum_steps', None,
+      f'Micro-batches per step; default: the fewest with at most '
+      f'{MAX_IMAGES_PER_DEVICE} images per device.')
+  _REMAT_POLICY = flags.DEFINE_enum(
+      'remat_policy', 'full', ['none', 'full', 'dots', 'dots_no_batch'],
+      'config.model.remat_policy.')
+  _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
+  _NUM_CLASSES = flags.DEFINE_integer('num_classes', 21843,
+                                      'Head size (ImageNet-21k: 21843).')
+  _EMA_DECAY = flags.DEFINE_float('ema_decay', 0.0,
+                                  'config.ema_decay; > 0 adds an EMA copy.')
+  _JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the report here.')
+
+
 
 
 def main(argv: Sequence[str]) -> None:
@@ -436,4 +442,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

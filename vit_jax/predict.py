@@ -22,16 +22,22 @@ from vit_jax import checkpoint
 from vit_jax import preprocess
 from vit_jax import pretrained
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Path of the .npz file.')
-_MODEL = flags.DEFINE_string('model', None, 'Model name, e.g. ViT-B_16.')
-_IMAGE_SIZE = flags.DEFINE_integer(
-    'image_size', None, 'Resolution; default: the checkpoint\'s native one.')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
-_LABELS = flags.DEFINE_string(
-    'labels', None, 'Class-name file (one per line) or "imagenet2012".')
-_LOGITS_OUT = flags.DEFINE_string(
-    'logits_out', None, 'Save float32 logits (N, classes) here (.npy).')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per forward.')
+def define_flags():
+  """Defines the command-line flags; only when run as a program, so that
+  importing several command-line modules in one process does not clash."""
+  global _CHECKPOINT, _MODEL, _IMAGE_SIZE, _TOP_K, _LABELS, _LOGITS_OUT, _BATCH_SIZE
+  _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Path of the .npz file.')
+  _MODEL = flags.DEFINE_string('model', None, 'Model name, e.g. ViT-B_16.')
+  _IMAGE_SIZE = flags.DEFINE_integer(
+      'image_size', None, 'Resolution; default: the checkpoint\'s native one.')
+  _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
+  _LABELS = flags.DEFINE_string(
+      'labels', None, 'Class-name file (one per line) or "imagenet2012".')
+  _LOGITS_OUT = flags.DEFINE_string(
+      'logits_out', None, 'Save float32 logits (N, classes) here (.npy).')
+  _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per forward.')
+
+
 
 # TFDS's own ImageNet-1k label list, in class-index order.
 _IMAGENET2012_LABELS = 'datasets/imagenet2012/labels.txt'
@@ -108,5 +114,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['checkpoint', 'model'])
   app.run(main)
