@@ -34,5 +34,10 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4'],
+        # For `vit_jax.benchmark --compare=timm`. Install torch first (the
+        # CPU wheel), then timm with --no-deps: its torchvision requirement
+        # would pull a CUDA build of torch.
+        'bench': ['torch>=2.6,<2.14', 'timm>=1.0.15,<1.1',
+                  'huggingface_hub>=0.30', 'safetensors>=0.5'],
     },
 )
