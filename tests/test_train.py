@@ -92,6 +92,13 @@ def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
   assert lrs[0] == pytest.approx(1e-3)
 
 
+def test_relative_workdir_checkpoints(image_folder, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  train.train_and_evaluate(_config(image_folder), 'runs/relative')
+  assert sorted(os.listdir(tmp_path / 'runs/relative/checkpoints')) == [
+      '2', '4']
+
+
 def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
                                                                tmp_path):
   workdir = str(tmp_path / 'run')

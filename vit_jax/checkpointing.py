@@ -6,6 +6,7 @@ devices resumes on 1 or 64. Orbax coordinates multi-process saves: every
 process calls `save`, each writes its shards once.
 """
 
+import os
 from typing import Optional
 
 from etils import epath
@@ -18,6 +19,9 @@ class Checkpointer:
 
   def __init__(self, workdir, keep: int):
     directory = epath.Path(workdir) / 'checkpoints'
+    if '://' not in str(directory):
+      # Orbax refuses relative paths (e.g. the README's runs/default).
+      directory = epath.Path(os.path.abspath(directory))
     self._manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
