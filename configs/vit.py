@@ -36,25 +36,20 @@ DATASETS = {
 }
 
 
-def get_config(arg='ViT-B_16,cifar10'):
-  """`arg` is 'MODEL,DATASET', e.g. 'ViT-L_16,imagenet2012'."""
-  model_name, dataset = arg.split(',')
-  if dataset not in DATASETS:
-    raise ValueError(f'no Table 4 recipe for {dataset!r}; known: '
-                     f'{sorted(DATASETS)}')
-  total_steps, lr, train_split, eval_split, ema_decay = DATASETS[dataset]
+def fine_tuning_config(model_name, total_steps, lr):
+  """The Table 4 recipe, data keys left to the caller; returned unlocked.
+
+  SGD momentum 0.9, batch 512, `lr` warmed up over a tenth of the steps (at
+  most 500) then cosine decay, no weight decay, clipping at global norm 1,
+  384 px, from `checkpoints/<model_name>.npz` with a new zero head and no
+  pre_logits.
+  """
   config = common.get_config()
   config.model_name = model_name
   config.model.classifier = 'token'
   config.model.representation_size = None  # Fine-tuning drops pre_logits.
   config.pretrained_path = f'checkpoints/{model_name}.npz'
-
-  config.dataset = dataset
-  config.train_split = train_split
-  config.eval_split = eval_split
   config.image_size = 384
-  config.train_augment = 'inception_crop'
-  config.random_flip = True
 
   config.batch_size = 512
   config.eval_batch_size = 512
@@ -67,9 +62,24 @@ def get_config(arg='ViT-B_16,cifar10'):
   config.weight_decay = 0.0
   config.grad_clip_norm = 1.0
   config.loss = 'softmax_xent'
-  config.ema_decay = ema_decay
-
   config.log_every = 50
+  return config
+
+
+def get_config(arg='ViT-B_16,cifar10'):
+  """`arg` is 'MODEL,DATASET', e.g. 'ViT-L_16,imagenet2012'."""
+  model_name, dataset = arg.split(',')
+  if dataset not in DATASETS:
+    raise ValueError(f'no Table 4 recipe for {dataset!r}; known: '
+                     f'{sorted(DATASETS)}')
+  total_steps, lr, train_split, eval_split, ema_decay = DATASETS[dataset]
+  config = fine_tuning_config(model_name, total_steps, lr)
+  config.dataset = dataset
+  config.train_split = train_split
+  config.eval_split = eval_split
+  config.train_augment = 'inception_crop'
+  config.random_flip = True
+  config.ema_decay = ema_decay
   config.eval_every = max(total_steps // 10, 100)
   config.checkpoint_every = max(total_steps // 10, 100)
   return common.lock(config)

@@ -67,6 +67,7 @@ practical on a CPU.
 from typing import NamedTuple, Optional
 
 from configs import common
+from configs import vit
 
 
 class Task(NamedTuple):
@@ -124,7 +125,6 @@ TASKS = {
 
 TOTAL_STEPS = 2_500
 LEARNING_RATE = 0.01
-IMAGE_SIZE = 384
 MODES = ('train800val200', 'train800')
 
 
@@ -146,33 +146,13 @@ def get_config(arg='ViT-B_16,cifar100'):
     raise ValueError(f'expected MODEL,TASK[,MODE] with MODE in {MODES}, got '
                      f'{arg!r}')
   task = TASKS[task_name]
-  config = common.get_config()
-  config.model_name = model_name
-  config.model.classifier = 'token'
-  config.model.representation_size = None  # Fine-tuning drops pre_logits.
-  config.pretrained_path = f'checkpoints/{model_name}.npz'
-
+  config = vit.fine_tuning_config(model_name, TOTAL_STEPS, LEARNING_RATE)
   config.dataset = task.dataset
   config.label_map = task.label_map
   config.num_classes = task.num_classes
   config.train_split, config.eval_split = splits(task, mode)
-  config.image_size = IMAGE_SIZE
   config.train_augment = 'resize'  # No crops or flips: see the docstring.
   config.random_flip = False
-
-  config.batch_size = 512
-  config.eval_batch_size = 512
-  config.total_steps = TOTAL_STEPS
-  config.optimizer = 'sgd'
-  config.momentum = 0.9
-  config.lr = LEARNING_RATE
-  config.warmup_steps = min(500, TOTAL_STEPS // 10)
-  config.decay_type = 'cosine'
-  config.weight_decay = 0.0
-  config.grad_clip_norm = 1.0
-  config.loss = 'softmax_xent'
-
-  config.log_every = 50
   config.eval_every = 500
   config.checkpoint_every = 500
   return common.lock(config)

@@ -58,7 +58,7 @@ from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import pretrained
 from vit_jax import train
-from vit_jax import visualize
+from vit_jax import plots
 from vit_jax.datasets import fashion_mnist_local
 
 WORKDIR = tempfile.mkdtemp(prefix='vit_jax_notebook_')
@@ -288,7 +288,7 @@ for column, (image, attention_map) in enumerate(zip(images, maps)):
   picture = to_picture(image)
   axes[0, column].imshow(picture)
   axes[1, column].imshow(picture)
-  heat = visualize.upsample_map(attention_map, *picture.shape[:2])
+  heat = plots.upsample_map(attention_map, *picture.shape[:2])
   axes[1, column].imshow(heat, cmap='jet', alpha=0.5)
   for axis in axes[:, column]:
     axis.axis('off')

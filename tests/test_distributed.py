@@ -52,6 +52,7 @@ def _command(data_dir, workdir):
       # gradients into lr-sized differences, hiding real ones.
       optimizer='sgd', lr=0.1,
       shuffle_buffer=64, train_augment='resize', random_flip=False,
+      model_name='ViT-Ti_16',
       **{'model.hidden_size': 32, 'model.mlp_dim': 64, 'model.num_heads': 2,
          'model.num_layers': 2, 'model.patch_size': 4,
          'model.dtype': 'float32'})
@@ -78,6 +79,9 @@ def test_two_processes_match_one_process(image_folder, tmp_path):
                           env=_env(8), capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  final = _records(single)[-1]
+  assert (f'Final test top-1 accuracy: {final["top1_accuracy"]:.4f} '
+          f'({int(final["num_examples"])} examples)') in result.stdout
 
   multi = str(tmp_path / 'multi')
   port = _free_port()

@@ -85,11 +85,24 @@ def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
   assert evaluation[0]['num_examples'] == len(CLASSES) * TEST_PER_CLASS
   assert record['top1_accuracy'] == evaluation[0]['top1_accuracy']
   assert {'top5_accuracy', 'loss'} <= set(evaluation[0])
+  # Wall time since the run started, on every record, never decreasing.
+  elapsed = [r['elapsed_s'] for r in records]
+  assert elapsed[0] > 0 and elapsed == sorted(elapsed)
   # The logged lr is the one applied: warm-up step 0 already uses lr > 0.
   lrs = [r['train_lr'] for r in records if 'train_lr' in r]
   schedule = optim.learning_rate_schedule(_config(image_folder))
   np.testing.assert_allclose(lrs, [schedule(s) for s in range(4)], rtol=1e-6)
   assert lrs[0] == pytest.approx(1e-3)
+
+
+def test_a_finished_run_started_again_reports_without_logging_twice(
+    image_folder, tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = train.train_and_evaluate(_config(image_folder), workdir)
+  lines = open(os.path.join(workdir, 'metrics.jsonl')).read()
+  again = train.train_and_evaluate(_config(image_folder), workdir)
+  assert again == first
+  assert open(os.path.join(workdir, 'metrics.jsonl')).read() == lines
 
 
 def test_relative_workdir_checkpoints(image_folder, tmp_path, monkeypatch):

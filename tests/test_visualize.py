@@ -17,6 +17,7 @@ from tests import data_helpers
 from tests import helpers
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import plots
 from vit_jax import visualize
 
 IMAGE_SIZE = 32  # A 8x8 grid of the tiny ViT's 4-pixel patches.
@@ -164,11 +165,11 @@ def test_uniform_attention_matches_the_closed_form(random_params, kind):
 def test_gap_model_gets_the_mean_query_map_and_says_so(files, tmp_path,
                                                        monkeypatch):
   titles = []
-  plot_rollout = visualize.plot_rollout
+  plot_rollout = plots.plot_rollout
   def recording_plot_rollout(image, map_rc, title, path):
     titles.append(title)
     plot_rollout(image, map_rc, title, path)
-  monkeypatch.setattr(visualize, 'plot_rollout', recording_plot_rollout)
+  monkeypatch.setattr(plots, 'plot_rollout', recording_plot_rollout)
 
   record = visualize.run(files['gap'], 'Ti/16', files['images'][:1],
                          str(tmp_path), **helpers.TINY_VIT)

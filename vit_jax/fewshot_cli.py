@@ -22,7 +22,8 @@ validation examples drawn from the training split) is `vit_jax.fewshot`'s.
 Results print one line per shot count and, with --json_out, go to a file
 (see `to_json`). For a checkpoint trained with `config.model` architecture
 overrides, pass the same overrides, e.g. for configs/default.py's model.npz:
---patch_size=4 --hidden_size=128 --mlp_dim=256 --num_heads=4 --num_layers=6.
+--model=R+ViT-Ti_16 --patch_size=1 --hidden_size=96 --mlp_dim=192
+--num_heads=3 --num_layers=2.
 """
 
 import json

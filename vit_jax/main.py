@@ -11,6 +11,7 @@ Cloud TPU or SLURM with --distributed).
 import logging as logging_lib
 import os
 import sys
+import time
 
 # Before TensorFlow is imported: keep its start-up banner and oneDNN notice
 # out of the logs.
@@ -64,6 +65,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging_lib.getLogger('absl').addFilter(_LibraryInfoFilter())
   _initialize_distributed()
+  start = time.time()
   try:
     record = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError, FloatingPointError,
@@ -73,7 +75,8 @@ def main(argv):
     sys.exit(1)
   if record and jax.process_index() == 0:
     print(f'Final test top-1 accuracy: {record["top1_accuracy"]:.4f} '
-          f'({int(record["num_examples"])} examples)')
+          f'({int(record["num_examples"])} examples), '
+          f'{(time.time() - start) / 60:.1f} min wall time')
     print(f'TensorBoard logs and metrics.jsonl: {_WORKDIR.value}')
     print(f'Exported released-layout params: {_WORKDIR.value}/model.npz')
 

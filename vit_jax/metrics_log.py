@@ -1,12 +1,14 @@
 """Where metrics go: TensorBoard (clu writers) and `workdir/metrics.jsonl`.
 
-metrics.jsonl has one JSON object per write, always with 'step'; evaluation
-records carry `top1_accuracy`, `top5_accuracy`, `loss` and `num_examples`
+metrics.jsonl has one JSON object per write, always with 'step' and
+'elapsed_s' (wall seconds since the run started in this process, set up,
+data preparation and compilation included); evaluation records carry `top1_accuracy`, `top5_accuracy`, `loss` and `num_examples`
 (prefixed `ema_` for the averaged params). Only process 0 writes.
 """
 
 import json
-from typing import Any, Dict, Mapping
+import time
+from typing import Any, Dict, Mapping, Optional
 
 from clu import metric_writers
 from etils import epath
@@ -17,7 +19,9 @@ import numpy as np
 class MetricsLog:
   """Writes scalar records to TensorBoard event files and metrics.jsonl."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, start_time: Optional[float] = None):
+    """`start_time` (time.time()) is the zero of 'elapsed_s'; default now."""
+    self._start_time = time.time() if start_time is None else start_time
     self._is_writer = jax.process_index() == 0
     self._writer = metric_writers.create_default_writer(
         workdir, just_logging=not self._is_writer, asynchronous=False)
@@ -27,8 +31,10 @@ class MetricsLog:
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     self._writer.write_scalars(step, scalars)
     if self._is_writer:
+      elapsed = round(time.time() - self._start_time, 2)
       with self.jsonl_path.open('a') as f:
-        f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+        f.write(json.dumps({'step': int(step), 'elapsed_s': elapsed,
+                            **scalars}) + '\n')
 
   def drop_after(self, step: int) -> None:
     """Forgets records past `step`: a resumed run repeats those steps."""

@@ -219,6 +219,7 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   Returns:
     The last evaluation record (None if no evaluation ran).
   """
+  run_start = time.time()
   _validate(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +231,7 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   parameter_overview.log_parameter_overview(state.params)
   start_step = int(jax.device_get(state.step))
 
-  log = metrics_log.MetricsLog(workdir)
+  log = metrics_log.MetricsLog(workdir, start_time=run_start)
   log.drop_after(start_step)
   train_batches = input_pipeline.get_train_iterator(config,
                                                     start_step=start_step)
@@ -263,6 +264,12 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
     if is_due(step, config.checkpoint_every, config.total_steps):
       checkpointer.save(state, step)
   checkpointer.close()
+  if record is None and start_step >= config.total_steps:
+    # A finished run started again: report its accuracy, log nothing twice.
+    record = metrics_log.evaluation_record(
+        evaluate(setup, state.params, eval_batches))
+    logging.info('Already trained to step %d; evaluation: %s', start_step,
+                 record)
   log.flush()
   if config.export_npz:
     for name, path in export_npz(state, workdir, config.ema_decay > 0).items():

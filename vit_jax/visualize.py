@@ -21,7 +21,8 @@ writes to --out_dir:
 
 For a checkpoint trained with `config.model` architecture overrides, pass the
 same overrides (--num_layers=..., --hidden_size=..., ...). `compute_analysis`
-(numbers only) and the `plot_*` functions are importable, e.g. in a notebook.
+(numbers only) and the `vit_jax.plots` functions are importable, e.g. in a
+notebook.
 """
 
 import functools
@@ -39,15 +40,14 @@ from vit_jax import analysis
 from vit_jax import cli_flags
 from vit_jax import models
 from vit_jax import models_vit
+from vit_jax import plots
 from vit_jax import preprocess
 from vit_jax import pretrained
 
 # The paper shows 28 components (Fig. 7 left) in 4 rows of 7.
 NUM_FILTER_COMPONENTS = 28
-_FILTER_COLUMNS = 7
 # Images per forward pass: every layer's attention weights are kept at once.
 _BATCH_SIZE = 8
-_DPI = 100
 
 ROLLOUT_CLASS_TOKEN = 'class_token'
 ROLLOUT_MEAN_QUERY = 'mean_over_patch_queries'
@@ -173,137 +173,6 @@ def compute_analysis(model: models_vit.VisionTransformer, params,
 
 
 # ----------------------------------------------------------------------------
-# Plotting. Each function writes one PNG and imports matplotlib lazily, so
-# importing this module (or computing) never needs a display or matplotlib.
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')  # Files only: no display on servers and in tests.
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def _save(fig, path) -> None:
-  fig.savefig(path, dpi=_DPI, bbox_inches='tight')
-  _pyplot().close(fig)
-
-
-def _displayable(image_HWC) -> np.ndarray:
-  """[-1, 1] model input -> [0, 1] RGB."""
-  return np.clip((np.asarray(image_HWC, np.float32) + 1) / 2, 0, 1)
-
-
-def upsample_map(map_RC, height: int, width: int) -> np.ndarray:
-  """Bilinear upsampling of a (rows, cols) map to (height, width), scaled so
-  its maximum is 1 (the paper's display normalisation)."""
-  upsampled = jax.image.resize(np.asarray(map_RC, np.float32), (height, width),
-                               'bilinear')
-  upsampled = np.maximum(np.asarray(upsampled), 0)
-  return upsampled / max(float(upsampled.max()), np.finfo(np.float32).tiny)
-
-
-def plot_rollout(image_HWC, map_RC, title: str, path) -> None:
-  """The image, the image weighted by the map (as in the paper) and a heat
-  overlay of the map."""
-  plt = _pyplot()
-  image = _displayable(image_HWC)
-  mask_HW = upsample_map(map_RC, *image.shape[:2])
-  fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-  axes[0].imshow(image)
-  axes[0].set_title('input')
-  axes[1].imshow(image * mask_HW[..., None])
-  axes[1].set_title('attention (image x map)')
-  axes[2].imshow(image)
-  heat = axes[2].imshow(mask_HW, cmap='jet', alpha=0.5, vmin=0, vmax=1)
-  axes[2].set_title('map overlay')
-  fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04)
-  for axis in axes:
-    axis.axis('off')
-  fig.suptitle(title, fontsize=9)
-  _save(fig, path)
-
-
-def plot_attention_distance(distances_LH, image_size: int, title: str,
-                            path) -> None:
-  """One dot per head: x = layer (1-based, as the paper), y = pixels."""
-  plt = _pyplot()
-  distances_LH = np.asarray(distances_LH)
-  num_layers, num_heads = distances_LH.shape
-  fig, axis = plt.subplots(figsize=(5, 4))
-  layers_LH = np.broadcast_to(np.arange(1, num_layers + 1)[:, None],
-                              distances_LH.shape)
-  for head in range(num_heads):
-    axis.scatter(layers_LH[:, head], distances_LH[:, head], s=14,
-                 label=f'head {head + 1}')
-  axis.set_xlabel('network depth (layer)')
-  axis.set_ylabel('mean attention distance (pixels)')
-  axis.set_xticks(range(1, num_layers + 1))
-  axis.set_ylim(0, image_size)
-  if num_heads <= 16:
-    axis.legend(fontsize=6, ncol=2, loc='lower right')
-  axis.set_title(title, fontsize=9)
-  _save(fig, path)
-
-
-def similarity_mosaic(similarity_RCRC, gap: int = 1) -> np.ndarray:
-  """Tiles the (rows, cols) maps of every patch into one image, `gap` NaN
-  pixels apart (drawn as background), patch (r, c)'s map at tile (r, c)."""
-  rows, cols = similarity_RCRC.shape[:2]
-  tile_h, tile_w = rows + gap, cols + gap
-  mosaic = np.full((rows * tile_h - gap, cols * tile_w - gap), np.nan,
-                   np.float32)
-  for r in range(rows):
-    for c in range(cols):
-      mosaic[r * tile_h:r * tile_h + rows,
-             c * tile_w:c * tile_w + cols] = similarity_RCRC[r, c]
-  return mosaic
-
-
-def plot_position_similarity(similarity_RCRC, title: str, path) -> None:
-  """The grid of grids: tile (r, c) is patch (r, c)'s similarity map."""
-  plt = _pyplot()
-  rows, cols = similarity_RCRC.shape[:2]
-  fig, axis = plt.subplots(figsize=(6, 6 * rows / cols))
-  cmap = plt.get_cmap('viridis').with_extremes(bad='white')  # The gaps.
-  shown = axis.imshow(similarity_mosaic(similarity_RCRC), cmap=cmap, vmin=-1,
-                      vmax=1, interpolation='nearest')
-  # Ticks at the tile centres, numbered like the paper's axes (1-based).
-  axis.set_xticks([c * (cols + 1) + (cols - 1) / 2 for c in range(cols)])
-  axis.set_xticklabels(range(1, cols + 1), fontsize=6)
-  axis.set_yticks([r * (rows + 1) + (rows - 1) / 2 for r in range(rows)])
-  axis.set_yticklabels(range(1, rows + 1), fontsize=6)
-  axis.set_xlabel('input patch column')
-  axis.set_ylabel('input patch row')
-  fig.colorbar(shown, ax=axis, fraction=0.046, pad=0.04,
-               label='cosine similarity')
-  axis.set_title(title, fontsize=9)
-  _save(fig, path)
-
-
-def plot_filter_components(components_KPPC, ratio_K, title: str,
-                           path) -> None:
-  """Each component min-max normalised to [0, 1] and shown as an RGB patch."""
-  plt = _pyplot()
-  count = len(components_KPPC)
-  columns = min(_FILTER_COLUMNS, count)
-  rows = -(-count // columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(1.2 * columns,
-                                                   1.3 * rows + 0.4),
-                           squeeze=False)
-  for index, axis in enumerate(axes.flat):
-    axis.axis('off')
-    if index < count:
-      component = components_KPPC[index]
-      low, high = component.min(), component.max()
-      axis.imshow((component - low) / max(high - low, 1e-12),
-                  interpolation='nearest')
-      axis.set_title(f'{index + 1}: {100 * ratio_K[index]:.1f}%', fontsize=6)
-  fig.suptitle(title, fontsize=9)
-  _save(fig, path)
-
-
-# ----------------------------------------------------------------------------
 # Writing.
 
 
@@ -360,24 +229,24 @@ def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
   figures = []
   for index, (image, path) in enumerate(zip(images, image_paths)):
     figures.append(_figure_name(index, path))
-    plot_rollout(image, result['rollout_maps'][index],
+    plots.plot_rollout(image, result['rollout_maps'][index],
                  f'{name}: attention rollout of {os.path.basename(path)}'
                  f'{gap_note}', os.path.join(out_dir, figures[-1]))
   num_images = len(image_paths)
   figures.append('attention_distance.png')
-  plot_attention_distance(
+  plots.plot_attention_distance(
       result['mean_attention_distance_px'], max(result['image_size']),
       f'{name}: mean attention distance per head\n(averaged over '
       f'{num_images} image{"s" * (num_images > 1)})',
       os.path.join(out_dir, figures[-1]))
   figures.append('position_embedding_similarity.png')
-  plot_position_similarity(
+  plots.plot_position_similarity(
       result['position_embedding_similarity'],
       f'{name}: position embedding similarity', os.path.join(out_dir,
                                                              figures[-1]))
   if result['filter_components'] is not None:
     figures.append('embedding_filters_pca.png')
-    plot_filter_components(
+    plots.plot_filter_components(
         result['filter_components'], result['filter_explained_variance'],
         f'{name}: principal components of the embedding filters\n'
         '(share of variance)', os.path.join(out_dir, figures[-1]))
