@@ -1,4 +1,4 @@
-r"""The offline default: a small hybrid ViT trained from scratch on real Fashion-MNIST.
+r"""The offline default: a small hybrid ViT trained from scratch on Fashion-MNIST.
 
   bash scripts/run_default.sh
   # = python -m vit_jax.main --config=configs/default.py --workdir=runs/default

@@ -106,6 +106,19 @@ def test_cli_success_prints_top_k(files):
   assert result.stdout.count('class') == 2 * 3
 
 
+def test_cli_architecture_flags_load_a_modified_model(files):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.predict',
+       f'--checkpoint={files["checkpoint"]}', '--model=ViT-S_16',
+       '--num_layers=1', '--top_k=1', f'--logits_out={files["root"]}/l.npy',
+       files['images'][0]],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  expected = predict.run(files['checkpoint'], 'S/16', files['images'][:1],
+                         top_k=1, **ARCH)
+  np.testing.assert_array_equal(np.load(f'{files["root"]}/l.npy'), expected)
+
+
 @pytest.mark.parametrize('case,args,message', [
     ('missing checkpoint', ['--checkpoint=/nonexistent/m.npz'],
      'does not exist'),

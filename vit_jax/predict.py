@@ -5,12 +5,15 @@ r"""Classifies images with a released (or exported) `.npz` checkpoint.
       [--logits_out=logits.npy] IMAGE...
 
 The class count, representation size, classifier and native resolution come
-from the file; the architecture from --model. --labels takes a text file with
+from the file; the architecture from --model, with --patch_size,
+--hidden_size, --mlp_dim, --num_heads and --num_layers for a file trained with
+`config.model` overrides (e.g. configs/default.py's model.npz:
+--model=R+ViT-Ti_16 --patch_size=1 --hidden_size=96 --mlp_dim=192
+--num_heads=3 --num_layers=2). --labels takes a text file with
 one class name per line, or `imagenet2012` for the ImageNet-1k class names
 shipped with tensorflow-datasets (WordNet synset IDs, TFDS's label names).
 """
 
-import sys
 from typing import List, Optional, Sequence
 
 from absl import app
@@ -18,25 +21,24 @@ from absl import flags
 from etils import epath
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax import cli_flags
 from vit_jax import preprocess
 from vit_jax import pretrained
 
-def define_flags():
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the command-line flags; only when run as a program, so that
   importing several command-line modules in one process does not clash."""
-  global _CHECKPOINT, _MODEL, _IMAGE_SIZE, _TOP_K, _LABELS, _LOGITS_OUT, _BATCH_SIZE
-  _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Path of the .npz file.')
-  _MODEL = flags.DEFINE_string('model', None, 'Model name, e.g. ViT-B_16.')
-  _IMAGE_SIZE = flags.DEFINE_integer(
-      'image_size', None, 'Resolution; default: the checkpoint\'s native one.')
-  _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
-  _LABELS = flags.DEFINE_string(
-      'labels', None, 'Class-name file (one per line) or "imagenet2012".')
-  _LOGITS_OUT = flags.DEFINE_string(
-      'logits_out', None, 'Save float32 logits (N, classes) here (.npy).')
-  _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per forward.')
-
+  cli_flags.define_model_flags(flag_values)
+  flags.DEFINE_integer('top_k', 5, 'Classes printed per image.',
+                       flag_values=flag_values)
+  flags.DEFINE_string(
+      'labels', None, 'Class-name file (one per line) or "imagenet2012".',
+      flag_values=flag_values)
+  flags.DEFINE_string(
+      'logits_out', None, 'Save float32 logits (N, classes) here (.npy).',
+      flag_values=flag_values)
+  flags.DEFINE_integer('batch_size', 32, 'Images per forward.',
+                       flag_values=flag_values)
 
 
 # TFDS's own ImageNet-1k label list, in class-index order.
@@ -99,21 +101,22 @@ def run(checkpoint_path: str, model_name: str, images: Sequence[str], *,
   return logits
 
 
-def main(argv):
+def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
+  """Runs `run` on the parsed flags; user errors exit with status 1."""
   images = argv[1:]
   if not images:
     raise app.UsageError('give at least one image path')
-  try:
-    run(_CHECKPOINT.value, _MODEL.value, images, image_size=_IMAGE_SIZE.value,
-        top_k=_TOP_K.value, labels=_LABELS.value,
-        logits_out=_LOGITS_OUT.value, batch_size=_BATCH_SIZE.value)
-  except (FileNotFoundError, ValueError, checkpoint.CheckpointMismatchError
-         ) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+
+  def checked_run():
+    cli_flags.check_required(flag_values, 'checkpoint', 'model')
+    run(flag_values.checkpoint, flag_values.model, images,
+        image_size=flag_values.image_size, top_k=flag_values.top_k,
+        labels=flag_values.labels, logits_out=flag_values.logits_out,
+        batch_size=flag_values.batch_size,
+        **cli_flags.architecture_overrides(flag_values))
+  cli_flags.exit_on_user_error(checked_run)
 
 
 if __name__ == '__main__':
   define_flags()
-  flags.mark_flags_as_required(['checkpoint', 'model'])
   app.run(main)
