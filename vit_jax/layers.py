@@ -63,6 +63,31 @@ def _operand_cotangent(cotangent, other, operand_ndim: int, operand_dims,
   return lax.transpose(product, tuple(np.argsort(source_axes)))
 
 
+def _weight_cotangent(lhs, cotangent, lhs_contracting, rhs_contracting,
+                      rhs_ndim, precision):
+  """d(rhs) of a batch-free dot_general as one canonical bf16 matmul.
+
+  XLA:CPU has bf16 kernels only for a plain (M, K) x (K, N) product, so the
+  lhs is laid out as (K, M) explicitly (a copy, cheap next to the product)
+  and kept so by an optimization barrier: folded back into the dot, the
+  transpose would give the layout XLA:CPU cannot run in bf16.
+  """
+  lhs_free = _free_axes(lhs.ndim, lhs_contracting, ())
+  free_size = int(np.prod([lhs.shape[d] for d in lhs_free]))
+  contracted_shape = [lhs.shape[d] for d in lhs_contracting]
+  lhs_km = lax.transpose(lhs, tuple(lhs_contracting) + lhs_free).reshape(
+      -1, free_size)
+  lhs_km = lax.optimization_barrier(lhs_km)
+  rhs_free_shape = cotangent.shape[len(lhs_free):]
+  product = lax.dot_general(
+      lhs_km, cotangent.reshape(free_size, -1), (((1,), (0,)), ((), ())),
+      precision, preferred_element_type=jnp.float32)
+  product = product.reshape(contracted_shape + list(rhs_free_shape))
+  source_axes = (list(rhs_contracting)
+                 + list(_free_axes(rhs_ndim, rhs_contracting, ())))
+  return lax.transpose(product, tuple(np.argsort(source_axes)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _mixed_dot(lhs, rhs, dimension_numbers, precision):
   return lax.dot_general(lhs, rhs, dimension_numbers, precision,
@@ -88,11 +113,19 @@ def _mixed_dot_bwd(dimension_numbers, precision, residuals, cotangent):
   d_lhs = _operand_cotangent(cotangent.astype(lhs.dtype), rhs, lhs.ndim,
                              lhs_dims, rhs_dims, rhs_free, precision)
   # d(rhs) (the weight gradient of a Dense layer) contracts the leading
-  # (token) axes of both. XLA:CPU has no bf16 kernel for that layout: it
-  # would promote to float32 anyway, or on some layouts fail at run time
-  # ("Unsupported element type for DotThunk"), so ask for float32 here.
-  d_rhs = _operand_cotangent(cotangent, lhs.astype(jnp.float32), rhs.ndim,
-                             rhs_dims, lhs_dims, lhs_free, precision)
+  # (token) axes of both. As a dot_general XLA:CPU has no bf16 kernel for
+  # that layout ("Unsupported element type for DotThunk"), so without batch
+  # axes it is rewritten as a plain matmul (`_weight_cotangent`); with batch
+  # axes (attention's activation products), and on other backends (not
+  # measured yet), it runs in float32 as before.
+  if (lhs_batch or lhs.dtype == jnp.float32
+      or jax.default_backend() != 'cpu'):
+    d_rhs = _operand_cotangent(cotangent, lhs.astype(jnp.float32), rhs.ndim,
+                               rhs_dims, lhs_dims, lhs_free, precision)
+  else:
+    d_rhs = _weight_cotangent(lhs, cotangent.astype(lhs.dtype),
+                              lhs_contracting, rhs_contracting, rhs.ndim,
+                              precision)
   return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype)
 
 

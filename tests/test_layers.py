@@ -1,0 +1,82 @@
+"""layers.mixed_dot_general: bf16 operands, float32 products, both ways."""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import layers
+
+
+def _bf16_exact(x):
+  """x rounded to bf16, as float64: what the bf16 matmul units multiply."""
+  return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32),
+                    np.float64)
+
+
+# (lhs shape, rhs shape, dimension numbers, einsum of the product): the
+# layouts the ViT uses. Dense, the qkv projection (several rhs free axes),
+# the attention output (two contracting axes, in swapped order here) and an
+# attention einsum with batch axes.
+CASES = [
+    ((2, 5, 8), (8, 6), (((2,), (0,)), ((), ())), 'bnk,ko->bno'),
+    ((2, 5, 8), (8, 3, 4), (((2,), (0,)), ((), ())), 'bnk,khd->bnhd'),
+    ((2, 5, 3, 4), (4, 3, 6), (((2, 3), (1, 0)), ((), ())),
+     'bnhd,dho->bno'),
+    ((2, 3, 5, 4), (2, 3, 7, 4), (((3,), (3,)), ((0, 1), (0, 1))),
+     'bhqd,bhkd->bhqk'),
+]
+
+
+@pytest.mark.parametrize('lhs_shape,rhs_shape,dims,spec', CASES)
+def test_gradients_equal_float64_products_of_bf16_operands(
+    lhs_shape, rhs_shape, dims, spec):
+  rng = np.random.default_rng(0)
+  lhs = jnp.asarray(rng.normal(size=lhs_shape), jnp.bfloat16)
+  rhs = jnp.asarray(rng.normal(size=rhs_shape), jnp.bfloat16)
+  out_shape = np.einsum(spec, np.zeros(lhs_shape), np.zeros(rhs_shape)).shape
+  cotangent = rng.normal(size=out_shape).astype(np.float32)
+
+  product, vjp = jax.vjp(
+      lambda a, b: layers.mixed_dot_general(a, b, dims), lhs, rhs)
+  d_lhs, d_rhs = vjp(jnp.asarray(cotangent))
+
+  lhs64, rhs64 = _bf16_exact(lhs), _bf16_exact(rhs)
+  assert product.dtype == jnp.float32
+  np.testing.assert_allclose(product, np.einsum(spec, lhs64, rhs64),
+                             rtol=1e-5, atol=1e-5)
+  # Cotangents: the float32 cotangent is rounded to bf16 before it meets a
+  # bf16 operand (as PyTorch autocast does); the sums stay float32.
+  inputs, output = spec.split('->')
+  lhs_spec, rhs_spec = inputs.split(',')
+  cot64 = _bf16_exact(cotangent)
+  expected_d_lhs = np.einsum(f'{output},{rhs_spec}->{lhs_spec}', cot64, rhs64)
+  expected_d_rhs = np.einsum(f'{lhs_spec},{output}->{rhs_spec}', lhs64, cot64)
+  # Both come back in the operand dtype (bf16): compare at bf16 precision.
+  assert d_lhs.dtype == d_rhs.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(d_lhs, np.float64), expected_d_lhs,
+                             rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(np.asarray(d_rhs, np.float64), expected_d_rhs,
+                             rtol=1e-2, atol=1e-2)
+
+
+def test_float32_operands_keep_float32_gradients():
+  rng = np.random.default_rng(1)
+  lhs = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  rhs = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
+  dims = (((1,), (0,)), ((), ()))
+  ours = jax.grad(lambda a, b: layers.mixed_dot_general(a, b, dims).sum(),
+                  argnums=(0, 1))(lhs, rhs)
+  plain = jax.grad(lambda a, b: lax.dot_general(a, b, dims).sum(),
+                   argnums=(0, 1))(lhs, rhs)
+  for got, want in zip(ours, plain):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_rejects_a_non_float32_result_type():
+  with pytest.raises(ValueError, match='returns float32'):
+    layers.mixed_dot_general(jnp.ones((2, 2), jnp.bfloat16),
+                             jnp.ones((2, 2), jnp.bfloat16),
+                             (((1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.bfloat16)
