@@ -1,9 +1,10 @@
 """Where metrics go: TensorBoard (clu writers) and `workdir/metrics.jsonl`.
 
 metrics.jsonl has one JSON object per write, always with 'step' and
-'elapsed_s' (wall seconds since the run started in this process, set up,
-data preparation and compilation included); evaluation records carry `top1_accuracy`, `top5_accuracy`, `loss` and `num_examples`
-(prefixed `ema_` for the averaged params). Only process 0 writes.
+'elapsed_s' (wall seconds since the run started in this process, set-up,
+data preparation and compilation included); evaluation records carry
+`top1_accuracy`, `top5_accuracy`, `loss` and `num_examples` (prefixed `ema_`
+for the averaged params). Only process 0 writes.
 """
 
 import json
