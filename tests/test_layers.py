@@ -1,5 +1,7 @@
 """layers.mixed_dot_general: bf16 operands, float32 products, both ways."""
 
+import re
+
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from vit_jax import layers
+from vit_jax import models_vit
 
 
 def _bf16_exact(x):
@@ -17,8 +20,8 @@ def _bf16_exact(x):
 
 # (lhs shape, rhs shape, dimension numbers, einsum of the product): the
 # layouts the ViT uses. Dense, the qkv projection (several rhs free axes),
-# the attention output (two contracting axes, in swapped order here) and an
-# attention einsum with batch axes.
+# the attention output (two contracting axes, in swapped order here) and the
+# attention einsums with batch axes.
 CASES = [
     ((2, 5, 8), (8, 6), (((2,), (0,)), ((), ())), 'bnk,ko->bno'),
     ((2, 5, 8), (8, 3, 4), (((2,), (0,)), ((), ())), 'bnk,khd->bnhd'),
@@ -26,6 +29,9 @@ CASES = [
      'bnhd,dho->bno'),
     ((2, 3, 5, 4), (2, 3, 7, 4), (((3,), (3,)), ((0, 1), (0, 1))),
      'bhqd,bhkd->bhqk'),
+    # Attention weights times values: the rhs batch axes are not leading.
+    ((2, 3, 5, 7), (2, 7, 3, 4), (((3,), (1,)), ((0, 1), (0, 2))),
+     'bhqk,bkhd->bhqd'),
 ]
 
 
@@ -80,3 +86,33 @@ def test_rejects_a_non_float32_result_type():
                              jnp.ones((2, 2), jnp.bfloat16),
                              (((1,), (0,)), ((), ())),
                              preferred_element_type=jnp.bfloat16)
+
+
+def _dot_operand_types(hlo_text):
+  """Element types of the operands of every dot in optimized HLO text."""
+  types = []
+  for computation in hlo_text.split('\n\n'):
+    shapes = dict(re.findall(r'%([\w.\-]+) = (\w+)\[', computation))
+    for lhs, rhs in re.findall(r' dot\(%([\w.\-]+), %([\w.\-]+)\)',
+                               computation):
+      types.append((shapes[lhs], shapes[rhs]))
+  return types
+
+
+def test_bf16_encoder_block_gradient_keeps_every_product_in_bf16():
+  # XLA:CPU silently upcasts a bf16 product to float32 when an operand is a
+  # transposed view; that halves the speed of training. Both the Dense and
+  # the attention products must reach the compiled program in bf16. (Tiny
+  # products run in float32 whatever their layout: heads of 64 here.)
+  block = models_vit.EncoderBlock(num_heads=2, mlp_dim=256,
+                                  dtype=jnp.bfloat16)
+  x = jnp.ones((2, 50, 128), jnp.float32)
+  params = block.init(jax.random.PRNGKey(0), x)
+  loss = lambda params, x: block.apply(params, x).sum()
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
+      params, x).compile().as_text()
+  types = _dot_operand_types(hlo)
+  # 6 Dense forward + 12 backward, 2 + 4 attention products; XLA may merge
+  # products that share an operand (the q, k and v projections).
+  assert 20 <= len(types) <= 24, types
+  assert set(types) == {('bf16', 'bf16')}, types

@@ -16,8 +16,13 @@ FLOPs come from XLA's cost analysis of the compiled step (forward + backward
 for training), so `fraction_of_peak` compares the achieved rate with a large
 matmul of the same dtype, timed in the same rounds as the steps. Memory:
 XLA's compiled memory analysis (its peak estimate, and arguments + outputs
-+ temporaries as an upper bound) and the process's max RSS, read before timm is loaded (timm's figure is the whole
-process's).
++ temporaries as an upper bound) and the process's max RSS, read before timm
+is loaded (timm's figure is the whole process's).
+
+As a program it first has glibc keep freed memory for reuse
+(`host_memory.keep_freed_memory`): otherwise XLA:CPU's per-step buffers are
+faulted in afresh every step. The setting holds for both frameworks in the
+process; it left timm's step time unchanged.
 
 On a machine that other processes share, wall time depends on how the OS
 shares the cores out; `cpu_time_ms` (this process's CPU seconds per step)
@@ -38,7 +43,13 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from absl import app
+from vit_jax import host_memory
+
+if __name__ == '__main__':
+  # Before JAX and PyTorch start their threads (see host_memory).
+  host_memory.keep_freed_memory()
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -46,6 +57,7 @@ import numpy as np
 import optax
 
 from vit_jax import models
+
 
 def define_flags():
   """Defines the command-line flags; only when run as a program, so that
@@ -233,6 +245,33 @@ def _max_rss_bytes() -> float:
   return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _synthetic_batch(batch_size: int, image_size: int, num_classes: int):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(
+      np.float32)
+  labels = rng.integers(0, num_classes, (batch_size,)).astype(np.int32)
+  return images, labels
+
+
+def _comparison_step(compare: Optional[str], name: str,
+                     model_overrides: Dict[str, Any], **step_kwargs: Any):
+  """The other framework's step (an object with .step and .info), or None."""
+  if compare is None:
+    return None
+  if compare != 'timm':
+    raise ValueError(f'unknown --compare={compare!r}; only "timm" exists')
+  from vit_jax import benchmark_timm  # pylint: disable=g-import-not-at-top
+  variant = dataclasses.replace(models.VARIANTS[name], **model_overrides)
+  return benchmark_timm.TimmStep(variant, **step_kwargs)
+
+
+def _rates(flops: float, summary: Dict[str, float],
+           peak_tflops: float) -> Dict[str, float]:
+  achieved = flops / (summary['step_time_ms'] / 1e3) / 1e12
+  return {'achieved_tflops': achieved,
+          'fraction_of_peak': achieved / peak_tflops}
+
+
 def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
                   image_size: int = 224, num_classes: int = 1000,
                   mode: str = 'inference', dtype: str = 'float32',
@@ -270,32 +309,21 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
   if batch_size % mesh.size:
     raise ValueError(f'batch_size={batch_size} is not divisible by the '
                      f'{mesh.size} devices; set --host_devices')
-  rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(
-      np.float32)
-  labels = rng.integers(0, num_classes, (batch_size,)).astype(np.int32)
-
+  images, labels = _synthetic_batch(batch_size, image_size, num_classes)
   name = models.canonical_name(model)
   step, info = _jax_steps(name, batch_size, image_size, num_classes, mode,
                           jnp_dtype, mesh, images, labels, model_overrides)
   step()  # Allocates what the step needs before the RSS is read.
   rss_ours = _max_rss_bytes()
-  step_fns = [step]
-  other = None
-  if compare == 'timm':
-    from vit_jax import benchmark_timm  # pylint: disable=g-import-not-at-top
-    variant = dataclasses.replace(models.VARIANTS[name], **model_overrides)
-    other = benchmark_timm.TimmStep(
-        variant, batch_size=batch_size,
-        image_size=image_size, num_classes=num_classes, mode=mode,
-        dtype=dtype, images_nhwc=images, labels=labels)
-    step_fns.append(other.step)
-  elif compare is not None:
-    raise ValueError(f'unknown --compare={compare!r}; only "timm" exists')
+  other = _comparison_step(
+      compare, name, model_overrides, batch_size=batch_size,
+      image_size=image_size, num_classes=num_classes, mode=mode, dtype=dtype,
+      images_nhwc=images, labels=labels)
 
   # The peak matmul runs in every round too, so it sees the same load.
   peak_step, peak_flops = matmul_step(jnp_dtype, size=peak_matmul_size)
-  times = _time_steps(step_fns + [peak_step], steps=steps, warmup=warmup)
+  step_fns = [step] + ([other.step] if other else []) + [peak_step]
+  times = _time_steps(step_fns, steps=steps, warmup=warmup)
   peak = peak_flops / min(times[-1]['wall']) / 1e12
 
   result = {
@@ -304,6 +332,7 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
       'warmup': warmup, 'host_devices': mesh.size,
       'jax_version': jax.__version__,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'keeps_freed_memory': host_memory.keeps_freed_memory(),
       'params': info['params'],
       'gflops_per_image': info['flops'] / batch_size / 1e9,
       'flops_counted': 'forward+backward' if mode == 'train' else 'forward',
@@ -311,24 +340,18 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
       'xla_peak_memory_mb': info.get('xla_peak_bytes', 0.0) / 2**20,
       'xla_temp_memory_mb': info.get('xla_temp_bytes', 0.0) / 2**20,
       'xla_buffers_memory_mb': info.get('xla_buffers_bytes', 0.0) / 2**20,
+      'max_rss_mb': rss_ours / 2**20,
       **_summary(times[0], batch_size),
   }
-  result['achieved_tflops'] = (
-      info['flops'] / (result['step_time_ms'] / 1e3) / 1e12)
-  result['fraction_of_peak'] = result['achieved_tflops'] / peak
-  result['max_rss_mb'] = rss_ours / 2**20
+  result.update(_rates(info['flops'], result, peak))
   if other is not None:
-    timm_result = {**other.info(), **_summary(times[1], batch_size),
-                   'process_max_rss_mb': _max_rss_bytes() / 2**20}
-    timm_result['achieved_tflops'] = (
-        info['flops'] / (timm_result['step_time_ms'] / 1e3) / 1e12)
-    timm_result['fraction_of_peak'] = timm_result['achieved_tflops'] / peak
-    result['timm'] = timm_result
-    result['ratio_vs_timm'] = (result['images_per_sec']
-                               / timm_result['images_per_sec'])
+    timm = {**other.info(), **_summary(times[1], batch_size),
+            'process_max_rss_mb': _max_rss_bytes() / 2**20}
+    timm.update(_rates(info['flops'], timm, peak))
+    result['timm'] = timm
+    result['ratio_vs_timm'] = result['images_per_sec'] / timm['images_per_sec']
     # The same ratio from CPU time, steadier on a shared machine.
-    result['cpu_ratio_vs_timm'] = (timm_result['cpu_time_ms']
-                                   / result['cpu_time_ms'])
+    result['cpu_ratio_vs_timm'] = timm['cpu_time_ms'] / result['cpu_time_ms']
   return result
 
 

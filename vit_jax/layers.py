@@ -88,6 +88,57 @@ def _weight_cotangent(lhs, cotangent, lhs_contracting, rhs_contracting,
   return lax.transpose(product, tuple(np.argsort(source_axes)))
 
 
+def _as_bmk(x, batch: Sequence[int], m: Sequence[int], k: Sequence[int]):
+  """x with its axes grouped as (batch, m, k), flattened to rank 3.
+
+  The flattening reshape is what makes XLA:CPU keep a bf16 batched product
+  in bf16: an operand that is merely a transposed view (a non-default
+  layout) makes it upcast the whole product to float32 instead.
+  """
+  sizes = [int(np.prod([x.shape[a] for a in axes]))
+           for axes in (batch, m, k)]
+  return lax.transpose(x, tuple(batch) + tuple(m) + tuple(k)).reshape(sizes)
+
+
+def _batched_cotangent(cotangent, cotangent_m_axes, cotangent_n_axes, other,
+                       other_dims, operand_dims, operand_free, precision):
+  """Cotangent of one operand of a dot_general with batch axes.
+
+  Computed as one bf16 (B, M, N) x (B, N, K) product of row-major arrays,
+  which XLA:CPU runs on its bf16 kernels.
+
+  Args:
+    cotangent: cotangent of the product (bf16), batch axes leading.
+    cotangent_m_axes: its axes that are the operand's free axes.
+    cotangent_n_axes: its axes that are the other operand's free axes.
+    other: the other operand.
+    other_dims: the other operand's (contracting, batch) axes.
+    operand_dims: the operand's (contracting, batch) axes.
+    operand_free: the operand's free axes.
+    precision: passed on to lax.dot_general.
+
+  Returns:
+    Float32 array shaped like the operand.
+  """
+  (other_contracting, other_batch), (contracting, batch) = (other_dims,
+                                                             operand_dims)
+  other_free = _free_axes(other.ndim, other_contracting, other_batch)
+  num_batch = len(batch)
+  product = lax.dot_general(
+      _as_bmk(cotangent, range(num_batch), cotangent_m_axes,
+              cotangent_n_axes),
+      _as_bmk(other, other_batch, other_free, other_contracting),
+      (((2,), (1,)), ((0,), (0,))), precision,
+      preferred_element_type=jnp.float32)
+  product = product.reshape(
+      [cotangent.shape[a] for a in range(num_batch)]
+      + [cotangent.shape[a] for a in cotangent_m_axes]
+      + [other.shape[a] for a in other_contracting])
+  # The other operand's contracting axes pair with ours in listed order.
+  source_axes = list(batch) + list(operand_free) + list(contracting)
+  return lax.transpose(product, tuple(np.argsort(source_axes)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _mixed_dot(lhs, rhs, dimension_numbers, precision):
   return lax.dot_general(lhs, rhs, dimension_numbers, precision,
@@ -103,29 +154,42 @@ def _mixed_dot_bwd(dimension_numbers, precision, residuals, cotangent):
   (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) = (
       dimension_numbers)
   num_batch = len(lhs_batch)
-  num_lhs_free = len(_free_axes(lhs.ndim, lhs_contracting, lhs_batch))
-  lhs_free = tuple(range(num_batch, num_batch + num_lhs_free))
-  rhs_free = tuple(range(num_batch + num_lhs_free, cotangent.ndim))
+  lhs_free = _free_axes(lhs.ndim, lhs_contracting, lhs_batch)
+  rhs_free = _free_axes(rhs.ndim, rhs_contracting, rhs_batch)
+  # The cotangent's axes: batch, then the lhs's free axes, then the rhs's.
+  cotangent_lhs_axes = tuple(range(num_batch, num_batch + len(lhs_free)))
+  cotangent_rhs_axes = tuple(range(num_batch + len(lhs_free), cotangent.ndim))
   lhs_dims = (lhs_contracting, lhs_batch)
   rhs_dims = (rhs_contracting, rhs_batch)
+  bf16_on_cpu = (lhs.dtype != jnp.float32
+                 and jax.default_backend() == 'cpu')
+  bf16_cotangent = cotangent.astype(lhs.dtype)
+  if lhs_batch and bf16_on_cpu:
+    # Attention's activation products: XLA:CPU would run either cotangent
+    # in float32 (see _batched_cotangent).
+    d_lhs = _batched_cotangent(bf16_cotangent, cotangent_lhs_axes,
+                               cotangent_rhs_axes, rhs, rhs_dims, lhs_dims,
+                               lhs_free, precision)
+    d_rhs = _batched_cotangent(bf16_cotangent, cotangent_rhs_axes,
+                               cotangent_lhs_axes, lhs, lhs_dims, rhs_dims,
+                               rhs_free, precision)
+    return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype)
   # d(lhs) contracts the cotangent's trailing axes: a plain product that
   # runs with bf16 operands, as in the forward pass.
-  d_lhs = _operand_cotangent(cotangent.astype(lhs.dtype), rhs, lhs.ndim,
-                             lhs_dims, rhs_dims, rhs_free, precision)
+  d_lhs = _operand_cotangent(bf16_cotangent, rhs, lhs.ndim, lhs_dims,
+                             rhs_dims, cotangent_rhs_axes, precision)
   # d(rhs) (the weight gradient of a Dense layer) contracts the leading
   # (token) axes of both. As a dot_general XLA:CPU has no bf16 kernel for
-  # that layout ("Unsupported element type for DotThunk"), so without batch
-  # axes it is rewritten as a plain matmul (`_weight_cotangent`); with batch
-  # axes (attention's activation products), and on other backends (not
-  # measured yet), it runs in float32 as before.
-  if (lhs_batch or lhs.dtype == jnp.float32
-      or jax.default_backend() != 'cpu'):
-    d_rhs = _operand_cotangent(cotangent, lhs.astype(jnp.float32), rhs.ndim,
-                               rhs_dims, lhs_dims, lhs_free, precision)
+  # that layout ("Unsupported element type for DotThunk"), so it is
+  # rewritten as a plain matmul (`_weight_cotangent`). Other backends (not
+  # measured yet) keep the float32 product.
+  if bf16_on_cpu:
+    d_rhs = _weight_cotangent(lhs, bf16_cotangent, lhs_contracting,
+                              rhs_contracting, rhs.ndim, precision)
   else:
-    d_rhs = _weight_cotangent(lhs, cotangent.astype(lhs.dtype),
-                              lhs_contracting, rhs_contracting, rhs.ndim,
-                              precision)
+    d_rhs = _operand_cotangent(cotangent, lhs.astype(jnp.float32), rhs.ndim,
+                               rhs_dims, lhs_dims, cotangent_lhs_axes,
+                               precision)
   return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype)
 
 
