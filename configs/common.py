@@ -38,6 +38,7 @@ def get_config():
   config.model.num_layers = ml_collections.FieldReference(None, int)  # Encoder blocks.
   config.model.scan_layers = False  # One nn.scan over the blocks: compiles once, params stacked (npz unchanged).
   config.model.remat_policy = 'none'  # Recompute in backward: none | full | dots | dots_no_batch.
+  config.model.attention = 'auto'  # auto (einsum on CPU, fused elsewhere) | fused | einsum.
 
   # --- Data ----------------------------------------------------------------
   config.dataset = 'fashion_mnist_local'  # TFDS name (or 'imagefolder').

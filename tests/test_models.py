@@ -317,3 +317,20 @@ def test_fused_attention_equals_the_einsum_path():
   auto = models_vit.MultiHeadAttention(2)
   assert auto._use_fused(False, False) == (jax.default_backend() != 'cpu')
   assert not auto._use_fused(True, False)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_model_attention_choice_is_passed_down(scan_layers):
+  kwargs = dict(num_classes=3, num_layers=2, hidden_size=32, mlp_dim=64,
+                num_heads=2, patch_size=8, scan_layers=scan_layers)
+  images = np.random.default_rng(1).uniform(
+      -1, 1, (2, 16, 16, 3)).astype(np.float32)
+  fused = models.create_model('ViT-Ti_16', attention='fused', **kwargs)
+  einsum = models.create_model('ViT-Ti_16', attention='einsum', **kwargs)
+  params = models.init_params(fused, jax.random.PRNGKey(0), (16, 16))
+  np.testing.assert_allclose(fused.apply({'params': params}, images),
+                             einsum.apply({'params': params}, images),
+                             rtol=1e-5, atol=1e-6)
+  misspelt = models.create_model('ViT-Ti_16', attention='flash', **kwargs)
+  with pytest.raises(ValueError, match="unknown attention implementation"):
+    misspelt.apply({'params': params}, images)

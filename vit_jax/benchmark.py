@@ -62,7 +62,7 @@ from vit_jax import models
 def define_flags():
   """Defines the command-line flags; only when run as a program, so that
   importing several command-line modules in one process does not clash."""
-  global _MODEL, _BATCH_SIZE, _IMAGE_SIZE, _NUM_CLASSES, _MODE, _DTYPE, _STEPS, _WARMUP, _COMPARE, _JSON_OUT, _HOST_DEVICES
+  global _MODEL, _BATCH_SIZE, _IMAGE_SIZE, _NUM_CLASSES, _MODE, _DTYPE, _STEPS, _WARMUP, _COMPARE, _JSON_OUT, _HOST_DEVICES, _ATTENTION
   _MODEL = flags.DEFINE_string('model', 'ViT-B_16', 'Variant name.')
   _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per step.')
   _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
@@ -76,6 +76,9 @@ def define_flags():
   _COMPARE = flags.DEFINE_enum('compare', None, ['timm'],
                                'Also time the same model in this framework.')
   _JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the results here.')
+  _ATTENTION = flags.DEFINE_enum(
+      'attention', 'auto', ['auto', 'fused', 'einsum'],
+      'Attention implementation (models_vit.MultiHeadAttention).')
   _HOST_DEVICES = flags.DEFINE_integer(
       'host_devices', None,
       'Split the batch over this many XLA:CPU devices. Must divide the batch '
@@ -179,11 +182,12 @@ def _cross_entropy(logits, labels):
 def _jax_steps(model_name: str, batch_size: int, image_size: int,
                num_classes: int, mode: str, dtype: Any,
                mesh: jax.sharding.Mesh, images_np: np.ndarray,
-               labels_np: np.ndarray, overrides: Dict[str, Any]):
+               labels_np: np.ndarray, overrides: Dict[str, Any],
+               attention: str = 'auto'):
   """Builds and compiles one step of our model; returns (step, info)."""
   del batch_size  # implied by the images
   model = models.create_model(model_name, num_classes=num_classes, dtype=dtype,
-                              **overrides)
+                              attention=attention, **overrides)
   params = models.init_params(model, jax.random.PRNGKey(0),
                               (image_size, image_size))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -279,6 +283,7 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
                   compare: Optional[str] = None,
                   host_devices: Optional[int] = None,
                   peak_matmul_size: int = _PEAK_MATMUL_SIZE,
+                  attention: str = 'auto',
                   **model_overrides: Any) -> Dict[str, Any]:
   """Times `steps` steps of the model (and of timm's with `compare`).
 
@@ -295,6 +300,7 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
     compare: None or 'timm'.
     host_devices: XLA devices to split the batch over (default: all).
     peak_matmul_size: side of the square matmul that measures the peak.
+    attention: our attention implementation ('auto', 'fused', 'einsum').
     **model_overrides: architecture overrides for `models.create_model`
       (e.g. num_layers=1 for a smoke test); timm gets the same.
 
@@ -312,7 +318,8 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
   images, labels = _synthetic_batch(batch_size, image_size, num_classes)
   name = models.canonical_name(model)
   step, info = _jax_steps(name, batch_size, image_size, num_classes, mode,
-                          jnp_dtype, mesh, images, labels, model_overrides)
+                          jnp_dtype, mesh, images, labels, model_overrides,
+                          attention)
   step()  # Allocates what the step needs before the RSS is read.
   rss_ours = _max_rss_bytes()
   other = _comparison_step(
@@ -329,7 +336,7 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
   result = {
       'model': name, 'mode': mode, 'dtype': dtype, 'batch_size': batch_size,
       'image_size': image_size, 'num_classes': num_classes, 'steps': steps,
-      'warmup': warmup, 'host_devices': mesh.size,
+      'warmup': warmup, 'host_devices': mesh.size, 'attention': attention,
       'jax_version': jax.__version__,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'keeps_freed_memory': host_memory.keeps_freed_memory(),
@@ -413,7 +420,7 @@ def main(argv: Sequence[str]) -> None:
       image_size=_IMAGE_SIZE.value, num_classes=_NUM_CLASSES.value,
       mode=_MODE.value, dtype=_DTYPE.value, steps=_STEPS.value,
       warmup=_WARMUP.value, compare=_COMPARE.value,
-      host_devices=host_devices)
+      host_devices=host_devices, attention=_ATTENTION.value)
   print(format_result(result))
   print(json.dumps(result, indent=1, sort_keys=True))
   if _JSON_OUT.value:

@@ -140,6 +140,7 @@ class EncoderBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
   train: bool = False
   capture_attention: bool = False
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x_BND):
@@ -149,7 +150,8 @@ class EncoderBlock(nn.Module):
     y = layer_norm('LayerNorm_0', self.param_dtype)(x_BND)
     y = MultiHeadAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,
-        self.param_dtype, name='MultiHeadDotProductAttention_0')(
+        self.param_dtype, self.attention,
+        name='MultiHeadDotProductAttention_0')(
             y, train=train, capture_weights=self.capture_attention)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x_BND = x_BND + y
@@ -214,6 +216,7 @@ class Encoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = False
   remat_policy: str = 'none'
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x_BND, *, train: bool,
@@ -233,8 +236,8 @@ class Encoder(nn.Module):
           variable_axes={'params': 0}, split_rngs={'params': True,
                                                    'dropout': True},
           length=self.num_layers)
-      x_BND, _ = blocks(*block_args, train=train, name='encoderblock')(
-          x_BND, None)
+      x_BND, _ = blocks(*block_args, train=train, attention=self.attention,
+                        name='encoderblock')(x_BND, None)
     else:
       block_class = _maybe_remat(EncoderBlock, self.remat_policy,
                                  prevent_cse=True)
@@ -242,7 +245,7 @@ class Encoder(nn.Module):
         x_BND = block_class(
             *block_args, train=train,
             capture_attention=layer in capture_attention,
-            name=f'encoderblock_{layer}')(x_BND)
+            attention=self.attention, name=f'encoderblock_{layer}')(x_BND)
         if capture_block_outputs:
           self.sow('intermediates', 'block_outputs', x_BND)
     return layer_norm('encoder_norm', self.param_dtype)(x_BND)
@@ -266,6 +269,8 @@ class VisionTransformer(nn.Module):
       (faster compiles; params stacked under `encoderblock`).
     remat_policy: one of REMAT_POLICIES: recompute activations in the
       backward pass instead of storing them.
+    attention: MultiHeadAttention's `implementation` ('auto', 'fused' or
+      'einsum').
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -283,6 +288,7 @@ class VisionTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   scan_layers: bool = False
   remat_policy: str = 'none'
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, images_BHWC, *, train: bool = False,
@@ -325,7 +331,8 @@ class VisionTransformer(nn.Module):
     x_BND = Encoder(
         self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
         self.attention_dropout_rate, self.dtype, self.param_dtype,
-        self.scan_layers, self.remat_policy, name='Transformer')(
+        self.scan_layers, self.remat_policy, self.attention,
+        name='Transformer')(
             x_BND, train=train, capture_attention=tuple(capture_attention),
             capture_block_outputs=capture_block_outputs)
 

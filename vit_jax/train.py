@@ -44,6 +44,7 @@ def build_model(config, num_classes: int):
       head_bias_init=config.model.head_bias_init,
       scan_layers=config.model.scan_layers,
       remat_policy=config.model.remat_policy,
+      attention=config.model.attention,
       dtype=jnp.dtype(config.model.dtype),
       param_dtype=jnp.dtype(config.model.param_dtype), **overrides)
 
