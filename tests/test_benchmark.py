@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import platform
 import subprocess
 import sys
 
@@ -113,3 +114,19 @@ def test_default_host_devices_split_only_float32_inference():
   assert benchmark.default_host_devices('train', 'float32', 8) == 1
   assert benchmark.default_host_devices('inference', 'bfloat16', 8) == 1
   assert benchmark.default_host_devices('inference', 'float32', 7) == 1
+
+
+def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
+  out = tmp_path / 'bench.json'
+  subprocess.run(
+      [sys.executable, '-m', 'vit_jax.benchmark', '--model=ViT-Ti_16',
+       '--batch_size=2', '--image_size=32', '--num_classes=10', '--steps=2',
+       '--mode=train', '--dtype=bfloat16', f'--json_out={out}'],
+      check=True, capture_output=True)
+  result = json.loads(out.read_text())
+  assert (result['model'], result['mode'], result['dtype']) == (
+      'ViT-Ti_16', 'train', 'bfloat16')
+  _check_consistent(result, batch_size=2)
+  # Set by the program before JAX starts (glibc only; see host_memory).
+  assert result['keeps_freed_memory'] == (
+      sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc')
