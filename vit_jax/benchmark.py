@@ -62,7 +62,8 @@ from vit_jax import models
 def define_flags():
   """Defines the command-line flags; only when run as a program, so that
   importing several command-line modules in one process does not clash."""
-  global _MODEL, _BATCH_SIZE, _IMAGE_SIZE, _NUM_CLASSES, _MODE, _DTYPE, _STEPS, _WARMUP, _COMPARE, _JSON_OUT, _HOST_DEVICES, _ATTENTION
+  global _MODEL, _BATCH_SIZE, _IMAGE_SIZE, _NUM_CLASSES, _MODE, _DTYPE, _STEPS
+  global _WARMUP, _COMPARE, _JSON_OUT, _HOST_DEVICES, _ATTENTION
   _MODEL = flags.DEFINE_string('model', 'ViT-B_16', 'Variant name.')
   _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per step.')
   _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')

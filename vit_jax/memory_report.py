@@ -402,7 +402,9 @@ def run(model: str, num_devices: int, *, device_memory_gib: float = 16.0,
 def define_flags():
   """Defines the command-line flags; only when run as a program, so that
   importing several command-line modules in one process does not clash."""
-  global _MODEL, _NUM_DEVICES, _DEVICE_MEMORY_GIB, _BATCH_SIZE, _GRAD_ACCUM_STEPS, _REMAT_POLICY, _IMAGE_SIZE, _NUM_CLASSES, _EMA_DECAY, _JSON_OUT
+  global _MODEL, _NUM_DEVICES, _DEVICE_MEMORY_GIB, _BATCH_SIZE
+  global _GRAD_ACCUM_STEPS, _REMAT_POLICY, _IMAGE_SIZE, _NUM_CLASSES, _EMA_DECAY
+  global _JSON_OUT
   _MODEL = flags.DEFINE_string('model', 'ViT-H_14', 'Variant name.')
   _NUM_DEVICES = flags.DEFINE_integer(
       'num_devices', DEFAULT_NUM_DEVICES,
