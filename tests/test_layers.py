@@ -99,6 +99,18 @@ def _dot_operand_types(hlo_text):
   return types
 
 
+def _cpu_has_bf16_matmul_instructions():
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = set(f.read().split())
+  except OSError:
+    return False
+  return bool(flags & {'avx512_bf16', 'amx_bf16', 'bf16'})
+
+
+@pytest.mark.skipif(not _cpu_has_bf16_matmul_instructions(),
+                    reason='checked only where XLA:CPU has bf16 matrix '
+                    'instructions to use; elsewhere it may upcast by design')
 def test_bf16_encoder_block_gradient_keeps_every_product_in_bf16():
   # XLA:CPU silently upcasts a bf16 product to float32 when an operand is a
   # transposed view; that halves the speed of training. Both the Dense and
