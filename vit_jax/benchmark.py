@@ -277,6 +277,41 @@ def _rates(flops: float, summary: Dict[str, float],
           'fraction_of_peak': achieved / peak_tflops}
 
 
+def _environment_fields() -> Dict[str, Any]:
+  return {'jax_version': jax.__version__,
+          'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'keeps_freed_memory': host_memory.keeps_freed_memory()}
+
+
+def _compiled_fields(info: Dict[str, float], batch_size: int,
+                     mode: str) -> Dict[str, Any]:
+  """Size, FLOPs and XLA's memory figures of our compiled step."""
+  return {
+      'params': info['params'],
+      'gflops_per_image': info['flops'] / batch_size / 1e9,
+      'flops_counted': 'forward+backward' if mode == 'train' else 'forward',
+      'xla_peak_memory_mb': info.get('xla_peak_bytes', 0.0) / 2**20,
+      'xla_temp_memory_mb': info.get('xla_temp_bytes', 0.0) / 2**20,
+      'xla_buffers_memory_mb': info.get('xla_buffers_bytes', 0.0) / 2**20,
+  }
+
+
+def _comparison_fields(ours: Dict[str, Any], other: Any,
+                       times: Dict[str, List[float]], flops: float,
+                       peak_tflops: float) -> Dict[str, Any]:
+  """The other framework's figures, rated on our FLOPs, and the ratios."""
+  batch_size = ours['batch_size']
+  timm = {**other.info(), **_summary(times, batch_size),
+          'process_max_rss_mb': _max_rss_bytes() / 2**20}
+  timm.update(_rates(flops, timm, peak_tflops))
+  return {
+      'timm': timm,
+      'ratio_vs_timm': ours['images_per_sec'] / timm['images_per_sec'],
+      # The same ratio from CPU time, steadier on a shared machine.
+      'cpu_ratio_vs_timm': timm['cpu_time_ms'] / ours['cpu_time_ms'],
+  }
+
+
 def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
                   image_size: int = 224, num_classes: int = 1000,
                   mode: str = 'inference', dtype: str = 'float32',
@@ -338,28 +373,16 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
       'model': name, 'mode': mode, 'dtype': dtype, 'batch_size': batch_size,
       'image_size': image_size, 'num_classes': num_classes, 'steps': steps,
       'warmup': warmup, 'host_devices': mesh.size, 'attention': attention,
-      'jax_version': jax.__version__,
-      'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'keeps_freed_memory': host_memory.keeps_freed_memory(),
-      'params': info['params'],
-      'gflops_per_image': info['flops'] / batch_size / 1e9,
-      'flops_counted': 'forward+backward' if mode == 'train' else 'forward',
+      **_environment_fields(),
+      **_compiled_fields(info, batch_size, mode),
       'matmul_peak_tflops': peak,
-      'xla_peak_memory_mb': info.get('xla_peak_bytes', 0.0) / 2**20,
-      'xla_temp_memory_mb': info.get('xla_temp_bytes', 0.0) / 2**20,
-      'xla_buffers_memory_mb': info.get('xla_buffers_bytes', 0.0) / 2**20,
       'max_rss_mb': rss_ours / 2**20,
       **_summary(times[0], batch_size),
   }
   result.update(_rates(info['flops'], result, peak))
   if other is not None:
-    timm = {**other.info(), **_summary(times[1], batch_size),
-            'process_max_rss_mb': _max_rss_bytes() / 2**20}
-    timm.update(_rates(info['flops'], timm, peak))
-    result['timm'] = timm
-    result['ratio_vs_timm'] = result['images_per_sec'] / timm['images_per_sec']
-    # The same ratio from CPU time, steadier on a shared machine.
-    result['cpu_ratio_vs_timm'] = timm['cpu_time_ms'] / result['cpu_time_ms']
+    result.update(_comparison_fields(result, other, times[1], info['flops'],
+                                     peak))
   return result
 
 
