@@ -1,6 +1,7 @@
 """Model tests: the variant table, the parameter tree, and numerics against an
 independent NumPy implementation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -286,6 +287,38 @@ def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   for a, b in zip(jax.tree_util.tree_leaves(grads_scan),
                   jax.tree_util.tree_leaves(grads_loop)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+
+
+def _mlp_input_shapes(model, params, images, **kwargs):
+  """Shapes that each block's MLP is called on, in call order."""
+  shapes = []
+
+  def record(next_fun, args, call_kwargs, context):
+    if type(context.module).__name__ == 'MlpBlock':
+      shapes.append(args[0].shape)
+    return next_fun(*args, **call_kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply({'params': params}, images, mutable=['intermediates'],
+                **kwargs)
+  return shapes
+
+
+def test_token_head_computes_the_last_block_for_the_class_token_only():
+  # Its value equals the full computation: the NumPy reference and the
+  # scanned encoder (which computes every token) tests above check that.
+  model = helpers.tiny_model()
+  params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+  images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
+  assert _mlp_input_shapes(model, params, images) == [(2, 17, 32), (2, 1, 32)]
+  # Every token is computed where the last block is looked at, or read.
+  for kwargs in (dict(capture_block_outputs=True),
+                 dict(capture_attention=(1,))):
+    assert _mlp_input_shapes(model, params, images, **kwargs) == [
+        (2, 17, 32)] * 2
+  gap = helpers.tiny_model(classifier='gap')
+  assert _mlp_input_shapes(gap, helpers.random_params(gap, 16), images) == [
+      (2, 16, 32)] * 2
 
 
 def test_scanned_model_keeps_the_released_layout_and_intermediates():
