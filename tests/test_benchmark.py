@@ -63,6 +63,26 @@ def test_train_counts_backward_flops(inference, train):
   assert train['params'] == inference['params']
 
 
+@pytest.mark.parametrize('host_devices', [1, 2])
+def test_every_token_flops_add_the_last_blocks_other_tokens(host_devices):
+  # timm is rated on every_token_flops: our token-head step skips the last
+  # block's other tokens, a 'gap' one cannot.
+  images, labels = benchmark._synthetic_batch(2, 32, 10)
+  mesh = benchmark._mesh(host_devices)
+
+  def flops(mode, **overrides):
+    _, info = benchmark._jax_steps(
+        'ViT-Ti_16', 2, 32, 10, mode, np.float32, mesh, images, labels,
+        dict(num_layers=1, **overrides))
+    return info['flops'], info['every_token_flops']
+
+  for mode in ('inference', 'train'):
+    token_flops, token_every = flops(mode)
+    assert token_every > 1.5 * token_flops  # the one block is the last
+    gap_flops, gap_every = flops(mode, classifier='gap')
+    assert gap_every == pytest.approx(gap_flops, rel=0.01)
+
+
 def test_rejects_short_warmup_and_indivisible_batch():
   with pytest.raises(ValueError, match='warmup'):
     benchmark.run_benchmark(**dict(_TINY, warmup=1))
@@ -83,6 +103,10 @@ def test_compare_with_timm():
   assert timm['images_per_sec'] > 0
   assert result['ratio_vs_timm'] == pytest.approx(
       result['images_per_sec'] / timm['images_per_sec'])
+  # Rated on the every-token work it does, more than our token-head step.
+  assert timm['gflops_per_image'] > result['gflops_per_image']
+  assert timm['achieved_tflops'] == pytest.approx(
+      timm['gflops_per_image'] * _TINY['batch_size'] / timm['step_time_ms'])
   assert 'ours/timm' in benchmark.format_result(result)
 
 
