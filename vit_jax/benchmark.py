@@ -191,6 +191,54 @@ def _cross_entropy(logits, labels):
       logits.astype(jnp.float32), labels).mean()
 
 
+# The training step's update, as in timm's step (benchmark_timm).
+_OPTIMIZER = optax.sgd(learning_rate=1e-3, momentum=0.9)
+
+
+def _shardings(mesh: jax.sharding.Mesh):
+  """(replicated, split over the batch) on `mesh`."""
+  return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
+
+
+def _jitted_step(model: Any, train: bool, mesh: jax.sharding.Mesh):
+  """`jit_step(every_token)`: our jitted step, on (params, images) for
+  inference and on ((params, SGD state), images, labels) for training.
+
+  `every_token=True` has the last block compute every token, as timm's does
+  (capturing the block outputs turns models_vit's class-token-only block
+  off); it is only lowered, for its FLOPs.
+  """
+  replicated, batch_sharding = _shardings(mesh)
+
+  def logits_fn(params, images, every_token):
+    if not every_token:
+      return model.apply({'params': params}, images, train=train)
+    logits, _ = model.apply({'params': params}, images, train=train,
+                            capture_block_outputs=True,
+                            mutable=['intermediates'])
+    return logits
+
+  if not train:
+    return lambda every_token: jax.jit(
+        functools.partial(logits_fn, every_token=every_token),
+        in_shardings=(replicated, batch_sharding))
+
+  def train_step(state, images, labels, every_token):
+    params, opt_state = state
+    loss_fn = lambda params: _cross_entropy(
+        logits_fn(params, images, every_token), labels)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = _OPTIMIZER.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  return lambda every_token: jax.jit(
+      functools.partial(train_step, every_token=every_token),
+      donate_argnums=0,
+      in_shardings=(replicated, batch_sharding, batch_sharding),
+      out_shardings=(replicated, replicated))
+
+
 def _jax_steps(model_name: str, batch_size: int, image_size: int,
                num_classes: int, mode: str, dtype: Any,
                mesh: jax.sharding.Mesh, images_np: np.ndarray,
@@ -200,68 +248,35 @@ def _jax_steps(model_name: str, batch_size: int, image_size: int,
   del batch_size  # implied by the images
   model = models.create_model(model_name, num_classes=num_classes, dtype=dtype,
                               attention=attention, **overrides)
-  params = models.init_params(model, jax.random.PRNGKey(0),
-                              (image_size, image_size))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec('data'))
-  params = jax.device_put(params, replicated)
+  replicated, batch_sharding = _shardings(mesh)
+  params = jax.device_put(models.init_params(
+      model, jax.random.PRNGKey(0), (image_size, image_size)), replicated)
   images = jax.device_put(jnp.asarray(images_np), batch_sharding)
   labels = jax.device_put(jnp.asarray(labels_np), batch_sharding)
-  info = {'params': models.count_params(params)}
   train = mode == 'train'
-
-  def logits_fn(params, images, every_token):
-    if not every_token:
-      return model.apply({'params': params}, images, train=train)
-    # Capturing the block outputs makes the last block compute every token.
-    logits, _ = model.apply({'params': params}, images, train=train,
-                            capture_block_outputs=True,
-                            mutable=['intermediates'])
-    return logits
-
-  if not train:
-    jit_step = lambda every_token: jax.jit(
-        functools.partial(logits_fn, every_token=every_token),
-        in_shardings=(replicated, batch_sharding))
-    args = (params, images)
-  else:
-    optimizer = optax.sgd(learning_rate=1e-3, momentum=0.9)
-
-    def train_step(state, images, labels, every_token):
-      params, opt_state = state
-      loss_fn = lambda params: _cross_entropy(
-          logits_fn(params, images, every_token), labels)
-      loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
-
-    state = (params, jax.device_put(optimizer.init(params), replicated))
-    jit_step = lambda every_token: jax.jit(
-        functools.partial(train_step, every_token=every_token),
-        donate_argnums=0,
-        in_shardings=(replicated, batch_sharding, batch_sharding),
-        out_shardings=(replicated, replicated))
+  if train:
+    state = (params, jax.device_put(_OPTIMIZER.init(params), replicated))
     args = (state, images, labels)
+  else:
+    args = (params, images)
 
+  jit_step = _jitted_step(model, train, mesh)
   lowered = jit_step(False).lower(*args)
   compiled = lowered.compile()
-  info.update(_compiled_stats(compiled, mesh.size))
-  # Under the token head our last block skips the other tokens; timm's
-  # computes them. Its work is our step's FLOPs scaled by what computing
-  # every token adds (XLA's cost analysis of the two lowered steps).
+  info = {'params': models.count_params(params),
+          **_compiled_stats(compiled, mesh.size)}
+  # Our step's FLOPs scaled by what computing every token adds (XLA's cost
+  # analysis of the two lowered steps): the work timm's step does.
   info['every_token_flops'] = info['flops'] * (
       _lowered_flops(jit_step(True).lower(*args)) / _lowered_flops(lowered))
 
   if not train:
-    def step():
-      compiled(*args).block_until_ready()
-  else:
-    holder = [state]
+    return lambda: compiled(*args).block_until_ready(), info
+  holder = [state]
 
-    def step():
-      holder[0], loss = compiled(holder[0], images, labels)
-      loss.block_until_ready()
+  def step():
+    holder[0], loss = compiled(holder[0], images, labels)
+    loss.block_until_ready()
   return step, info
 
 
