@@ -159,14 +159,19 @@ def _mesh(num_devices: Optional[int]) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(devices), ('data',))
 
 
-def _compiled_stats(compiled: Any, num_devices: int) -> Dict[str, float]:
-  """FLOPs and memory of one compiled step (all devices together)."""
-  cost = compiled.cost_analysis()
+def _cost_flops(stage: Any) -> float:
+  """FLOPs from XLA's cost analysis of a lowered or compiled step."""
+  cost = stage.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0]
+  return float(cost.get('flops', 0.0))
+
+
+def _compiled_stats(compiled: Any, num_devices: int) -> Dict[str, float]:
+  """FLOPs and memory of one compiled step (all devices together)."""
   memory = compiled.memory_analysis()
   # An SPMD program is the per-device program: scale to the whole step.
-  stats = {'flops': float(cost.get('flops', 0.0)) * num_devices}
+  stats = {'flops': _cost_flops(compiled) * num_devices}
   if memory is not None:
     # All buffers the step holds at once at worst; XLA's own peak estimate
     # (from its buffer assignment) can be lower, where buffers reuse space.
@@ -177,13 +182,6 @@ def _compiled_stats(compiled: Any, num_devices: int) -> Dict[str, float]:
         getattr(memory, 'peak_memory_in_bytes', 0) or total) * num_devices
     stats['xla_temp_bytes'] = float(memory.temp_size_in_bytes) * num_devices
   return stats
-
-
-def _lowered_flops(lowered: Any) -> float:
-  cost = lowered.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-    cost = cost[0]
-  return float(cost['flops'])
 
 
 def _cross_entropy(logits, labels):
@@ -268,7 +266,7 @@ def _jax_steps(model_name: str, batch_size: int, image_size: int,
   # Our step's FLOPs scaled by what computing every token adds (XLA's cost
   # analysis of the two lowered steps): the work timm's step does.
   info['every_token_flops'] = info['flops'] * (
-      _lowered_flops(jit_step(True).lower(*args)) / _lowered_flops(lowered))
+      _cost_flops(jit_step(True).lower(*args)) / _cost_flops(lowered))
 
   if not train:
     return lambda: compiled(*args).block_until_ready(), info

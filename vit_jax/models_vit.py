@@ -234,10 +234,15 @@ class Encoder(nn.Module):
                class_token_only: bool = False):
     """Encodes (B, N, D) tokens.
 
-    With `class_token_only` the result may be just the class token,
-    (B, 1, D): the unrolled encoder computes the last block for it alone.
-    The scanned one has one body for all blocks and returns every token.
+    `class_token_only`: the caller reads only the class token. Unless the
+    last block is looked at (its attention weights, the block outputs), the
+    unrolled encoder then computes that block for the class token alone and
+    returns (B, 1, D). The scanned one has one body for all blocks and
+    returns every token.
     """
+    last_block_for_class_token = (
+        class_token_only and not capture_block_outputs
+        and self.num_layers - 1 not in capture_attention)
     x_BND = AddPositionEmbedding(self.param_dtype, name='posembed_input')(x_BND)
     x_BND = nn.Dropout(self.dropout_rate)(x_BND, deterministic=not train)
     block_args = (self.num_heads, self.mlp_dim, self.dropout_rate,
@@ -262,7 +267,7 @@ class Encoder(nn.Module):
             *block_args, train=train,
             capture_attention=layer in capture_attention,
             attention=self.attention,
-            class_token_only=(class_token_only
+            class_token_only=(last_block_for_class_token
                               and layer == self.num_layers - 1),
             name=f'encoderblock_{layer}')(x_BND)
         if capture_block_outputs:
@@ -347,11 +352,6 @@ class VisionTransformer(nn.Module):
       cls = jnp.broadcast_to(cls.astype(x_BND.dtype), (batch, 1, hidden))
       x_BND = jnp.concatenate([cls, x_BND], axis=1)
 
-    # The 'token' head reads the class token alone; unless every token of
-    # the last block is to be looked at, the encoder may skip the others.
-    class_token_only = (self.classifier == 'token'
-                        and not capture_block_outputs
-                        and self.num_layers - 1 not in capture_attention)
     x_BND = Encoder(
         self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
         self.attention_dropout_rate, self.dtype, self.param_dtype,
@@ -359,7 +359,7 @@ class VisionTransformer(nn.Module):
         name='Transformer')(
             x_BND, train=train, capture_attention=tuple(capture_attention),
             capture_block_outputs=capture_block_outputs,
-            class_token_only=class_token_only)
+            class_token_only=self.classifier == 'token')
 
     if self.classifier == 'token':
       x = x_BND[:, 0]
