@@ -11,7 +11,10 @@ setuptools.setup(
     version='0.1.0',
     description='Vision Transformer (ViT) and R+ViT hybrids in JAX/Flax: '
     'released checkpoints, pre-training, fine-tuning and analysis.',
-    packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*']),
+    # configs/ too: the programs and the config files themselves import
+    # `configs.common`, from any working directory.
+    packages=setuptools.find_packages(
+        include=['vit_jax', 'vit_jax.*', 'configs']),
     python_requires='>=3.10',
     install_requires=[
         'absl-py>=2.1,<3',
@@ -34,7 +37,7 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4'],
-        # For `vit_jax.benchmark --compare=timm`. Install torch first (the
+        # For `vit_jax.cli.benchmark --compare=timm`. Install torch first (the
         # CPU wheel), then timm with --no-deps: its torchvision requirement
         # would pull a CUDA build of torch.
         'bench': ['torch>=2.6,<2.14', 'timm>=1.0.15,<1.1',

@@ -53,7 +53,6 @@ from PIL import Image
 
 from configs import common
 from vit_jax import analysis
-from vit_jax import checkpoint
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import pretrained
@@ -77,7 +76,7 @@ A released file is a plain `numpy.savez` archive whose keys are parameter
 paths (`embedding/kernel`, `Transformer/encoderblock_0/...`, `head/kernel`).
 As a stand-in we initialise a small ViT (the ViT-Ti/16 variant with 7-pixel
 patches, width 64 and 4 layers, at 28x28 pixels: a 4x4 grid of patches plus
-the class token) and save it with `checkpoint.save_npz`, which writes exactly
+the class token) and save it with `pretrained.save_npz`, which writes exactly
 that layout. With a real file, skip this cell and point `CHECKPOINT` at it (and
 `MODEL` at its name, e.g. `ViT-B_16`, with `ARCHITECTURE = {}`).
 '''),
@@ -91,7 +90,7 @@ stand_in = models.create_model(MODEL, num_classes=10, **ARCHITECTURE)
 stand_in_params = models.init_params(stand_in, jax.random.PRNGKey(0),
                                      (IMAGE_SIZE, IMAGE_SIZE))
 CHECKPOINT = os.path.join(WORKDIR, 'stand_in_for_a_released_file.npz')
-checkpoint.save_npz(stand_in_params, CHECKPOINT)
+pretrained.save_npz(stand_in_params, CHECKPOINT)
 with np.load(CHECKPOINT) as archive:
   keys = sorted(archive.files)
 print(f'{len(keys)} arrays, {models.count_params(stand_in_params):,} '
@@ -304,8 +303,8 @@ plt.show()
   `configs/vtab.py:ViT-B_16,<task>` (VTAB-1k), `config.extra_evals` for
   ImageNet-ReaL and ImageNet-v2.
 * More analyses (mean attention distance, position-embedding similarity,
-  patch-embedding filters): `python -m vit_jax.visualize`.
-* Few-shot evaluation of any checkpoint: `python -m vit_jax.fewshot_cli`.
+  patch-embedding filters): `python -m vit_jax.cli.visualize`.
+* Few-shot evaluation of any checkpoint: `python -m vit_jax.cli.fewshot`.
 '''),
 ]
 

@@ -1,7 +1,7 @@
 """An independent float64 NumPy ViT / R+ViT forward pass for the tests.
 
 It reads a flat dict in the *released* layout (old block numbering, as written
-by `vit_jax.checkpoint.to_released_layout` or found in the Google files) and
+by `vit_jax.npz.to_released_layout` or found in the Google files) and
 follows REFERENCE.md section 2 literally, sharing no code with vit_jax.
 """
 

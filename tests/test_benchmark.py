@@ -1,4 +1,4 @@
-"""Smoke tests of vit_jax.benchmark on a one-layer model (no timing claims)."""
+"""Smoke tests of vit_jax.cli.benchmark on a one-layer model (no timing claims)."""
 
 import dataclasses
 import importlib.util
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from vit_jax import benchmark
+from vit_jax.cli import benchmark
 
 # A one-layer ViT-Ti at 32 px: compiles in seconds.
 _TINY = dict(model='ViT-Ti_16', batch_size=2, image_size=32, num_classes=10,
@@ -114,7 +114,7 @@ def test_compare_with_timm():
     not all(importlib.util.find_spec(m) for m in ('torch', 'timm')),
     reason='the optional torch and timm are not installed')
 def test_timm_train_step_updates_the_weights():
-  from vit_jax import benchmark_timm  # pylint: disable=g-import-not-at-top
+  from vit_jax.cli import benchmark_timm  # pylint: disable=g-import-not-at-top
   from vit_jax import models  # pylint: disable=g-import-not-at-top
   variant = dataclasses.replace(models.VARIANTS['ViT-Ti_16'], num_layers=1)
   rng = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def test_timm_train_step_updates_the_weights():
 
 
 def test_package_does_not_import_torch():
-  code = ('import sys, vit_jax.benchmark; '
+  code = ('import sys, vit_jax.cli.benchmark; '
           'sys.exit("torch" in sys.modules)')
   assert subprocess.run([sys.executable, '-c', code],
                         check=False).returncode == 0
@@ -143,7 +143,7 @@ def test_default_host_devices_split_only_float32_inference():
 def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
   out = tmp_path / 'bench.json'
   subprocess.run(
-      [sys.executable, '-m', 'vit_jax.benchmark', '--model=ViT-Ti_16',
+      [sys.executable, '-m', 'vit_jax.cli.benchmark', '--model=ViT-Ti_16',
        '--batch_size=2', '--image_size=32', '--num_classes=10', '--steps=2',
        '--mode=train', '--dtype=bfloat16', f'--json_out={out}'],
       check=True, capture_output=True)

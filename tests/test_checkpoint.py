@@ -11,7 +11,8 @@ import pytest
 
 from tests import helpers
 from tests import numpy_vit
-from vit_jax import checkpoint
+from vit_jax.models import vit_family
+from vit_jax import npz
 from vit_jax import models
 from vit_jax import posemb
 from vit_jax import pretrained
@@ -54,13 +55,13 @@ def vit_params():
 
 def test_round_trip_write_read(tmp_path, vit_params):
   path = tmp_path / 'model.npz'
-  checkpoint.save_npz(vit_params, path)
-  _assert_trees_equal(checkpoint.load_params(path), vit_params, rtol=0)
+  pretrained.save_npz(vit_params, path)
+  _assert_trees_equal(pretrained.load_params(path), vit_params, rtol=0)
   assert not list(tmp_path.glob('.*tmp'))  # The temp file was renamed.
 
 
 def test_written_file_uses_the_old_numbering_in_float32(tmp_path, vit_params):
-  path = checkpoint.save_npz(vit_params, tmp_path / 'm.npz') or (
+  path = pretrained.save_npz(vit_params, tmp_path / 'm.npz') or (
       tmp_path / 'm.npz')
   with np.load(path, allow_pickle=False) as archive:
     keys = set(archive.files)
@@ -87,52 +88,52 @@ LAYOUTS = {
 @pytest.mark.parametrize('layout', sorted(LAYOUTS))
 def test_every_layout_loads_to_the_same_params(tmp_path, hybrid_params,
                                                layout):
-  flat = LAYOUTS[layout](checkpoint.to_released_layout(hybrid_params))
+  flat = LAYOUTS[layout](vit_family.FAMILY.to_released(hybrid_params))
   path = _save_flat(tmp_path / 'm.npz', flat)
-  _assert_trees_equal(checkpoint.load_params(path), hybrid_params, rtol=0)
+  _assert_trees_equal(pretrained.load_params(path), hybrid_params, rtol=0)
 
 
 def test_bfloat16_stored_as_void_loads(tmp_path, vit_params):
-  flat = checkpoint.to_released_layout(vit_params)
+  flat = vit_family.FAMILY.to_released(vit_params)
   as_void = {k: v.astype(ml_dtypes.bfloat16).view('V2')
              for k, v in flat.items()}
   path = _save_flat(tmp_path / 'bf16.npz', as_void)
   expected = jax.tree_util.tree_map(
       lambda x: x.astype(ml_dtypes.bfloat16).astype(np.float32), vit_params)
-  loaded = checkpoint.load_params(path)
+  loaded = pretrained.load_params(path)
   _assert_trees_equal(loaded, expected, rtol=0)
   assert {x.dtype for x in jax.tree_util.tree_leaves(loaded)} == {
       np.dtype('float32')}
 
 
 def test_mixed_numbering_is_refused(tmp_path, vit_params):
-  flat = checkpoint.to_released_layout(vit_params)
+  flat = vit_family.FAMILY.to_released(vit_params)
   flat.update({k.replace('encoderblock_0', 'encoderblock_5'): v
                for k, v in _to_new_numbering(flat).items()
                if 'encoderblock_0/MlpBlock_0' in k})
   with pytest.raises(ValueError, match='mixes old .* and new'):
-    checkpoint.load_params(_save_flat(tmp_path / 'm.npz', flat))
+    pretrained.load_params(_save_flat(tmp_path / 'm.npz', flat))
 
 
 def test_missing_file_names_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.npz'):
-    checkpoint.load_params(tmp_path / 'nope.npz')
+    pretrained.load_params(tmp_path / 'nope.npz')
 
 
 def test_truncated_file_is_a_clear_error(tmp_path, vit_params):
   path = tmp_path / 'm.npz'
-  checkpoint.save_npz(vit_params, path)
+  pretrained.save_npz(vit_params, path)
   data = path.read_bytes()
   path.write_bytes(data[:len(data) // 2])
   with pytest.raises(ValueError, match='not a readable .npz'):
-    checkpoint.load_params(path)
+    pretrained.load_params(path)
 
 
 def test_pickled_arrays_are_never_loaded(tmp_path):
   path = tmp_path / 'evil.npz'
   np.savez(path, payload=np.array([{'a': 1}], dtype=object))
   with pytest.raises(ValueError, match='not a readable .npz'):
-    checkpoint.load_params(path)
+    pretrained.load_params(path)
 
 
 def test_strict_merge_names_every_offending_key(vit_params):
@@ -141,8 +142,8 @@ def test_strict_merge_names_every_offending_key(vit_params):
   loaded['extra_thing'] = {'kernel': np.zeros(3)}
   loaded['embedding'] = dict(loaded['embedding'])
   loaded['embedding']['bias'] = np.zeros(7)
-  with pytest.raises(checkpoint.CheckpointMismatchError) as error:
-    checkpoint.merge_strict(vit_params, loaded)
+  with pytest.raises(npz.CheckpointMismatchError) as error:
+    npz.merge_strict(vit_params, loaded)
   message = str(error.value)
   assert '2 missing from the checkpoint' in message
   assert 'head/kernel' in message and 'head/bias' in message
@@ -153,7 +154,7 @@ def test_strict_merge_names_every_offending_key(vit_params):
 def test_dont_load_keeps_chosen_init_values(vit_params):
   loaded = jax.tree_util.tree_map(lambda x: x + 1, vit_params)
   loaded['head'] = {'kernel': np.zeros((32, 3)), 'bias': np.zeros(3)}
-  merged = checkpoint.merge_strict(vit_params, loaded, dont_load=['head/.*'])
+  merged = npz.merge_strict(vit_params, loaded, dont_load=['head/.*'])
   np.testing.assert_array_equal(merged['head']['kernel'],
                                 vit_params['head']['kernel'])
   np.testing.assert_array_equal(merged['cls'], vit_params['cls'] + 1)
@@ -200,12 +201,12 @@ def test_fine_tuning_load_replaces_the_head_and_resizes(tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
   source_params = helpers.random_params(source, 16)
   path = tmp_path / 'pre.npz'
-  checkpoint.save_npz(source_params, path)
+  pretrained.save_npz(source_params, path)
 
   target = helpers.tiny_model(num_classes=3)  # No pre_logits, 24 px.
   init = models.init_params(target, jax.random.PRNGKey(1), (24, 24))
-  params = checkpoint.load_for_fine_tuning(path, init, classifier='token',
-                                           grid=(6, 6))
+  params = pretrained.load_for_fine_tuning(path, target, init,
+                                          image_size=(24, 24))
   assert 'pre_logits' not in params
   assert params['head']['kernel'].shape == (32, 3)
   np.testing.assert_array_equal(params['head']['kernel'], 0)
@@ -221,25 +222,24 @@ def test_fine_tuning_keeps_pre_logits_when_the_model_has_them(tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
   source_params = helpers.random_params(source, 16)
   path = tmp_path / 'pre.npz'
-  checkpoint.save_npz(source_params, path)
-  init = models.init_params(helpers.tiny_model(representation_size=16),
-                            jax.random.PRNGKey(1), (16, 16))
-  params = checkpoint.load_for_fine_tuning(path, init, classifier='token',
-                                           grid=(4, 4))
+  pretrained.save_npz(source_params, path)
+  target = helpers.tiny_model(representation_size=16)
+  init = models.init_params(target, jax.random.PRNGKey(1), (16, 16))
+  params = pretrained.load_for_fine_tuning(path, target, init,
+                                          image_size=(16, 16))
   np.testing.assert_array_equal(params['pre_logits']['kernel'],
                                 source_params['pre_logits']['kernel'])
 
 
 def test_fine_tuning_from_another_model_names_the_mismatch(tmp_path):
   path = tmp_path / 'other.npz'
-  checkpoint.save_npz(
+  pretrained.save_npz(
       helpers.random_params(helpers.tiny_model(hidden_size=16), 16), path)
-  init = models.init_params(helpers.tiny_model(), jax.random.PRNGKey(0),
-                            (16, 16))
-  with pytest.raises(checkpoint.CheckpointMismatchError,
+  target = helpers.tiny_model()
+  init = models.init_params(target, jax.random.PRNGKey(0), (16, 16))
+  with pytest.raises(npz.CheckpointMismatchError,
                      match='shape mismatch'):
-    checkpoint.load_for_fine_tuning(path, init, classifier='token',
-                                    grid=(4, 4))
+    pretrained.load_for_fine_tuning(path, target, init, image_size=(16, 16))
 
 
 @pytest.mark.parametrize('classifier', ['token', 'gap'])
@@ -249,7 +249,7 @@ def test_pretrained_load_infers_the_model_and_matches_numpy(tmp_path,
                                classifier=classifier, representation_size=8)
   params = helpers.random_params(source, 32)
   path = tmp_path / 'm.npz'
-  checkpoint.save_npz(params, path)
+  pretrained.save_npz(params, path)
 
   model, loaded, image_size = pretrained.load(path, 'S/16', num_layers=1)
   assert (model.num_classes, model.representation_size, model.classifier,
@@ -258,7 +258,7 @@ def test_pretrained_load_infers_the_model_and_matches_numpy(tmp_path,
   images = helpers.random_images(2, 48)  # A 48 px run of a 32 px file.
   model, loaded, image_size = pretrained.load(path, 'S/16', image_size=48,
                                               num_layers=1)
-  resized = checkpoint.to_released_layout(loaded)
+  resized = vit_family.FAMILY.to_released(loaded)
   reference = numpy_vit.forward(resized, images, num_layers=1, patch=16,
                                 classifier=classifier)
   np.testing.assert_allclose(pretrained.predict_logits(model, loaded, images),
@@ -267,8 +267,8 @@ def test_pretrained_load_infers_the_model_and_matches_numpy(tmp_path,
 
 def test_pretrained_load_with_the_wrong_model_is_explained(tmp_path):
   path = tmp_path / 'm.npz'
-  checkpoint.save_npz(helpers.random_params(helpers.tiny_model(), 16), path)
-  with pytest.raises(checkpoint.CheckpointMismatchError,
+  pretrained.save_npz(helpers.random_params(helpers.tiny_model(), 16), path)
+  with pytest.raises(npz.CheckpointMismatchError,
                      match='hidden size 32 but ViT-B_16 has 768'):
     pretrained.load(path, 'ViT-B_16')
 
@@ -276,8 +276,8 @@ def test_pretrained_load_with_the_wrong_model_is_explained(tmp_path):
 def test_read_npz_accepts_file_like_remote_paths(tmp_path, vit_params):
   # epath handles local paths; remote schemes go through the same call.
   path = tmp_path / 'm.npz'
-  checkpoint.save_npz(vit_params, path)
-  flat = checkpoint.read_npz(str(path))
+  pretrained.save_npz(vit_params, path)
+  flat = npz.read_npz(str(path))
   buffer = io.BytesIO(path.read_bytes())
   with np.load(buffer) as archive:
     assert sorted(archive.files) == sorted(flat)
@@ -285,8 +285,9 @@ def test_read_npz_accepts_file_like_remote_paths(tmp_path, vit_params):
 
 def test_a_scanned_model_loads_per_block_files(tmp_path, vit_params):
   path = tmp_path / 'm.npz'
-  checkpoint.save_npz(vit_params, path)
+  pretrained.save_npz(vit_params, path)
   scanned = helpers.tiny_model(scan_layers=True)
   shapes = models.param_shapes(scanned, (16, 16))
-  merged = checkpoint.merge_strict(shapes, checkpoint.load_params(path))
-  _assert_trees_equal(checkpoint.unstack_blocks(merged), vit_params, rtol=0)
+  merged = npz.merge_strict(shapes, vit_family.FAMILY.match_layout(
+      pretrained.load_params(path), like=shapes))
+  _assert_trees_equal(vit_family.unstack_blocks(merged), vit_params, rtol=0)

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.fewshot_cli on a generated image folder and checkpoint."""
+"""Tests of vit_jax.cli.fewshot on a generated image folder and checkpoint."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import pytest
 
 from tests import data_helpers
 from tests import helpers
-from vit_jax import checkpoint
+from vit_jax import pretrained
 from vit_jax import fewshot
-from vit_jax import fewshot_cli
+from vit_jax.cli import fewshot as fewshot_cli
 from vit_jax import preprocess
 
 NUM_CLASSES = 3
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
   model = helpers.tiny_model(representation_size=REPRESENTATION_SIZE)
   params = data_helpers.numpy_params(model, helpers.TINY_IMAGE_SIZE)
   path = str(root / 'model.npz')
-  checkpoint.save_npz(params, path)
+  pretrained.save_npz(params, path)
   written = data_helpers.write_image_folder(
       str(root / 'data'), PER_CLASS, NUM_CLASSES, helpers.TINY_IMAGE_SIZE)
   return dict(model=model, params=params, checkpoint=path,
@@ -165,7 +165,7 @@ def test_bad_input_exits_with_status_1_and_a_message(setup, tmp_path, capsys,
 
 def test_python_dash_m_runs_and_exits_with_status_0(setup, tmp_path):
   process = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.fewshot_cli',
+      [sys.executable, '-m', 'vit_jax.cli.fewshot',
        *_args(setup, tmp_path, shots='1', seeds='0')],
       capture_output=True, text=True, timeout=120, check=False,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

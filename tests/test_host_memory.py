@@ -1,4 +1,4 @@
-"""vit_jax.host_memory: freed blocks are reused, not faulted in again."""
+"""vit_jax.cli.host_memory: freed blocks are reused, not faulted in again."""
 
 import platform
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 # prints the page faults of the second allocation.
 _PROGRAM = """
 import ctypes, resource, sys, threading
-from vit_jax import host_memory
+from vit_jax.cli import host_memory
 if sys.argv[1] == 'keep':
   assert host_memory.keep_freed_memory()
   assert host_memory.keeps_freed_memory()

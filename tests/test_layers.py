@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vit_jax import layers
-from vit_jax import models_vit
+from vit_jax.models import vit
 
 
 def _bf16_exact(x):
@@ -116,7 +116,7 @@ def test_bf16_encoder_block_gradient_keeps_every_product_in_bf16():
   # transposed view; that halves the speed of training. Both the Dense and
   # the attention products must reach the compiled program in bf16. (Tiny
   # products run in float32 whatever their layout: heads of 64 here.)
-  block = models_vit.EncoderBlock(num_heads=2, mlp_dim=256,
+  block = vit.EncoderBlock(num_heads=2, mlp_dim=256,
                                   dtype=jnp.bfloat16)
   x = jnp.ones((2, 50, 128), jnp.float32)
   params = block.init(jax.random.PRNGKey(0), x)

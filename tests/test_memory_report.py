@@ -1,4 +1,4 @@
-"""vit_jax.memory_report on a tiny ViT over the 8 fake devices of conftest."""
+"""vit_jax.cli.memory_report on a tiny ViT over the 8 fake devices of conftest."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vit_jax import memory_report
+from vit_jax.cli import memory_report
 from vit_jax import train
 
 _NUM_DEVICES = 8
@@ -169,7 +169,7 @@ def test_command_line_makes_its_own_device_count():
   # A micro-batch of 64 / 3 rows cannot split over them: the error, raised
   # after the mesh is built and before anything compiles, names the 16.
   result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.memory_report', '--model=Ti/16',
+      [sys.executable, '-m', 'vit_jax.cli.memory_report', '--model=Ti/16',
        '--num_devices=16', '--image_size=32', '--batch_size=64',
        '--grad_accum_steps=3', '--num_classes=10'],
       capture_output=True, text=True, timeout=120, check=False)

@@ -9,7 +9,7 @@ import pytest
 
 from tests import helpers
 from tests import numpy_vit
-from vit_jax import checkpoint
+from vit_jax.models import vit_family
 from vit_jax import models
 
 # Exact counts at 224 px, 1000 classes, token head, no pre_logits
@@ -113,7 +113,7 @@ R50_B16_RELEASED_KEYS = sorted(VIT_B16_RELEASED_KEYS + _r50_stem_keys())
 ])
 def test_released_key_list(name, expected):
   shapes = models.param_shapes(models.create_model(name), (224, 224))
-  assert sorted(checkpoint.to_released_layout(
+  assert sorted(vit_family.FAMILY.to_released(
       jax.tree_util.tree_map(lambda s: np.zeros(()), shapes))) == expected
 
 
@@ -142,7 +142,7 @@ def test_vit_matches_numpy_reference(overrides):
   images = helpers.random_images(3, helpers.TINY_IMAGE_SIZE)
   ours = model.apply({'params': params}, images)
   reference = numpy_vit.forward(
-      checkpoint.to_released_layout(params), images, num_layers=2, patch=4,
+      vit_family.FAMILY.to_released(params), images, num_layers=2, patch=4,
       classifier=model.classifier)
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
@@ -153,7 +153,7 @@ def test_hybrid_matches_numpy_reference():
   images = helpers.random_images(2, 32)
   ours = model.apply({'params': params}, images)
   reference = numpy_vit.forward(
-      checkpoint.to_released_layout(params), images, num_layers=2, patch=1,
+      vit_family.FAMILY.to_released(params), images, num_layers=2, patch=1,
       resnet_units=(1, 1))
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
@@ -267,7 +267,7 @@ def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   loop = helpers.tiny_model()
   scanned = helpers.tiny_model(scan_layers=True, remat_policy=remat_policy)
   params = helpers.random_params(loop, helpers.TINY_IMAGE_SIZE)
-  stacked = checkpoint.stack_blocks(params)
+  stacked = vit_family.stack_blocks(params)
   assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(
       models.param_shapes(scanned, (16, 16)))
   images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
@@ -278,7 +278,7 @@ def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   def loss(model, p):
     return jnp.sum(model.apply({'params': p}, images, train=True) ** 2)
 
-  grads_loop = checkpoint.stack_blocks(jax.grad(lambda p: loss(loop, p))(params))
+  grads_loop = vit_family.stack_blocks(jax.grad(lambda p: loss(loop, p))(params))
   grads_scan = jax.grad(lambda p: loss(scanned, p))(stacked)
   # float32 sums in another order: compare on the gradients' overall scale
   # (the key bias gradient, for one, is zero up to rounding).
@@ -326,7 +326,7 @@ def test_scanned_model_keeps_the_released_layout_and_intermediates():
   params = models.init_params(scanned, jax.random.PRNGKey(0), (16, 16))
   assert params['Transformer']['encoderblock']['LayerNorm_0']['scale'].shape == (
       2, 32)
-  released = checkpoint.to_released_layout(params)
+  released = vit_family.FAMILY.to_released(params)
   assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel' in released
   assert not any(k.startswith('Transformer/encoderblock/') for k in released)
   images = helpers.random_images(1, helpers.TINY_IMAGE_SIZE)
@@ -338,16 +338,16 @@ def test_scanned_model_keeps_the_released_layout_and_intermediates():
 
 
 def test_fused_attention_equals_the_einsum_path():
-  from vit_jax import models_vit  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
   x = np.random.default_rng(0).normal(size=(2, 17, 32)).astype(np.float32)
-  fused = models_vit.MultiHeadAttention(2, implementation='fused')
-  einsum = models_vit.MultiHeadAttention(2, implementation='einsum')
+  fused = vit.MultiHeadAttention(2, implementation='fused')
+  einsum = vit.MultiHeadAttention(2, implementation='einsum')
   variables = fused.init(jax.random.PRNGKey(0), x, train=False)
   np.testing.assert_allclose(fused.apply(variables, x, train=False),
                              einsum.apply(variables, x, train=False),
                              rtol=1e-5, atol=1e-6)
   # On this CPU, 'auto' takes the einsum path; elsewhere the fused one.
-  auto = models_vit.MultiHeadAttention(2)
+  auto = vit.MultiHeadAttention(2)
   assert auto._use_fused(False, False) == (jax.default_backend() != 'cpu')
   assert not auto._use_fused(True, False)
 

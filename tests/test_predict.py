@@ -10,10 +10,11 @@ import pytest
 
 from tests import helpers
 from tests import numpy_vit
-from vit_jax import checkpoint
+from vit_jax.models import vit_family
+from vit_jax import pretrained
 from vit_jax import models
 from vit_jax import posemb
-from vit_jax import predict
+from vit_jax.cli import predict
 from vit_jax import preprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,7 @@ def files(tmp_path_factory):
   model = models.create_model(MODEL, num_classes=4, **ARCH)
   params = helpers.random_params(model, 32)
   path = str(root / 'model.npz')
-  checkpoint.save_npz(params, path)
+  pretrained.save_npz(params, path)
   rng = np.random.default_rng(0)
   images = []
   for i, size in enumerate((32, 40, 32)):  # One needs resizing.
@@ -56,7 +57,7 @@ def test_run_matches_numpy_on_png_files(files, tmp_path, capsys):
   # A 32 px image goes in exactly as decoded.
   raw = (np.asarray(Image.open(files['images'][0]), np.float32) - 127.5) / 127.5
   reference = numpy_vit.forward(
-      checkpoint.to_released_layout(files['params']), raw[None],
+      vit_family.FAMILY.to_released(files['params']), raw[None],
       num_layers=1, patch=16)
   np.testing.assert_allclose(logits[0], reference[0], rtol=1e-4, atol=1e-5)
   printed = capsys.readouterr().out
@@ -77,7 +78,7 @@ def test_larger_image_size_resizes_the_position_embedding(files):
   # The image resize is preprocess's (tested there); the check here is the
   # position-embedding resize.
   image = preprocess.load_image(files['images'][0], 48)
-  reference = numpy_vit.forward(checkpoint.to_released_layout(params),
+  reference = numpy_vit.forward(vit_family.FAMILY.to_released(params),
                                 image[None], num_layers=1, patch=16)
   np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-5)
 
@@ -97,9 +98,9 @@ def test_cli_success_prints_top_k(files):
   # (next test). Here: a full-depth file through the documented command.
   model = models.create_model(MODEL, num_classes=3, num_layers=12)
   full = str(files['root'] / 'full.npz')
-  checkpoint.save_npz(helpers.random_params(model, 32), full)
+  pretrained.save_npz(helpers.random_params(model, 32), full)
   result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.predict', f'--checkpoint={full}',
+      [sys.executable, '-m', 'vit_jax.cli.predict', f'--checkpoint={full}',
        '--model=ViT-S_16', '--top_k=3', *files['images'][:2]],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
@@ -108,7 +109,7 @@ def test_cli_success_prints_top_k(files):
 
 def test_cli_architecture_flags_load_a_modified_model(files):
   result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.predict',
+      [sys.executable, '-m', 'vit_jax.cli.predict',
        f'--checkpoint={files["checkpoint"]}', '--model=ViT-S_16',
        '--num_layers=1', '--top_k=1', f'--logits_out={files["root"]}/l.npy',
        files['images'][0]],
@@ -133,7 +134,7 @@ def test_cli_bad_input_exits_non_zero_with_a_message(files, case, args,
     key, value = arg.split('=', 1)
     base[key] = value
   result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.predict',
+      [sys.executable, '-m', 'vit_jax.cli.predict',
        *(f'{k}={v}' for k, v in base.items()), files['images'][0]],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1

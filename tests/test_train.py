@@ -13,7 +13,7 @@ import pytest
 
 from configs import common
 from tests import helpers
-from vit_jax import checkpoint
+from vit_jax import npz
 from vit_jax import input_pipeline
 from vit_jax import optim
 from vit_jax import pretrained
@@ -216,8 +216,8 @@ def test_ema_params_are_evaluated_and_exported(image_folder, tmp_path):
   record = train.train_and_evaluate(
       _config(image_folder, ema_decay=0.5), workdir)
   assert 'ema_top1_accuracy' in record
-  ema = checkpoint.load_params(os.path.join(workdir, 'model_ema.npz'))
-  final = checkpoint.load_params(os.path.join(workdir, 'model.npz'))
+  ema = pretrained.load_params(os.path.join(workdir, 'model_ema.npz'))
+  final = pretrained.load_params(os.path.join(workdir, 'model.npz'))
   assert not np.allclose(ema['embedding']['kernel'],
                          final['embedding']['kernel'])
 
@@ -226,12 +226,12 @@ def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
                                                                tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
   path = str(tmp_path / 'pretrained.npz')
-  checkpoint.save_npz(helpers.random_params(source, 8), path)  # 8 px, 2x2.
+  pretrained.save_npz(helpers.random_params(source, 8), path)  # 8 px, 2x2.
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(
       _config(image_folder, pretrained_path=path, optimizer='sgd', lr=0.01,
               total_steps=2), workdir)
-  tuned = checkpoint.load_params(os.path.join(workdir, 'model.npz'))
+  tuned = pretrained.load_params(os.path.join(workdir, 'model.npz'))
   assert tuned['head']['kernel'].shape == (32, len(CLASSES))
   assert 'pre_logits' not in tuned
   assert tuned['Transformer']['posembed_input']['pos_embedding'].shape == (
@@ -240,9 +240,9 @@ def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
 
 def test_fine_tune_from_another_model_fails_clearly(image_folder, tmp_path):
   path = str(tmp_path / 'other.npz')
-  checkpoint.save_npz(helpers.random_params(
+  pretrained.save_npz(helpers.random_params(
       helpers.tiny_model(hidden_size=16), 16), path)
-  with pytest.raises(checkpoint.CheckpointMismatchError,
+  with pytest.raises(npz.CheckpointMismatchError,
                      match='shape mismatch'):
     train.train_and_evaluate(_config(image_folder, pretrained_path=path),
                              str(tmp_path / 'run'))
@@ -298,7 +298,7 @@ def test_scanned_rematerialised_run_fine_tunes_and_exports_per_block(
     image_folder, tmp_path):
   source = helpers.tiny_model(num_classes=7)
   path = str(tmp_path / 'pretrained.npz')
-  checkpoint.save_npz(helpers.random_params(source, 16), path)
+  pretrained.save_npz(helpers.random_params(source, 16), path)
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(
       _config(image_folder, pretrained_path=path, total_steps=2,

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.visualize: figures, analysis.json, closed-form numbers and
+"""Tests of vit_jax.cli.visualize: figures, analysis.json, closed-form numbers and
 command-line errors. Checkpoints and images are generated here."""
 
 import json
@@ -15,10 +15,10 @@ import pytest
 
 from tests import data_helpers
 from tests import helpers
-from vit_jax import checkpoint
+from vit_jax import pretrained
 from vit_jax import models
 from vit_jax import plots
-from vit_jax import visualize
+from vit_jax.cli import visualize
 
 IMAGE_SIZE = 32  # A 8x8 grid of the tiny ViT's 4-pixel patches.
 TINY_FLAGS = [f'--{name}={value}' for name, value in helpers.TINY_VIT.items()]
@@ -50,7 +50,7 @@ def files(tmp_path_factory, random_params):
   paths = {}
   for kind, params in random_params.items():
     paths[kind] = str(root / f'{kind}.npz')
-    checkpoint.save_npz(params, paths[kind])
+    pretrained.save_npz(params, paths[kind])
   # Any size works: images are resized to the run resolution.
   paths['images'] = [data_helpers.write_png(root / 'cat.png', 40, 50, seed=1),
                      data_helpers.write_png(root / 'dog 2.png', 32, 32, seed=2)]
@@ -238,7 +238,7 @@ def test_bad_input_exits_with_status_1_and_a_message(files, tmp_path, capsys,
 
 def test_python_dash_m_runs_and_exits_with_status_0(files, tmp_path):
   process = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.visualize',
+      [sys.executable, '-m', 'vit_jax.cli.visualize',
        f'--checkpoint={files["gap"]}', '--model=ViT-Ti_16',
        f'--out_dir={tmp_path}', *TINY_FLAGS, files['images'][0]],
       capture_output=True, text=True, timeout=120, check=False,

@@ -33,16 +33,6 @@ from vit_jax import preprocess
 from vit_jax import vtab
 
 
-def _hide_accelerators_from_tf():
-  # TF would otherwise reserve most of the GPU memory JAX needs.
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TF's devices were initialised already: too late.
-    pass
-
-
-_hide_accelerators_from_tf()
-
 IMAGEFOLDER = 'imagefolder'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 # Builders that read local files only; they are prepared on first use.

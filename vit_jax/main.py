@@ -18,7 +18,7 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from vit_jax import host_memory  # pylint: disable=g-import-not-at-top
+from vit_jax.cli import host_memory  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
   # Before TensorFlow and JAX start their threads: XLA:CPU's per-step
@@ -31,7 +31,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import checkpoint
+from vit_jax import npz
 from vit_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -76,7 +76,7 @@ def main(argv):
   try:
     record = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError, FloatingPointError,
-          checkpoint.CheckpointMismatchError) as e:
+          npz.CheckpointMismatchError) as e:
     logging.error('%s: %s', type(e).__name__, e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

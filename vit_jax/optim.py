@@ -9,7 +9,7 @@ Weight decay (see configs/common.py): decoupled, scaled by the current
 learning rate (AdamW convention), applied to kernels only by default.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,12 +44,12 @@ def learning_rate_schedule(config) -> Schedule:
   return schedule
 
 
-def weight_decay_mask(config) -> Any:
+def weight_decay_mask(config, no_weight_decay: Sequence[str] = ()) -> Any:
   """Which parameters decay: 'kernels' (ndim >= 2) or 'all'.
 
-  'kernels' leaves out biases, norm scales, the class token and the position
-  embedding ((1, N, D) has ndim 3 but is not a kernel, so it is excluded by
-  name).
+  'kernels' leaves out biases and norm scales (ndim 1), and the parameters
+  named in `no_weight_decay` (the model family's: ViT's class token and
+  position embedding have ndim 3 but are not kernels).
   """
   if config.weight_decay_mask == 'all':
     return None
@@ -60,14 +60,19 @@ def weight_decay_mask(config) -> Any:
   def mask(params):
     def decays(path, leaf):
       names = [getattr(k, 'key', str(k)) for k in path]
-      return leaf.ndim >= 2 and names[-1] not in ('cls', 'pos_embedding')
+      return leaf.ndim >= 2 and names[-1] not in no_weight_decay
     return jax.tree_util.tree_map_with_path(decays, params)
 
   return mask
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Clip -> (Adam | SGD momentum) -> decoupled weight decay -> lr."""
+def make_optimizer(config, no_weight_decay: Sequence[str] = ()
+                   ) -> optax.GradientTransformation:
+  """Clip -> (Adam | SGD momentum) -> decoupled weight decay -> lr.
+
+  `no_weight_decay`: parameter names the 'kernels' mask leaves out (the model
+  family's `no_weight_decay`).
+  """
   schedule = learning_rate_schedule(config)
   if config.optimizer == 'adam':
     direction = optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2)
@@ -85,6 +90,6 @@ def make_optimizer(config) -> optax.GradientTransformation:
     # After the direction: decay is decoupled from Adam's normalisation and
     # from the momentum, and the lr scaling below multiplies it by lr_t.
     parts.append(optax.add_decayed_weights(config.weight_decay,
-                                           weight_decay_mask(config)))
+                                           weight_decay_mask(config, no_weight_decay)))
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts)

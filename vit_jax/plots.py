@@ -1,6 +1,6 @@
 """Figures of the ViT paper's analysis (Figs. 6 and 7), one PNG each.
 
-Every `plot_*` function takes the numbers `vit_jax.visualize.compute_analysis`
+Every `plot_*` function takes the numbers `vit_jax.cli.visualize.compute_analysis`
 returns and writes one file. matplotlib is imported lazily, so importing this
 module never needs a display or matplotlib.
 """

@@ -16,37 +16,19 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import checkpoint
-from vit_jax import checkpointing
+from vit_jax import train_checkpoints
 from vit_jax import evaluators
 from vit_jax import input_pipeline
 from vit_jax import metrics_log
 from vit_jax import models
 from vit_jax import optim
-from vit_jax import posemb
+from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import steps
 
-_ARCHITECTURE_KEYS = ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads',
-                      'num_layers')
-
-
 def build_model(config, num_classes: int):
-  """The VisionTransformer described by `config.model_name` / `config.model`."""
-  overrides = {k: config.model[k] for k in _ARCHITECTURE_KEYS
-               if config.model[k] is not None}
-  return models.create_model(
-      config.model_name, num_classes=num_classes,
-      classifier=config.model.classifier,
-      representation_size=config.model.representation_size,
-      dropout_rate=config.model.dropout_rate,
-      attention_dropout_rate=config.model.attention_dropout_rate,
-      head_bias_init=config.model.head_bias_init,
-      scan_layers=config.model.scan_layers,
-      remat_policy=config.model.remat_policy,
-      attention=config.model.attention,
-      dtype=jnp.dtype(config.model.dtype),
-      param_dtype=jnp.dtype(config.model.param_dtype), **overrides)
+  """The model of `config.model_name` with `config.model`'s settings."""
+  return models.create_model_from_config(config, num_classes)
 
 
 def is_due(step: int, every: int, total_steps: int) -> bool:
@@ -71,7 +53,8 @@ def make_setup(config, num_classes: int, devices=None) -> Setup:
   `devices` defaults to all devices of all processes.
   """
   model = build_model(config, num_classes)
-  optimizer = optim.make_optimizer(config)
+  optimizer = optim.make_optimizer(
+      config, no_weight_decay=models.family_of(model).no_weight_decay)
   mesh = sharding.make_mesh(config.mesh_model_axis, devices)
   images = jnp.zeros((1, config.image_size, config.image_size, 3))
 
@@ -111,7 +94,7 @@ def initial_state(config, setup: Setup, checkpointer):
   """Restores the latest checkpoint, or initialises (from a released .npz
   when `config.pretrained_path` is set)."""
   if checkpointer.latest_step() is not None:
-    abstract = checkpointing.abstract_like(
+    abstract = train_checkpoints.abstract_like(
         setup.init_state.eval_shape(jax.random.PRNGKey(0)),
         setup.state_shardings)
     logging.info('Resuming from step %d', checkpointer.latest_step())
@@ -123,13 +106,10 @@ def initial_state(config, setup: Setup, checkpointer):
 
 
 def _load_pretrained(config, setup: Setup, state):
-  init_params = jax.device_get(state.params)
-  pos = init_params['Transformer']['posembed_input']['pos_embedding']
-  grid = posemb.square_grid(
-      pos.shape[1] - checkpoint.num_prefix_tokens(config.model.classifier))
-  params = checkpoint.load_for_fine_tuning(
-      config.pretrained_path, init_params, classifier=config.model.classifier,
-      grid=grid, method=config.posemb_resize)
+  params = pretrained.load_for_fine_tuning(
+      config.pretrained_path, setup.model, jax.device_get(state.params),
+      image_size=(config.image_size, config.image_size),
+      method=config.posemb_resize)
   params = jax.device_put(params, setup.state_shardings.params)
   logging.info('Loaded %s for fine-tuning', config.pretrained_path)
   return state.replace(params=params,
@@ -163,7 +143,7 @@ def export_npz(state, workdir, ema: bool) -> Dict[str, str]:
     params = host_params(params)
     path = epath.Path(workdir) / name
     if jax.process_index() == 0:
-      checkpoint.save_npz(params, path)
+      pretrained.save_npz(params, path)
     paths[name] = str(path)
   return paths
 
@@ -227,7 +207,7 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   logging.info('Config:\n%s', config)
   info = input_pipeline.get_dataset_info(config)
   setup = make_setup(config, info.num_classes)
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  checkpointer = train_checkpoints.Checkpointer(workdir, config.keep_checkpoints)
   state = initial_state(config, setup, checkpointer)
   parameter_overview.log_parameter_overview(state.params)
   start_step = int(jax.device_get(state.step))

@@ -4,7 +4,7 @@ Numerics and module names follow the released checkpoints: pre-LN blocks,
 LayerNorm epsilon 1e-6, tanh-GELU, query scaled by 1/sqrt(head_dim). Parameter
 names are the ones newer Flax code writes (`LayerNorm_0`,
 `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0` inside each
-`encoderblock_{i}`); `vit_jax.checkpoint` maps the older global numbering.
+`encoderblock_{i}`); `vit_jax.npz` maps the older global numbering.
 
 Looking inside: pass `capture_attention=(layer, ...)` and/or
 `capture_block_outputs=True` to `__call__` and apply with
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import layers
-from vit_jax import models_resnet
+from vit_jax.models import resnet
 
 Dtype = Any
 
@@ -213,7 +213,7 @@ class Encoder(nn.Module):
 
   With `scan_layers` the blocks are one nn.scan over a block whose params
   carry a leading layer axis (`encoderblock`, compiled once); otherwise they
-  are `encoderblock_{i}`. vit_jax.checkpoint converts between the two, and
+  are `encoderblock_{i}`. vit_jax.npz converts between the two, and
   the released `.npz` layout is always per block.
   """
   num_layers: int
@@ -336,7 +336,7 @@ class VisionTransformer(nn.Module):
                        f'expected one of {CLASSIFIERS}')
     x = images_BHWC
     if self.resnet_units is not None:
-      x = models_resnet.resnet_stem(x, self.resnet_units, dtype=self.dtype,
+      x = resnet.resnet_stem(x, self.resnet_units, dtype=self.dtype,
                                     param_dtype=self.param_dtype)
     x = nn.Conv(self.hidden_size, tuple(self.patch_size),
                 strides=tuple(self.patch_size), padding='VALID',

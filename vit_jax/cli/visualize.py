@@ -1,6 +1,6 @@
 r"""Looks inside a checkpoint: the ViT paper's Figures 6 and 7 as PNGs.
 
-  python -m vit_jax.visualize --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
+  python -m vit_jax.cli.visualize --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
       --out_dir=analysis [--image_size=224] IMAGE...
 
 writes to --out_dir:
@@ -37,9 +37,8 @@ import jax
 import numpy as np
 
 from vit_jax import analysis
-from vit_jax import cli_flags
+from vit_jax.cli import flags as cli_flags
 from vit_jax import models
-from vit_jax import models_vit
 from vit_jax import plots
 from vit_jax import preprocess
 from vit_jax import pretrained
@@ -65,10 +64,8 @@ _ROLLOUT_DESCRIPTIONS = {
 
 def _attention_per_chunk(model, params, images_BHWC, batch_size):
   """Yields (attention {layer: (b, heads, N, N)}, b) over image chunks."""
-  # Nothing after the encoder matters here: skip the pre_logits and head.
-  encoder_only = model.clone(num_classes=0, representation_size=None)
-  params = {name: value for name, value in params.items()
-            if name not in ('head', 'pre_logits')}
+  # Only the attention weights matter here: skip the head.
+  encoder_only, params = models.without_head(model, params)
   apply = jax.jit(functools.partial(
       models.apply_with_intermediates, encoder_only,
       attention_layers=tuple(range(model.num_layers))))
@@ -82,14 +79,13 @@ def _attention_per_chunk(model, params, images_BHWC, batch_size):
 
 def _filter_components(model, params, model_name, notes):
   """(components, explained variance ratio), or (None, None) with a note."""
-  if model.resnet_units is not None:
-    channels = params['embedding']['kernel'].shape[2]
+  kernel = models.family_of(model).embedding_filters(model, params)
+  if kernel is None:
     notes.append(
-        f'embedding-filter PCA skipped: in the hybrid {model_name} the patch '
-        f'embedding acts on {channels}-channel ResNet stem features, not on '
-        'RGB pixels, so its filters have no RGB picture.')
+        f'embedding-filter PCA skipped: the patch embedding of {model_name} '
+        'does not act on RGB pixels (in a hybrid, it acts on ResNet stem '
+        'features), so its filters have no RGB picture.')
     return None, None
-  kernel = params['embedding']['kernel']
   patch_h, patch_w, channels, num_filters = kernel.shape
   count = min(NUM_FILTER_COMPONENTS, num_filters, patch_h * patch_w * channels)
   if count < NUM_FILTER_COMPONENTS:
@@ -100,13 +96,14 @@ def _filter_components(model, params, model_name, notes):
   return components, ratio
 
 
-def compute_analysis(model: models_vit.VisionTransformer, params,
+def compute_analysis(model, params,
                      images, model_name: str, *,
                      batch_size: int = _BATCH_SIZE) -> Dict[str, Any]:
   """The numbers behind every figure, for images in [-1, 1].
 
   Args:
-    model: a VisionTransformer with a 'token' or 'gap' classifier.
+    model: a model with attention weights (ViT, with a 'token' or 'gap'
+      classifier).
     params: its parameters (position embedding at the images' grid).
     images: (B, H, W, 3) float images in [-1, 1], H and W multiples of the
       model's patch size in input pixels.
@@ -132,7 +129,8 @@ def compute_analysis(model: models_vit.VisionTransformer, params,
     raise ValueError(f'images of {height}x{width} pixels do not split into '
                      f'{patch_h}x{patch_w}-pixel patches')
   grid = (height // patch_h, width // patch_w)
-  num_prefix = int(model.classifier in models_vit.TOKEN_CLASSIFIERS)
+  model_family = models.family_of(model)
+  num_prefix = model_family.num_prefix_tokens(model)
   notes = []
   if num_prefix:
     kind = ROLLOUT_CLASS_TOKEN
@@ -164,7 +162,7 @@ def compute_analysis(model: models_vit.VisionTransformer, params,
       'rollout_maps': np.concatenate(maps).astype(np.float32),
       'mean_attention_distance_px': distance_sum_LH / len(images),
       'position_embedding_similarity': analysis.position_embedding_similarity(
-          params['Transformer']['posembed_input']['pos_embedding'], grid,
+          model_family.position_embedding(params), grid,
           num_prefix_tokens=num_prefix),
       'filter_components': components,
       'filter_explained_variance': ratio,

@@ -1,6 +1,6 @@
 r"""Throughput benchmark of a ViT variant, optionally against timm (PyTorch).
 
-  python -m vit_jax.benchmark --model=ViT-B_16 --batch_size=8 \
+  python -m vit_jax.cli.benchmark --model=ViT-B_16 --batch_size=8 \
       --image_size=224 --mode=inference --dtype=bfloat16 --compare=timm \
       --json_out=/tmp/bench.json
 
@@ -16,7 +16,7 @@ FLOPs come from XLA's cost analysis of the compiled step (forward + backward
 for training), so `fraction_of_peak` compares the achieved rate with a large
 matmul of the same dtype, timed in the same rounds as the steps. Under the
 token head our last block computes the class token alone (see
-models_vit.EncoderBlock); timm's computes every token, so its rate is
+vit.EncoderBlock); timm's computes every token, so its rate is
 counted on the FLOPs of our step computing every token. Memory:
 XLA's compiled memory analysis (its peak estimate, and arguments + outputs
 + temporaries as an upper bound) and the process's max RSS, read before timm
@@ -47,7 +47,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from vit_jax import host_memory
+from vit_jax.cli import host_memory
 
 if __name__ == '__main__':
   # Before JAX and PyTorch start their threads (see host_memory).
@@ -83,7 +83,7 @@ def define_flags():
   _JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the results here.')
   _ATTENTION = flags.DEFINE_enum(
       'attention', 'auto', ['auto', 'fused', 'einsum'],
-      'Attention implementation (models_vit.MultiHeadAttention).')
+      'Attention implementation (vit.MultiHeadAttention).')
   _HOST_DEVICES = flags.DEFINE_integer(
       'host_devices', None,
       'Split the batch over this many XLA:CPU devices. Must divide the batch '
@@ -310,7 +310,7 @@ def _comparison_step(compare: Optional[str], name: str,
     return None
   if compare != 'timm':
     raise ValueError(f'unknown --compare={compare!r}; only "timm" exists')
-  from vit_jax import benchmark_timm  # pylint: disable=g-import-not-at-top
+  from vit_jax.cli import benchmark_timm  # pylint: disable=g-import-not-at-top
   variant = dataclasses.replace(models.VARIANTS[name], **model_overrides)
   return benchmark_timm.TimmStep(variant, **step_kwargs)
 

@@ -1,4 +1,4 @@
-"""The timm (PyTorch) side of `vit_jax.benchmark --compare=timm`.
+"""The timm (PyTorch) side of `vit_jax.cli.benchmark --compare=timm`.
 
 Imported only for that comparison, so the package never needs torch. The
 model is timm's own `VisionTransformer` configured like ours: same patch,

@@ -1,6 +1,6 @@
 r"""Does a pre-training train state fit per device? Measured without devices.
 
-  python -m vit_jax.memory_report --model=ViT-H_14 --num_devices=8 \
+  python -m vit_jax.cli.memory_report --model=ViT-H_14 --num_devices=8 \
       [--device_memory_gib=16] [--batch_size=4096] [--grad_accum_steps=N] \
       [--remat_policy=full] [--image_size=224] [--num_classes=21843] \
       [--ema_decay=0] [--json_out=FILE]
@@ -88,9 +88,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import cli_flags
+from vit_jax.cli import flags as cli_flags
 from vit_jax import models
-from vit_jax import models_vit
+from vit_jax.models import vit
 from vit_jax import sharding
 from vit_jax import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -251,7 +251,7 @@ def _num_tokens(model, image_size: int) -> int:
   """Sequence length of a pure ViT: patches plus the class token."""
   patches = image_size // model.patch_size[0]
   return patches * patches + (
-      model.classifier in models_vit.TOKEN_CLASSIFIERS)
+      model.classifier in vit.TOKEN_CLASSIFIERS)
 
 
 def measure(config, num_classes: int, num_devices: int,
@@ -271,7 +271,7 @@ def measure(config, num_classes: int, num_devices: int,
   if num_devices > len(devices):
     raise ValueError(
         f'{num_devices} devices requested but jax has {len(devices)}; run '
-        f'python -m vit_jax.memory_report --num_devices={num_devices} (it '
+        f'python -m vit_jax.cli.memory_report --num_devices={num_devices} (it '
         'sets XLA_FLAGS=--xla_force_host_platform_device_count before jax '
         'starts)')
   start = time.perf_counter()

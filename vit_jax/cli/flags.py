@@ -1,6 +1,6 @@
 """Flags and error handling shared by the command lines that load a model.
 
-`vit_jax.visualize` and `vit_jax.fewshot_cli` both take a checkpoint, a model
+`vit_jax.cli.visualize` and `vit_jax.cli.fewshot` both take a checkpoint, a model
 name, a resolution and, for files trained with `config.model` architecture
 overrides, the same overrides. Flags are defined by a call, not on import, so
 tests can import several command-line modules (and define their flags on a
@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict
 
 from absl import flags
 
-from vit_jax import checkpoint
+from vit_jax import npz
 
 # The architecture keys that `config.model` can override (configs/common.py);
 # a checkpoint trained with overrides needs the same ones to load.
@@ -21,7 +21,7 @@ ARCHITECTURE_FLAGS = ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads',
 
 # What a user can fix by changing the command line: reported, not traced.
 USER_ERRORS = (FileNotFoundError, ValueError,
-               checkpoint.CheckpointMismatchError)
+               npz.CheckpointMismatchError)
 
 
 def define_model_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -55,7 +55,7 @@ def check_required(flag_values: flags.FlagValues, *names: str) -> None:
 
 def exit_on_user_error(function: Callable[..., Any], *args, **kwargs) -> Any:
   """Calls `function`; a USER_ERRORS exception prints `error: ...` to stderr
-  and exits with status 1, as `vit_jax.predict` does."""
+  and exits with status 1, as `vit_jax.cli.predict` does."""
   try:
     return function(*args, **kwargs)
   except USER_ERRORS as e:

@@ -2,7 +2,7 @@ r"""Few-shot linear evaluation of a checkpoint's frozen features (paper 4.1).
 
 Run from the repository root (the data settings start from configs/common.py):
 
-  python -m vit_jax.fewshot_cli --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
+  python -m vit_jax.cli.fewshot --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
       --dataset=cifar10 [--data_dir=~/tensorflow_datasets] \
       [--train_split=train] [--test_split=test] [--image_size=224] \
       [--shots=1,5,10,25] [--seeds=0,1,2] [--val_per_class=10] \
@@ -36,9 +36,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from vit_jax import cli_flags
+from vit_jax.cli import flags as cli_flags
 from vit_jax import fewshot
 from vit_jax import input_pipeline
+from vit_jax import models
 from vit_jax import pretrained
 
 
@@ -72,9 +73,7 @@ def feature_extractor(checkpoint_path: str, model_name: str, *,
   """(model, params, image_size) giving pre_logits: the file's head dropped."""
   model, params, image_size = pretrained.load(
       checkpoint_path, model_name, image_size=image_size, **model_overrides)
-  features_only = {name: value for name, value in params.items()
-                   if name != 'head'}
-  return model.clone(num_classes=0), features_only, image_size
+  return (*models.without_head(model, params), image_size)
 
 
 def to_json(results: Dict[int, Dict[str, Any]], **facts: Any

@@ -1,6 +1,6 @@
 r"""Classifies images with a released (or exported) `.npz` checkpoint.
 
-  python -m vit_jax.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
+  python -m vit_jax.cli.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
       [--image_size=384] [--top_k=5] [--labels=FILE|imagenet2012] \
       [--logits_out=logits.npy] IMAGE...
 
@@ -21,7 +21,7 @@ from absl import flags
 from etils import epath
 import numpy as np
 
-from vit_jax import cli_flags
+from vit_jax.cli import flags as cli_flags
 from vit_jax import preprocess
 from vit_jax import pretrained
 

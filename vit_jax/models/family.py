@@ -1,0 +1,205 @@
+"""What a model family tells the rest of the library.
+
+A family (ViT with its R+ViT hybrids; MLP-Mixer or timm's variants next) owns
+everything that depends on its parameter tree: its named variants, how a model
+is built from a name, from a config or from a checkpoint's arrays, its released
+`.npz` key layout, what it computes along the way (intermediates), its
+features (the model without its head) and the pixel normalisation its weights
+expect. Training, `pretrained`, the programs and the evaluators only call these
+methods, so they never name a family's parameter paths, and a new family is one
+module implementing `ModelFamily` plus `vit_jax.models.register`.
+
+Shape letters: B batch, H/W image height/width, C classes, F features.
+"""
+
+import abc
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+
+Params = Dict[str, Any]
+FlatParams = Dict[str, np.ndarray]  # '/'-joined parameter paths -> arrays.
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How uint8 pixels become model input: (x - mean) / std per channel.
+
+  The default, (x - 127.5) / 127.5, maps [0, 255] to [-1, 1]: what the
+  released ViT and Mixer weights expect (no ImageNet mean/std).
+  """
+  mean: Tuple[float, float, float] = (127.5, 127.5, 127.5)
+  std: Tuple[float, float, float] = (127.5, 127.5, 127.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointFacts:
+  """What a parameter tree says about the model that fits it.
+
+  Attributes:
+    model_kwargs: attributes of the family's module read off the arrays
+      (e.g. num_classes, classifier, representation_size); they override the
+      variant's when the model is built.
+    expected: attributes the built model must have to fit the arrays (e.g.
+      hidden_size): a model name that does not fit the file is an error.
+    native_grid: the (rows, cols) token grid the arrays were trained at, or
+      None when the family has no fixed grid.
+  """
+  model_kwargs: Mapping[str, Any]
+  expected: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  native_grid: Optional[Tuple[int, int]] = None
+
+
+class ModelFamily(abc.ABC):
+  """One family of models; see the module docstring.
+
+  Attributes:
+    name: short name, e.g. 'vit'.
+    module_type: the flax module class the family builds (models are mapped
+      back to their family by it).
+    preprocessing: the pixel normalisation of its weights.
+    head_names: top-level parameter names that are the classifier head: they
+      are dropped for features and re-initialised for fine-tuning.
+    droppable_for_fine_tuning: top-level parameter names a model to
+      fine-tune may lack although the file has them (a representation
+      layer): dropped from the file then.
+    no_weight_decay: parameter names that are not weights although they have
+      ndim >= 2 (a class token, a position embedding): the 'kernels'
+      weight-decay mask leaves them out.
+    architecture_keys: `config.model` keys that override a variant's
+      architecture (None keeps the variant's); the programs offer the same
+      keys as flags, for files trained with overrides.
+  """
+  name: str
+  module_type: Type[nn.Module]
+  preprocessing: Preprocessing = Preprocessing()
+  head_names: Tuple[str, ...] = ('head',)
+  droppable_for_fine_tuning: Tuple[str, ...] = ()
+  no_weight_decay: Tuple[str, ...] = ()
+  architecture_keys: Tuple[str, ...] = ()
+
+  # --- Names and building ----------------------------------------------------
+
+  @property
+  @abc.abstractmethod
+  def variants(self) -> Mapping[str, Any]:
+    """Released name -> architecture of every named variant."""
+
+  def canonical_name(self, name: str) -> Optional[str]:
+    """The released name `name` stands for, or None if not this family's."""
+    return name if name in self.variants else None
+
+  @abc.abstractmethod
+  def create(self, name: str, num_classes: Optional[int],
+             **overrides: Any) -> nn.Module:
+    """Builds variant `name` (canonical) with a `num_classes` head (0/None:
+    features), any module attribute overridden by `overrides`."""
+
+  def create_from_config(self, name: str, model_config,
+                         num_classes: int) -> nn.Module:
+    """Builds variant `name` from a config's `model` section (see
+    configs/common.py): its architecture keys that are set, plus every key
+    the module has as an attribute."""
+    fields = {field.name for field in dataclasses.fields(self.module_type)}
+    overrides = {}
+    for key, value in model_config.items():
+      if key in self.architecture_keys and value is None:
+        continue  # The variant's own value.
+      if key in fields:
+        overrides[key] = value
+    return self.create(name, num_classes, **overrides)
+
+  @abc.abstractmethod
+  def patch_pixels(self, model: nn.Module) -> Tuple[int, int]:
+    """Input pixels (h, w) per token: image sides must be multiples."""
+
+  # --- The released checkpoint layout ----------------------------------------
+
+  @abc.abstractmethod
+  def recognises(self, flat: FlatParams) -> bool:
+    """Whether a flat checkpoint (container prefix stripped) is this
+    family's, in any of its released layouts."""
+
+  def from_released(self, flat: FlatParams) -> Params:
+    """A released flat checkpoint -> the nested tree of our modules."""
+    return flax.traverse_util.unflatten_dict(dict(flat), sep='/')
+
+  def to_released(self, params: Params) -> FlatParams:
+    """Our nested tree -> the released flat layout (float32)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params),
+                                           sep='/')
+    return {key: np.asarray(value, np.float32) for key, value in flat.items()}
+
+  def match_layout(self, params: Params, like: Params) -> Params:
+    """`params` arranged as `like` (e.g. stacked for a scanned model)."""
+    del like
+    return params
+
+  @abc.abstractmethod
+  def describe(self, params: Params) -> CheckpointFacts:
+    """Reads what the arrays say about their model (see CheckpointFacts);
+    raises CheckpointMismatchError for a tree that is not this family's."""
+
+  def adapt_resolution(self, params: Params, model: nn.Module,
+                       shapes: Params, image_size: Sequence[int],
+                       method: str) -> Params:
+    """Checkpoint params resized to run `model` at `image_size` (e.g. a
+    resampled position embedding); `shapes` are the model's own."""
+    del model, shapes, image_size, method
+    return params
+
+  # --- Running -----------------------------------------------------------------
+
+  def apply_with_intermediates(
+      self, model: nn.Module, params: Params, images_BHWC,
+      attention_layers: Sequence[int] = (), block_outputs: bool = False):
+    """Runs the model and returns (outputs, intermediates).
+
+    intermediates has 'pre_logits' (the features before the head, (B, F) for
+    pooled models), and for families that have them 'attention_weights'
+    {layer: (B, heads, N, N)} for `attention_layers` and 'block_outputs' (a
+    list of (B, N, D)) when `block_outputs`. This default reads the
+    'features' the module sows and supports no other capture.
+    """
+    if attention_layers or block_outputs:
+      raise ValueError(f'the {self.name} family has no attention weights or '
+                       'block outputs to capture')
+    outputs, state = model.apply({'params': params}, images_BHWC, train=False,
+                                 mutable=['intermediates'])
+    return outputs, {'pre_logits': state['intermediates']['features'][0]}
+
+  def without_head(self, model: nn.Module,
+                   params: Params) -> Tuple[nn.Module, Params]:
+    """The features model (timm's num_classes=0): `model` without its head
+    and `params` without the head's arrays. Its output is 'pre_logits'."""
+    return (model.clone(num_classes=0),
+            {name: value for name, value in params.items()
+             if name not in self.head_names})
+
+  # --- What the paper's analyses look at (None: the family has none) -------
+
+  def num_prefix_tokens(self, model: nn.Module) -> int:
+    """Tokens before the patch tokens (a class token)."""
+    del model
+    return 0
+
+  def position_embedding(self, params: Params) -> Optional[np.ndarray]:
+    """The learned (1, N, D) position embedding, or None."""
+    del params
+    return None
+
+  def embedding_filters(self, model: nn.Module,
+                        params: Params) -> Optional[np.ndarray]:
+    """The (ph, pw, 3, D) patch-embedding kernel acting on RGB pixels, or
+    None (no such kernel, or one acting on other features)."""
+    del model, params
+    return None
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))

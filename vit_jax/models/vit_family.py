@@ -1,0 +1,322 @@
+"""The ViT family: ViT and R+ViT hybrids as a `family.ModelFamily`.
+
+Variants are named as the released checkpoints are (`ViT-B_16`,
+`R50+ViT-B_16`, ...); the short forms `B/16`, `R50+B/16` and `ViT-B/16`
+select the same variant. Their architectures are Table 1 of Dosovitskiy et
+al. (2021), plus Ti (Touvron et al. 2021), g/G (Zhai et al. 2022) and the
+hybrids of the released checkpoints.
+
+The released `.npz` layout, all of whose variations are mapped here:
+  * the ViT-paper files number the modules inside an encoder block globally
+    (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3);
+    newer Flax code, and our model, numbers them per type (LayerNorm_0,
+    MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0);
+  * old hybrid files store GroupNorm scale/bias as (1, 1, 1, C);
+  * a scanned encoder (`scan_layers`) keeps one `encoderblock` whose arrays
+    have a leading layer axis; files always hold `encoderblock_{i}`.
+"""
+
+import dataclasses
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import npz
+from vit_jax import posemb
+from vit_jax.models import family
+from vit_jax.models import vit
+
+Params = family.Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """Architecture of one named model (independent of classes and head)."""
+  patch_size: int
+  hidden_size: int
+  mlp_dim: int
+  num_heads: int
+  num_layers: int
+  # Units per ResNet stage for hybrids; () is the root only; None: pure ViT.
+  resnet_units: Optional[Tuple[int, ...]] = None
+
+
+def _vit(patch, hidden, mlp, heads, layers):
+  return Variant(patch, hidden, mlp, heads, layers)
+
+
+VARIANTS: Dict[str, Variant] = {
+    'ViT-Ti_16': _vit(16, 192, 768, 3, 12),
+    'ViT-S_16': _vit(16, 384, 1536, 6, 12),
+    'ViT-S_32': _vit(32, 384, 1536, 6, 12),
+    'ViT-B_8': _vit(8, 768, 3072, 12, 12),
+    'ViT-B_16': _vit(16, 768, 3072, 12, 12),
+    'ViT-B_32': _vit(32, 768, 3072, 12, 12),
+    'ViT-L_16': _vit(16, 1024, 4096, 16, 24),
+    'ViT-L_32': _vit(32, 1024, 4096, 16, 24),
+    'ViT-H_14': _vit(14, 1280, 5120, 16, 32),
+    'ViT-g_14': _vit(14, 1408, 6144, 16, 40),
+    'ViT-G_14': _vit(14, 1664, 8192, 16, 48),
+    # Hybrids: the ViT's patch size applies to the ResNet stem's output.
+    'R+ViT-Ti_16': Variant(8, 192, 768, 3, 12, resnet_units=()),
+    'R26+ViT-S_32': Variant(1, 384, 1536, 6, 12, resnet_units=(2, 2, 2, 2)),
+    'R26+ViT-B_32': Variant(1, 768, 3072, 12, 12, resnet_units=(2, 2, 2, 2)),
+    'R50+ViT-B_16': Variant(1, 768, 3072, 12, 12, resnet_units=(3, 4, 9)),
+    'R50+ViT-L_32': Variant(1, 1024, 4096, 16, 24, resnet_units=(3, 4, 6, 3)),
+}
+
+# The `config.model` keys (and program flags) that override a variant.
+ARCHITECTURE_KEYS = ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads',
+                     'num_layers')
+
+
+def _short_form(name: str) -> str:
+  return name.replace('ViT-', '').replace('_', '/')
+
+
+_BY_SHORT_FORM = {_short_form(name): name for name in VARIANTS}
+
+
+def stem_stride(resnet_units: Optional[Sequence[int]]) -> int:
+  """Input pixels per stem-output pixel: 1 for a pure ViT (None), else the
+  root's 4x and 2x for every ResNet stage after the first."""
+  if resnet_units is None:
+    return 1
+  return 4 * 2**max(len(resnet_units) - 1, 0)
+
+
+def num_prefix_tokens(classifier: str) -> int:
+  """Tokens before the patches: 1 (the class token) for the token heads."""
+  return 1 if classifier in vit.TOKEN_CLASSIFIERS else 0
+
+
+# ------------------------------------------------- released key layout --
+
+_OLD_TO_NEW_BLOCK_NAMES = {
+    'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
+    'LayerNorm_2': 'LayerNorm_1',
+    'MlpBlock_3': 'MlpBlock_0',
+}
+_NEW_TO_OLD_BLOCK_NAMES = {v: k for k, v in _OLD_TO_NEW_BLOCK_NAMES.items()}
+_GROUP_NORM = re.compile(r'(^|/)gn(_root|_proj|\d+)/(scale|bias)$')
+_ENCODER, _STACKED, _BLOCK = 'Transformer', 'encoderblock', 'encoderblock_{}'
+_POS_EMBEDDING = (_ENCODER, 'posembed_input', 'pos_embedding')
+
+
+def _rename_parts(key: str, names: Mapping[str, str]) -> str:
+  return '/'.join(names.get(part, part) for part in key.split('/'))
+
+
+def _check_block_numbering(flat: Mapping[str, np.ndarray]) -> None:
+  """Refuses files that mix old and new numbering (they would collide)."""
+  parts = {part for key in flat for part in key.split('/')}
+  old = parts & set(_OLD_TO_NEW_BLOCK_NAMES)
+  new = parts & set(_NEW_TO_OLD_BLOCK_NAMES)
+  if old and new:
+    raise ValueError(f'checkpoint mixes old ({sorted(old)}) and new '
+                     f'({sorted(new)}) encoder-block module numbering')
+
+
+def normalise_layout(flat: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Any released layout -> ours: per-type block numbering, GroupNorm
+  params as (C,)."""
+  _check_block_numbering(flat)
+  normalised = {}
+  for key, value in flat.items():
+    if _GROUP_NORM.search(key) and value.ndim == 4:
+      value = value.reshape(-1)  # Old hybrids: (1, 1, 1, C).
+    normalised[_rename_parts(key, _OLD_TO_NEW_BLOCK_NAMES)] = value
+  return normalised
+
+
+def is_stacked(params: Params) -> bool:
+  return _STACKED in params.get(_ENCODER, {})
+
+
+def unstack_blocks(params: Params) -> Params:
+  """A scanned model's `encoderblock` (layer axis first) -> encoderblock_{i}."""
+  if not is_stacked(params):
+    return params
+  encoder = dict(params[_ENCODER])
+  stacked = encoder.pop(_STACKED)
+  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  for layer in range(num_layers):
+    encoder[_BLOCK.format(layer)] = jax.tree_util.tree_map(
+        lambda x, i=layer: x[i], stacked)
+  return {**params, _ENCODER: encoder}
+
+
+def stack_blocks(params: Params) -> Params:
+  """encoderblock_{i} -> one `encoderblock` with a leading layer axis."""
+  if is_stacked(params) or _ENCODER not in params:
+    return params
+  encoder = dict(params[_ENCODER])
+  blocks = []
+  while _BLOCK.format(len(blocks)) in encoder:
+    blocks.append(encoder.pop(_BLOCK.format(len(blocks))))
+  if not blocks:
+    return params
+  encoder[_STACKED] = jax.tree_util.tree_map(lambda *x: np.stack(x), *blocks)
+  return {**params, _ENCODER: encoder}
+
+
+def position_embedding(params: Params):
+  """The (1, N, D) learned position embedding of a parameter tree."""
+  node = params
+  for name in _POS_EMBEDDING:
+    node = node[name]
+  return node
+
+
+def _with_position_embedding(params: Params, value) -> Params:
+  encoder = dict(params[_ENCODER])
+  encoder[_POS_EMBEDDING[1]] = {
+      **encoder[_POS_EMBEDDING[1]], _POS_EMBEDDING[2]: value}
+  return {**params, _ENCODER: encoder}
+
+
+class VitFamily(family.ModelFamily):
+  """ViT and R+ViT hybrids (`vit.VisionTransformer`)."""
+  name = 'vit'
+  module_type = vit.VisionTransformer
+  droppable_for_fine_tuning = ('pre_logits',)
+  no_weight_decay = ('cls', 'pos_embedding')
+  architecture_keys = ARCHITECTURE_KEYS
+  token_classifiers = vit.TOKEN_CLASSIFIERS
+
+  @property
+  def variants(self) -> Mapping[str, Variant]:
+    return VARIANTS
+
+  def canonical_name(self, name: str) -> Optional[str]:
+    if name in VARIANTS:
+      return name
+    return _BY_SHORT_FORM.get(_short_form(name.strip()))
+
+  def create(self, name: str, num_classes: Optional[int],
+             **overrides: Any) -> vit.VisionTransformer:
+    variant = VARIANTS[name]
+    fields = dataclasses.asdict(variant)
+    fields['patch_size'] = (variant.patch_size, variant.patch_size)
+    for key, value in overrides.items():
+      if key == 'patch_size' and isinstance(value, int):
+        value = (value, value)
+      if key in ('dtype', 'param_dtype'):
+        value = jnp.dtype(value)
+      fields[key] = value
+    return vit.VisionTransformer(num_classes=num_classes, **fields)
+
+  def patch_pixels(self, model: vit.VisionTransformer) -> Tuple[int, int]:
+    # The model's own attributes, not the variant table: a model built with
+    # overridden patch_size or resnet_units gets its true token size.
+    stride = stem_stride(model.resnet_units)
+    patch_h, patch_w = model.patch_size
+    return stride * patch_h, stride * patch_w
+
+  # --- Released layout ---------------------------------------------------
+
+  def recognises(self, flat) -> bool:
+    tops = {key.split('/')[0] for key in flat}
+    return {'embedding', _ENCODER} <= tops
+
+  def from_released(self, flat) -> Params:
+    return flax.traverse_util.unflatten_dict(normalise_layout(flat), sep='/')
+
+  def to_released(self, params: Params) -> Dict[str, np.ndarray]:
+    """The ViT-paper layout: old numbering, one entry per encoder block
+    whether or not the model scans them."""
+    flat = super().to_released(unstack_blocks(flax.core.unfreeze(params)))
+    return {_rename_parts(key, _NEW_TO_OLD_BLOCK_NAMES): value
+            for key, value in flat.items()}
+
+  def match_layout(self, params: Params, like: Params) -> Params:
+    return stack_blocks(params) if is_stacked(like) else unstack_blocks(params)
+
+  def describe(self, params: Params) -> family.CheckpointFacts:
+    """Class count from `head`, representation size from `pre_logits`,
+    `gap` when there is no `cls`, the grid from the position embedding."""
+    for required in ('embedding', _ENCODER):
+      if required not in params:
+        raise npz.CheckpointMismatchError(
+            f'the checkpoint has no {required!r} parameters: not a ViT '
+            'checkpoint')
+    classifier = 'token' if 'cls' in params else 'gap'
+    num_patches = position_embedding(params).shape[1] - num_prefix_tokens(
+        classifier)
+    head, pre_logits = params.get('head'), params.get('pre_logits')
+    return family.CheckpointFacts(
+        model_kwargs={
+            'num_classes': (None if head is None else
+                            int(head['kernel'].shape[-1])),
+            'representation_size': (None if pre_logits is None else
+                                    int(pre_logits['kernel'].shape[-1])),
+            'classifier': classifier,
+        },
+        expected={'hidden_size': int(params['embedding']['bias'].shape[-1])},
+        native_grid=posemb.square_grid(num_patches))
+
+  def adapt_resolution(self, params: Params, model: vit.VisionTransformer,
+                       shapes: Params, image_size: Sequence[int],
+                       method: str, old_grid=None) -> Params:
+    """Resamples the position embedding to the grid of `image_size`."""
+    embedding = params.get(_ENCODER, {}).get(_POS_EMBEDDING[1], {}).get(
+        _POS_EMBEDDING[2])
+    target = position_embedding(shapes)
+    if embedding is None or embedding.shape == target.shape:
+      return params
+    if embedding.shape[-1] != target.shape[-1]:
+      return params  # Hidden sizes differ: merge_strict reports it.
+    patch_h, patch_w = self.patch_pixels(model)
+    grid = (image_size[0] // patch_h, image_size[1] // patch_w)
+    resized = posemb.resize(
+        embedding, grid, num_prefix_tokens=num_prefix_tokens(model.classifier),
+        old_grid=old_grid, method=method)
+    return _with_position_embedding(params, resized)
+
+  # --- Running -------------------------------------------------------------
+
+  def apply_with_intermediates(self, model, params, images_BHWC,
+                               attention_layers: Sequence[int] = (),
+                               block_outputs: bool = False):
+    """See `family.ModelFamily`; per-layer captures run the unrolled
+    encoder (a scanned model's params are unstacked for it)."""
+    layers = sorted({i % model.num_layers for i in attention_layers})
+    if model.scan_layers:
+      model = model.clone(scan_layers=False)
+      params = unstack_blocks(params)
+    outputs, state = model.apply(
+        {'params': params}, images_BHWC, train=False,
+        capture_attention=layers, capture_block_outputs=block_outputs,
+        mutable=['intermediates'])
+    sown = state['intermediates']
+    result = {'pre_logits': sown['features'][0]}
+    encoder = sown.get(_ENCODER, {})
+    if layers:
+      result['attention_weights'] = {
+          layer: encoder[_BLOCK.format(layer)]
+          ['MultiHeadDotProductAttention_0']['attention_weights'][0]
+          for layer in layers}
+    if block_outputs:
+      result['block_outputs'] = list(encoder['block_outputs'])
+    return outputs, result
+
+  # --- Analyses ------------------------------------------------------------
+
+  def num_prefix_tokens(self, model: vit.VisionTransformer) -> int:
+    return num_prefix_tokens(model.classifier)
+
+  def position_embedding(self, params: Params):
+    return position_embedding(params)
+
+  def embedding_filters(self, model, params) -> Optional[np.ndarray]:
+    """None for hybrids: their patch embedding acts on ResNet features."""
+    if model.resnet_units is not None:
+      return None
+    return params['embedding']['kernel']
+
+
+FAMILY = VitFamily()
