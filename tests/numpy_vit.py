@@ -1,8 +1,9 @@
 """An independent float64 NumPy ViT / R+ViT forward pass for the tests.
 
 It reads a flat dict in the *released* layout (old block numbering, as written
-by `vit_jax.npz.to_released_layout` or found in the Google files) and
-follows REFERENCE.md section 2 literally, sharing no code with vit_jax.
+by `vit_family.FAMILY.to_released` or found in the Google files) and
+follows the paper's equations (1)-(4) and the released code's numerics
+literally, sharing no code with vit_jax.
 """
 
 import math

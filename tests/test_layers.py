@@ -128,3 +128,43 @@ def test_bf16_encoder_block_gradient_keeps_every_product_in_bf16():
   # products that share an operand (the q, k and v projections).
   assert 20 <= len(types) <= 24, types
   assert set(types) == {('bf16', 'bf16')}, types
+
+
+def test_bf16_gradients_are_the_cpu_default_and_can_be_switched_off():
+  # conftest runs the tests on the CPU backend.
+  assert layers.use_bf16_gradients() and layers.use_bf16_gradients(True)
+  assert not layers.use_bf16_gradients(False)
+  assert layers.dot_general(jnp.bfloat16) is layers.mixed_dot_general
+  assert layers.dot_general(jnp.float32) is None
+  assert layers.dot_general(jnp.bfloat16, bf16_gradients=False) is not (
+      layers.mixed_dot_general)
+
+
+@pytest.mark.parametrize('lhs_shape,rhs_shape,dims,spec', CASES)
+def test_without_bf16_gradients_the_gradient_is_jaxs_own(
+    lhs_shape, rhs_shape, dims, spec):
+  rng = np.random.default_rng(0)
+  lhs = jnp.asarray(rng.normal(size=lhs_shape), jnp.bfloat16)
+  rhs = jnp.asarray(rng.normal(size=rhs_shape), jnp.bfloat16)
+  cotangent = jnp.asarray(rng.normal(size=jnp.einsum(spec, lhs, rhs).shape),
+                          jnp.float32)
+
+  def grads(product):
+    return jax.grad(lambda a, b: (product(a, b) * cotangent).sum(),
+                    argnums=(0, 1))(lhs, rhs)
+
+  plain = grads(lambda a, b: lax.dot_general(
+      a, b, dims, preferred_element_type=jnp.float32))
+  switched_off = grads(lambda a, b: layers.dot_general(
+      jnp.bfloat16, bf16_gradients=False)(a, b, dims))
+  einsum_off = grads(lambda a, b: layers.einsum(spec, a, b, jnp.bfloat16,
+                                                bf16_gradients=False))
+  rounded = grads(lambda a, b: layers.mixed_dot_general(a, b, dims))
+  for got in (switched_off, einsum_off):
+    for g, want in zip(got, plain):
+      np.testing.assert_array_equal(np.asarray(g, np.float32),
+                                    np.asarray(want, np.float32))
+  # The CPU default differs from it: its cotangent is rounded to bf16.
+  assert any(not np.array_equal(np.asarray(g, np.float32),
+                                np.asarray(w, np.float32))
+             for g, w in zip(rounded, plain))

@@ -13,7 +13,7 @@ from vit_jax.models import vit_family
 from vit_jax import models
 
 # Exact counts at 224 px, 1000 classes, token head, no pre_logits
-# (REFERENCE.md section 1). g/14 and G/14 are not in the reference table; their
+# (the paper's Table 1 architectures). g/14 and G/14 are not in that table; their
 # counts are ours and agree with the Scaling-ViT paper's 1011M / 1843M to the
 # head and class-token size.
 EXPECTED_PARAMS = {

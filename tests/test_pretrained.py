@@ -1,4 +1,5 @@
-"""Checkpoint tests: every released layout, round trips, strict merging and
+"""Checkpoint files (npz, pretrained, the ViT family's layout): every released
+layout, round trips, strict merging and
 position-embedding resizing. Checkpoints are generated here, never stored."""
 
 import io

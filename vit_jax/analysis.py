@@ -1,4 +1,5 @@
-"""The paper's model analyses (REFERENCE section 5) as pure numpy functions.
+"""The paper's model analyses (Dosovitskiy et al. 2021, Section 4.5,
+Figures 6-7 and Appendix D) as pure numpy functions.
 
 Inputs are what `vit_jax.models.apply_with_intermediates` and the parameter
 tree give: attention weights (B, heads, N, N) per layer, the position

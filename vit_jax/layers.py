@@ -7,9 +7,13 @@ float32. Bfloat16 operands with float32 accumulation is what both TPUs/GPUs and
 CPUs with bf16 matrix units execute fastest; a bf16 *result* makes XLA:CPU
 convert back and forth and runs slower than plain float32.
 
-The backward pass follows the same policy (`mixed_dot_general`): JAX's own
-rule would multiply the float32 cotangent with the bf16 operand, which
-promotes the whole product to float32 and halves the speed of training.
+On XLA:CPU the backward pass follows the same policy (`mixed_dot_general`):
+JAX's own rule would multiply the float32 cotangent with the bf16 operand,
+which promotes the whole product to float32 and halves the speed of
+training there. That custom gradient (and the bf16 rounding of the
+cotangent it implies) was measured on XLA:CPU only, so it is the default on
+CPU alone (`bf16_gradients=None`); other backends keep JAX's own gradient
+of the float32-accumulating product unless asked for it.
 """
 
 import functools
@@ -229,11 +233,36 @@ def mixed_dot_general(lhs, rhs, dimension_numbers, precision=None,
   return _mixed_dot(lhs, rhs, dimension_numbers, precision)
 
 
-def dot_general(dtype: Dtype) -> Optional[Any]:
-  """The `dot_general` to hand to flax Dense layers for operand `dtype`."""
+def use_bf16_gradients(bf16_gradients: Optional[bool] = None) -> bool:
+  """Whether reduced-precision products get `mixed_dot_general`'s gradient:
+  as asked, or by default on the CPU backend (where it was measured)."""
+  if bf16_gradients is None:
+    return jax.default_backend() == 'cpu'
+  return bf16_gradients
+
+
+def _float32_result_dot(lhs, rhs, dimension_numbers, precision=None,
+                        preferred_element_type=None, **kwargs):
+  """`lax.dot_general` with a float32 result and JAX's own gradient."""
+  if preferred_element_type not in (None, jnp.float32):
+    raise ValueError(f'the product is float32, not {preferred_element_type}')
+  return lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                         preferred_element_type=jnp.float32, **kwargs)
+
+
+def dot_general(dtype: Dtype, bf16_gradients: Optional[bool] = None
+                ) -> Optional[Any]:
+  """The `dot_general` to hand to flax Dense layers for operand `dtype`.
+
+  Args:
+    dtype: the operand dtype.
+    bf16_gradients: see `use_bf16_gradients` (None: on CPU only).
+  """
   if jnp.dtype(dtype) == jnp.float32:
     return None  # flax's default: float32 in, float32 out.
-  return mixed_dot_general
+  if use_bf16_gradients(bf16_gradients):
+    return mixed_dot_general
+  return _float32_result_dot
 
 
 def conv_general_dilated(dtype: Dtype) -> Optional[Any]:
@@ -244,10 +273,13 @@ def conv_general_dilated(dtype: Dtype) -> Optional[Any]:
                            preferred_element_type=jnp.float32)
 
 
-def einsum(subscripts: str, a, b, dtype: Dtype):
-  """`jnp.einsum` with operands cast to `dtype` and a float32 result."""
+def einsum(subscripts: str, a, b, dtype: Dtype,
+           bf16_gradients: Optional[bool] = None):
+  """`jnp.einsum` with operands cast to `dtype` and a float32 result; the
+  gradient as for `dot_general`."""
   a, b = a.astype(dtype), b.astype(dtype)
-  if jnp.dtype(dtype) == jnp.float32:
+  if (jnp.dtype(dtype) == jnp.float32
+      or not use_bf16_gradients(bf16_gradients)):
     return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32)
   # flax's own einsum layers hand jnp.einsum a dot_general the same way.
   return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32,

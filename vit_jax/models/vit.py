@@ -4,7 +4,11 @@ Numerics and module names follow the released checkpoints: pre-LN blocks,
 LayerNorm epsilon 1e-6, tanh-GELU, query scaled by 1/sqrt(head_dim). Parameter
 names are the ones newer Flax code writes (`LayerNorm_0`,
 `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0` inside each
-`encoderblock_{i}`); `vit_jax.npz` maps the older global numbering.
+`encoderblock_{i}`); `vit_family` maps the older global numbering.
+
+Shape letters in array names: B batch, H/W image height/width, N tokens, D
+token width, M MLP width, Q query tokens, K key tokens, A attention heads,
+E width per head, C classes. (x_BND is a (batch, tokens, width) array.)
 
 Looking inside: pass `capture_attention=(layer, ...)` and/or
 `capture_block_outputs=True` to `__call__` and apply with
@@ -27,6 +31,8 @@ LAYER_NORM_EPSILON = 1e-6
 CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
 # Logical names of the (B, N, D) activation axes, for sharding rules.
 ACTIVATION_AXES = ('batch', 'tokens', 'embed')
+# MultiHeadAttention's `implementation` (config.model.attention).
+ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'einsum')
 # Classifiers that prepend a learned class token at index 0.
 TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
 
@@ -59,7 +65,7 @@ class MultiHeadAttention(nn.Module):
   implementation: str = 'auto'
 
   def _use_fused(self, capture_weights: bool, use_dropout: bool) -> bool:
-    if self.implementation not in ('auto', 'fused', 'einsum'):
+    if self.implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f'unknown attention implementation '
                        f'{self.implementation!r}')
     if capture_weights or use_dropout:
@@ -81,31 +87,31 @@ class MultiHeadAttention(nn.Module):
         (self.num_heads, head_dim), dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=_xavier,
         dot_general=layers.dot_general(self.dtype), name=name)
-    q_BNHK = projection('query')(x_BND[:, :num_queries])
-    k_BNHK = projection('key')(x_BND)
-    v_BNHK = projection('value')(x_BND)
+    q_BQAE = projection('query')(x_BND[:, :num_queries])
+    k_BKAE = projection('key')(x_BND)
+    v_BKAE = projection('value')(x_BND)
 
     use_dropout = train and self.dropout_rate > 0
     if self._use_fused(capture_weights, use_dropout):
-      out_BNHK = jax.nn.dot_product_attention(
-          q_BNHK.astype(self.dtype), k_BNHK.astype(self.dtype),
-          v_BNHK.astype(self.dtype)).astype(jnp.float32)
+      out_BQAE = jax.nn.dot_product_attention(
+          q_BQAE.astype(self.dtype), k_BKAE.astype(self.dtype),
+          v_BKAE.astype(self.dtype)).astype(jnp.float32)
     else:
-      logits_BHQK = layers.einsum('bqhd,bkhd->bhqk', q_BNHK, k_BNHK,
+      logits_BAQK = layers.einsum('bqae,bkae->baqk', q_BQAE, k_BKAE,
                                   self.dtype)
-      logits_BHQK = logits_BHQK * jnp.float32(1 / head_dim**0.5)
-      weights_BHQK = jax.nn.softmax(logits_BHQK, axis=-1)
+      logits_BAQK = logits_BAQK * jnp.float32(1 / head_dim**0.5)
+      weights_BAQK = jax.nn.softmax(logits_BAQK, axis=-1)
       if capture_weights:
-        self.sow('intermediates', 'attention_weights', weights_BHQK)
-      weights_BHQK = nn.Dropout(self.dropout_rate)(
-          weights_BHQK, deterministic=not use_dropout)
-      out_BNHK = layers.einsum('bhqk,bkhd->bqhd', weights_BHQK, v_BNHK,
+        self.sow('intermediates', 'attention_weights', weights_BAQK)
+      weights_BAQK = nn.Dropout(self.dropout_rate)(
+          weights_BAQK, deterministic=not use_dropout)
+      out_BQAE = layers.einsum('baqk,bkae->bqae', weights_BAQK, v_BKAE,
                                self.dtype)
 
     return nn.DenseGeneral(
         hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=_xavier, dot_general=layers.dot_general(self.dtype),
-        name='out')(out_BNHK)
+        name='out')(out_BQAE)
 
 
 class MlpBlock(nn.Module):
@@ -213,7 +219,7 @@ class Encoder(nn.Module):
 
   With `scan_layers` the blocks are one nn.scan over a block whose params
   carry a leading layer axis (`encoderblock`, compiled once); otherwise they
-  are `encoderblock_{i}`. vit_jax.npz converts between the two, and
+  are `encoderblock_{i}`. `vit_family` converts between the two, and
   the released `.npz` layout is always per block.
   """
   num_layers: int

@@ -1,0 +1,197 @@
+"""A second, toy model family registered here goes through the code paths
+every family shares: training, export, strict loading, fine-tuning,
+prediction, features and the weight-decay mask."""
+
+from typing import Any, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import common
+from tests import data_helpers
+from vit_jax import models
+from vit_jax import npz
+from vit_jax import optim
+from vit_jax import pretrained
+from vit_jax import train
+from vit_jax.cli import predict
+from vit_jax.models import family
+
+IMAGE_SIZE = 16
+NUM_CLASSES = 3
+
+
+class PatchMeanNet(nn.Module):
+  """Patch embedding, mean over patches, an offset the decay mask skips."""
+  num_classes: Optional[int]
+  patch_size: int = 4
+  hidden_size: int = 8
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images_BHWC, *, train: bool = False):
+    del train
+    x = nn.Conv(self.hidden_size, (self.patch_size, self.patch_size),
+                strides=(self.patch_size, self.patch_size), dtype=self.dtype,
+                name='toy_embed')(images_BHWC)
+    offset_1D = self.param('offset', nn.initializers.zeros,
+                           (1, self.hidden_size))
+    features_BD = jnp.mean(x, axis=(1, 2)) + offset_1D
+    self.sow('intermediates', 'features', features_BD)
+    if not self.num_classes:
+      return features_BD
+    return nn.Dense(self.num_classes, name='head')(features_BD)
+
+
+class ToyFamily(family.ModelFamily):
+  """Two named variants; checkpoints hold `toy_embed`, `offset`, `head`."""
+  name = 'toy'
+  module_type = PatchMeanNet
+  no_weight_decay = ('offset',)
+  architecture_keys = ('patch_size', 'hidden_size')
+
+  @property
+  def variants(self) -> Mapping[str, Tuple[int, int]]:
+    return {'Toy-S_4': (4, 8), 'Toy-M_4': (4, 16)}
+
+  def create(self, name, num_classes, **overrides):
+    patch_size, hidden_size = self.variants[name]
+    fields = dict(patch_size=patch_size, hidden_size=hidden_size)
+    fields.update(overrides)
+    fields['dtype'] = jnp.dtype(fields.get('dtype', jnp.float32))
+    return PatchMeanNet(num_classes=num_classes, **fields)
+
+  def patch_pixels(self, model):
+    return model.patch_size, model.patch_size
+
+  def recognises(self, flat):
+    return any(key.startswith('toy_embed/') for key in flat)
+
+  def describe(self, params):
+    head = params.get('head')
+    return family.CheckpointFacts(
+        model_kwargs={'num_classes': (None if head is None else
+                                      int(head['kernel'].shape[-1]))},
+        expected={'hidden_size': int(params['offset'].shape[-1])})
+
+
+@pytest.fixture
+def toy_family():
+  registered = ToyFamily()
+  models.register(registered)
+  yield registered
+  models.unregister(registered.name)
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('toy_data')
+  written = data_helpers.write_image_folder(
+      root, {'train': 4, 'test': 3}, NUM_CLASSES, IMAGE_SIZE)
+  return str(root), written
+
+
+def _config(data_dir):
+  config = common.get_config()
+  config.update(dict(
+      model_name='Toy-S_4', dataset='imagefolder', data_dir=data_dir,
+      image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
+      batch_size=8, eval_batch_size=8, shuffle_buffer=16, total_steps=1,
+      warmup_steps=0, optimizer='adam', lr=1e-2, weight_decay=0.1,
+      log_every=1, eval_every=1, checkpoint_every=1))
+  return common.lock(config)
+
+
+def test_names_resolve_to_their_family_and_clashes_are_refused(toy_family):
+  model = models.create_model('Toy-M_4', num_classes=2)
+  assert isinstance(model, PatchMeanNet) and model.hidden_size == 16
+  assert models.family_of(model) is toy_family
+  assert models.resolve('ViT-B/16')[0].name == 'vit'
+  with pytest.raises(ValueError, match='already registered'):
+    models.register(ToyFamily())
+  with pytest.raises(ValueError, match='unknown model'):
+    models.create_model('Toy-XL_4')
+
+
+def test_weight_decay_mask_follows_the_family(toy_family):
+  model = models.create_model('Toy-S_4', num_classes=2)
+  params = models.init_params(model, jax.random.PRNGKey(0), (8, 8))
+  config = common.get_config()
+  mask = optim.weight_decay_mask(config, toy_family.no_weight_decay)(params)
+  assert mask == {'toy_embed': {'kernel': True, 'bias': False},
+                  'offset': False, 'head': {'kernel': True, 'bias': False}}
+
+
+def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
+                                                      image_folder, tmp_path):
+  data_dir, written = image_folder
+  workdir = tmp_path / 'run'
+  record = train.train_and_evaluate(_config(data_dir), str(workdir))
+  assert record['num_examples'] == NUM_CLASSES * 3
+
+  # The export is in the family's released layout, detected from its keys.
+  flat = npz.read_npz(workdir / 'model.npz')
+  assert sorted(flat) == ['head/bias', 'head/kernel', 'offset',
+                          'toy_embed/bias', 'toy_embed/kernel']
+  # Adam moved every parameter in one step, the zero offset included.
+  assert np.any(flat['offset'] != 0)
+
+  model, params, image_size = pretrained.load(workdir / 'model.npz',
+                                              'Toy-S_4',
+                                              image_size=IMAGE_SIZE)
+  assert (model.num_classes, image_size) == (NUM_CLASSES, IMAGE_SIZE)
+  images = [path for path, _ in written['test'][:2]]
+  logits = predict.run(str(workdir / 'model.npz'), 'Toy-S_4', images,
+                       image_size=IMAGE_SIZE, top_k=2)
+  pixels = np.stack([
+      (np.asarray(Image.open(path), np.float32) - 127.5) / 127.5
+      for path in images])
+  np.testing.assert_allclose(
+      logits, model.apply({'params': params}, pixels), rtol=1e-5, atol=1e-5)
+
+  # The wrong variant of the right family is named.
+  with pytest.raises(npz.CheckpointMismatchError, match='hidden size 8'):
+    pretrained.load(workdir / 'model.npz', 'Toy-M_4', image_size=IMAGE_SIZE)
+
+
+def test_features_and_fine_tuning_go_through_the_family(toy_family,
+                                                        tmp_path):
+  source = models.create_model('Toy-S_4', num_classes=5)
+  params = jax.tree_util.tree_map(
+      lambda x: x + 0.5, models.init_params(source, jax.random.PRNGKey(0),
+                                            (8, 8)))
+  path = tmp_path / 'toy.npz'
+  pretrained.save_npz(params, path)
+
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3))
+  features_model, features_params = models.without_head(source, params)
+  assert 'head' not in features_params
+  features = features_model.apply({'params': features_params}, images)
+  _, inside = models.apply_with_intermediates(source, params, images)
+  np.testing.assert_allclose(features, inside['pre_logits'], rtol=1e-6)
+  with pytest.raises(ValueError, match='no attention weights'):
+    models.apply_with_intermediates(source, params, images,
+                                    attention_layers=(0,))
+
+  target = models.create_model('Toy-S_4', num_classes=2)
+  init = models.init_params(target, jax.random.PRNGKey(1), (8, 8))
+  tuned = pretrained.load_for_fine_tuning(path, target, init,
+                                          image_size=(8, 8))
+  np.testing.assert_array_equal(tuned['toy_embed']['kernel'],
+                                params['toy_embed']['kernel'])
+  np.testing.assert_array_equal(tuned['head']['kernel'],
+                                init['head']['kernel'])
+
+
+def test_a_config_builds_the_family_model_with_its_settings(toy_family):
+  config = common.get_config()
+  config.model_name = 'Toy-M_4'
+  config.model.dtype = 'bfloat16'
+  config.model.hidden_size = 12  # An architecture override.
+  model = models.create_model_from_config(config, num_classes=4)
+  assert (model.num_classes, model.patch_size, model.hidden_size,
+          model.dtype) == (4, 4, 12, jnp.bfloat16)
