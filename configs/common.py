@@ -89,7 +89,7 @@ def get_config():
   config.keep_checkpoints = 3  # Checkpoints kept in the workdir.
   config.export_npz = True  # Export final params as released-layout model.npz.
 
-  # --- More evaluations (vit_jax/evaluators.py) -------------------------------
+  # --- More evaluations (vit_jax/evaluators/) ---------------------------------
   config.extra_evals = ()  # Eval sets run with every evaluation: imagenet2012_real (real_*) | imagenet_v2 (v2_*).
   config.extra_evals_data_dir = ml_collections.FieldReference(None, str)  # Their TFDS data_dir; None: config.data_dir.
   config.fewshot_every = 0  # Steps between few-shot linear evaluations of the params (and at the end); 0 disables.

@@ -34,9 +34,6 @@ RECIPES = {
 # JFT learning rates depend on the model (Table 3).
 JFT_LR = {'ViT-B_16': 8e-4, 'ViT-B_32': 8e-4, 'ViT-L_32': 6e-4,
           'ViT-L_16': 4e-4, 'ViT-H_14': 3e-4}
-# Datasets without a public TFDS builder: say what to do instead of failing
-# deep inside TFDS.
-PRIVATE_DATASETS = ('jft300m',)
 BATCH_SIZE = 4096
 
 

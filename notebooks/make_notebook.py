@@ -53,7 +53,6 @@ from PIL import Image
 
 from configs import common
 from vit_jax import analysis
-from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import pretrained
 from vit_jax import train
@@ -178,7 +177,8 @@ config = common.lock(config)
 
 # The first evaluation batch, without the padding rows (mask 0) that fill up
 # the last batch of a split.
-eval_batch = next(iter(input_pipeline.get_eval_iterator(config)))
+eval_batch = next(iter(train.eval_batches(config,
+                                           train.data_source(config))))
 real = eval_batch['mask'] > 0
 eval_images, eval_labels = eval_batch['image'][real], eval_batch['label'][real]
 fig, axes = plt.subplots(1, 8, figsize=(10, 1.8))

@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from vit_jax import sharding
 from vit_jax.cli import benchmark
+from vit_jax.cli import benchmark_jax
+from vit_jax.cli import benchmark_protocol
 
 # A one-layer ViT-Ti at 32 px: compiles in seconds.
 _TINY = dict(model='ViT-Ti_16', batch_size=2, image_size=32, num_classes=10,
@@ -37,14 +40,14 @@ def _check_consistent(result, batch_size):
 @pytest.fixture(scope='module')
 def inference():
   # Split over two devices: the FLOPs must still count the whole batch.
-  return benchmark.run_benchmark(mode='inference', dtype='float32',
-                                 host_devices=2, **_TINY)
+  return benchmark_protocol.run_benchmark(mode='inference', dtype='float32',
+                                          host_devices=2, **_TINY)
 
 
 @pytest.fixture(scope='module')
 def train():
-  return benchmark.run_benchmark(mode='train', dtype='bfloat16',
-                                 host_devices=1, **_TINY)
+  return benchmark_protocol.run_benchmark(mode='train', dtype='bfloat16',
+                                          host_devices=1, **_TINY)
 
 
 @pytest.mark.parametrize('mode,dtype', [('inference', 'float32'),
@@ -67,12 +70,12 @@ def test_train_counts_backward_flops(inference, train):
 def test_every_token_flops_add_the_last_blocks_other_tokens(host_devices):
   # timm is rated on every_token_flops: our token-head step skips the last
   # block's other tokens, a 'gap' one cannot.
-  images, labels = benchmark._synthetic_batch(2, 32, 10)
-  mesh = benchmark._mesh(host_devices)
+  images, labels = benchmark_protocol.synthetic_batch(2, 32, 10)
+  mesh = sharding.make_mesh(1, sharding.first_devices(host_devices))
 
   def flops(mode, **overrides):
-    _, info = benchmark._jax_steps(
-        'ViT-Ti_16', 2, 32, 10, mode, np.float32, mesh, images, labels,
+    _, info = benchmark_jax.build_step(
+        'ViT-Ti_16', 32, 10, mode, np.float32, mesh, images, labels,
         dict(num_layers=1, **overrides))
     return info['flops'], info['every_token_flops']
 
@@ -85,9 +88,10 @@ def test_every_token_flops_add_the_last_blocks_other_tokens(host_devices):
 
 def test_rejects_short_warmup_and_indivisible_batch():
   with pytest.raises(ValueError, match='warmup'):
-    benchmark.run_benchmark(**dict(_TINY, warmup=1))
+    benchmark_protocol.run_benchmark(**dict(_TINY, warmup=1))
   with pytest.raises(ValueError, match='divisible'):
-    benchmark.run_benchmark(host_devices=2, **dict(_TINY, batch_size=3))
+    benchmark_protocol.run_benchmark(host_devices=2,
+                                     **dict(_TINY, batch_size=3))
 
 
 @pytest.mark.skipif(
@@ -96,8 +100,9 @@ def test_rejects_short_warmup_and_indivisible_batch():
 def test_compare_with_timm():
   # find_spec, not importorskip: timm imports only through the benchmark's
   # torchvision stand-in where torchvision is missing.
-  result = benchmark.run_benchmark(mode='inference', dtype='bfloat16',
-                                   host_devices=1, compare='timm', **_TINY)
+  result = benchmark_protocol.run_benchmark(
+      mode='inference', dtype='bfloat16', host_devices=1, compare='timm',
+      **_TINY)
   timm = result['timm']
   assert timm['params'] == result['params']  # the same architecture
   assert timm['images_per_sec'] > 0
@@ -119,7 +124,7 @@ def test_timm_train_step_updates_the_weights():
   variant = dataclasses.replace(models.VARIANTS['ViT-Ti_16'], num_layers=1)
   rng = np.random.default_rng(0)
   step = benchmark_timm.TimmStep(
-      variant, batch_size=2, image_size=32, num_classes=10, mode='train',
+      variant, image_size=32, num_classes=10, mode='train',
       dtype='bfloat16', images_nhwc=rng.uniform(-1, 1, (2, 32, 32, 3)),
       labels=np.array([1, 2]))
   head = step._model.head.weight.detach().clone()  # pylint: disable=protected-access

@@ -1,4 +1,5 @@
-"""Tests of vit_jax.evaluators: ImageNet-ReaL, ImageNet-v2 and few-shot.
+"""Tests of vit_jax.evaluators: the builder, ImageNet-ReaL, ImageNet-v2 and
+few-shot.
 
 ImageNet-ReaL and ImageNet-v2 are generated here, a few 8x8 JPEGs each, under
 their real TFDS names, versions and features, in a temporary data_dir: the
@@ -7,6 +8,7 @@ would open the real prepared datasets. A stand-in model whose prediction is
 the image's dominant colour channel makes every accuracy known in advance.
 """
 
+import functools
 import json
 import os
 
@@ -23,8 +25,11 @@ from tests import helpers
 from vit_jax import evaluators
 from vit_jax import fewshot
 from vit_jax import input_pipeline
+from vit_jax import models
 from vit_jax import sharding
 from vit_jax import train
+from vit_jax.evaluators import imagenet
+from vit_jax.evaluators import linear_fewshot
 
 NUM_CLASSES = 1000  # Both ImageNet test sets use the 1000 ImageNet classes.
 IMAGE_SIZE = 8
@@ -135,22 +140,31 @@ def _mesh():
   return sharding.make_mesh(1)
 
 
+def _read_eval(**overrides):
+  """(source, split) -> eval batches, with `_config`'s data settings."""
+  return functools.partial(train.eval_batches, _config(**overrides))
+
+
+def _extra_eval(name, imagenet_dir, model=None):
+  return imagenet.make_extra_eval(
+      name, model=model or DominantChannel(), mesh=_mesh(),
+      read_eval=_read_eval(), data_dir=imagenet_dir)
+
+
 # --- ImageNet-ReaL ------------------------------------------------------------
 
 
 def test_real_accuracy_counts_predictions_in_the_label_set(imagenet_dir):
-  evaluation = evaluators.make_extra_eval(
-      'imagenet2012_real', _config(data_dir=imagenet_dir), DominantChannel(),
-      _mesh())
+  evaluation = _extra_eval('imagenet2012_real', imagenet_dir)
   record = evaluation.evaluate({})
   assert record == {'real_top1_accuracy': 3 / 5, 'real_num_examples': 5.0,
                     'real_num_without_labels': 2.0}
 
 
 def test_real_label_sets_arrive_multi_hot_and_padding_is_masked(imagenet_dir):
-  source = evaluators.real_labels_source(imagenet_dir)
+  source = imagenet.real_labels_source(imagenet_dir)
   batches = list(input_pipeline.get_eval_iterator(
-      _config(eval_batch_size=4), source=source, split='validation'))
+      source, 'validation', image_size=IMAGE_SIZE, batch_size=4, prefetch=1))
   assert len(batches) == 2  # 7 images + 1 padding row.
   mask = np.concatenate([b['mask'] for b in batches])
   real = np.concatenate([b['real_label'] for b in batches])
@@ -169,7 +183,7 @@ def test_real_step_ignores_masked_rows_even_when_they_would_be_right():
   batch = {'image': jnp.zeros((3, 1, 1, 3)),
            'real_label': jnp.asarray([[1.0, 0, 0], [0, 0, 0], [0, 0, 1]]),
            'mask': jnp.asarray([1.0, 1.0, 0.0])}
-  sums = evaluators.real_labels_eval_step({}, batch, model=model)
+  sums = imagenet.real_labels_eval_step({}, batch, model=model)
   assert {k: float(v) for k, v in sums.items()} == {
       'top1_correct': 1.0, 'count': 1.0, 'without_labels': 1.0}
 
@@ -178,9 +192,7 @@ def test_real_step_ignores_masked_rows_even_when_they_would_be_right():
 
 
 def test_imagenet_v2_is_evaluated_like_the_main_eval_set(imagenet_dir):
-  evaluation = evaluators.make_extra_eval(
-      'imagenet_v2', _config(data_dir=imagenet_dir), DominantChannel(),
-      _mesh())
+  evaluation = _extra_eval('imagenet_v2', imagenet_dir)
   record = evaluation.evaluate({})
   assert record['v2_top1_accuracy'] == pytest.approx(4 / 6)
   # The top 5 are the three colour classes, then 3 and 4: label 0 of the
@@ -192,19 +204,17 @@ def test_imagenet_v2_is_evaluated_like_the_main_eval_set(imagenet_dir):
 
 def test_extra_evals_need_a_1000_class_model(imagenet_dir):
   with pytest.raises(ValueError, match='1000 classes but the model has 10'):
-    evaluators.make_extra_eval('imagenet_v2', _config(data_dir=imagenet_dir),
-                               DominantChannel(num_classes=10), _mesh())
+    _extra_eval('imagenet_v2', imagenet_dir, DominantChannel(num_classes=10))
   with pytest.raises(ValueError, match="unknown 'imagenet_a'"):
-    evaluators.make_extra_eval('imagenet_a', _config(data_dir=imagenet_dir),
-                               DominantChannel(), _mesh())
+    _extra_eval('imagenet_a', imagenet_dir)
 
 
 def test_extra_eval_names_accept_the_command_line_form():
   # --config.extra_evals=a,b arrives as the one-element tuple ('a,b',).
   config = _config(extra_evals=('imagenet2012_real, imagenet_v2',))
-  assert evaluators.extra_eval_names(config) == ['imagenet2012_real',
-                                                 'imagenet_v2']
-  assert evaluators.extra_eval_names(_config()) == []
+  assert imagenet.extra_eval_names(config) == ['imagenet2012_real',
+                                               'imagenet_v2']
+  assert imagenet.extra_eval_names(_config()) == []
 
 
 def _tiny_train_config(data_dir, **overrides):
@@ -264,6 +274,25 @@ def _fewshot_config(folder, **overrides):
   return common.lock(config)
 
 
+def _fewshot_evaluator(config, model, mesh, shardings=None):
+  return linear_fewshot.FewShotEvaluator(
+      model, mesh, functools.partial(train.eval_batches, config),
+      dataset='imagefolder', data_dir=config.data_dir, train_split='train',
+      test_split='test', shots=(1, 2), seeds=(0, 1), val_per_class=2,
+      params_shardings=shardings)
+
+
+def _direct_features(config, model, params, split):
+  """pre_logits of every real example of `split`, straight from the model."""
+  features, labels = [], []
+  for batch in train.eval_batches(config, train.data_source(config), split):
+    _, inside = models.apply_with_intermediates(model, params, batch['image'])
+    real = batch['mask'] > 0
+    features.append(np.asarray(inside['pre_logits'])[real])
+    labels.append(batch['label'][real])
+  return np.concatenate(features), np.concatenate(labels)
+
+
 def test_fewshot_evaluator_equals_the_library_on_sharded_params(folder):
   config = _fewshot_config(folder)
   model = helpers.tiny_model(num_classes=FEWSHOT_CLASSES,
@@ -272,13 +301,11 @@ def test_fewshot_evaluator_equals_the_library_on_sharded_params(folder):
   mesh = _mesh()
   shardings = sharding.tree_shardings(params, mesh, fsdp=True)
   sharded = jax.device_put(params, shardings)
-  got = evaluators.FewShotEvaluator(config, model, mesh, shardings).evaluate(
-      sharded)
+  got = _fewshot_evaluator(config, model, mesh, shardings).evaluate(sharded)
 
-  def batches(split):
-    return input_pipeline.get_eval_iterator(config, split=split)
-  expected = fewshot.run_fewshot_from_iterators(
-      model, params, batches('train'), batches('test'), shots=(1, 2),
+  expected = fewshot.evaluate_fewshot(
+      *_direct_features(config, model, params, 'train'),
+      *_direct_features(config, model, params, 'test'), shots=(1, 2),
       seeds=(0, 1), val_per_class=2)
   assert got == pytest.approx({f'fewshot_{k}shot_top1': r['top1_mean']
                                for k, r in expected.items()})
@@ -302,4 +329,27 @@ def test_fewshot_needs_pooled_features(folder):
   model = helpers.tiny_model(num_classes=FEWSHOT_CLASSES,
                              classifier='unpooled')
   with pytest.raises(ValueError, match='pooled features'):
-    evaluators.FewShotEvaluator(_fewshot_config(folder), model, _mesh())
+    _fewshot_evaluator(_fewshot_config(folder), model, _mesh())
+
+
+# --- The builder --------------------------------------------------------------
+
+
+def test_from_config_lists_every_evaluator_with_its_cadence_and_params(
+    folder):
+  config = _fewshot_config(folder, eval_every=5, ema_decay=0.5,
+                           fewshot_every=3)
+  config.model.update(dict(helpers.TINY_VIT))
+  setup = train.make_setup(config, FEWSHOT_CLASSES)
+  source = train.data_source(config)
+  evals = evaluators.from_config(config, setup,
+                                 train.eval_batches(config, source),
+                                 functools.partial(train.eval_batches, config))
+  assert [(e.name, e.every, e.params_field, e.record) for e in evals] == [
+      ('eval', 5, 'params', 'eval'), ('ema_eval', 5, 'ema_params', 'eval'),
+      ('fewshot', 3, 'params', 'fewshot')]
+  state = setup.init_state(jax.random.PRNGKey(0))
+  main = evals[0].evaluate(state.params)
+  assert main['num_examples'] == FEWSHOT_CLASSES * 3
+  assert set(evals[1].evaluate(state.ema_params)) == {
+      f'ema_{k}' for k in main}

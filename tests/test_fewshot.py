@@ -1,4 +1,5 @@
-"""Tests of vit_jax.fewshot: ridge solve, protocol, feature extraction."""
+"""Tests of vit_jax.fewshot (ridge solve, protocol) and of the feature
+extraction that feeds it (`evaluators.linear_fewshot.FeatureExtractor`)."""
 
 import jax
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from vit_jax import fewshot
 from vit_jax import models
+from vit_jax.evaluators import linear_fewshot
 
 
 def _augmented_normal_equations(x, y, l2):
@@ -144,7 +146,8 @@ def test_extract_features_drops_padding_and_keeps_every_real_example():
   batches = [{'image': padded_images[i:i + 4], 'label': padded_labels[i:i + 4],
               'mask': mask[i:i + 4]} for i in (0, 4)]
 
-  features, got_labels = fewshot.extract_features(model, params, batches)
+  extract = linear_fewshot.FeatureExtractor(model)
+  features, got_labels = extract(params, batches)
   assert features.shape == (7, 32)
   np.testing.assert_array_equal(got_labels, labels)
   _, inter = models.apply_with_intermediates(model, params, images)
@@ -153,11 +156,12 @@ def test_extract_features_drops_padding_and_keeps_every_real_example():
 
   # One-hot labels and a missing mask (every example real) work too.
   unmasked = [{'image': images[:4], 'label': np.eye(3)[labels[:4]]}]
-  features, got_labels = fewshot.extract_features(model, params, unmasked)
+  features, got_labels = extract(params, unmasked)
   assert features.shape == (4, 32)
   np.testing.assert_array_equal(got_labels, labels[:4])
 
-  results = fewshot.run_fewshot_from_iterators(
-      model, params, batches, batches, shots=(1,), seeds=(0,),
+  features, got_labels = extract(params, batches)
+  results = fewshot.evaluate_fewshot(
+      features, got_labels, features, got_labels, shots=(1,), seeds=(0,),
       l2_regs=(1.0,), val_per_class=1)
   assert 0.0 <= results[1]['top1_mean'] <= 1.0

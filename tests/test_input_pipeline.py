@@ -1,5 +1,8 @@
 """Tests of vit_jax.input_pipeline and the fashion_mnist_local builder.
 
+The pipeline is called with explicit arguments; the tests of what a config
+selects (dataset, classes, splits) go through `vit_jax.train`'s adapter.
+
 All data is generated here: a tiny TFDS builder whose images carry their own
 example id, Fashion-MNIST idx files with a few dozen examples, and
 image-folder trees written with PIL. Nothing touches the network.
@@ -15,6 +18,8 @@ import tensorflow_datasets as tfds
 
 from configs import common
 from vit_jax import input_pipeline
+from vit_jax import input_sources
+from vit_jax import train
 from vit_jax.datasets import fashion_mnist_local
 
 TINY_SPLITS = {'train': 37, 'test': 23}  # Not multiples of any batch size.
@@ -65,6 +70,7 @@ def tiny_data_dir(tmp_path_factory):
 
 
 def _config(**overrides):
+  """An experiment config reading the tiny dataset (for `train`'s adapter)."""
   config = common.get_config()
   config.update(dict(
       dataset='vit_jax_tiny_images', image_size=TINY_SIZE, batch_size=8,
@@ -73,62 +79,84 @@ def _config(**overrides):
   return config
 
 
+def _source(data_dir):
+  return input_sources.make_source('vit_jax_tiny_images', data_dir,
+                                   ('train', 'test'))
+
+
+def _train_batches(source, *, batch_size=8, crop='resize', flip=False,
+                   seed=0, cache='auto', **options):
+  """get_train_iterator on the train split, the tiny images' settings."""
+  return input_pipeline.get_train_iterator(
+      source, 'train', image_size=TINY_SIZE, batch_size=batch_size,
+      augmentation=input_pipeline.Augmentation(crop=crop, flip=flip),
+      seed=seed, shuffle_buffer=100, cache=cache, prefetch=1, **options)
+
+
+def _augmented_batches(source, **options):
+  return _train_batches(source, crop='inception_crop', flip=True, **options)
+
+
+def _eval_batches(source, split='test', **options):
+  return input_pipeline.get_eval_iterator(
+      source, split, image_size=TINY_SIZE, batch_size=8, prefetch=1,
+      **options)
+
+
 def _take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
-# --- Dataset info and errors --------------------------------------------------
+# --- Sources, classes and errors ----------------------------------------------
 
 
-def test_dataset_info(tiny_data_dir):
-  info = input_pipeline.get_dataset_info(_config(data_dir=tiny_data_dir))
-  assert info == input_pipeline.DatasetInfo(
-      num_classes=5, num_train_examples=37, num_eval_examples=23,
-      image_shape=(TINY_SIZE, TINY_SIZE, 3))
+def test_split_sizes_and_classes(tiny_data_dir):
+  source = _source(tiny_data_dir)
+  assert train.num_classes(_config(), source) == 5
+  assert (source.num_examples('train'), source.num_examples('test')) == (37,
+                                                                         23)
 
 
 def test_unknown_dataset_is_named(tmp_path):
   with pytest.raises(ValueError, match="'no_such_dataset_x'.*not a registered"):
-    input_pipeline.get_dataset_info(
+    train.data_source(
         _config(dataset='no_such_dataset_x', data_dir=str(tmp_path)))
 
 
 def test_missing_data_dir_is_named(tmp_path):
   missing = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
-    input_pipeline.get_dataset_info(_config(data_dir=missing))
+    train.data_source(_config(data_dir=missing))
 
 
 def test_unprepared_dataset_says_how_to_build_it(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match='not prepared.*tfds build vit_jax_tiny_images'):
-    input_pipeline.get_dataset_info(_config(data_dir=str(tmp_path)))
+    train.data_source(_config(data_dir=str(tmp_path)))
 
 
 def test_missing_split_is_named(tiny_data_dir):
   with pytest.raises(ValueError, match="'validation' does not exist"):
-    input_pipeline.get_dataset_info(
-        _config(data_dir=tiny_data_dir, eval_split='validation'))
+    train.data_source(_config(data_dir=tiny_data_dir,
+                              eval_split='validation'))
 
 
 def test_batch_not_divisible_by_processes(tiny_data_dir):
   with pytest.raises(ValueError, match='multiple of the number of JAX'):
-    input_pipeline.get_train_iterator(
-        _config(data_dir=tiny_data_dir, batch_size=9), process_count=2,
-        process_index=0)
+    _train_batches(_source(tiny_data_dir), batch_size=9, process_count=2,
+                   process_index=0)
 
 
 def test_num_classes_smaller_than_dataset_rejected(tiny_data_dir):
   with pytest.raises(ValueError, match='has 5 classes'):
-    input_pipeline.get_dataset_info(
-        _config(data_dir=tiny_data_dir, num_classes=3))
+    train.num_classes(_config(num_classes=3), _source(tiny_data_dir))
 
 
 # --- Evaluation ---------------------------------------------------------------
 
 
 def test_eval_visits_every_example_once_with_padding(tiny_data_dir):
-  evals = input_pipeline.get_eval_iterator(_config(data_dir=tiny_data_dir))
+  evals = _eval_batches(_source(tiny_data_dir))
   assert len(evals) == 3 and evals.num_examples == 23
   for _ in range(2):  # Re-iterable: each pass is complete.
     batches = list(evals)
@@ -146,11 +174,10 @@ def test_eval_visits_every_example_once_with_padding(tiny_data_dir):
 
 
 def test_eval_shards_over_processes_partition_the_split(tiny_data_dir):
-  config = _config(data_dir=tiny_data_dir)
+  source = _source(tiny_data_dir)
   seen = []
   for index in range(2):
-    evals = input_pipeline.get_eval_iterator(config, process_index=index,
-                                             process_count=2)
+    evals = _eval_batches(source, process_index=index, process_count=2)
     batches = list(evals)
     assert len(batches) == len(evals) == 3  # ceil(12 / 4) on both processes.
     assert all(b['image'].shape[0] == 4 for b in batches)
@@ -165,10 +192,8 @@ def test_eval_shards_over_processes_partition_the_split(tiny_data_dir):
 
 
 def test_train_batches_are_host_local(tiny_data_dir):
-  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
-                   random_flip=True)
-  batch = next(input_pipeline.get_train_iterator(
-      config, process_index=1, process_count=2))
+  batch = next(_augmented_batches(_source(tiny_data_dir), process_index=1,
+                                  process_count=2))
   assert batch['image'].shape == (4, TINY_SIZE, TINY_SIZE, 3)
   assert batch['image'].dtype == np.float32
   assert -1.0 <= batch['image'].min() and batch['image'].max() <= 1.0
@@ -177,8 +202,8 @@ def test_train_batches_are_host_local(tiny_data_dir):
 
 
 def test_each_epoch_is_a_permutation_of_the_split(tiny_data_dir):
-  batches = _take(input_pipeline.get_train_iterator(
-      _config(data_dir=tiny_data_dir)), 9)  # 72 examples: 37 + 35.
+  batches = _take(_train_batches(_source(tiny_data_dir)),
+                  9)  # 72 examples: 37 + 35.
   ids = np.concatenate([_ids(b['image']) for b in batches])
   assert sorted(ids[:37]) == list(range(100, 137))
   assert len(set(ids[37:])) == 35
@@ -186,22 +211,18 @@ def test_each_epoch_is_a_permutation_of_the_split(tiny_data_dir):
 
 
 def test_same_seed_same_batches_other_seed_other_order(tiny_data_dir):
-  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
-                   random_flip=True)
-  first = _take(input_pipeline.get_train_iterator(config), 6)
-  again = _take(input_pipeline.get_train_iterator(config), 6)
+  source = _source(tiny_data_dir)
+  first = _take(_augmented_batches(source), 6)
+  again = _take(_augmented_batches(source), 6)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
-  config.seed = 1
-  other = _take(input_pipeline.get_train_iterator(config), 6)
+  other = _take(_augmented_batches(source, seed=1), 6)
   assert not np.array_equal(first[0]['image'], other[0]['image'])
 
 
 def test_augmentation_differs_between_epochs(tiny_data_dir):
-  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
-                   random_flip=True)
-  batches = _take(input_pipeline.get_train_iterator(config), 9)
+  batches = _take(_augmented_batches(_source(tiny_data_dir)), 9)
   images = np.concatenate([b['image'] for b in batches])
   ids = _ids(images)
   first, second = (np.flatnonzero(ids == ids[0])[:2])
@@ -212,26 +233,23 @@ def test_augmentation_differs_between_epochs(tiny_data_dir):
 @pytest.mark.parametrize('start_step', [3, 5, 14])
 def test_start_step_resumes_the_same_stream(tiny_data_dir, start_step):
   # Steps 5 and 14 start mid-epoch (40 and 112 examples into a 37 split).
-  config = _config(data_dir=tiny_data_dir, train_augment='inception_crop',
-                   random_flip=True)
-  reference = _take(input_pipeline.get_train_iterator(config), start_step + 2)
-  resumed = _take(input_pipeline.get_train_iterator(
-      config, start_step=start_step), 2)
+  source = _source(tiny_data_dir)
+  reference = _take(_augmented_batches(source), start_step + 2)
+  resumed = _take(_augmented_batches(source, start_step=start_step), 2)
   for a, b in zip(reference[start_step:], resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
 
 
 def test_cache_setting_does_not_change_the_data(tiny_data_dir):
+  source = _source(tiny_data_dir)
   batches = {}
   for cache in ('true', 'false'):
-    config = _config(data_dir=tiny_data_dir, cache=cache)
-    batches[cache] = _take(input_pipeline.get_train_iterator(config), 3)
+    batches[cache] = _take(_train_batches(source, cache=cache), 3)
   for a, b in zip(batches['true'], batches['false']):
     np.testing.assert_array_equal(a['image'], b['image'])
   with pytest.raises(ValueError, match='config.cache'):
-    next(input_pipeline.get_train_iterator(
-        _config(data_dir=tiny_data_dir, cache='sometimes')))
+    next(_train_batches(source, cache='sometimes'))
 
 
 # --- fashion_mnist_local ------------------------------------------------------
@@ -266,15 +284,15 @@ def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch):
   config = _config(dataset='fashion_mnist_local',
                    data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
                    eval_batch_size=4)
-  info = input_pipeline.get_dataset_info(config)
-  assert (info.num_classes, info.num_train_examples,
-          info.num_eval_examples) == (10, 40, 15)
+  source = train.data_source(config)
+  assert (train.num_classes(config, source), source.num_examples('train'),
+          source.num_examples('test')) == (10, 40, 15)
   builder = tfds.builder('fashion_mnist_local', data_dir=config.data_dir)
   assert builder.info.features['label'].names[0] == 'T-shirt/top'
   assert builder.info.features['label'].names[9] == 'Ankle boot'
   # Decoded PNGs reproduce the idx pixels exactly, as 3 equal channels.
   images, labels = idx['test']
-  batches = list(input_pipeline.get_eval_iterator(config))
+  batches = list(train.eval_batches(config, source))
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 15 and len(mask) == 16
   got = np.concatenate([b['image'] for b in batches])[mask == 1]
@@ -293,8 +311,8 @@ def test_fashion_mnist_missing_idx_dir_says_how_to_install(tmp_path,
   monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'no_idx'))
   with pytest.raises(FileNotFoundError,
                      match='apt-get install dataset-fashion-mnist'):
-    input_pipeline.get_dataset_info(_config(
-        dataset='fashion_mnist_local', data_dir=str(tmp_path / 'tfds')))
+    train.data_source(_config(dataset='fashion_mnist_local',
+                              data_dir=str(tmp_path / 'tfds')))
 
 
 def test_idx_parser_rejects_wrong_magic_and_truncation(tmp_path):
@@ -361,10 +379,10 @@ def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
   _write_image_folder(str(tmp_path))
   config = _config(dataset='imagefolder', data_dir=str(tmp_path),
                    image_size=8, eval_batch_size=4)
-  info = input_pipeline.get_dataset_info(config)
-  assert (info.num_classes, info.num_train_examples,
-          info.num_eval_examples) == (3, 7, 7)
-  batches = list(input_pipeline.get_eval_iterator(config))
+  source = train.data_source(config)
+  assert (train.num_classes(config, source), source.num_examples('train'),
+          source.num_examples('test')) == (3, 7, 7)
+  batches = list(train.eval_batches(config, source))
   mask = np.concatenate([b['mask'] for b in batches])
   assert len(mask) == 8 and mask.sum() == 7
   labels = np.concatenate([b['label'] for b in batches])[mask == 1]
@@ -373,15 +391,15 @@ def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
   colour_channel = images.mean(axis=(1, 2)).argmax(axis=-1)
   # Dog (green) -> 0, bird (blue) -> 1, cat (red) -> 2.
   np.testing.assert_array_equal(colour_channel, np.array([1, 2, 0])[labels])
-  batch = next(input_pipeline.get_train_iterator(config))
+  batch = next(train.train_batches(config, source))
   assert batch['image'].shape == (8, 8, 8, 3)
 
 
 def test_image_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    input_pipeline.get_dataset_info(
+    train.data_source(
         _config(dataset='imagefolder', data_dir=str(tmp_path / 'absent')))
   _write_image_folder(str(tmp_path))
   with pytest.raises(ValueError, match="'val' does not exist"):
-    input_pipeline.get_dataset_info(_config(
+    train.data_source(_config(
         dataset='imagefolder', data_dir=str(tmp_path), eval_split='val'))

@@ -1,7 +1,6 @@
 """vit_jax.cli.memory_report on a tiny ViT over the 8 fake devices of conftest."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
+from vit_jax.cli import memory_measure
 from vit_jax.cli import memory_report
 from vit_jax import train
 
@@ -19,7 +19,7 @@ _BATCH_SIZE = 32  # 4 images per device
 
 
 def _tiny_config(*, fsdp=True, remat_policy='full', optimizer='adam'):
-  config = memory_report.pretrain_config(
+  config = memory_measure.pretrain_config(
       'ViT-Ti_16', batch_size=_BATCH_SIZE, grad_accum_steps=1,
       remat_policy=remat_policy, image_size=helpers.TINY_IMAGE_SIZE)
   for key, value in helpers.TINY_VIT.items():
@@ -33,7 +33,7 @@ def _tiny_config(*, fsdp=True, remat_policy='full', optimizer='adam'):
 
 
 def _measure(**kwargs):
-  return memory_report.measure(_tiny_config(**kwargs), _NUM_CLASSES,
+  return memory_measure.measure(_tiny_config(**kwargs), _NUM_CLASSES,
                                _NUM_DEVICES)
 
 
@@ -48,11 +48,11 @@ def fsdp_none():
 
 
 def _state_bytes(fsdp, num_devices=_NUM_DEVICES):
-  """memory_report.state_bytes_per_device, without compiling a step."""
+  """memory_measure.state_bytes_per_device, without compiling a step."""
   setup = train.make_setup(_tiny_config(fsdp=fsdp), _NUM_CLASSES,
                            devices=jax.devices()[:num_devices])
   state = setup.init_state.eval_shape(jax.random.PRNGKey(0))
-  return memory_report.state_bytes_per_device(state, setup.state_shardings)
+  return memory_measure.state_bytes_per_device(state, setup.state_shardings)
 
 
 def _param_shapes():
@@ -126,8 +126,8 @@ def test_attention_batch_sizes_reads_the_per_device_images():
          '%b = bf16[4,2,17,17]{3,2,1,0} convert(%a)\n'
          '%c = f32[32,2,17,17]{3,2,1,0} fusion(...)\n'
          '%d = f32[4,2,17,16]{3,2,1,0} dot(...)\n')
-  assert memory_report.attention_batch_sizes(hlo, 2, 17) == [4, 32]
-  assert memory_report.attention_batch_sizes(hlo, 3, 17) == []
+  assert memory_measure.attention_batch_sizes(hlo, 2, 17) == [4, 32]
+  assert memory_measure.attention_batch_sizes(hlo, 3, 17) == []
 
 
 @pytest.mark.parametrize('batch_size,devices,expected', [
@@ -137,30 +137,18 @@ def test_attention_batch_sizes_reads_the_per_device_images():
     (320, 8, 2),  # 40 per device: 2 of 20
 ])
 def test_auto_grad_accum_steps(batch_size, devices, expected):
-  assert memory_report.auto_grad_accum_steps(batch_size, devices) == expected
+  assert memory_measure.auto_grad_accum_steps(batch_size, devices) == expected
 
 
 def test_auto_grad_accum_steps_rejects_an_unsplittable_batch():
   with pytest.raises(ValueError, match='splits'):
-    memory_report.auto_grad_accum_steps(100, 8)
-
-
-def test_force_host_device_count_replaces_an_earlier_count(monkeypatch):
-  # Only the environment changes (restored afterwards); this process's
-  # backend has started already and keeps its 8 devices.
-  monkeypatch.setenv('XLA_FLAGS', '--foo=1 '
-                     '--xla_force_host_platform_device_count=8')
-  monkeypatch.setenv('JAX_PLATFORMS', '')
-  memory_report.force_host_device_count(64)
-  assert os.environ['JAX_PLATFORMS'] == 'cpu'
-  assert os.environ['XLA_FLAGS'].split() == [
-      '--foo=1', '--xla_force_host_platform_device_count=64']
+    memory_measure.auto_grad_accum_steps(100, 8)
 
 
 def test_format_report_gives_a_verdict_and_the_caveat(fsdp_full):
   text = memory_report.format_report(fsdp_full)
   assert 'verdict: FITS in 16 GiB' in text
-  assert memory_report.CAVEAT in text
+  assert memory_measure.CAVEAT in text
   assert 'train state, exact' in text
 
 

@@ -1,5 +1,6 @@
 """Training tests: tiny models on a generated image folder, 8 CPU devices."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,6 @@ import pytest
 from configs import common
 from tests import helpers
 from vit_jax import npz
-from vit_jax import input_pipeline
 from vit_jax import optim
 from vit_jax import pretrained
 from vit_jax import sharding
@@ -95,6 +95,32 @@ def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
   assert lrs[0] == pytest.approx(1e-3)
 
 
+@dataclasses.dataclass
+class _ConstantEvaluator:
+  """An evaluator (`evaluators.Evaluator`) reporting the params it got."""
+  name: str
+  every: int
+  params_field: str = 'params'
+  record: str = 'eval'
+
+  def evaluate(self, params):
+    return {self.name: params}
+
+
+def test_run_evaluators_runs_the_due_ones_on_their_params_by_record():
+  state = steps.TrainState(step=0, params=1.0, opt_state=None, ema_params=2.0,
+                           rng=None)
+  evals = [_ConstantEvaluator('a', 2),
+           _ConstantEvaluator('b', 2, params_field='ema_params'),
+           _ConstantEvaluator('c', 3, record='other')]
+  run = lambda step: train.run_evaluators(evals, state, step, total_steps=10)
+  assert run(2) == {'eval': {'a': 1.0, 'b': 2.0}}
+  assert run(3) == {'other': {'c': 1.0}}
+  assert run(5) == {}
+  assert run(10) == {'eval': {'a': 1.0, 'b': 2.0}, 'other': {'c': 1.0}}
+  assert list(run(6)) == ['eval', 'other']  # In the evaluators' order.
+
+
 def test_a_finished_run_started_again_reports_without_logging_twice(
     image_folder, tmp_path):
   workdir = str(tmp_path / 'run')
@@ -120,7 +146,7 @@ def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
                                      'Ti/16', **helpers.TINY_VIT)
   config = _config(image_folder)
   images, labels = [], []
-  for batch in input_pipeline.get_eval_iterator(config):
+  for batch in train.eval_batches(config, train.data_source(config)):
     keep = batch['mask'] > 0
     images.append(batch['image'][keep])
     labels.append(batch['label'][keep])

@@ -18,16 +18,14 @@ Conventions chosen here:
   * Each (seed, shots) pair draws its own sample, reproducibly
     (numpy.random.default_rng([seed, shots])). Means and standard deviations
     are over seeds; std is the population std (ddof=0).
+
+The features come from `vit_jax.evaluators.linear_fewshot.FeatureExtractor`.
 """
 
 import dataclasses
-import functools
-from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
-import jax
 import numpy as np
-
-from vit_jax import models
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -266,89 +264,6 @@ def _check_inputs(train_features, train_labels, test_features, test_labels,
                      'training pool).')
   if not seeds or not l2_regs or min(l2_regs) < 0:
     raise ValueError('need at least one seed and one l2, all l2 >= 0.')
-
-
-# ----------------------------------------------------------------------------
-# Features from a model.
-
-
-def _pre_logits(model, params, images):
-  _, intermediates = models.apply_with_intermediates(model, params, images)
-  return intermediates['pre_logits']
-
-
-def extract_features(model, params, batches: Iterable[Mapping[str, Any]], *,
-                     image_key: str = 'image', label_key: str = 'label',
-                     mask_key: str = 'mask') -> Tuple[np.ndarray, np.ndarray]:
-  """Runs the model to its pre-logits features over padded batches.
-
-  Padded examples (mask False) are dropped, so with a pipeline that pads the
-  last batch every real example appears exactly once, in input order.
-
-  Args:
-    model: a VisionTransformer with a pooled classifier ('token' or 'gap').
-    params: its parameters.
-    batches: mappings with `image_key` (B, H, W, 3) in [-1, 1], `label_key`
-      (B,) integers or (B, K) one-hot, and optionally `mask_key` (B,), true
-      for real examples (absent: every example is real).
-    image_key: name of the images in a batch.
-    label_key: name of the labels.
-    mask_key: name of the mask.
-
-  Returns:
-    (features (n, F) float32, labels (n,) int64) for the n real examples.
-  """
-  apply = jax.jit(functools.partial(_pre_logits, model))
-  features, labels = [], []
-  for batch in batches:
-    batch_features = np.asarray(apply(params, batch[image_key]), np.float32)
-    if batch_features.ndim != 2:
-      raise ValueError(
-          f'pre_logits of shape {batch_features.shape} are not pooled; use a '
-          "'token' or 'gap' classifier for few-shot features.")
-    batch_labels = np.asarray(batch[label_key])
-    if batch_labels.ndim == 2:
-      batch_labels = batch_labels.argmax(axis=-1)
-    real = np.ones(len(batch_features), bool)
-    if mask_key in batch:
-      real = np.asarray(batch[mask_key]).astype(bool).reshape(-1)
-    features.append(batch_features[real])
-    labels.append(batch_labels[real].astype(np.int64))
-  if not features:
-    raise ValueError('no batches to extract features from.')
-  return np.concatenate(features), np.concatenate(labels)
-
-
-def run_fewshot_from_iterators(
-    model, params, train_batches: Iterable[Mapping[str, Any]],
-    test_batches: Iterable[Mapping[str, Any]], *,
-    shots: Sequence[int] = DEFAULT_SHOTS,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
-    l2_regs: Sequence[float] = DEFAULT_L2_REGS,
-    val_per_class: int = DEFAULT_VAL_PER_CLASS) -> Dict[int, Dict[str, Any]]:
-  """Extracts features of both sets and runs `evaluate_fewshot` on them.
-
-  The training pool only needs to cover the shots plus validation examples
-  of every class; it can be a subset of the training split.
-
-  Args:
-    model: VisionTransformer (e.g. with num_classes=0, the head is unused).
-    params: its parameters (e.g. from the checkpoint loader).
-    train_batches: batches of the training pool, see `extract_features`.
-    test_batches: batches of the held-out set.
-    shots: as in `evaluate_fewshot`.
-    seeds: as in `evaluate_fewshot`.
-    l2_regs: as in `evaluate_fewshot`.
-    val_per_class: as in `evaluate_fewshot`.
-
-  Returns:
-    The `evaluate_fewshot` results.
-  """
-  train_features, train_labels = extract_features(model, params, train_batches)
-  test_features, test_labels = extract_features(model, params, test_batches)
-  return evaluate_fewshot(train_features, train_labels, test_features,
-                          test_labels, shots=shots, seeds=seeds,
-                          l2_regs=l2_regs, val_per_class=val_per_class)
 
 
 def format_results(results: Mapping[int, Mapping[str, Any]]) -> str:

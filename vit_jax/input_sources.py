@@ -265,9 +265,3 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
   return TfdsSource(builder, example_fn=mapping.fn,
                     num_classes=mapping.num_classes, features=mapping.features)
 
-
-def get_source(config):
-  """The source of config.dataset, with both of the config's splits checked."""
-  return make_source(config.dataset, config.data_dir,
-                     (config.train_split, config.eval_split),
-                     config.label_map)

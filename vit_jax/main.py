@@ -9,44 +9,48 @@ Cloud TPU or SLURM with --distributed).
 """
 
 import logging as logging_lib
-import os
-import sys
 import time
 
-# Before TensorFlow is imported: keep its start-up banner and oneDNN notice
-# out of the logs.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-
-from vit_jax.cli import host_memory  # pylint: disable=g-import-not-at-top
+from vit_jax.cli import process
 
 if __name__ == '__main__':
-  # Before TensorFlow and JAX start their threads: XLA:CPU's per-step
-  # buffers are then reused instead of faulted in every step.
-  host_memory.keep_freed_memory()
+  # Before TensorFlow is imported: keep its banner out of the logs.
+  process.quiet_tensorflow()
+  # Before TensorFlow and JAX start their threads: on the CPU, XLA's
+  # per-step buffers are then reused instead of faulted in every step.
+  process.keep_freed_memory_on_cpu()
 
-from absl import app  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import npz
 from vit_jax import train
+from vit_jax.cli import flags as cli_flags
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. configs/default.py.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Checkpoints, metrics and exports go here.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0 (multi-process).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'Number of processes (multi-process).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None,
-                                   'This process\'s index (multi-process).')
-_DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() and let it '
-    'detect the cluster (implied by --coordinator_address).')
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command-line flags; only when run as a program, so that
+  importing this module next to other programs does not clash."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file, e.g. configs/default.py.',
+      lock_config=True, flag_values=flag_values)
+  define = cli_flags.definer(flag_values)
+  define(flags.DEFINE_string, 'workdir', None,
+         'Checkpoints, metrics and exports go here.')
+  define(flags.DEFINE_string, 'coordinator_address', None,
+         'host:port of process 0 (multi-process).')
+  define(flags.DEFINE_integer, 'num_processes', None,
+         'Number of processes (multi-process).')
+  define(flags.DEFINE_integer, 'process_id', None,
+         'This process\'s index (multi-process).')
+  define(flags.DEFINE_bool, 'distributed', False,
+         'Call jax.distributed.initialize() and let it detect the cluster '
+         '(implied by --coordinator_address).')
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
 
 
 class _LibraryInfoFilter(logging_lib.Filter):
@@ -57,37 +61,46 @@ class _LibraryInfoFilter(logging_lib.Filter):
         '/orbax/' not in record.pathname)
 
 
-def _initialize_distributed():
-  if _COORDINATOR.value or _DISTRIBUTED.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+def _initialize_distributed(flag_values: flags.FlagValues):
+  if flag_values.coordinator_address or flag_values.distributed:
+    jax.distributed.initialize(
+        coordinator_address=flag_values.coordinator_address,
+        num_processes=flag_values.num_processes,
+        process_id=flag_values.process_id)
   logging.info('Process %d of %d; %d local / %d global devices',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
 
 
-def main(argv):
+def _train_and_evaluate(config, workdir: str):
+  """`train.train_and_evaluate`, with a user error also in the log."""
+  try:
+    return train.train_and_evaluate(config, workdir)
+  except cli_flags.USER_ERRORS as e:
+    logging.error('%s: %s', type(e).__name__, e)
+    raise
+
+
+def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
+  """Trains on the parsed flags; user errors exit with status 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging_lib.getLogger('absl').addFilter(_LibraryInfoFilter())
-  _initialize_distributed()
+  # Before the input pipeline's first TensorFlow operation.
+  process.hide_gpus_from_tensorflow()
+  _initialize_distributed(flag_values)
   start = time.time()
-  try:
-    record = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FileNotFoundError, ValueError, FloatingPointError,
-          npz.CheckpointMismatchError) as e:
-    logging.error('%s: %s', type(e).__name__, e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  workdir = flag_values.workdir
+  record = cli_flags.exit_on_user_error(_train_and_evaluate,
+                                        flag_values.config, workdir)
   if record and jax.process_index() == 0:
     print(f'Final test top-1 accuracy: {record["top1_accuracy"]:.4f} '
           f'({int(record["num_examples"])} examples), '
           f'{(time.time() - start) / 60:.1f} min wall time')
-    print(f'TensorBoard logs and metrics.jsonl: {_WORKDIR.value}')
-    print(f'Exported released-layout params: {_WORKDIR.value}/model.npz')
+    print(f'TensorBoard logs and metrics.jsonl: {workdir}')
+    print(f'Exported released-layout params: {workdir}/model.npz')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  define_flags()
   app.run(main)

@@ -10,7 +10,7 @@ the same rule, applied to its path and shape:
      axis is split over 'data' (FSDP/ZeRO-3: XLA gathers for the matmuls);
   3. else it is replicated.
 The model code knows nothing of devices: it names the axes of its
-activations ('batch', 'tokens', 'embed', see models_vit), and
+activations ('batch', 'tokens', 'embed', see vit_jax.models.vit), and
 ACTIVATION_RULES map them onto the mesh while a step is traced. Without the
 constraint, a scanned encoder with FSDP params lets the partitioner replicate
 the activations: every device would compute the whole batch.
@@ -18,7 +18,7 @@ the activations: every device would compute the whole batch.
 
 import contextlib
 import re
-from typing import Any, Sequence
+from typing import Any, List, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -61,6 +61,26 @@ class MeshBound:
       return self._jitted.eval_shape(*args)
 
 
+def first_devices(num_devices: Optional[int] = None, *,
+                  hint: str = '') -> List[jax.Device]:
+  """The first `num_devices` of jax.devices() (all of them for None).
+
+  Args:
+    num_devices: how many; None for all.
+    hint: appended to the error, e.g. how the caller's user gets more.
+
+  Raises:
+    ValueError: there are fewer devices than that.
+  """
+  devices = jax.devices()
+  if num_devices is None:
+    return devices
+  if num_devices > len(devices):
+    raise ValueError(f'{num_devices} devices requested but there are only '
+                     f'{len(devices)}{hint}')
+  return devices[:num_devices]
+
+
 def make_mesh(model_axis_size: int = 1, devices=None) -> jax.sharding.Mesh:
   """A (data, model) mesh of `devices` (default: all, of all processes)."""
   devices = jax.devices() if devices is None else list(devices)
@@ -82,6 +102,23 @@ def batch_sharding(mesh) -> NamedSharding:
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def abstract_arrays(shapes: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs that carry their sharding, never allocated.
+
+  What `jit(...).lower` compiles for and what a checkpoint restores into.
+
+  Args:
+    shapes: a tree of arrays or ShapeDtypeStructs (e.g. jax.eval_shape's).
+    shardings: the matching tree of shardings.
+
+  Returns:
+    The tree of jax.ShapeDtypeStruct with `.sharding` set.
+  """
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      shapes, shardings)
 
 
 def path_string(path) -> str:

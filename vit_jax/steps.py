@@ -1,11 +1,14 @@
 """The pure train and eval steps (jitted once, in vit_jax.train).
 
 `train_step(state, batch) -> (state, metrics)` knows nothing about devices:
-the caller passes globally sharded arrays and XLA partitions the step.
+the caller passes globally sharded arrays and XLA partitions the step. Its
+configuration is keyword-only, bound with functools.partial before jax.jit.
+
+Labels are integer class ids (B,) or, after a batch-level augmentation such
+as Mixup (the train step's `mix_batch` hook), label distributions (B, C).
 """
 
-import functools
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
@@ -13,6 +16,14 @@ import jax.numpy as jnp
 import optax
 
 LOSSES = ('softmax_xent', 'sigmoid_xent')
+# fold_in data of the mix_batch key stream: the step counter never reaches
+# it, so mixing keys never repeat a dropout key.
+_MIX_STREAM = 0xFFFFFFFF
+
+Batch = Dict[str, jax.Array]
+Metrics = Dict[str, jax.Array]
+# (batch, key) -> batch: a batch-level augmentation (Mixup, CutMix).
+MixFn = Callable[[Batch, jax.Array], Batch]
 
 
 @flax.struct.dataclass
@@ -25,21 +36,37 @@ class TrainState:
   rng: jax.Array  # Base key; step and micro-batch keys are folded from it.
 
 
-def per_example_loss(logits_BC, labels_B, *, loss: str,
+def _targets(labels, num_classes: int):
+  """Class ids (B,) -> one-hot (B, C); label distributions (B, C) as given."""
+  if labels.ndim == 1:
+    return jax.nn.one_hot(labels, num_classes)
+  return labels.astype(jnp.float32)
+
+
+def per_example_loss(logits_BC, labels, *, loss: str,
                      label_smoothing: float = 0.0):
   """Softmax (optionally smoothed) or sigmoid cross-entropy, shape (B,).
 
   Sigmoid cross-entropy is summed over classes, as in the paper's ImageNet-21k
   pre-training (multi-label style, with head bias init -10).
+
+  Args:
+    logits_BC: (B, C) logits.
+    labels: integer class ids (B,), or float label distributions (B, C) (a
+      one-hot row gives exactly the loss of its class id).
+    loss: 'softmax_xent' or 'sigmoid_xent'.
+    label_smoothing: softmax only: the targets' mass spread uniformly.
+
+  Returns:
+    (B,) losses.
   """
-  num_classes = logits_BC.shape[-1]
-  onehot_BC = jax.nn.one_hot(labels_B, num_classes)
+  targets_BC = _targets(labels, logits_BC.shape[-1])
   if loss == 'softmax_xent':
     if label_smoothing:
-      onehot_BC = optax.smooth_labels(onehot_BC, label_smoothing)
-    return optax.softmax_cross_entropy(logits_BC, onehot_BC)
+      targets_BC = optax.smooth_labels(targets_BC, label_smoothing)
+    return optax.softmax_cross_entropy(logits_BC, targets_BC)
   if loss == 'sigmoid_xent':
-    return optax.sigmoid_binary_cross_entropy(logits_BC, onehot_BC).sum(-1)
+    return optax.sigmoid_binary_cross_entropy(logits_BC, targets_BC).sum(-1)
   raise ValueError(f'unknown loss {loss!r}; expected one of {LOSSES}')
 
 
@@ -53,16 +80,25 @@ def _micro_batches(x, accum_steps: int):
                                 *x.shape[1:]), 0, 1)
 
 
-def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model,
+def train_step(state: TrainState, batch: Batch, *, model,
                optimizer: optax.GradientTransformation,
                learning_rate: Callable[[Any], Any], loss: str,
-               label_smoothing: float, accum_steps: int, ema_decay: float):
-  """One update on `batch` ({'image': (B,H,W,3), 'label': (B,)}).
+               label_smoothing: float, accum_steps: int, ema_decay: float,
+               mix_batch: Optional[MixFn] = None
+               ) -> Tuple[TrainState, Metrics]:
+  """One update on `batch` ({'image': (B,H,W,3), 'label': (B,) or (B, C)}).
 
   With accum_steps > 1 the batch is split into micro-batches whose gradients
   are averaged inside the step: the update equals the one-batch update.
+  `mix_batch(batch, key)`, when given, transforms the whole batch before the
+  loss (e.g. Mixup, returning (B, C) labels); its key is the step's own, from
+  a stream apart from dropout's, so dropout is the same with or without it.
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
+  if mix_batch is not None:
+    mix_rng = jax.random.fold_in(
+        jax.random.fold_in(state.rng, _MIX_STREAM), state.step)
+    batch = mix_batch(batch, mix_rng)
 
   def loss_fn(params, images, labels, rng):
     logits = model.apply({'params': params}, images, train=True,
@@ -107,7 +143,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model,
   return new_state, metrics
 
 
-def eval_step(params, batch: Dict[str, jax.Array], *, model, loss: str):
+def eval_step(params, batch: Batch, *, model, loss: str) -> Metrics:
   """Sums over the real (mask 1) examples of `batch`: loss, top-1, top-5.
 
   Returning sums, not means, lets the caller count every example exactly
@@ -126,8 +162,3 @@ def eval_step(params, batch: Dict[str, jax.Array], *, model, loss: str):
       'top5_correct': jnp.sum(jnp.any(hits_BK, axis=1) * mask_B),
       'count': jnp.sum(mask_B),
   }
-
-
-def bind(fn, **static):
-  """`fn` with its keyword-only configuration bound, ready for jax.jit."""
-  return functools.partial(fn, **static)

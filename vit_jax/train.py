@@ -5,12 +5,14 @@ parses flags. Everything here is importable by tests and notebooks.
 """
 
 import dataclasses
+import functools
 import time
-from typing import Any, Dict, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
 from clu import parameter_overview
 from etils import epath
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -19,6 +21,7 @@ import numpy as np
 from vit_jax import train_checkpoints
 from vit_jax import evaluators
 from vit_jax import input_pipeline
+from vit_jax import input_sources
 from vit_jax import metrics_log
 from vit_jax import models
 from vit_jax import optim
@@ -36,15 +39,27 @@ def is_due(step: int, every: int, total_steps: int) -> bool:
   return step == total_steps or (every > 0 and step % every == 0)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
-  """What the loop needs, built once."""
-  model: Any
-  mesh: Any
-  state_shardings: Any
-  train_step: Any  # jitted (state, batch) -> (state, metrics)
-  eval_step: Any  # jitted (params, batch) -> sums
-  init_state: Any  # jitted (rng) -> state, created already sharded
+  """What the loop needs, built once.
+
+  Attributes:
+    model: the module being trained.
+    mesh: the (data, model) device mesh.
+    state_shardings: a TrainState whose leaves are the NamedShardings of the
+      state's arrays.
+    train_step: jitted (state, global batch) -> (state, metrics); the state
+      is donated.
+    init_state: jitted (rng) -> state, created already sharded.
+  Both functions are `sharding.MeshBound`: they also `.lower` and
+  `.eval_shape`.
+  """
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  state_shardings: steps.TrainState
+  train_step: Callable[[steps.TrainState, steps.Batch],
+                       Tuple[steps.TrainState, steps.Metrics]]
+  init_state: Callable[[jax.Array], steps.TrainState]
 
 
 def make_setup(config, num_classes: int, devices=None) -> Setup:
@@ -72,29 +87,24 @@ def make_setup(config, num_classes: int, devices=None) -> Setup:
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   train_step = jax.jit(
-      steps.bind(steps.train_step, model=model, optimizer=optimizer,
-                 learning_rate=optim.learning_rate_schedule(config),
-                 loss=config.loss, label_smoothing=config.label_smoothing,
-                 accum_steps=config.grad_accum_steps,
-                 ema_decay=config.ema_decay),
+      functools.partial(
+          steps.train_step, model=model, optimizer=optimizer,
+          learning_rate=optim.learning_rate_schedule(config),
+          loss=config.loss, label_smoothing=config.label_smoothing,
+          accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated),
       donate_argnums=0)
-  eval_step = jax.jit(
-      steps.bind(steps.eval_step, model=model, loss=config.loss),
-      in_shardings=(state_shardings.params, batch_sharding),
-      out_shardings=replicated)
   init = jax.jit(init_state, out_shardings=state_shardings)
   bind = lambda jitted: sharding.MeshBound(jitted, mesh)
-  return Setup(model, mesh, state_shardings, bind(train_step),
-               bind(eval_step), bind(init))
+  return Setup(model, mesh, state_shardings, bind(train_step), bind(init))
 
 
 def initial_state(config, setup: Setup, checkpointer):
   """Restores the latest checkpoint, or initialises (from a released .npz
   when `config.pretrained_path` is set)."""
   if checkpointer.latest_step() is not None:
-    abstract = train_checkpoints.abstract_like(
+    abstract = sharding.abstract_arrays(
         setup.init_state.eval_shape(jax.random.PRNGKey(0)),
         setup.state_shardings)
     logging.info('Resuming from step %d', checkpointer.latest_step())
@@ -116,13 +126,76 @@ def _load_pretrained(config, setup: Setup, state):
                        ema_params=params if config.ema_decay else {})
 
 
-def evaluate(setup: Setup, params, eval_batches) -> Dict[str, float]:
-  """Sums eval_step over one pass; every example counts exactly once."""
-  sums = None
-  for batch in eval_batches:
-    out = setup.eval_step(params, sharding.global_batch(batch, setup.mesh))
-    sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-  return {k: float(v) for k, v in jax.device_get(sums).items()}
+# ----------------------------------------------------------------------------
+# The one adapter from the config's data keys to the input pipeline.
+
+
+def data_source(config):
+  """The source of config.dataset, with both of the config's splits checked."""
+  return input_sources.make_source(config.dataset, config.data_dir,
+                                   (config.train_split, config.eval_split),
+                                   config.label_map)
+
+
+def num_classes(config, source) -> int:
+  """config.num_classes, or the dataset's class count when it is None."""
+  if config.num_classes is not None:
+    if source.num_classes and config.num_classes < source.num_classes:
+      raise ValueError(
+          f'config.num_classes={config.num_classes} but dataset '
+          f'{config.dataset!r} has {source.num_classes} classes.')
+    return config.num_classes
+  if not source.num_classes:
+    raise ValueError(f'Dataset {config.dataset!r} does not declare its class '
+                     'count; set config.num_classes.')
+  return source.num_classes
+
+
+def train_batches(config, source, *, start_step: int = 0
+                  ) -> Iterator[Dict[str, np.ndarray]]:
+  """config.train_split's host-local training batches from `start_step` on."""
+  return input_pipeline.get_train_iterator(
+      source, config.train_split, image_size=config.image_size,
+      batch_size=config.batch_size,
+      augmentation=input_pipeline.Augmentation(crop=config.train_augment,
+                                               flip=config.random_flip),
+      seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+      cache=config.cache, prefetch=config.prefetch, start_step=start_step)
+
+
+def eval_batches(config, source, split: Optional[str] = None
+                 ) -> input_pipeline.EvalIterable:
+  """Padded eval batches of `split` of `source` (None: config.eval_split)."""
+  return input_pipeline.get_eval_iterator(
+      source, split or config.eval_split, image_size=config.image_size,
+      batch_size=config.eval_batch_size, cache=config.cache,
+      prefetch=config.prefetch)
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def run_evaluators(evals: List[evaluators.Evaluator], state: steps.TrainState,
+                   step: int, total_steps: int) -> Dict[str, Dict[str, float]]:
+  """Runs the evaluators due at `step`, each on its params field.
+
+  Returns:
+    {record: metrics} of the evaluators that ran, in their order; the
+    metrics of evaluators sharing a record are merged.
+  """
+  records = {}
+  for evaluator in evals:
+    if is_due(step, evaluator.every, total_steps):
+      metrics = evaluator.evaluate(getattr(state, evaluator.params_field))
+      records.setdefault(evaluator.record, {}).update(metrics)
+  return records
+
+
+def _evaluate_main(evals: List[evaluators.Evaluator],
+                   state: steps.TrainState) -> Dict[str, float]:
+  main = next(e for e in evals if e.name == evaluators.MAIN)
+  return main.evaluate(getattr(state, main.params_field))
 
 
 def host_params(params):
@@ -161,9 +234,9 @@ class Progress:
     self._last_step, self._last_time = step, now
     eta_min = (self._total - step) / max(steps_per_sec, 1e-9) / 60
     logging.info(
-        'step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  %.0f img/s  ETA %.1f min',
-        step, self._total, metrics['loss'], metrics['lr'], steps_per_sec,
-        steps_per_sec * self._batch, eta_min)
+        'step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  %.0f img/s  '
+        'ETA %.1f min', step, self._total, metrics['loss'], metrics['lr'],
+        steps_per_sec, steps_per_sec * self._batch, eta_min)
     return {'steps_per_sec': steps_per_sec,
             'images_per_sec': steps_per_sec * self._batch}
 
@@ -198,31 +271,31 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   """Trains per `config`, evaluating, checkpointing and exporting to workdir.
 
   Returns:
-    The last evaluation record (None if no evaluation ran).
+    The last record of the main evaluation ('eval': the main eval set, its
+    EMA and extra variants), None if none ran.
   """
   run_start = time.time()
   _validate(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   logging.info('Config:\n%s', config)
-  info = input_pipeline.get_dataset_info(config)
-  setup = make_setup(config, info.num_classes)
-  checkpointer = train_checkpoints.Checkpointer(workdir, config.keep_checkpoints)
+  source = data_source(config)
+  setup = make_setup(config, num_classes(config, source))
+  checkpointer = train_checkpoints.Checkpointer(workdir,
+                                                config.keep_checkpoints)
   state = initial_state(config, setup, checkpointer)
   parameter_overview.log_parameter_overview(state.params)
   start_step = int(jax.device_get(state.step))
 
   log = metrics_log.MetricsLog(workdir, start_time=run_start)
   log.drop_after(start_step)
-  train_batches = input_pipeline.get_train_iterator(config,
-                                                    start_step=start_step)
-  eval_batches = input_pipeline.get_eval_iterator(config)
-  extra_evals = evaluators.ExtraEvals.from_config(config, setup)
-  fewshot_eval = evaluators.FewShotEvaluator.from_config(config, setup)
+  batches = train_batches(config, source, start_step=start_step)
+  evals = evaluators.from_config(config, setup, eval_batches(config, source),
+                                 functools.partial(eval_batches, config))
   progress = Progress(start_step, config.total_steps, config.batch_size)
   history, record = [], None
   for step in range(start_step + 1, config.total_steps + 1):
-    batch = sharding.global_batch(next(train_batches), setup.mesh)
+    batch = sharding.global_batch(next(batches), setup.mesh)
     state, metrics = setup.train_step(state, batch)
     history.append(metrics)
     if is_due(step, config.log_every, config.total_steps):
@@ -231,24 +304,18 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
       _check_finite(train_metrics, step, checkpointer)
       train_metrics.update(progress.report(step, train_metrics))
       log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
-    if is_due(step, config.eval_every, config.total_steps):
-      record = metrics_log.evaluation_record(
-          evaluate(setup, state.params, eval_batches))
-      if config.ema_decay:
-        record.update(metrics_log.evaluation_record(
-            evaluate(setup, state.ema_params, eval_batches), prefix='ema_'))
-      record.update(extra_evals.evaluate(state.params))
-      logging.info('step %d eval: %s', step, record)
-      log.write(step, record)
-    if fewshot_eval and is_due(step, config.fewshot_every, config.total_steps):
-      log.write(step, fewshot_eval.evaluate(state.params))
+    for name, values in run_evaluators(evals, state, step,
+                                       config.total_steps).items():
+      logging.info('step %d %s: %s', step, name, values)
+      log.write(step, values)
+      if name == evaluators.MAIN_RECORD:
+        record = values
     if is_due(step, config.checkpoint_every, config.total_steps):
       checkpointer.save(state, step)
   checkpointer.close()
   if record is None and start_step >= config.total_steps:
     # A finished run started again: report its accuracy, log nothing twice.
-    record = metrics_log.evaluation_record(
-        evaluate(setup, state.params, eval_batches))
+    record = _evaluate_main(evals, state)
     logging.info('Already trained to step %d; evaluation: %s', start_step,
                  record)
   log.flush()

@@ -10,7 +10,6 @@ import os
 from typing import Optional
 
 from etils import epath
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -32,27 +31,17 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, state, step: int) -> None:
-    """Starts writing `state` in the background (see `wait`)."""
+    """Starts writing `state` in the background (`close` waits for it)."""
     self._manager.save(step, args=ocp.args.StandardSave(state))
 
   def restore(self, abstract_state, step: Optional[int] = None):
     """Restores into the shapes, dtypes and shardings of `abstract_state`
-    (a tree of jax.ShapeDtypeStruct with .sharding)."""
+    (a tree of jax.ShapeDtypeStruct with .sharding, as
+    `sharding.abstract_arrays` makes)."""
     step = self.latest_step() if step is None else step
     return self._manager.restore(
         step, args=ocp.args.StandardRestore(abstract_state))
 
-  def wait(self) -> None:
-    """Blocks until background saves are on disk."""
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def abstract_like(tree, shardings):
-  """ShapeDtypeStructs carrying the target shardings for a restore."""
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree, shardings)

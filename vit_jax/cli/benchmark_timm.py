@@ -125,10 +125,9 @@ def create_model(variant: Any, image_size: int, num_classes: int,
 class TimmStep:
   """One inference or training step of timm's ViT, ready to be timed."""
 
-  def __init__(self, variant: Any, *, batch_size: int, image_size: int,
-               num_classes: int, mode: str, dtype: str,
-               images_nhwc: np.ndarray, labels: np.ndarray):
-    del batch_size  # implied by the images
+  def __init__(self, variant: Any, *, image_size: int, num_classes: int,
+               mode: str, dtype: str, images_nhwc: np.ndarray,
+               labels: np.ndarray):
     torch.manual_seed(0)
     self._model = create_model(variant, image_size, num_classes)
     self._images = torch.from_numpy(

@@ -1,6 +1,6 @@
 r"""Few-shot linear evaluation of a checkpoint's frozen features (paper 4.1).
 
-Run from the repository root (the data settings start from configs/common.py):
+Run from the repository root:
 
   python -m vit_jax.cli.fewshot --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
       --dataset=cifar10 [--data_dir=~/tensorflow_datasets] \
@@ -11,11 +11,14 @@ Run from the repository root (the data settings start from configs/common.py):
 Both splits go through the evaluation transform (resize, no augmentation) of
 `vit_jax.input_pipeline`, padded and masked so every example counts once.
 The features are the `pre_logits` (the file's head is dropped, so they are
-the model's output). The whole training split is the pool the shots and the
-l2-validation examples are drawn from; a TFDS slice such as
---train_split='train[:10000]' bounds the extraction cost. --dataset takes any
-prepared TFDS image-classification dataset, `fashion_mnist_local`, or
-`imagefolder` with --data_dir=ROOT holding ROOT/<split>/<class>/*.png|jpg.
+the model's output), extracted on one device by the training loop's few-shot
+extractor (`vit_jax.evaluators.linear_fewshot`). The whole training split is
+the pool the shots and the l2-validation examples are drawn from; a TFDS
+slice such as --train_split='train[:10000]' bounds the extraction cost.
+--dataset takes any prepared TFDS image-classification dataset,
+`fashion_mnist_local`, or `imagefolder` with --data_dir=ROOT holding
+ROOT/<split>/<class>/*.png|jpg; both splits are read from the one source
+(an image folder's classes are those of both).
 The protocol (ridge regression to {-1, 1} targets, l2 chosen per seed on
 validation examples drawn from the training split) is `vit_jax.fewshot`'s.
 
@@ -28,43 +31,20 @@ overrides, pass the same overrides, e.g. for configs/default.py's model.npz:
 
 import json
 import os
-from typing import (Any, Dict, Iterable, List, Mapping, Optional, Sequence,
-                    Tuple)
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 from vit_jax.cli import flags as cli_flags
+from vit_jax.cli import process
 from vit_jax import fewshot
 from vit_jax import input_pipeline
+from vit_jax import input_sources
 from vit_jax import models
 from vit_jax import pretrained
-
-
-def data_config(dataset: str, split: str, image_size: int, batch_size: int,
-                data_dir: Optional[str] = None):
-  """The experiment config with one split as the evaluation split.
-
-  Starts from configs/common.py's defaults, so data settings not named here
-  (caching, prefetch) are the project's.
-  """
-  from configs import common  # pylint: disable=g-import-not-at-top
-  config = common.get_config()
-  config.dataset = dataset
-  config.data_dir = data_dir
-  # input_pipeline checks both splits exist; only eval_split is read.
-  config.train_split = split
-  config.eval_split = split
-  config.image_size = image_size
-  config.eval_batch_size = batch_size
-  return common.lock(config)
-
-
-def _features(model, params, config):
-  batches = input_pipeline.get_eval_iterator(config)
-  return fewshot.extract_features(model, params, batches)
+from vit_jax.evaluators import linear_fewshot
 
 
 def feature_extractor(checkpoint_path: str, model_name: str, *,
@@ -124,12 +104,16 @@ def run(checkpoint_path: str, model_name: str, dataset: str, *,
     raise ValueError(f'shots must be positive integers, got {list(shots)}')
   model, params, image_size = feature_extractor(
       checkpoint_path, model_name, image_size=image_size, **model_overrides)
-  split_config = lambda split: data_config(dataset, split, image_size,
-                                           batch_size, data_dir)
-  train_features, train_labels = _features(model, params,
-                                           split_config(train_split))
-  test_features, test_labels = _features(model, params,
-                                         split_config(test_split))
+  source = input_sources.make_source(dataset, data_dir,
+                                     (train_split, test_split))
+  extract = linear_fewshot.FeatureExtractor(model)
+
+  def features(split):
+    return extract(params, input_pipeline.get_eval_iterator(
+        source, split, image_size=image_size, batch_size=batch_size))
+
+  train_features, train_labels = features(train_split)
+  test_features, test_labels = features(test_split)
   if features_out:
     np.savez(features_out, train_features=train_features,
              train_labels=train_labels, test_features=test_features,
@@ -167,8 +151,7 @@ def run(checkpoint_path: str, model_name: str, dataset: str, *,
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags of the module docstring on `flag_values`."""
   cli_flags.define_model_flags(flag_values)
-  define = lambda kind, name, default, text: kind(
-      name, default, text, flag_values=flag_values)
+  define = cli_flags.definer(flag_values)
   define(flags.DEFINE_string, 'dataset', None,
          'TFDS name, fashion_mnist_local, or imagefolder.')
   define(flags.DEFINE_string, 'data_dir', None,
@@ -201,6 +184,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
 
   Returns None: app.run passes the return value to sys.exit.
   """
+  process.hide_gpus_from_tensorflow()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
 

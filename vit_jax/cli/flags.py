@@ -1,42 +1,82 @@
-"""Flags and error handling shared by the command lines that load a model.
+"""Flags and error handling shared by the programs.
 
-`vit_jax.cli.visualize` and `vit_jax.cli.fewshot` both take a checkpoint, a model
+Every program defines its flags in `define_flags(flag_values=flags.FLAGS)`,
+called only when it runs as a program, so tests can import several programs
+(and define their flags on a fresh `flags.FlagValues`) without
+duplicate-flag errors; `definer` keeps such a table one flag a line. An
+enum flag takes its choices from the tuple the code checks against; a model
+name is a string that `models.canonical_name` resolves when the program
+runs. Every program reports USER_ERRORS in one line (`exit_on_user_error`).
+
+`vit_jax.cli.predict`, `visualize` and `fewshot` take a checkpoint, a model
 name, a resolution and, for files trained with `config.model` architecture
-overrides, the same overrides. Flags are defined by a call, not on import, so
-tests can import several command-line modules (and define their flags on a
-fresh `flags.FlagValues`) without duplicate-flag errors.
+overrides, the same overrides (`define_model_flags`).
 """
 
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from absl import flags
 
-from vit_jax import npz
+from vit_jax.models import vit_family
 
-# The architecture keys that `config.model` can override (configs/common.py);
-# a checkpoint trained with overrides needs the same ones to load.
-ARCHITECTURE_FLAGS = ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads',
-                      'num_layers')
+# Flags defined here belong to the program whose define_flags asks for them:
+# its --help lists them as its own.
+flags.disclaim_key_flags()
 
-# What a user can fix by changing the command line: reported, not traced.
-USER_ERRORS = (FileNotFoundError, ValueError,
-               npz.CheckpointMismatchError)
+# The architecture keys that `config.model` can override; a checkpoint
+# trained with overrides needs the same ones to load.
+ARCHITECTURE_FLAGS = vit_family.ARCHITECTURE_KEYS
+
+# What a user can fix by changing the command line or the config, in every
+# program: reported in one line, not traced. ValueError covers
+# npz.CheckpointMismatchError (a subclass) and unknown model names
+# (`models.canonical_name`); FloatingPointError is a training run whose
+# loss stopped being finite, fixed by the config's learning rate or
+# clipping.
+USER_ERRORS = (FileNotFoundError, ValueError, FloatingPointError)
+
+
+def definer(flag_values: flags.FlagValues = flags.FLAGS
+            ) -> Callable[..., Any]:
+  """`define(kind, name, default, help_text, **kwargs)` on `flag_values`.
+
+  Args:
+    flag_values: where the flags go.
+
+  Returns:
+    A function that calls `kind` (an `absl.flags.DEFINE_*`) with the help
+    text and any further arguments (e.g. `enum_values`) as keywords.
+  """
+  def define(kind, name, default, help_text, **kwargs):
+    return kind(name, default, help=help_text, flag_values=flag_values,
+                **kwargs)
+  return define
+
+
+def define_model_name(default: Optional[str],
+                      flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines --model, checked by `models.canonical_name` when it is used.
+
+  Not a parse-time validator: an unknown name is a ValueError like any other
+  bad input, printed by `exit_on_user_error` as `error: unknown model ...`.
+  """
+  flags.DEFINE_string('model', default,
+                      'Model name, e.g. ViT-B_16 or its short form B/16.',
+                      flag_values=flag_values)
 
 
 def define_model_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines --checkpoint, --model, --image_size and the overrides."""
-  flags.DEFINE_string('checkpoint', None, 'Path of the .npz file.',
-                      flag_values=flag_values)
-  flags.DEFINE_string('model', None, 'Model name, e.g. ViT-B_16.',
-                      flag_values=flag_values)
-  flags.DEFINE_integer(
-      'image_size', None, 'Resolution; default: the checkpoint\'s native one.',
-      flag_values=flag_values)
+  define = definer(flag_values)
+  define(flags.DEFINE_string, 'checkpoint', None, 'Path of the .npz file.')
+  define_model_name(None, flag_values)
+  define(flags.DEFINE_integer, 'image_size', None,
+         'Resolution; default: the checkpoint\'s native one.')
   for name in ARCHITECTURE_FLAGS:
-    flags.DEFINE_integer(
-        name, None, f'Override the variant\'s {name}, for a checkpoint '
-        f'trained with config.model.{name} set.', flag_values=flag_values)
+    define(flags.DEFINE_integer, name, None,
+           f'Override the variant\'s {name}, for a checkpoint trained with '
+           f'config.model.{name} set.')
 
 
 def architecture_overrides(flag_values: flags.FlagValues = flags.FLAGS
@@ -55,7 +95,7 @@ def check_required(flag_values: flags.FlagValues, *names: str) -> None:
 
 def exit_on_user_error(function: Callable[..., Any], *args, **kwargs) -> Any:
   """Calls `function`; a USER_ERRORS exception prints `error: ...` to stderr
-  and exits with status 1, as `vit_jax.cli.predict` does."""
+  and exits with status 1."""
   try:
     return function(*args, **kwargs)
   except USER_ERRORS as e:

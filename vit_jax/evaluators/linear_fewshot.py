@@ -1,0 +1,192 @@
+"""Few-shot linear evaluation of the current params (paper section 4.1).
+
+The 'fewshot' evaluator (record 'fewshot', every config.fewshot_every steps;
+none when it is 0) extracts the trained params' pre-logits features of a
+training pool and a test split of config.fewshot_dataset and fits them per
+`vit_jax.fewshot`. Metrics: fewshot_{k}shot_top1 per shot count k (mean
+over config.fewshot_seeds).
+
+`FeatureExtractor` is the one feature extraction of the library: the
+evaluator runs it on the training mesh, `vit_jax.cli.fewshot` on one device.
+"""
+
+import functools
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import fewshot
+from vit_jax import input_sources
+from vit_jax import models
+from vit_jax import sharding
+from vit_jax.evaluators import common
+
+
+def features_step(params, batch: Dict[str, jax.Array], *,
+                  model: nn.Module) -> Dict[str, jax.Array]:
+  """Pre-logits features of a batch, with its labels and mask alongside (so
+  a replicated result gives every process the whole global batch)."""
+  _, inside = models.apply_with_intermediates(model, params, batch['image'])
+  return {'features': inside['pre_logits'].astype(jnp.float32),
+          'label': batch['label'], 'mask': batch['mask']}
+
+
+class FeatureExtractor:
+  """The pre-logits features of a model over padded batches, jitted once.
+
+  Features are the 'pre_logits' intermediate of
+  `models.apply_with_intermediates`: for a model with its head, the input of
+  the head (after the tanh representation layer when the model has one); for
+  the features model of `models.without_head`, its output.
+  """
+
+  def __init__(self, model: nn.Module,
+               mesh: Optional[jax.sharding.Mesh] = None,
+               params_shardings: Any = None):
+    """Jits the features step.
+
+    Args:
+      model: a model with pooled features (e.g. a ViT with a 'token' or
+        'gap' classifier).
+      mesh: where to run (the training mesh); None: one local device.
+      params_shardings: the params' shardings (None: replicated).
+    """
+    self._mesh = mesh or sharding.make_mesh(1, jax.local_devices()[:1])
+    self._step = common.jit_on_mesh(
+        functools.partial(features_step, model=model), self._mesh,
+        params_shardings)
+
+  def __call__(self, params, batches: Iterable[Dict[str, Any]]
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """Features of the real examples of `batches`, in input order.
+
+    Args:
+      params: the model's params.
+      batches: host-local batches: 'image' (B, H, W, 3), 'label' (B,)
+        integers or (B, K) one-hot, and 'mask' (B,), true for real examples
+        (absent: every example is real).
+
+    Returns:
+      (features (n, F) float32, labels (n,) int64) of the n real examples:
+      padding (mask 0) is dropped, so with a pipeline that pads the last
+      batch every example appears exactly once.
+
+    Raises:
+      ValueError: no batches, or features that are not pooled (n, F).
+    """
+    features, labels = [], []
+    for batch in batches:
+      out = jax.device_get(self._step(
+          params, sharding.global_batch(_with_mask(batch), self._mesh)))
+      real = np.asarray(out['mask']).astype(bool).reshape(-1)
+      features.append(_pooled(np.asarray(out['features']))[real])
+      labels.append(_class_ids(np.asarray(out['label']))[real])
+    if not features:
+      raise ValueError('no batches to extract features from.')
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def _with_mask(batch: Dict[str, Any]) -> Dict[str, Any]:
+  """{'image', 'label', 'mask'} of a batch; a missing mask: all real."""
+  mask = batch.get('mask', np.ones(len(batch['image']), np.float32))
+  return {'image': batch['image'], 'label': batch['label'], 'mask': mask}
+
+
+def _pooled(features: np.ndarray) -> np.ndarray:
+  if features.ndim != 2:
+    raise ValueError(
+        f'pre_logits of shape {features.shape} are not pooled; use a '
+        "'token' or 'gap' classifier for few-shot features.")
+  return features
+
+
+def _class_ids(labels: np.ndarray) -> np.ndarray:
+  """(B,) integers or (B, K) one-hot -> (B,) int64."""
+  if labels.ndim == 2:
+    labels = labels.argmax(axis=-1)
+  return labels.astype(np.int64)
+
+
+class FewShotEvaluator:
+  """Few-shot linear evaluation of the pre-logits of the params.
+
+  Features come from the model being trained, head and all (see
+  `FeatureExtractor`).
+  """
+  name = 'fewshot'
+  record = 'fewshot'
+  params_field = 'params'
+
+  def __init__(self, model: nn.Module, mesh: jax.sharding.Mesh,
+               read_eval: common.ReadEval, *, dataset: str,
+               data_dir: Optional[str], train_split: str, test_split: str,
+               shots: Sequence[int], seeds: Sequence[int],
+               val_per_class: int, every: int = 0,
+               params_shardings: Any = None):
+    """Opens both splits of `dataset` and jits the extractor.
+
+    Args:
+      model: the model being trained; its classifier must pool the tokens
+        ('token' or 'gap').
+      mesh: the training mesh.
+      read_eval: reads the eval batches of a (source, split).
+      dataset: TFDS name or 'imagefolder'.
+      data_dir: its data_dir.
+      train_split: the pool the shots and l2-validation examples come from.
+      test_split: the held-out examples.
+      shots: examples per class, as in `fewshot.evaluate_fewshot`.
+      seeds: as in `fewshot.evaluate_fewshot`.
+      val_per_class: as in `fewshot.evaluate_fewshot`; >= 1.
+      every: cadence in steps (`common.Evaluator`).
+      params_shardings: the params' shardings (None: replicated).
+    """
+    if model.classifier not in ('token', 'gap'):
+      raise ValueError(f'few-shot evaluation needs pooled features; the '
+                       f'model\'s classifier is {model.classifier!r} (use '
+                       "'token' or 'gap', or set config.fewshot_every=0).")
+    if val_per_class < 1 or not shots:
+      raise ValueError('config.fewshot_val_per_class must be >= 1 (it '
+                       'chooses l2) and config.fewshot_shots non-empty.')
+    self.every = every
+    self._dataset = dataset
+    self._protocol = dict(shots=tuple(shots), seeds=tuple(seeds),
+                          val_per_class=val_per_class)
+    source = input_sources.make_source(dataset, data_dir,
+                                       (train_split, test_split))
+    self._train_batches = read_eval(source, train_split)
+    self._test_batches = read_eval(source, test_split)
+    self._features = FeatureExtractor(model, mesh, params_shardings)
+
+  def results(self, params) -> Dict[int, Dict[str, Any]]:
+    """The full `fewshot.evaluate_fewshot` results for `params`."""
+    return fewshot.evaluate_fewshot(
+        *self._features(params, self._train_batches),
+        *self._features(params, self._test_batches), **self._protocol)
+
+  def evaluate(self, params) -> common.Metrics:
+    """{'fewshot_{k}shot_top1': mean test top-1 over seeds} per shot count."""
+    results = self.results(params)
+    logging.info('few-shot on %s:\n%s', self._dataset,
+                 fewshot.format_results(results))
+    return {f'fewshot_{shots}shot_top1': result['top1_mean']
+            for shots, result in sorted(results.items())}
+
+
+def from_config(config, setup: Any,
+                read_eval: common.ReadEval) -> List[common.Evaluator]:
+  """The evaluator for a `train.Setup`; none when config.fewshot_every=0."""
+  if not config.fewshot_every:
+    return []
+  return [FewShotEvaluator(
+      setup.model, setup.mesh, read_eval, dataset=config.fewshot_dataset,
+      data_dir=config.fewshot_data_dir or config.data_dir,
+      train_split=config.fewshot_train_split,
+      test_split=config.fewshot_test_split, shots=config.fewshot_shots,
+      seeds=config.fewshot_seeds,
+      val_per_class=config.fewshot_val_per_class,
+      every=config.fewshot_every,
+      params_shardings=setup.state_shardings.params)]
