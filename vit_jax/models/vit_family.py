@@ -261,7 +261,7 @@ class VitFamily(family.ModelFamily):
 
   def adapt_resolution(self, params: Params, model: vit.VisionTransformer,
                        shapes: Params, image_size: Sequence[int],
-                       method: str, old_grid=None) -> Params:
+                       method: str) -> Params:
     """Resamples the position embedding to the grid of `image_size`."""
     embedding = params.get(_ENCODER, {}).get(_POS_EMBEDDING[1], {}).get(
         _POS_EMBEDDING[2])
@@ -274,7 +274,7 @@ class VitFamily(family.ModelFamily):
     grid = (image_size[0] // patch_h, image_size[1] // patch_w)
     resized = posemb.resize(
         embedding, grid, num_prefix_tokens=num_prefix_tokens(model.classifier),
-        old_grid=old_grid, method=method)
+        method=method)
     return _with_position_embedding(params, resized)
 
   # --- Running -------------------------------------------------------------
