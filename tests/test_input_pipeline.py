@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from configs import common
 from vit_jax import input_pipeline
 from vit_jax import input_sources
+from vit_jax.models import family
 from vit_jax import train
 from vit_jax.datasets import fashion_mnist_local
 
@@ -250,6 +251,26 @@ def test_cache_setting_does_not_change_the_data(tiny_data_dir):
     np.testing.assert_array_equal(a['image'], b['image'])
   with pytest.raises(ValueError, match='config.cache'):
     next(_train_batches(source, cache='sometimes'))
+
+
+def test_normalization_reaches_train_and_eval_batches(tiny_data_dir):
+  """A (mean, std) normalisation is affine in the default [-1, 1] pixels."""
+  source = _source(tiny_data_dir)
+  mean, std = (10.0, 100.0, 200.0), (2.0, 50.0, 25.0)
+  normalization = family.Preprocessing(mean=mean, std=std)
+
+  def renormalized(minus_one_one):  # [-1, 1] back to uint8 units, then ours.
+    return (minus_one_one * 127.5 + 127.5 - np.float32(mean)) / np.float32(std)
+
+  pairs = [(_take(_train_batches(source), 2),
+            _take(_train_batches(source, normalization=normalization), 2)),
+           (list(_eval_batches(source)),
+            list(_eval_batches(source, normalization=normalization)))]
+  for default, normalized in pairs:
+    for a, b in zip(default, normalized):
+      real = a['mask'] > 0
+      np.testing.assert_allclose(b['image'][real], renormalized(
+          a['image'][real]), rtol=1e-5, atol=1e-4)
 
 
 # --- fashion_mnist_local ------------------------------------------------------

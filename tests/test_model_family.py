@@ -53,6 +53,10 @@ class ToyFamily(family.ModelFamily):
   module_type = PatchMeanNet
   no_weight_decay = ('offset',)
   architecture_keys = ('patch_size', 'hidden_size')
+  # ImageNet mean/std (in uint8 units), unlike ViT's [-1, 1]: predict and
+  # the pipeline must apply the family's.
+  preprocessing = family.Preprocessing(mean=(123.675, 116.28, 103.53),
+                                       std=(58.395, 57.12, 57.375))
 
   @property
   def variants(self) -> Mapping[str, Tuple[int, int]]:
@@ -147,9 +151,10 @@ def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
   images = [path for path, _ in written['test'][:2]]
   logits = predict.run(str(workdir / 'model.npz'), 'Toy-S_4', images,
                        image_size=IMAGE_SIZE, top_k=2)
-  pixels = np.stack([
-      (np.asarray(Image.open(path), np.float32) - 127.5) / 127.5
-      for path in images])
+  mean, std = (np.array(v, np.float32) for v in (
+      toy_family.preprocessing.mean, toy_family.preprocessing.std))
+  pixels = np.stack([(np.asarray(Image.open(path), np.float32) - mean) / std
+                     for path in images])
   np.testing.assert_allclose(
       logits, model.apply({'params': params}, pixels), rtol=1e-5, atol=1e-5)
 

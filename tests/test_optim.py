@@ -112,8 +112,6 @@ def test_kernels_decay_and_norms_biases_cls_and_posemb_do_not(model,
     name = path.split('/')[-1]
     if name == 'kernel':  # Dense, attention (3-d) and conv kernels.
       assert decay, path
-    elif _is_attention_bias(path):
-      continue  # See the xfail test below.
     elif name in ('bias', 'scale', 'cls', 'pos_embedding'):
       assert not decay, path
     else:
@@ -124,9 +122,6 @@ def test_kernels_decay_and_norms_biases_cls_and_posemb_do_not(model,
     assert any('gn' in path for path in scales), scales  # GroupNorm.
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the 'kernels' mask goes by ndim >= 2, and the query/key/value biases "
-    'are (heads, head_dim): they decay (optim.weight_decay_mask)'))
 @TINY_MODELS
 def test_attention_biases_do_not_decay(model, image_size):
   decays, _ = _decays(model, image_size)

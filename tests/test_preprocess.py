@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from vit_jax import preprocess
+from vit_jax.models import family
 
 
 def _random_image(height=12, width=10, channels=3, seed=0):
@@ -20,6 +21,37 @@ def test_scale_pixels_is_exact_affine_map_to_minus_one_one():
   np.testing.assert_array_equal(
       scaled, (pixels.astype(np.float32) - 127.5) / 127.5)
   assert scaled[0] == -1.0 and scaled[-1] == 1.0
+
+
+IMAGENET = family.Preprocessing(mean=(123.675, 116.28, 103.53),
+                                std=(58.395, 57.12, 57.375))
+
+
+def test_scale_pixels_applies_a_per_channel_mean_and_std():
+  image = _random_image(3, 4)
+  scaled = preprocess.scale_pixels(tf.constant(image), IMAGENET).numpy()
+  expected = ((image.astype(np.float32) - np.float32(IMAGENET.mean))
+              / np.float32(IMAGENET.std))
+  np.testing.assert_allclose(scaled, expected, rtol=1e-6, atol=1e-6)
+  # The family default is the [-1, 1] map, to the bit.
+  np.testing.assert_array_equal(
+      preprocess.scale_pixels(tf.constant(image), family.Preprocessing()),
+      preprocess.scale_pixels(tf.constant(image)))
+
+
+def test_train_eval_and_file_transforms_use_the_normalization(tmp_path):
+  image = _random_image(6, 6)
+  path = str(tmp_path / 'img.png')
+  Image.fromarray(image).save(path)
+  expected = preprocess.scale_pixels(tf.constant(image), IMAGENET).numpy()
+  train = preprocess.train_preprocess(
+      tf.constant(image), 6, tf.constant([0, 0]), augment='resize',
+      flip=False, normalization=IMAGENET)
+  np.testing.assert_array_equal(train, expected)
+  np.testing.assert_array_equal(
+      preprocess.eval_preprocess(tf.constant(image), 6, IMAGENET), expected)
+  np.testing.assert_array_equal(preprocess.load_image(path, 6, IMAGENET),
+                                expected)
 
 
 def test_to_rgb_tiles_grey_and_keeps_rgb():

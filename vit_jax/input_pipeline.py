@@ -147,7 +147,8 @@ def make_train_dataset(source, split, *, image_size: int, batch_size: int,
                        shuffle_buffer: int, cache='auto', prefetch: int = 2,
                        start_step: int = 0,
                        process_index: Optional[int] = None,
-                       process_count: Optional[int] = None):
+                       process_count: Optional[int] = None,
+                       normalization=None):
   """The tf.data.Dataset behind `get_train_iterator`.
 
   Args:
@@ -165,6 +166,8 @@ def make_train_dataset(source, split, *, image_size: int, batch_size: int,
       docstring).
     process_index: defaults to jax.process_index() (for tests).
     process_count: defaults to jax.process_count() (for tests).
+    normalization: the model's pixel normalisation
+      (`preprocess.scale_pixels`); None: [-1, 1].
 
   Returns:
     The batched, prefetched dataset.
@@ -195,7 +198,8 @@ def make_train_dataset(source, split, *, image_size: int, batch_size: int,
     example_seed = tf.stack([tf.constant(augment_key, tf.int64), position])
     image = preprocess.train_preprocess(
         example['image'], image_size, example_seed,
-        augment=augmentation.crop, flip=augmentation.flip)
+        augment=augmentation.crop, flip=augmentation.flip,
+        normalization=normalization)
     return _to_model_input(image, example['label'], 1)
 
   start_epoch, offset = divmod(start_step * batch, num_local)
@@ -231,7 +235,8 @@ class EvalIterable:
 def get_eval_iterator(source, split, *, image_size: int, batch_size: int,
                       cache='auto', prefetch: int = 2,
                       process_index: Optional[int] = None,
-                      process_count: Optional[int] = None) -> 'EvalIterable':
+                      process_count: Optional[int] = None,
+                      normalization=None) -> 'EvalIterable':
   """Returns a re-iterable over padded, masked host-local eval batches.
 
   Args:
@@ -243,6 +248,8 @@ def get_eval_iterator(source, split, *, image_size: int, batch_size: int,
     prefetch: batches prefetched.
     process_index: defaults to jax.process_index() (for tests).
     process_count: defaults to jax.process_count() (for tests).
+    normalization: the model's pixel normalisation
+      (`preprocess.scale_pixels`); None: [-1, 1].
 
   Returns:
     EvalIterable: each iteration yields every example of this process's
@@ -265,7 +272,8 @@ def get_eval_iterator(source, split, *, image_size: int, batch_size: int,
             if k not in ('image', 'label')}
 
   def to_model_input(example):
-    image = preprocess.eval_preprocess(example['image'], image_size)
+    image = preprocess.eval_preprocess(example['image'], image_size,
+                                       normalization)
     return {**_to_model_input(image, example['label'], 1),
             **{k: example[k] for k in extras}}
 

@@ -45,11 +45,13 @@ def learning_rate_schedule(config) -> Schedule:
 
 
 def weight_decay_mask(config, no_weight_decay: Sequence[str] = ()) -> Any:
-  """Which parameters decay: 'kernels' (ndim >= 2) or 'all'.
+  """Which parameters decay: 'kernels' or 'all'.
 
-  'kernels' leaves out biases and norm scales (ndim 1), and the parameters
-  named in `no_weight_decay` (the model family's: ViT's class token and
-  position embedding have ndim 3 but are not kernels).
+  'kernels' decays arrays of ndim >= 2 except biases: norm scales and most
+  biases are 1-d, but the query/key/value biases are (heads, head_dim), so
+  biases are left out by name. Parameters named in `no_weight_decay` (the
+  model family's: ViT's class token and position embedding have ndim 3 but
+  are not kernels) are left out too.
   """
   if config.weight_decay_mask == 'all':
     return None
@@ -60,7 +62,8 @@ def weight_decay_mask(config, no_weight_decay: Sequence[str] = ()) -> Any:
   def mask(params):
     def decays(path, leaf):
       names = [getattr(k, 'key', str(k)) for k in path]
-      return leaf.ndim >= 2 and names[-1] not in no_weight_decay
+      name = names[-1]
+      return leaf.ndim >= 2 and name != 'bias' and name not in no_weight_decay
     return jax.tree_util.tree_map_with_path(decays, params)
 
   return mask

@@ -1,8 +1,9 @@
 """Image preprocessing: TF ops for tf.data, and a single-image loader.
 
-Every model input is NHWC float32 in [-1, 1], `(x - 127.5) / 127.5` from
-uint8, with no mean/std normalisation: this is what the released ViT weights
-expect.
+Every model input is NHWC float32, `(x - mean) / std` per channel from
+uint8. The default mean = std = 127.5 maps [0, 255] to [-1, 1] with no
+ImageNet mean/std: what the released ViT weights expect. Other weights bring
+their own (`models.family.Preprocessing`, passed as `normalization`).
 
 Random ops are the *stateless* TF variants with an explicit seed, so the
 augmentation of an example depends only on that seed: a tf.data pipeline can
@@ -108,13 +109,23 @@ def random_flip(image, seed):
   return tf.image.stateless_random_flip_left_right(image, seed)
 
 
-def scale_pixels(image):
-  """Maps uint8-range values to float32 in [-1, 1]: (x - 127.5) / 127.5."""
-  return (tf.cast(image, tf.float32) - 127.5) / 127.5
+def scale_pixels(image, normalization=None):
+  """Maps uint8-range values to float32: (x - mean) / std per channel.
+
+  Args:
+    image: (..., 3) tensor of values in [0, 255].
+    normalization: anything with `mean` and `std` (3 floats each), e.g. a
+      `models.family.Preprocessing`; None: mean = std = 127.5, giving [-1, 1].
+  """
+  if normalization is None:
+    return (tf.cast(image, tf.float32) - 127.5) / 127.5
+  mean = tf.constant(normalization.mean, tf.float32)
+  std = tf.constant(normalization.std, tf.float32)
+  return (tf.cast(image, tf.float32) - mean) / std
 
 
 def train_preprocess(image, image_size, seed, *, augment='inception_crop',
-                     flip=True):
+                     flip=True, normalization=None):
   """The training transform of one image.
 
   Args:
@@ -123,9 +134,10 @@ def train_preprocess(image, image_size, seed, *, augment='inception_crop',
     seed: int tensor (2,); the same seed gives the same augmentation.
     augment: 'inception_crop' (random crop, then resize) or 'resize'.
     flip: whether to flip left-right at random.
+    normalization: the pixel normalisation (`scale_pixels`).
 
   Returns:
-    float32 tensor (image_size, image_size, 3) in [-1, 1].
+    float32 tensor (image_size, image_size, 3), normalised.
   """
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
@@ -139,23 +151,24 @@ def train_preprocess(image, image_size, seed, *, augment='inception_crop',
                      "'inception_crop' or 'resize'.")
   if flip:
     image = random_flip(image, flip_seed)
-  return scale_pixels(image)
+  return scale_pixels(image, normalization)
 
 
-def eval_preprocess(image, image_size):
-  """The evaluation transform: RGB, resize, scale to [-1, 1].
+def eval_preprocess(image, image_size, normalization=None):
+  """The evaluation transform: RGB, resize, normalise.
 
   Args:
     image: uint8 tensor (H, W, 1 or 3).
     image_size: output side in pixels.
+    normalization: the pixel normalisation (`scale_pixels`).
 
   Returns:
-    float32 tensor (image_size, image_size, 3) in [-1, 1].
+    float32 tensor (image_size, image_size, 3), normalised.
   """
-  return scale_pixels(resize(to_rgb(image), image_size))
+  return scale_pixels(resize(to_rgb(image), image_size), normalization)
 
 
-def load_image(path, image_size):
+def load_image(path, image_size, normalization=None):
   """Reads one image file as the model's evaluation input.
 
   Uses the same ops as `eval_preprocess`, so a classified file gets exactly
@@ -164,9 +177,10 @@ def load_image(path, image_size):
   Args:
     path: a JPEG, PNG, GIF or BMP file.
     image_size: output side in pixels.
+    normalization: the pixel normalisation (`scale_pixels`).
 
   Returns:
-    numpy float32 (image_size, image_size, 3) in [-1, 1].
+    numpy float32 (image_size, image_size, 3), normalised.
 
   Raises:
     FileNotFoundError: the file does not exist.
@@ -182,7 +196,7 @@ def load_image(path, image_size):
     raise ValueError(
         f'Cannot decode image file {path!r}: not a JPEG, PNG, GIF or BMP '
         f'image, or the file is corrupt ({_op_error_reason(e)}).') from e
-  return eval_preprocess(image, image_size).numpy()
+  return eval_preprocess(image, image_size, normalization).numpy()
 
 
 def _op_error_reason(error):

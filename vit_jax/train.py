@@ -151,25 +151,29 @@ def num_classes(config, source) -> int:
   return source.num_classes
 
 
-def train_batches(config, source, *, start_step: int = 0
+def train_batches(config, source, *, normalization=None, start_step: int = 0
                   ) -> Iterator[Dict[str, np.ndarray]]:
-  """config.train_split's host-local training batches from `start_step` on."""
+  """config.train_split's host-local training batches from `start_step` on.
+
+  `normalization`: the model family's pixel normalisation (None: [-1, 1]).
+  """
   return input_pipeline.get_train_iterator(
       source, config.train_split, image_size=config.image_size,
       batch_size=config.batch_size,
       augmentation=input_pipeline.Augmentation(crop=config.train_augment,
                                                flip=config.random_flip),
       seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-      cache=config.cache, prefetch=config.prefetch, start_step=start_step)
+      cache=config.cache, prefetch=config.prefetch, start_step=start_step,
+      normalization=normalization)
 
 
-def eval_batches(config, source, split: Optional[str] = None
-                 ) -> input_pipeline.EvalIterable:
+def eval_batches(config, source, split: Optional[str] = None, *,
+                 normalization=None) -> input_pipeline.EvalIterable:
   """Padded eval batches of `split` of `source` (None: config.eval_split)."""
   return input_pipeline.get_eval_iterator(
       source, split or config.eval_split, image_size=config.image_size,
       batch_size=config.eval_batch_size, cache=config.cache,
-      prefetch=config.prefetch)
+      prefetch=config.prefetch, normalization=normalization)
 
 
 # ----------------------------------------------------------------------------
@@ -289,9 +293,12 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
 
   log = metrics_log.MetricsLog(workdir, start_time=run_start)
   log.drop_after(start_step)
-  batches = train_batches(config, source, start_step=start_step)
-  evals = evaluators.from_config(config, setup, eval_batches(config, source),
-                                 functools.partial(eval_batches, config))
+  normalization = models.family_of(setup.model).preprocessing
+  batches = train_batches(config, source, normalization=normalization,
+                          start_step=start_step)
+  read_eval = functools.partial(eval_batches, config,
+                                normalization=normalization)
+  evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
   progress = Progress(start_step, config.total_steps, config.batch_size)
   history, record = [], None
   for step in range(start_step + 1, config.total_steps + 1):

@@ -110,7 +110,8 @@ def run(checkpoint_path: str, model_name: str, dataset: str, *,
 
   def features(split):
     return extract(params, input_pipeline.get_eval_iterator(
-        source, split, image_size=image_size, batch_size=batch_size))
+        source, split, image_size=image_size, batch_size=batch_size,
+        normalization=models.family_of(model).preprocessing))
 
   train_features, train_labels = features(train_split)
   test_features, test_labels = features(test_split)

@@ -22,6 +22,7 @@ from etils import epath
 import numpy as np
 
 from vit_jax.cli import flags as cli_flags
+from vit_jax import models
 from vit_jax import preprocess
 from vit_jax import pretrained
 
@@ -91,7 +92,8 @@ def run(checkpoint_path: str, model_name: str, images: Sequence[str], *,
     raise ValueError(f'{checkpoint_path} has no head: it gives features, not '
                      'classes')
   label_names = read_labels(labels, model.num_classes)
-  pixels = np.stack([preprocess.load_image(path, image_size)
+  normalization = models.family_of(model).preprocessing
+  pixels = np.stack([preprocess.load_image(path, image_size, normalization)
                      for path in images])
   logits = pretrained.predict_logits(model, params, pixels, batch_size)
   for path, row in zip(images, logits):

@@ -99,7 +99,7 @@ def _filter_components(model, params, model_name, notes):
 def compute_analysis(model, params,
                      images, model_name: str, *,
                      batch_size: int = _BATCH_SIZE) -> Dict[str, Any]:
-  """The numbers behind every figure, for images in [-1, 1].
+  """The numbers behind every figure, for model-input (normalised) images.
 
   Args:
     model: a model with attention weights (ViT, with a 'token' or 'gap'
@@ -281,7 +281,8 @@ def run(checkpoint_path: str, model_name: str, image_paths: Sequence[str],
                      'attention distances are computed on them')
   model, params, image_size = pretrained.load(
       checkpoint_path, model_name, image_size=image_size, **model_overrides)
-  images = np.stack([preprocess.load_image(path, image_size)
+  normalization = models.family_of(model).preprocessing
+  images = np.stack([preprocess.load_image(path, image_size, normalization)
                      for path in image_paths])
   result = compute_analysis(model, params, images, model_name)
   record = write_outputs(result, images, image_paths, out_dir)
