@@ -144,10 +144,10 @@ class FewShotEvaluator:
       every: cadence in steps (`common.Evaluator`).
       params_shardings: the params' shardings (None: replicated).
     """
-    if model.classifier not in ('token', 'gap'):
-      raise ValueError(f'few-shot evaluation needs pooled features; the '
-                       f'model\'s classifier is {model.classifier!r} (use '
-                       "'token' or 'gap', or set config.fewshot_every=0).")
+    if not models.family_of(model).pools_features(model):
+      raise ValueError('few-shot evaluation needs pooled features; this '
+                       "model's are per token (use a 'token' or 'gap' "
+                       'classifier, or set config.fewshot_every=0).')
     if val_per_class < 1 or not shots:
       raise ValueError('config.fewshot_val_per_class must be >= 1 (it '
                        'chooses l2) and config.fewshot_shots non-empty.')

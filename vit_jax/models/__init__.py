@@ -11,9 +11,10 @@ a checkpoint, and offers the same verbs for all of them:
   without_head(model, params)                        the features model
   patch_pixels(model)                                input pixels per token
 
-Built in: ViT and R+ViT hybrids (`vit_family`). Another family is one module
-implementing `family.ModelFamily` and a `register(...)` call; registering is
-explicit, never a side effect of importing a module.
+Built in: ViT and R+ViT hybrids (`vit_family`) and MLP-Mixer
+(`mixer_family`). Another family is one module implementing
+`family.ModelFamily` and a `register(...)` call; registering is explicit,
+never a side effect of importing a module.
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -25,12 +26,13 @@ import jax.numpy as jnp
 
 from vit_jax import npz
 from vit_jax.models import family as family_lib
+from vit_jax.models import mixer_family
 from vit_jax.models import vit_family
 
 ModelFamily = family_lib.ModelFamily
 count_params = family_lib.count_params
 
-_FAMILIES: List[ModelFamily] = [vit_family.FAMILY]
+_FAMILIES: List[ModelFamily] = [vit_family.FAMILY, mixer_family.FAMILY]
 
 # The ViT family's variant table (the released names), for convenience.
 VARIANTS = vit_family.VARIANTS

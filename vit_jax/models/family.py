@@ -180,6 +180,12 @@ class ModelFamily(abc.ABC):
             {name: value for name, value in params.items()
              if name not in self.head_names})
 
+  def pools_features(self, model: nn.Module) -> bool:
+    """Whether `without_head(model)` gives one (B, D) vector per image (what
+    few-shot evaluation needs) rather than per-token features."""
+    del model
+    return True
+
   # --- What the paper's analyses look at (None: the family has none) -------
 
   def num_prefix_tokens(self, model: nn.Module) -> int:
