@@ -76,6 +76,11 @@ def get_config():
   config.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
   config.loss = 'softmax_xent'  # softmax_xent | sigmoid_xent.
   config.label_smoothing = 0.0  # Softmax label smoothing.
+  # Batch-level mixing (vit_jax.mixing); alpha 0 turns a method off.
+  config.mixup_alpha = 0.0  # Mixup lam ~ Beta(alpha, alpha) (AugReg's "p").
+  config.cutmix_alpha = 0.0  # CutMix lam ~ Beta(alpha, alpha) (DeiT: 1.0).
+  config.mix_prob = 1.0  # Chance that a batch is mixed.
+  config.mix_switch_prob = 0.5  # Both on: chance of CutMix instead of Mixup.
   config.ema_decay = 0.0  # Polyak/EMA decay of params (paper: 0.9999); 0 disables.
 
   # --- Initialisation from a checkpoint --------------------------------------

@@ -36,7 +36,7 @@ class TrainState:
   rng: jax.Array  # Base key; step and micro-batch keys are folded from it.
 
 
-def _targets(labels, num_classes: int):
+def label_distributions(labels, num_classes: int):
   """Class ids (B,) -> one-hot (B, C); label distributions (B, C) as given."""
   if labels.ndim == 1:
     return jax.nn.one_hot(labels, num_classes)
@@ -60,7 +60,7 @@ def per_example_loss(logits_BC, labels, *, loss: str,
   Returns:
     (B,) losses.
   """
-  targets_BC = _targets(labels, logits_BC.shape[-1])
+  targets_BC = label_distributions(labels, logits_BC.shape[-1])
   if loss == 'softmax_xent':
     if label_smoothing:
       targets_BC = optax.smooth_labels(targets_BC, label_smoothing)

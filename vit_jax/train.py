@@ -23,6 +23,7 @@ from vit_jax import evaluators
 from vit_jax import input_pipeline
 from vit_jax import input_sources
 from vit_jax import metrics_log
+from vit_jax import mixing
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import pretrained
@@ -91,13 +92,22 @@ def make_setup(config, num_classes: int, devices=None) -> Setup:
           steps.train_step, model=model, optimizer=optimizer,
           learning_rate=optim.learning_rate_schedule(config),
           loss=config.loss, label_smoothing=config.label_smoothing,
-          accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay),
+          accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
+          mix_batch=mixing.make_mix_fn(mix_spec(config), num_classes)),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated),
       donate_argnums=0)
   init = jax.jit(init_state, out_shardings=state_shardings)
   bind = lambda jitted: sharding.MeshBound(jitted, mesh)
   return Setup(model, mesh, state_shardings, bind(train_step), bind(init))
+
+
+def mix_spec(config) -> mixing.MixSpec:
+  """The batch-level augmentation of the config (Mixup / CutMix)."""
+  return mixing.MixSpec(mixup_alpha=config.mixup_alpha,
+                        cutmix_alpha=config.cutmix_alpha,
+                        prob=config.mix_prob,
+                        switch_prob=config.mix_switch_prob)
 
 
 def initial_state(config, setup: Setup, checkpointer):
