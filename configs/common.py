@@ -48,8 +48,12 @@ def get_config():
   config.num_classes = ml_collections.FieldReference(None, int)  # None: read from the dataset info.
   config.label_map = ml_collections.FieldReference(None, str)  # Label derived from other features: a key of vit_jax.vtab.LABEL_MAPS.
   config.image_size = 224  # Train and eval resolution (square).
-  config.train_augment = 'inception_crop'  # inception_crop | resize (no random crop).
+  config.train_augment = 'inception_crop'  # inception_crop | resize (no random crop) | pad_crop (small images).
   config.random_flip = True  # Horizontal flip at training.
+  config.crop_padding = 0  # Pixels padded (black) on each side by train_augment='pad_crop' before its random crop.
+  config.randaug_layers = 0  # RandAugment ops per training image (AugReg: 2); 0 disables.
+  config.randaug_magnitude = 10.0  # RandAugment magnitude, 0..10 scale, > 10 extrapolates (AugReg: 10, 15, 20).
+  config.random_erasing = 0.0  # Probability of erasing a random rectangle with noise after normalisation (DeiT: 0.25).
   config.shuffle_buffer = 50_000  # Examples in the tf.data shuffle buffer.
   config.cache = 'auto'  # auto (cache sets under ~1 GB) | true | false.
   config.prefetch = 2  # Batches prefetched by tf.data.

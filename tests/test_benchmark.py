@@ -159,3 +159,22 @@ def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
   # Set by the program before JAX starts (glibc only; see host_memory).
   assert result['keeps_freed_memory'] == (
       sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc')
+
+
+def test_a_config_is_timed_with_the_training_loops_own_step(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from tests import data_helpers  # pylint: disable=g-import-not-at-top
+  data_helpers.write_image_folder(tmp_path, {'train': 2, 'test': 1}, 3, 8)
+  config = default.get_config()
+  config.update(dataset='imagefolder', data_dir=str(tmp_path), image_size=8,
+                batch_size=8, mixup_alpha=0.2)
+  config.model.update(num_layers=1, hidden_size=16, mlp_dim=16, num_heads=2)
+  result = benchmark_protocol.run_benchmark(
+      config=config, mode='train', steps=2, warmup=2, peak_matmul_size=128,
+      host_devices=1)
+  _check_consistent(result, batch_size=8)
+  assert (result['model'], result['batch_size'], result['image_size'],
+          result['dtype'], result['num_classes']) == (
+              'R+ViT-Ti_16', 8, 8, 'bfloat16', 3)
+  with pytest.raises(ValueError, match='--compare'):
+    benchmark_protocol.run_benchmark(config=config, compare='timm')

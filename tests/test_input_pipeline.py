@@ -98,6 +98,18 @@ def _augmented_batches(source, **options):
   return _train_batches(source, crop='inception_crop', flip=True, **options)
 
 
+# Every optional augmentation on, sized for the 6 px images.
+STRONG = input_pipeline.Augmentation(
+    crop='pad_crop', flip=True, crop_padding=1, randaug_layers=2,
+    randaug_magnitude=15.0, random_erasing=0.5)
+
+
+def _strong_batches(source, **options):
+  return input_pipeline.get_train_iterator(
+      source, 'train', image_size=TINY_SIZE, batch_size=8,
+      augmentation=STRONG, seed=0, shuffle_buffer=100, prefetch=1, **options)
+
+
 def _eval_batches(source, split='test', **options):
   return input_pipeline.get_eval_iterator(
       source, split, image_size=TINY_SIZE, batch_size=8, prefetch=1,
@@ -240,6 +252,49 @@ def test_start_step_resumes_the_same_stream(tiny_data_dir, start_step):
   for a, b in zip(reference[start_step:], resumed):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
+
+
+@pytest.mark.parametrize('start_step', [3, 5])
+def test_start_step_resumes_the_same_stream_with_every_augmentation(
+    tiny_data_dir, start_step):
+  source = _source(tiny_data_dir)
+  reference = _take(_strong_batches(source), start_step + 2)
+  resumed = _take(_strong_batches(source, start_step=start_step), 2)
+  for a, b in zip(reference[start_step:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  # The options are really on: the images are not those of plain resizing.
+  plain = _take(_train_batches(source), start_step + 2)
+  assert not np.array_equal(plain[start_step]['image'],
+                            reference[start_step]['image'])
+
+
+def test_config_augmentation_keys_reach_the_pipeline(tiny_data_dir):
+  source = _source(tiny_data_dir)
+  config = _config(data_dir=tiny_data_dir, train_augment='pad_crop',
+                   random_flip=True, crop_padding=1, randaug_layers=2,
+                   randaug_magnitude=15.0, random_erasing=0.5)
+  for a, b in zip(_take(train.train_batches(config, source), 2),
+                  _take(_strong_batches(source), 2)):
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
+@pytest.mark.parametrize('fields,key', [
+    (dict(crop='mixup'), 'config.train_augment'),
+    (dict(crop='inception_crop', crop_padding=4), 'config.crop_padding'),
+    (dict(randaug_layers=2, randaug_magnitude=-5.0),
+     'config.randaug_magnitude'),
+    (dict(random_erasing=1.25), 'config.random_erasing'),
+])
+def test_bad_augmentation_fails_on_construction_naming_the_key(fields, key):
+  with pytest.raises(ValueError, match=key):
+    input_pipeline.Augmentation(**fields)
+
+
+def test_bad_augmentation_config_fails_in_train_batches(tiny_data_dir):
+  with pytest.raises(ValueError, match='config.random_erasing'):
+    train.train_batches(_config(data_dir=tiny_data_dir, random_erasing=-1.0),
+                        _source(tiny_data_dir))
 
 
 def test_cache_setting_does_not_change_the_data(tiny_data_dir):

@@ -1,4 +1,5 @@
-"""Tests of vit_jax.preprocess: exact scaling, RGB, crops, flips, load_image."""
+"""Tests of vit_jax.preprocess: scaling, RGB, crops, flips, RandAugment and
+random erasing in the training transform, load_image."""
 
 import numpy as np
 from PIL import Image
@@ -6,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from vit_jax import preprocess
+from vit_jax import randaugment
 from vit_jax.models import family
 
 
@@ -164,3 +166,157 @@ def test_load_image_corrupt_file_raises_value_error_naming_it(tmp_path):
 def test_load_image_missing_file_raises_naming_it(tmp_path):
   with pytest.raises(FileNotFoundError, match='missing.png'):
     preprocess.load_image(str(tmp_path / 'missing.png'), 8)
+
+
+# --- Small-image crops, RandAugment and random erasing ------------------------
+
+
+def test_pad_crop_is_a_window_of_the_zero_padded_image():
+  image = _random_image(8, 8) | 1  # No zeros: the black border shows.
+  padded = np.pad(image, [(3, 3), (3, 3), (0, 0)]).astype(np.float32)
+  offsets = set()
+  for s in range(40):
+    out = preprocess.pad_crop(tf.constant(image), 8, 3,
+                              tf.constant([s, 2])).numpy()
+    assert out.shape == (8, 8, 3) and out.dtype == np.float32
+    matches = [(dy, dx) for dy in range(7) for dx in range(7)
+               if np.array_equal(out, padded[dy:dy + 8, dx:dx + 8])]
+    assert len(matches) == 1
+    offsets.add(matches[0])
+  assert len(offsets) >= 20  # Of the 7 x 7 possible shifts.
+  assert {dy for dy, _ in offsets} == set(range(7))
+
+
+def test_pad_crop_resizes_first_and_without_padding_is_resize():
+  image = tf.constant(_random_image(20, 20))
+  for s in range(3):
+    np.testing.assert_array_equal(
+        preprocess.pad_crop(image, 12, 0, tf.constant([s, 0])),
+        preprocess.resize(image, 12))
+
+
+def test_random_erasing_with_probability_zero_is_the_identity():
+  image = np.random.RandomState(0).randn(10, 10, 3).astype(np.float32)
+  for s in range(5):
+    np.testing.assert_array_equal(
+        preprocess.random_erasing(tf.constant(image), 0.0,
+                                  tf.constant([s, 0])), image)
+
+
+def _erased_box(before, after):
+  """(top, left, height, width) of the changed pixels, asserting they form
+  one filled rectangle changed in every channel."""
+  changed = (before != after).any(axis=-1)
+  rows, cols = np.nonzero(changed)
+  top, left = rows.min(), cols.min()
+  height, width = rows.max() - top + 1, cols.max() - left + 1
+  assert changed.sum() == height * width
+  assert (before != after)[changed].all()
+  return top, left, height, width
+
+
+def test_random_erasing_always_erases_a_rectangle_of_the_drawn_size():
+  size = 28
+  image = np.full((size, size, 3), 5.0, np.float32)  # Off the noise's scale.
+  boxes, noise = set(), []
+  for s in range(60):
+    out = preprocess.random_erasing(tf.constant(image), 1.0,
+                                    tf.constant([s, 4])).numpy()
+    top, left, height, width = _erased_box(image, out)
+    assert height < size and width < size  # Strictly inside.
+    # Sides are rounded: the drawn area and ratio lie within half a pixel.
+    area = size * size
+    assert (height - 0.5) * (width - 0.5) <= area / 3
+    assert (height + 0.5) * (width + 0.5) >= 0.02 * area
+    assert (height - 0.5) / (width + 0.5) <= 3.3
+    assert (height + 0.5) / (width - 0.5) >= 0.3
+    boxes.add((top, left, height, width))
+    noise.append(out[top:top + height, left:left + width].ravel())
+  assert len(boxes) == 60
+  noise = np.concatenate(noise)  # Per-pixel N(0, 1), thousands of values.
+  assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+
+
+def test_random_erasing_probability_and_seed():
+  image = tf.zeros([16, 16, 3])
+  erased = [bool(np.any(preprocess.random_erasing(image, 0.3,
+                                                  tf.constant([s, 1]))))
+            for s in range(300)]
+  assert 60 <= sum(erased) <= 120  # 90 expected, sigma 8.
+  np.testing.assert_array_equal(
+      preprocess.random_erasing(image, 0.3, tf.constant([3, 3])),
+      preprocess.random_erasing(image, 0.3, tf.constant([3, 3])))
+
+
+def _old_train_preprocess(image, image_size, seed, augment, flip):
+  """The transform before RandAugment and erasing existed (the reference)."""
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
+  image = preprocess.to_rgb(image)
+  if augment == 'inception_crop':
+    image = preprocess.inception_crop(image, image_size, crop_seed)
+  else:
+    image = preprocess.resize(image, image_size)
+  if flip:
+    image = preprocess.random_flip(image, flip_seed)
+  return preprocess.scale_pixels(image)
+
+
+@pytest.mark.parametrize('augment', ['inception_crop', 'resize'])
+def test_train_preprocess_with_new_options_off_is_unchanged(augment):
+  image = tf.constant(_random_image(20, 18))
+  for s in range(8):
+    seed = tf.constant([s, 11], tf.int64)
+    np.testing.assert_array_equal(
+        preprocess.train_preprocess(image, 12, seed, augment=augment),
+        _old_train_preprocess(image, 12, seed, augment, flip=True))
+
+
+def test_train_preprocess_order_crop_flip_randaug_normalise_erase():
+  image = tf.constant(_random_image(20, 20))
+  seed = tf.constant([2, 5], tf.int64)
+  crop_seed, flip_seed, randaug_seed, erasing_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 4))
+  expected = preprocess.random_flip(
+      preprocess.pad_crop(image, 16, 2, crop_seed), flip_seed)
+  expected = randaugment.randaugment(preprocess.to_uint8(expected),
+                                     randaug_seed, 2, 15)
+  expected = preprocess.random_erasing(
+      preprocess.scale_pixels(expected, IMAGENET), 0.5, erasing_seed)
+  out = preprocess.train_preprocess(
+      image, 16, seed, augment='pad_crop', crop_padding=2, randaug_layers=2,
+      randaug_magnitude=15, random_erasing_prob=0.5, normalization=IMAGENET)
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_train_preprocess_new_options_range_shape_and_determinism():
+  grey = tf.constant(_random_image(28, 28, channels=1))
+  options = dict(augment='pad_crop', crop_padding=4, randaug_layers=2,
+                 randaug_magnitude=10)
+  outs = [preprocess.train_preprocess(grey, 28, tf.constant([0, s]),
+                                      **options).numpy() for s in (1, 1, 2)]
+  assert outs[0].shape == (28, 28, 3) and outs[0].dtype == np.float32
+  assert outs[0].min() >= -1.0 and outs[0].max() <= 1.0
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert not np.array_equal(outs[0], outs[2])
+
+
+def test_to_uint8_rounds_and_clips():
+  values = tf.constant([-3.0, 0.4, 0.5, 1.5, 254.6, 300.0])
+  np.testing.assert_array_equal(preprocess.to_uint8(values),
+                                [0, 0, 0, 2, 255, 255])
+
+
+@pytest.mark.parametrize('options,key', [
+    (dict(augment='cutmix'), 'config.train_augment'),
+    (dict(augment='resize', crop_padding=4), 'config.crop_padding'),
+    (dict(augment='pad_crop', crop_padding=-1), 'config.crop_padding'),
+    (dict(randaug_layers=-2), 'config.randaug_layers'),
+    (dict(randaug_layers=2, randaug_magnitude=-1), 'config.randaug_magnitude'),
+    (dict(random_erasing_prob=1.5), 'config.random_erasing'),
+    (dict(random_erasing_prob=-0.1), 'config.random_erasing'),
+])
+def test_train_preprocess_rejects_bad_options_naming_the_key(options, key):
+  with pytest.raises(ValueError, match=key):
+    preprocess.train_preprocess(tf.zeros([4, 4, 3], tf.uint8), 4,
+                                tf.constant([0, 0]), **options)

@@ -13,7 +13,8 @@ Public API:
   local_batch_size(global_batch_size) -> int
 
 Batches are host-local numpy dicts:
-  {'image': float32 (b, H, W, 3) in [-1, 1], 'label': int32 (b,),
+  {'image': float32 (b, H, W, 3), normalised (default [-1, 1]; random
+   erasing adds noise outside it), 'label': int32 (b,),
    'mask': float32 (b,)}
 with b = global batch size // jax.process_count(), H = W = image_size.
 Each process reads its own slice of every split (`tfds.even_splits`), so
@@ -37,7 +38,7 @@ up to one epoch's reading for large uncached datasets.
 Caching (`cache`): 'auto' keeps the decoded uint8 images in memory when
 their estimated size is under about 1 GB (Fashion-MNIST: 47 MB, CIFAR:
 184 MB); 'true' / 'false' force it. The cache sits before augmentation, so
-every epoch still gets fresh crops and flips.
+every epoch still gets fresh crops, flips, RandAugment ops and erasings.
 """
 
 import dataclasses
@@ -60,13 +61,33 @@ _INPUT_THREADS = max(1, (os.cpu_count() or 2) // 2)
 class Augmentation:
   """The per-example training augmentation (`preprocess.train_preprocess`).
 
+  The defaults are the ViT fine-tuning augmentation; the other options are
+  off until set. Invalid values raise ValueError on construction, naming
+  their config key.
+
   Attributes:
-    crop: 'inception_crop' (a random area and aspect ratio, resized) or
-      'resize' (the whole image).
+    crop: 'inception_crop' (a random area and aspect ratio, resized),
+      'resize' (the whole image) or 'pad_crop' (resize, pad with black,
+      random crop back: the small-image recipe).
     flip: flip left-right at random.
+    crop_padding: pixels of padding on each side for 'pad_crop'.
+    randaug_layers: RandAugment ops per image (`vit_jax.randaugment`); 0: off.
+    randaug_magnitude: their shared magnitude, 0..10 scale (AugReg: 10-20).
+    random_erasing: probability of erasing a random rectangle with noise
+      after normalisation (DeiT: 0.25); 0: off.
   """
   crop: str = 'inception_crop'
   flip: bool = True
+  crop_padding: int = 0
+  randaug_layers: int = 0
+  randaug_magnitude: float = 10.0
+  random_erasing: float = 0.0
+
+  def __post_init__(self):
+    preprocess.check_train_options(self.crop, self.crop_padding,
+                                   self.randaug_layers,
+                                   self.randaug_magnitude,
+                                   self.random_erasing)
 
 
 def local_batch_size(global_batch_size, process_count=None):
@@ -199,7 +220,10 @@ def make_train_dataset(source, split, *, image_size: int, batch_size: int,
     image = preprocess.train_preprocess(
         example['image'], image_size, example_seed,
         augment=augmentation.crop, flip=augmentation.flip,
-        normalization=normalization)
+        normalization=normalization, crop_padding=augmentation.crop_padding,
+        randaug_layers=augmentation.randaug_layers,
+        randaug_magnitude=augmentation.randaug_magnitude,
+        random_erasing_prob=augmentation.random_erasing)
     return _to_model_input(image, example['label'], 1)
 
   start_epoch, offset = divmod(start_step * batch, num_local)

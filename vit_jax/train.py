@@ -161,6 +161,16 @@ def num_classes(config, source) -> int:
   return source.num_classes
 
 
+def augmentation(config) -> input_pipeline.Augmentation:
+  """The per-example training augmentation of the config (checked)."""
+  return input_pipeline.Augmentation(
+      crop=config.train_augment, flip=config.random_flip,
+      crop_padding=config.crop_padding,
+      randaug_layers=config.randaug_layers,
+      randaug_magnitude=config.randaug_magnitude,
+      random_erasing=config.random_erasing)
+
+
 def train_batches(config, source, *, normalization=None, start_step: int = 0
                   ) -> Iterator[Dict[str, np.ndarray]]:
   """config.train_split's host-local training batches from `start_step` on.
@@ -170,8 +180,7 @@ def train_batches(config, source, *, normalization=None, start_step: int = 0
   return input_pipeline.get_train_iterator(
       source, config.train_split, image_size=config.image_size,
       batch_size=config.batch_size,
-      augmentation=input_pipeline.Augmentation(crop=config.train_augment,
-                                               flip=config.random_flip),
+      augmentation=augmentation(config),
       seed=config.seed, shuffle_buffer=config.shuffle_buffer,
       cache=config.cache, prefetch=config.prefetch, start_step=start_step,
       normalization=normalization)
@@ -269,6 +278,9 @@ def _check_finite(metrics, step, checkpointer):
 
 
 def _validate(config):
+  # Built here only to check them before anything runs.
+  augmentation(config)
+  mix_spec(config)
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f'batch_size {config.batch_size} is not divisible by '
                      f'grad_accum_steps {config.grad_accum_steps}')

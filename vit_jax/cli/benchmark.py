@@ -3,6 +3,8 @@ r"""Throughput benchmark of a ViT variant, optionally against timm (PyTorch).
   python -m vit_jax.cli.benchmark --model=ViT-B_16 --batch_size=8 \
       --image_size=224 --mode=inference --dtype=bfloat16 --compare=timm \
       --json_out=/tmp/bench.json
+  # The training loop's own step of any experiment config:
+  python -m vit_jax.cli.benchmark --config=configs/default.py --mode=train
 
 How it measures (warm-up, interleaved timing, FLOPs, memory) is
 `benchmark_protocol`; our step is `benchmark_jax`, timm's `benchmark_timm`.
@@ -34,6 +36,7 @@ if __name__ == '__main__':
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from vit_jax.cli import benchmark_jax
 from vit_jax.cli import benchmark_protocol
@@ -64,6 +67,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   define(flags.DEFINE_enum, 'attention', 'auto',
          'Attention implementation (vit.MultiHeadAttention).',
          enum_values=vit.ATTENTION_IMPLEMENTATIONS)
+  config_flags.DEFINE_config_file(
+      'config', None, 'An experiment config (with --config.<key>=value '
+      'overrides): times its model, batch, image size and dtype with the '
+      "training loop's own step; --model, --batch_size, --image_size and "
+      '--dtype are then ignored.', flag_values=flag_values,
+      lock_config=True)
   define(flags.DEFINE_integer, 'host_devices', None,
          'Split the batch over this many XLA:CPU devices. Must divide the '
          'batch size. Default: default_host_devices() (2 for float32 '
@@ -131,8 +140,11 @@ def main(argv: Sequence[str],
   """Runs the benchmark on the parsed flags; user errors exit with status 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  host_devices = flag_values.host_devices or default_host_devices(
-      flag_values.mode, flag_values.dtype, flag_values.batch_size)
+  config = flag_values.config
+  # A config's step runs on the devices training would use: one CPU device.
+  host_devices = flag_values.host_devices or (1 if config else
+                                              default_host_devices(
+      flag_values.mode, flag_values.dtype, flag_values.batch_size))
   # Must happen before the first JAX operation starts the CPU backend.
   process.use_cpu_devices(host_devices)
   result = cli_flags.exit_on_user_error(
@@ -141,7 +153,8 @@ def main(argv: Sequence[str],
       image_size=flag_values.image_size, num_classes=flag_values.num_classes,
       mode=flag_values.mode, dtype=flag_values.dtype, steps=flag_values.steps,
       warmup=flag_values.warmup, compare=flag_values.compare,
-      host_devices=host_devices, attention=flag_values.attention)
+      host_devices=host_devices, attention=flag_values.attention,
+      config=config)
   _write_result(result, flag_values.json_out)
 
 

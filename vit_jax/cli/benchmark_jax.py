@@ -24,6 +24,7 @@ import optax
 
 from vit_jax import models
 from vit_jax import sharding
+from vit_jax import train as train_lib
 
 # What one step does, and its matmul operand dtypes (params stay float32).
 MODES = ('inference', 'train')
@@ -193,4 +194,40 @@ def build_step(model_name: str, image_size: int, num_classes: int, mode: str,
     # The state is donated: each step runs on the one before's output.
     holder[0], loss = compiled(holder[0], images, labels)
     loss.block_until_ready()
+  return step, info
+
+
+def build_config_step(config: Any, num_classes: int, mode: str,
+                      images_np: np.ndarray, labels_np: np.ndarray):
+  """Builds and compiles the training loop's own step for `config`.
+
+  Training times `train.make_setup(config, ...).train_step`, the very step
+  `vit_jax.main` runs (the config's optimizer, loss, mixing, dtype and
+  sharding); inference times the config's model on the eval path.
+
+  Returns:
+    (step, info) as `build_step`; 'every_token_flops' equals 'flops' (no
+    other framework is compared).
+  """
+  setup = train_lib.make_setup(config, num_classes)
+  state = setup.init_state(jax.random.PRNGKey(0))
+  batch = sharding.global_batch(
+      {'image': images_np, 'label': labels_np}, setup.mesh)
+  if mode == 'train':
+    compiled = setup.train_step.lower(state, batch).compile()
+  else:
+    apply = jax.jit(lambda params, images: setup.model.apply(
+        {'params': params}, images, train=False))
+    compiled = apply.lower(state.params, batch['image']).compile()
+  info = {'params': models.count_params(state.params),
+          **compiled_stats(compiled, setup.mesh.size)}
+  info['every_token_flops'] = info['flops']
+  if mode != 'train':
+    return (lambda: compiled(state.params, batch['image']).block_until_ready(),
+            info)
+  holder = [state]
+
+  def step():
+    holder[0], metrics = compiled(holder[0], batch)
+    metrics['loss'].block_until_ready()
   return step, info

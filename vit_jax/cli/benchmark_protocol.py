@@ -32,6 +32,7 @@ import numpy as np
 
 from vit_jax import models
 from vit_jax import sharding
+from vit_jax import train
 from vit_jax.cli import benchmark_jax
 from vit_jax.cli import host_memory
 
@@ -170,9 +171,14 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
                   compare: Optional[str] = None,
                   host_devices: Optional[int] = None,
                   peak_matmul_size: int = benchmark_jax.PEAK_MATMUL_SIZE,
-                  attention: str = 'auto',
+                  attention: str = 'auto', config: Any = None,
                   **model_overrides: Any) -> Dict[str, Any]:
   """Times `steps` steps of the model (and of timm's with `compare`).
+
+  With `config` (an experiment config), the model, batch size, image size
+  dtype and head are the config's and the step is the training loop's own
+  (`benchmark_jax.build_config_step`); the arguments naming those are
+  ignored and `compare` must be None.
 
   Args:
     model: variant name (see `models.VARIANTS`).
@@ -197,13 +203,26 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
   if warmup < 2:
     raise ValueError(f'warmup={warmup}: at least 2 untimed steps are needed '
                      'so compilation and first-touch costs are excluded')
+  if config is not None:
+    if compare:
+      raise ValueError('--compare times a named variant; use --model, not '
+                       '--config')
+    model, batch_size, image_size = (config.model_name, config.batch_size,
+                                     config.image_size)
+    dtype, attention = config.model.dtype, config.model.attention
+    # The head training would build: config.num_classes or the dataset's.
+    num_classes = train.num_classes(config, train.data_source(config))
   jnp_dtype = jnp.dtype(dtype)
   mesh = _mesh(host_devices, batch_size)
   images, labels = synthetic_batch(batch_size, image_size, num_classes)
   name = models.canonical_name(model)
-  step, info = benchmark_jax.build_step(
-      name, image_size, num_classes, mode, jnp_dtype, mesh, images, labels,
-      model_overrides, attention)
+  if config is not None:
+    step, info = benchmark_jax.build_config_step(config, num_classes, mode,
+                                                 images, labels)
+  else:
+    step, info = benchmark_jax.build_step(
+        name, image_size, num_classes, mode, jnp_dtype, mesh, images, labels,
+        model_overrides, attention)
   step()  # Allocates what the step needs before the RSS is read.
   rss_ours = _max_rss_bytes()
   other = _comparison_step(
