@@ -39,6 +39,18 @@ def get_config():
   config.model.scan_layers = False  # One nn.scan over the blocks: compiles once, params stacked (npz unchanged).
   config.model.remat_policy = 'none'  # Recompute in backward: none | full | dots | dots_no_batch.
   config.model.attention = 'auto'  # auto (einsum on CPU, fused elsewhere) | fused | einsum.
+  # ViT options of the follow-up papers (vit.VisionTransformer); the defaults are the released model.
+  config.model.drop_path_rate = 0.0  # Stochastic depth at the last block (0 at the first, linear between).
+  config.model.posemb = 'learned'  # learned | sincos2d (fixed) | none.
+  config.model.posemb_covers_prefix = True  # False: learned posemb on patch tokens only (timm no_embed_class).
+  config.model.num_register_tokens = 0  # Register tokens after the class token.
+  config.model.distillation = False  # DeiT distillation token and second head (classifier token).
+  config.model.layer_scale_init = ml_collections.FieldReference(None, float)  # LayerScale init; None: no LayerScale.
+  config.model.pre_norm = False  # LayerNorm before the blocks (CLIP).
+  config.model.fc_norm = False  # Final LayerNorm after pooling instead of before.
+  config.model.qkv_bias = True  # Biases of the query/key/value projections.
+  config.model.layer_norm_epsilon = 1e-6  # Every LayerNorm's epsilon (CLIP: 1e-5).
+  config.model.activation = 'gelu_tanh'  # MLP nonlinearity: gelu_tanh | gelu_erf | quick_gelu.
 
   # --- Data ----------------------------------------------------------------
   config.dataset = 'fashion_mnist_local'  # TFDS name (or 'imagefolder').

@@ -1,7 +1,9 @@
-"""Resizing position embeddings when the token grid changes.
+"""Position embeddings: the fixed 2-D sin-cos one, and resizing learned ones
+when the token grid changes.
 
-The class-token embedding (if any) is kept as is; the patch embeddings are
-reshaped to their grid, resampled to the new grid and flattened again.
+Resizing: the prefix-token embeddings (a class token's) are kept as they
+are; the patch embeddings are reshaped to their grid, resampled to the new
+grid and flattened again.
 
 Methods (results differ slightly, so the choice is explicit):
   bilinear_aligned: linear interpolation whose corner samples coincide
@@ -21,6 +23,40 @@ import numpy as np
 import scipy.ndimage
 
 METHODS = ('bilinear_aligned', 'bilinear', 'bicubic')
+
+
+def sincos_2d(grid: Sequence[int], width: int,
+              temperature: float = 10_000.) -> np.ndarray:
+  """The fixed 2-D sin-cos position embedding of a (rows, cols) patch grid.
+
+  As in Beyer et al. 2022, "Better plain ViT baselines for ImageNet-1k"
+  (big_vision's `posemb_sincos_2d`, after MoCo v3): with F = width / 4
+  frequencies omega_f = 1 / temperature**(f / (F - 1)), f = 0 .. F-1, the
+  patch in row y and column x (row-major order, as the patches are
+  flattened) gets the concatenation
+    [sin(x omega), cos(x omega), sin(y omega), cos(y omega)].
+
+  Args:
+    grid: (rows, cols).
+    width: the token width D, a multiple of 4 and at least 8.
+    temperature: the longest wavelength's scale.
+
+  Returns:
+    float32 array (1, rows * cols, width).
+  """
+  if width % 4 or width < 8:
+    raise ValueError(f'the sincos2d position embedding needs a width that is '
+                     f'a multiple of 4 and at least 8, got {width}')
+  num_frequencies = width // 4
+  omega_F = 1.0 / temperature**(np.arange(num_frequencies) /
+                                (num_frequencies - 1))
+  rows_N, cols_N = [axis.reshape(-1) for axis in np.mgrid[:grid[0],
+                                                           :grid[1]]]
+  x_NF = cols_N[:, None] * omega_F
+  y_NF = rows_N[:, None] * omega_F
+  embedding_ND = np.concatenate(
+      [np.sin(x_NF), np.cos(x_NF), np.sin(y_NF), np.cos(y_NF)], axis=1)
+  return embedding_ND[None].astype(np.float32)
 
 
 def square_grid(num_patches: int) -> Tuple[int, int]:

@@ -14,9 +14,20 @@ The released `.npz` layout, all of whose variations are mapped here:
   * old hybrid files store GroupNorm scale/bias as (1, 1, 1, C);
   * a scanned encoder (`scan_layers`) keeps one `encoderblock` whose arrays
     have a leading layer axis; files always hold `encoderblock_{i}`.
+Only the encoder blocks' modules are renumbered: a MAP head keeps
+big_vision's names (`MAPHead_0/MultiHeadDotProductAttention_0`, ...).
+
+The model's options (see `vit.VisionTransformer`) that add or drop
+parameters are read back off a tree by `describe`: `reg_token`,
+`dist_token` with `head_dist`, `LayerScale_{0,1}`, `Transformer/pre_norm`,
+`fc_norm`, `MAPHead_0`, q/k/v biases, and a position embedding over the
+patch tokens only. Options without parameters (drop_path_rate, activation,
+layer_norm_epsilon, posemb 'sincos2d' vs 'none') are not in a file: pass
+them when loading.
 """
 
 import dataclasses
+import math
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -89,9 +100,9 @@ def stem_stride(resnet_units: Optional[Sequence[int]]) -> int:
   return 4 * 2**max(len(resnet_units) - 1, 0)
 
 
-def num_prefix_tokens(classifier: str) -> int:
-  """Tokens before the patches: 1 (the class token) for the token heads."""
-  return 1 if classifier in vit.TOKEN_CLASSIFIERS else 0
+def posemb_prefix_tokens(model: vit.VisionTransformer) -> int:
+  """Prefix tokens the learned position embedding has entries for."""
+  return model.num_prefix_tokens if model.posemb_covers_prefix else 0
 
 
 # ------------------------------------------------- released key layout --
@@ -107,13 +118,21 @@ _ENCODER, _STACKED, _BLOCK = 'Transformer', 'encoderblock', 'encoderblock_{}'
 _POS_EMBEDDING = (_ENCODER, 'posembed_input', 'pos_embedding')
 
 
+def _is_block_key(key: str) -> bool:
+  return key.startswith(f'{_ENCODER}/{_STACKED}')
+
+
 def _rename_parts(key: str, names: Mapping[str, str]) -> str:
+  """Renumbers the modules of an encoder block's key; others are kept."""
+  if not _is_block_key(key):
+    return key
   return '/'.join(names.get(part, part) for part in key.split('/'))
 
 
 def _check_block_numbering(flat: Mapping[str, np.ndarray]) -> None:
   """Refuses files that mix old and new numbering (they would collide)."""
-  parts = {part for key in flat for part in key.split('/')}
+  parts = {part for key in flat if _is_block_key(key)
+           for part in key.split('/')}
   old = parts & set(_OLD_TO_NEW_BLOCK_NAMES)
   new = parts & set(_NEW_TO_OLD_BLOCK_NAMES)
   if old and new:
@@ -172,6 +191,75 @@ def position_embedding(params: Params):
   return node
 
 
+def _is_square(n: int) -> bool:
+  return n >= 1 and math.isqrt(n)**2 == n
+
+
+def _prefix_tokens_in_tree(params: Params) -> int:
+  reg_token = params.get('reg_token')
+  return (int('cls' in params) + int('dist_token' in params) +
+          (0 if reg_token is None else int(reg_token.shape[1])))
+
+
+def _posemb_layout(params: Params):
+  """(options, native grid) that a learned position embedding shows.
+
+  It covers the prefix tokens when the rest is a square grid, the patch
+  tokens only when it is one itself; both (a few tiny grids) is ambiguous:
+  the options then say nothing and the grid is unknown. A tree without one
+  gives ({}, None): 'sincos2d' and 'none' look alike.
+  """
+  if _POS_EMBEDDING[1] not in params.get(_ENCODER, {}):
+    return {}, None
+  num_embeddings = position_embedding(params).shape[1]
+  num_prefix = _prefix_tokens_in_tree(params)
+  covers = _is_square(num_embeddings - num_prefix)
+  patches_only = num_prefix > 0 and _is_square(num_embeddings)
+  if covers and patches_only:
+    return {'posemb': 'learned'}, None
+  if patches_only:
+    return ({'posemb': 'learned', 'posemb_covers_prefix': False},
+            posemb.square_grid(num_embeddings))
+  options = {'posemb': 'learned'}
+  if num_prefix:
+    options['posemb_covers_prefix'] = True
+  # Raises, as before the options, when no square grid fits.
+  return options, posemb.square_grid(num_embeddings - num_prefix)
+
+
+# `describe` reports a file's LayerScale by this init value: the loaded
+# scales replace it, so any value builds the same tree.
+LOADED_LAYER_SCALE_INIT = 1.0
+
+
+def _first_block(encoder: Params) -> Params:
+  return encoder.get(_BLOCK.format(0), encoder.get(_STACKED, {}))
+
+
+def _tree_options(params: Params) -> Dict[str, Any]:
+  """The options that add or drop parameters, as a tree shows them."""
+  if 'MAPHead_0' in params:
+    classifier = 'map'
+  else:
+    classifier = 'token' if 'cls' in params else 'gap'
+  reg_token = params.get('reg_token')
+  options = {
+      'classifier': classifier,
+      'distillation': 'dist_token' in params,
+      'num_register_tokens': 0 if reg_token is None else int(
+          reg_token.shape[1]),
+      'pre_norm': 'pre_norm' in params[_ENCODER],
+      'fc_norm': 'fc_norm' in params,
+  }
+  block = _first_block(params[_ENCODER])
+  if block:  # Encoders of at least one block.
+    options['layer_scale_init'] = (LOADED_LAYER_SCALE_INIT
+                                   if 'LayerScale_0' in block else None)
+    query = block.get('MultiHeadDotProductAttention_0', {}).get('query', {})
+    options['qkv_bias'] = 'bias' in query
+  return options
+
+
 def _with_position_embedding(params: Params, value) -> Params:
   encoder = dict(params[_ENCODER])
   encoder[_POS_EMBEDDING[1]] = {
@@ -183,8 +271,11 @@ class VitFamily(family.ModelFamily):
   """ViT and R+ViT hybrids (`vit.VisionTransformer`)."""
   name = 'vit'
   module_type = vit.VisionTransformer
+  head_names = ('head', 'head_dist')
   droppable_for_fine_tuning = ('pre_logits',)
-  no_weight_decay = ('cls', 'pos_embedding')
+  # Tokens, embeddings and the MAP probe: not weights, though ndim >= 2.
+  no_weight_decay = ('cls', 'pos_embedding', 'dist_token', 'reg_token',
+                     'probe')
   architecture_keys = ARCHITECTURE_KEYS
   token_classifiers = vit.TOKEN_CLASSIFIERS
 
@@ -237,16 +328,16 @@ class VitFamily(family.ModelFamily):
     return stack_blocks(params) if is_stacked(like) else unstack_blocks(params)
 
   def describe(self, params: Params) -> family.CheckpointFacts:
-    """Class count from `head`, representation size from `pre_logits`,
-    `gap` when there is no `cls`, the grid from the position embedding."""
+    """Class count from `head`, representation size from `pre_logits`, the
+    classifier ('map' with `MAPHead_0`, 'token' with `cls`, else 'gap'),
+    the options that add parameters, and the grid from the position
+    embedding (None without a learned one)."""
     for required in ('embedding', _ENCODER):
       if required not in params:
         raise npz.CheckpointMismatchError(
             f'the checkpoint has no {required!r} parameters: not a ViT '
             'checkpoint')
-    classifier = 'token' if 'cls' in params else 'gap'
-    num_patches = position_embedding(params).shape[1] - num_prefix_tokens(
-        classifier)
+    posemb_options, grid = _posemb_layout(params)
     head, pre_logits = params.get('head'), params.get('pre_logits')
     return family.CheckpointFacts(
         model_kwargs={
@@ -254,15 +345,18 @@ class VitFamily(family.ModelFamily):
                             int(head['kernel'].shape[-1])),
             'representation_size': (None if pre_logits is None else
                                     int(pre_logits['kernel'].shape[-1])),
-            'classifier': classifier,
+            **_tree_options(params),
+            **posemb_options,
         },
         expected={'hidden_size': int(params['embedding']['bias'].shape[-1])},
-        native_grid=posemb.square_grid(num_patches))
+        native_grid=grid)
 
   def adapt_resolution(self, params: Params, model: vit.VisionTransformer,
                        shapes: Params, image_size: Sequence[int],
                        method: str) -> Params:
     """Resamples the position embedding to the grid of `image_size`."""
+    if model.posemb != 'learned':
+      return params  # 'sincos2d' is computed for any grid.
     embedding = params.get(_ENCODER, {}).get(_POS_EMBEDDING[1], {}).get(
         _POS_EMBEDDING[2])
     target = position_embedding(shapes)
@@ -273,7 +367,7 @@ class VitFamily(family.ModelFamily):
     patch_h, patch_w = self.patch_pixels(model)
     grid = (image_size[0] // patch_h, image_size[1] // patch_w)
     resized = posemb.resize(
-        embedding, grid, num_prefix_tokens=num_prefix_tokens(model.classifier),
+        embedding, grid, num_prefix_tokens=posemb_prefix_tokens(model),
         method=method)
     return _with_position_embedding(params, resized)
 
@@ -304,13 +398,28 @@ class VitFamily(family.ModelFamily):
       result['block_outputs'] = list(encoder['block_outputs'])
     return outputs, result
 
+  def pools_features(self, model):
+    return model.classifier in ('token', 'gap', 'map')
+
   # --- Analyses ------------------------------------------------------------
 
   def num_prefix_tokens(self, model: vit.VisionTransformer) -> int:
-    return num_prefix_tokens(model.classifier)
+    """Class, distillation and register tokens."""
+    return model.num_prefix_tokens
 
   def position_embedding(self, params: Params):
-    return position_embedding(params)
+    """The learned embedding as the tokens receive it: (1, prefix +
+    rows*cols, D), zeros for prefix tokens it does not cover; None without
+    a learned one."""
+    if _POS_EMBEDDING[1] not in params.get(_ENCODER, {}):
+      return None
+    embedding_1ND = position_embedding(params)
+    options, _ = _posemb_layout(params)
+    if options.get('posemb_covers_prefix', True):
+      return embedding_1ND
+    prefix_1PD = np.zeros((1, _prefix_tokens_in_tree(params),
+                           embedding_1ND.shape[-1]), embedding_1ND.dtype)
+    return np.concatenate([prefix_1PD, np.asarray(embedding_1ND)], axis=1)
 
   def embedding_filters(self, model, params) -> Optional[np.ndarray]:
     """None for hybrids: their patch embedding acts on ResNet features."""
