@@ -84,12 +84,7 @@ def get_config(arg='ViT-B_16,medium2'):
   config.model.head_bias_init = -6.9
   config.model.dtype = 'bfloat16'
 
-  config.dataset = 'imagenet2012'
-  config.train_split = 'train'
-  config.eval_split = 'validation'
-  config.image_size = 224
-  config.train_augment = 'inception_crop'
-  config.random_flip = True
+  common.imagenet_from_scratch(config)
   config.randaug_layers = randaug_layers
   config.randaug_magnitude = randaug_magnitude
   config.mixup_alpha = mixup_alpha

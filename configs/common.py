@@ -130,6 +130,15 @@ def get_config():
   return config
 
 
+def imagenet_from_scratch(config):
+  """The data settings the ImageNet-1k recipes share: TFDS imagenet2012,
+  train on 'train', evaluate on 'validation', Inception crop + flip at
+  224 px."""
+  config.update(dataset='imagenet2012', train_split='train',
+                eval_split='validation', image_size=224,
+                train_augment='inception_crop', random_flip=True)
+
+
 def lock(config):
   """Locks the key set so unknown keys (typos) fail loudly."""
   config.lock()

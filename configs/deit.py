@@ -47,12 +47,7 @@ def get_config(arg='S'):
   config.model.drop_path_rate = 0.1
   config.model.dtype = 'bfloat16'
 
-  config.dataset = 'imagenet2012'
-  config.train_split = 'train'
-  config.eval_split = 'validation'
-  config.image_size = 224
-  config.train_augment = 'inception_crop'
-  config.random_flip = True
+  common.imagenet_from_scratch(config)
   config.randaug_layers = 2
   config.randaug_magnitude = 9
   config.random_erasing = 0.25

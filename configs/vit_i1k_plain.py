@@ -44,12 +44,7 @@ def get_config(arg='90ep'):
   config.model.posemb = 'sincos2d'
   config.model.dtype = 'bfloat16'
 
-  config.dataset = 'imagenet2012'
-  config.train_split = 'train'
-  config.eval_split = 'validation'
-  config.image_size = 224
-  config.train_augment = 'inception_crop'
-  config.random_flip = True
+  common.imagenet_from_scratch(config)
   config.randaug_layers = 2
   config.randaug_magnitude = 10
   config.mixup_alpha = 0.2
