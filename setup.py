@@ -21,6 +21,8 @@ setuptools.setup(
         'clu>=0.0.12,<0.1',
         'etils[epath]>=1.7,<2',
         'flax>=0.12.6,<0.13',
+        # timm / Hugging Face hub checkpoints (vit_jax.timm_checkpoint).
+        'huggingface_hub>=1.0,<3',
         'importlib_resources>=6,<8',
         'jax>=0.9.2,<0.11',
         'matplotlib>=3.8,<4',
@@ -30,6 +32,7 @@ setuptools.setup(
         'optax>=0.2.4,<0.3',
         'orbax-checkpoint>=0.11,<0.13',
         'pillow>=10,<14',
+        'safetensors>=0.5,<1',
         'scipy>=1.11,<2',
         'tensorboard>=2.18,<3',
         'tensorflow-cpu>=2.18,<2.22',
@@ -37,10 +40,10 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4'],
-        # For `vit_jax.cli.benchmark --compare=timm`. Install torch first (the
-        # CPU wheel), then timm with --no-deps: its torchvision requirement
-        # would pull a CUDA build of torch.
+        # For `vit_jax.cli.benchmark --compare=timm` and the tests against
+        # timm. Install torch and torchvision from PyTorch's CPU index first,
+        # then timm with --no-deps: PyPI's torchvision is a CUDA build.
         'bench': ['torch>=2.6,<2.14', 'timm>=1.0.15,<1.1',
-                  'huggingface_hub>=0.30', 'safetensors>=0.5'],
+                  'torchvision>=0.21,<0.29'],
     },
 )
