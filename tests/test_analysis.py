@@ -71,6 +71,28 @@ def test_class_token_map_takes_row_zero_over_patches():
   np.testing.assert_array_equal(maps[1], matrix[1, 0, 1:].reshape(2, 3))
 
 
+def test_maps_skip_every_prefix_token():
+  # A class token, a distillation token and two registers before 2x3 patches:
+  # the class-token map reads row 0 over the patch keys only, and the mean
+  # query map leaves all four prefix tokens out of queries and keys.
+  matrix = np.arange(2 * 10 * 10, dtype=np.float32).reshape(2, 10, 10)
+  rollout = analysis.Rollout(matrix, has_class_token=True, prefix_tokens=4)
+  np.testing.assert_array_equal(rollout.class_token_map((2, 3))[1],
+                                matrix[1, 0, 4:].reshape(2, 3))
+  np.testing.assert_allclose(rollout.mean_query_map((2, 3))[0],
+                             matrix[0, 4:, 4:].mean(axis=0).reshape(2, 3))
+  with pytest.raises(ValueError, match='4 prefix token'):
+    rollout.class_token_map((3, 3))
+
+
+def test_rollout_passes_prefix_tokens_on():
+  attention = _random_attention(np.random.default_rng(5), 1, 2, 6)
+  rollout = analysis.attention_rollout([attention], has_class_token=False,
+                                       num_prefix_tokens=2)
+  assert rollout.num_prefix_tokens == 2
+  assert rollout.mean_query_map((2, 2)).shape == (1, 2, 2)
+
+
 def test_class_token_map_of_gap_model_raises():
   rollout = analysis.Rollout(np.eye(4)[None], has_class_token=False)
   with pytest.raises(ValueError, match='mean_query_map'):

@@ -4,16 +4,17 @@ Figures 6-7 and Appendix D) as pure numpy functions.
 Inputs are what `vit_jax.models.apply_with_intermediates` and the parameter
 tree give: attention weights (B, heads, N, N) per layer, the position
 embedding (1, N, D) and the patch-embedding kernel (p, p, 3, D). Tokens are
-laid out as the model lays them out: `num_prefix_tokens` prefix tokens (1 for
-the class token of the `token` classifiers, 0 for `gap`) followed by the
-patches in row-major order (rows, then columns).
+laid out as the model lays them out: `num_prefix_tokens` prefix tokens (the
+class token first when there is one, then any distillation and register
+tokens; none for `gap` or `map` models) followed by the patches in row-major
+order (rows, then columns).
 
 Everything runs in numpy (jax arrays are converted) at float32 or better, so
 the functions work on the host in a notebook whatever device made the inputs.
 """
 
 import dataclasses
-from typing import Mapping, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -82,13 +83,18 @@ class Rollout:
       layer l. Row i tells how much output token i (after the last layer)
       draws from each input token j (before the first layer); rows sum to 1.
     has_class_token: whether token 0 is a class token (classifier `token`).
+    prefix_tokens: tokens before the patches (class, distillation and
+      register tokens); None means just the class token, if any.
   """
   matrix_BNN: np.ndarray
   has_class_token: bool
+  prefix_tokens: Optional[int] = None
 
   @property
   def num_prefix_tokens(self) -> int:
-    return int(self.has_class_token)
+    if self.prefix_tokens is None:
+      return int(self.has_class_token)
+    return self.prefix_tokens
 
   def class_token_map(self, grid_shape: GridShape) -> np.ndarray:
     """The paper's map: the class token's row over patches, (B, rows, cols).
@@ -98,7 +104,8 @@ class Rollout:
     class token (use `mean_query_map`).
     """
     return class_token_map(self.matrix_BNN, grid_shape,
-                           has_class_token=self.has_class_token)
+                           has_class_token=self.has_class_token,
+                           num_prefix_tokens=self.num_prefix_tokens)
 
   def mean_query_map(self, grid_shape: GridShape) -> np.ndarray:
     """Rollout averaged over patch queries, over patch keys: (B, rows, cols)."""
@@ -107,7 +114,8 @@ class Rollout:
 
 
 def attention_rollout(attention_weights_per_layer: AttentionPerLayer, *,
-                      has_class_token: bool) -> Rollout:
+                      has_class_token: bool,
+                      num_prefix_tokens: Optional[int] = None) -> Rollout:
   """Attention rollout (Abnar & Zuidema, 2020) through all layers.
 
   Each layer's factor is Â_l = normalise_rows(mean_heads(A_l) + I). Token
@@ -119,7 +127,10 @@ def attention_rollout(attention_weights_per_layer: AttentionPerLayer, *,
       every layer, first layer first; a list, or the {layer: weights} dict of
       `models.apply_with_intermediates` (which must hold layers 0..L-1).
     has_class_token: True for the `token` classifiers (token 0 is the class
-      token), False for `gap`.
+      token), False for `gap` and `map`.
+    num_prefix_tokens: all tokens before the patches (a class token, a
+      distillation token, registers); None: 1 with a class token, else 0.
+      Maps read only patch keys, so registers are never drawn as patches.
 
   Returns:
     A Rollout holding the (B, N, N) matrix; its `class_token_map` and
@@ -131,11 +142,12 @@ def attention_rollout(attention_weights_per_layer: AttentionPerLayer, *,
   rollout_BNN = residual_attention(layers[0])
   for attention_BHNN in layers[1:]:
     rollout_BNN = residual_attention(attention_BHNN) @ rollout_BNN
-  return Rollout(rollout_BNN, has_class_token)
+  return Rollout(rollout_BNN, has_class_token, num_prefix_tokens)
 
 
 def class_token_map(rollout_BNN, grid_shape: GridShape, *,
-                    has_class_token: bool) -> np.ndarray:
+                    has_class_token: bool,
+                    num_prefix_tokens: int = 1) -> np.ndarray:
   """Row 0 of the rollout over the patch keys, as a (B, rows, cols) grid.
 
   Args:
@@ -144,6 +156,8 @@ def class_token_map(rollout_BNN, grid_shape: GridShape, *,
     has_class_token: must be True; a `gap` model has no class token and so
       no class-token map (its representation pools all tokens, which
       `mean_query_map` describes).
+    num_prefix_tokens: tokens before the patches, the class token included
+      (more with distillation or register tokens).
 
   Returns:
     (B, rows, cols) attribution of the class token's output to the patches.
@@ -154,8 +168,9 @@ def class_token_map(rollout_BNN, grid_shape: GridShape, *,
         '(classifier "gap"); use mean_query_map, the rollout averaged over '
         'query tokens, which matches gap pooling.')
   rollout_BNN = _float_array(rollout_BNN)
-  _check_tokens(rollout_BNN.shape[-1], grid_shape, 1, 'the rollout')
-  return rollout_BNN[:, 0, 1:].reshape(-1, *grid_shape)
+  _check_tokens(rollout_BNN.shape[-1], grid_shape, num_prefix_tokens,
+                'the rollout')
+  return rollout_BNN[:, 0, num_prefix_tokens:].reshape(-1, *grid_shape)
 
 
 def mean_query_map(rollout_BNN, grid_shape: GridShape, *,
@@ -169,7 +184,7 @@ def mean_query_map(rollout_BNN, grid_shape: GridShape, *,
   Args:
     rollout_BNN: a rollout matrix (B, N, N).
     grid_shape: (rows, cols) of the patch grid.
-    num_prefix_tokens: 1 with a class token, 0 for `gap`.
+    num_prefix_tokens: tokens before the patches (0 for `gap`).
 
   Returns:
     (B, rows, cols) map.
@@ -217,7 +232,7 @@ def mean_attention_distance(attention_BHNN, grid_shape: GridShape,
     grid_shape: (rows, cols) of the patch grid.
     patch_size_pixels: input pixels per patch side, an int or (h, w); for a
       hybrid the effective size (`models.effective_patch_pixels`).
-    num_prefix_tokens: 1 with a class token, 0 for `gap`.
+    num_prefix_tokens: tokens before the patches (0 for `gap`).
 
   Returns:
     (heads,) mean distances in pixels.
