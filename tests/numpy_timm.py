@@ -1,0 +1,148 @@
+"""An independent float64 NumPy forward pass of timm's VisionTransformer (and
+its distilled DeiT variant), for the tests.
+
+It reads timm's own state-dict keys and conventions: NCHW images, the patch
+conv weight (D, C, P, P), torch Linear weights (out, in), the fused qkv
+projection (3D, D) read as (3, heads, head_dim) on its output axis, the MAP
+pool's fused kv (2D, D). It follows timm 1.0's vision_transformer.py,
+deit.py and AttentionPoolLatent step by step and shares no code with
+vit_jax: parameters decide what exists (a class, distillation or register
+token, norm_pre, LayerScale, norm or fc_norm, attn_pool, head, head_dist,
+missing biases), the arguments what no parameter shows.
+"""
+
+import math
+
+import numpy as np
+import scipy.special
+
+ACTIVATIONS = {
+    'gelu_erf': lambda x: 0.5 * x * (1 + scipy.special.erf(x / math.sqrt(2))),
+    'gelu_tanh': lambda x: 0.5 * x * (1 + np.tanh(
+        math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    'quick_gelu': lambda x: x / (1 + np.exp(-1.702 * x)),
+}
+
+
+def _layer_norm(p, name, x, eps):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean)**2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p[f'{name}.weight'] + p[
+      f'{name}.bias']
+
+
+def _linear(p, name, x):
+  """torch.nn.Linear: x @ W.T + b (no b for bias=False layers)."""
+  return x @ p[f'{name}.weight'].T + p.get(f'{name}.bias', 0.)
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _attend(q_BAQE, k_BAKE, v_BAKE):
+  weights = _softmax(q_BAQE @ k_BAKE.swapaxes(-1, -2) /
+                     math.sqrt(q_BAQE.shape[-1]))
+  out_BAQE = weights @ v_BAKE
+  batch, heads, queries, head_dim = out_BAQE.shape
+  return out_BAQE.transpose(0, 2, 1, 3).reshape(batch, queries,
+                                                 heads * head_dim)
+
+
+def _self_attention(p, name, x, num_heads):
+  batch, tokens, _ = x.shape
+  qkv = _linear(p, f'{name}.qkv', x).reshape(batch, tokens, 3, num_heads, -1)
+  q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+  return _linear(p, f'{name}.proj', _attend(q, k, v))
+
+
+def _mlp(p, name, x, activation):
+  return _linear(p, f'{name}.fc2',
+                 ACTIVATIONS[activation](_linear(p, f'{name}.fc1', x)))
+
+
+def _attention_pool(p, x, num_heads, eps, activation):
+  """AttentionPoolLatent: the latent queries the tokens, then x + MLP(LN(x));
+  the first latent's output."""
+  batch, tokens, _ = x.shape
+  latent = p['attn_pool.latent']
+  q = _linear(p, 'attn_pool.q', latent).reshape(
+      1, latent.shape[1], num_heads, -1).transpose(0, 2, 1, 3)
+  q = np.broadcast_to(q, (batch,) + q.shape[1:])
+  kv = _linear(p, 'attn_pool.kv', x).reshape(batch, tokens, 2, num_heads, -1)
+  k, v = kv.transpose(2, 0, 3, 1, 4)
+  y = _linear(p, 'attn_pool.proj', _attend(q, k, v))
+  y = y + _mlp(p, 'attn_pool.mlp', _layer_norm(p, 'attn_pool.norm', y, eps),
+               activation)
+  return y[:, 0]
+
+
+def _patch_embed(p, images_BCHW):
+  weight = p['patch_embed.proj.weight']  # (D, C, ph, pw)
+  width, channels, ph, pw = weight.shape
+  batch, _, height, wide = images_BCHW.shape
+  rows, cols = height // ph, wide // pw
+  patches = images_BCHW.reshape(batch, channels, rows, ph, cols, pw).transpose(
+      0, 2, 4, 1, 3, 5).reshape(batch, rows * cols, channels * ph * pw)
+  return patches @ weight.reshape(width, -1).T + p.get('patch_embed.proj.bias',
+                                                      0.)
+
+
+def _pos_embed(p, x, no_embed_class):
+  """[cls] [dist] [registers] patches; pos_embed added before the prefix is
+  concatenated (no_embed_class) or after."""
+  batch = x.shape[0]
+  prefix = [np.broadcast_to(p[name], (batch,) + p[name].shape[1:])
+            for name in ('cls_token', 'dist_token', 'reg_token') if name in p]
+  if 'pos_embed' in p and no_embed_class:
+    x = x + p['pos_embed']
+  x = np.concatenate(prefix + [x], axis=1)
+  if 'pos_embed' in p and not no_embed_class:
+    x = x + p['pos_embed']
+  return x, sum(t.shape[1] for t in prefix)
+
+
+def forward(state_dict, images_BCHW, *, num_heads, global_pool='token',
+            no_embed_class=False, eps=1e-6, activation='gelu_erf',
+            pool_include_prefix=False):
+  """timm's `model(images)` in eval mode: logits, or without `head` what
+  timm gives with num_classes=0 (pooled features; every token for
+  global_pool '')."""
+  p = {key: np.asarray(value, np.float64) for key, value in
+       state_dict.items()}
+  x = _patch_embed(p, np.asarray(images_BCHW, np.float64))
+  x, num_prefix = _pos_embed(p, x, no_embed_class)
+  if 'norm_pre.weight' in p:
+    x = _layer_norm(p, 'norm_pre', x, eps)
+  layer = 0
+  while f'blocks.{layer}.norm1.weight' in p:
+    block = f'blocks.{layer}'
+    y = _self_attention(p, f'{block}.attn',
+                        _layer_norm(p, f'{block}.norm1', x, eps), num_heads)
+    x = x + y * p.get(f'{block}.ls1.gamma', 1.)
+    y = _mlp(p, f'{block}.mlp', _layer_norm(p, f'{block}.norm2', x, eps),
+             activation)
+    x = x + y * p.get(f'{block}.ls2.gamma', 1.)
+    layer += 1
+  if 'norm.weight' in p:
+    x = _layer_norm(p, 'norm', x, eps)
+
+  if 'dist_token' in p:  # deit.py's forward_head: no pool, no fc_norm.
+    if 'head.weight' not in p:
+      return (x[:, 0] + x[:, 1]) / 2
+    return (_linear(p, 'head', x[:, 0]) + _linear(p, 'head_dist', x[:, 1])) / 2
+  pooled_tokens = x if pool_include_prefix else x[:, num_prefix:]
+  if 'attn_pool.latent' in p:
+    x = _attention_pool(p, pooled_tokens, num_heads, eps, activation)
+  elif global_pool == 'token':
+    x = x[:, 0]
+  elif global_pool == 'avg':
+    x = pooled_tokens.mean(axis=1)
+  elif global_pool != '':
+    raise ValueError(f'no reference for global_pool {global_pool!r}')
+  if 'fc_norm.weight' in p:
+    x = _layer_norm(p, 'fc_norm', x, eps)
+  if 'head.weight' in p:
+    x = _linear(p, 'head', x)
+  return x

@@ -1,0 +1,250 @@
+"""Random timm hub directories of tiny models of each timm ViT family.
+
+Each directory is what timm 1.0's `save_for_hf(..., safe_serialization=
+True)` writes: `config.json` (architecture, num_classes, num_features,
+global_pool, model_args with the create_model overrides, pretrained_cfg with
+input_size / mean / std / ...) and `model.safetensors` holding the state
+dict under timm's keys (written with `safetensors.numpy.save_file`). The
+models are tiny (48 wide, 2 blocks, 32-pixel images), so their config.json
+carries the `model_args` overrides timm records for such models; `num_heads`
+is left out where the architecture name's own head count divides the width,
+which exercises the name table.
+
+A `Family` also holds the facts no array shows (heads, GELU variant,
+LayerNorm epsilon, pooling), which the tests pass to the NumPy reference
+(tests/numpy_timm.py) independently of the loader's tables.
+"""
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from safetensors import numpy as safetensors_numpy
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A tiny timm model: its name, what its arrays hold, and the facts."""
+  architecture: str
+  num_heads: int
+  embed_dim: int = 48
+  depth: int = 2
+  mlp_dim: int = 96
+  patch: int = 16
+  image_size: int = 32
+  num_classes: int = 5  # 0: no head.
+  global_pool: str = 'token'
+  class_token: bool = True
+  distilled: bool = False
+  reg_tokens: int = 0
+  no_embed_class: bool = False
+  layer_scale: bool = False
+  qkv_bias: bool = True
+  pre_norm: bool = False  # norm_pre, and no patch-embedding bias.
+  fc_norm: bool = False  # fc_norm after pooling instead of norm before.
+  pool_include_prefix: bool = False
+  eps: float = 1e-6
+  activation: str = 'gelu_erf'
+  heads_in_model_args: bool = True
+  extra_model_args: Tuple[Tuple[str, Any], ...] = ()
+  mean: Sequence[float] = IMAGENET_MEAN
+  std: Sequence[float] = IMAGENET_STD
+  label_names: Optional[Sequence[str]] = None
+
+  @property
+  def num_prefix(self) -> int:
+    return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+  def reference_options(self) -> Dict[str, Any]:
+    """tests.numpy_timm.forward's arguments for what no array shows."""
+    return dict(num_heads=self.num_heads, global_pool=self.global_pool,
+                no_embed_class=self.no_embed_class, eps=self.eps,
+                activation=self.activation,
+                pool_include_prefix=self.pool_include_prefix)
+
+
+FAMILIES = {
+    'augreg': Family('vit_tiny_patch16_224', num_heads=3, mean=HALF, std=HALF,
+                     heads_in_model_args=False,
+                     label_names=('cat', 'dog', 'eel', 'fox', 'gnu')),
+    'deit': Family('deit_small_patch16_224', num_heads=6,
+                   heads_in_model_args=False),
+    'deit_distilled': Family('deit_tiny_distilled_patch16_224', num_heads=3,
+                             distilled=True, heads_in_model_args=False),
+    'deit3': Family('deit3_base_patch16_224', num_heads=4, layer_scale=True,
+                    no_embed_class=True),
+    'dino': Family('vit_small_patch16_224', num_heads=6, num_classes=0,
+                   heads_in_model_args=False),
+    # 28 px / 14 = a 2x2 grid: 4 patches and 4 + 5 prefix tokens are both
+    # squares, so only the image size tells no_embed_class apart.
+    'dinov2_reg': Family('vit_small_patch14_reg4_dinov2', num_heads=6,
+                         patch=14, image_size=28, num_classes=0, reg_tokens=4,
+                         layer_scale=True, no_embed_class=True,
+                         heads_in_model_args=False),
+    'mae': Family('vit_base_patch16_224', num_heads=2, num_classes=0),
+    'clip': Family('vit_base_patch16_clip_224', num_heads=4, num_classes=12,
+                   pre_norm=True, eps=1e-5, mean=CLIP_MEAN, std=CLIP_STD),
+    'clip_quickgelu': Family('vit_base_patch16_clip_quickgelu_224',
+                             num_heads=4, num_classes=12, pre_norm=True,
+                             eps=1e-5, activation='quick_gelu',
+                             mean=CLIP_MEAN, std=CLIP_STD),
+    'siglip': Family('vit_base_patch16_siglip_224', num_heads=4,
+                     num_classes=0, global_pool='map', class_token=False,
+                     mean=HALF, std=HALF),
+    'siglip_gelu_tanh': Family('vit_so400m_patch16_siglip_256', num_heads=16,
+                               num_classes=0, global_pool='map',
+                               class_token=False, activation='gelu_tanh',
+                               heads_in_model_args=False, mean=HALF,
+                               std=HALF),
+    'gap_medium': Family('vit_medium_patch16_gap_256', num_heads=8,
+                         global_pool='avg', class_token=False,
+                         layer_scale=True, qkv_bias=False,
+                         heads_in_model_args=False, mean=HALF, std=HALF),
+    'gap_fc_norm_registers': Family(
+        'vit_medium_patch16_reg4_gap_256', num_heads=8, global_pool='avg',
+        class_token=False, reg_tokens=4, no_embed_class=True,
+        layer_scale=True, fc_norm=True, heads_in_model_args=False),
+    # timm's MAP pool over the register tokens too (pool_include_prefix).
+    'map_registers': Family('vit_so150m_patch16_reg4_map_256', num_heads=4,
+                            num_classes=7, global_pool='map',
+                            class_token=False, reg_tokens=4,
+                            pool_include_prefix=True, mean=HALF, std=HALF),
+    'unpooled': Family('vit_small_patch16_224', num_heads=6, num_classes=0,
+                       global_pool='', heads_in_model_args=False),
+}
+
+
+def state_dict(spec: Family, seed: int = 0) -> Dict[str, np.ndarray]:
+  """Random float32 arrays under timm's keys for `spec`; values ~0.2 (norm
+  scales around 1), so that every array moves the output."""
+  rng = np.random.default_rng(seed)
+  rand = lambda *shape: (0.2 * rng.standard_normal(shape)).astype(np.float32)
+  d, m, p = spec.embed_dim, spec.mlp_dim, spec.patch
+  out = {}
+
+  def norm(name):
+    out[f'{name}.weight'] = (1 + rand(d)).astype(np.float32)
+    out[f'{name}.bias'] = rand(d)
+
+  def linear(name, outputs, inputs, bias=True):
+    out[f'{name}.weight'] = rand(outputs, inputs)
+    if bias:
+      out[f'{name}.bias'] = rand(outputs)
+
+  out['patch_embed.proj.weight'] = rand(d, 3, p, p)
+  if not spec.pre_norm:  # timm: PatchEmbed(bias=not pre_norm).
+    out['patch_embed.proj.bias'] = rand(d)
+  for name, count in (('cls_token', int(spec.class_token)),
+                      ('dist_token', int(spec.distilled)),
+                      ('reg_token', spec.reg_tokens)):
+    if count:
+      out[name] = rand(1, count, d)
+  patches = (spec.image_size // p)**2
+  out['pos_embed'] = rand(
+      1, patches + (0 if spec.no_embed_class else spec.num_prefix), d)
+  if spec.pre_norm:
+    norm('norm_pre')
+  for i in range(spec.depth):
+    block = f'blocks.{i}'
+    norm(f'{block}.norm1')
+    linear(f'{block}.attn.qkv', 3 * d, d, bias=spec.qkv_bias)
+    linear(f'{block}.attn.proj', d, d)
+    norm(f'{block}.norm2')
+    linear(f'{block}.mlp.fc1', m, d)
+    linear(f'{block}.mlp.fc2', d, m)
+    if spec.layer_scale:
+      out[f'{block}.ls1.gamma'] = rand(d)
+      out[f'{block}.ls2.gamma'] = rand(d)
+  norm('fc_norm' if spec.fc_norm else 'norm')
+  if spec.global_pool == 'map':
+    out['attn_pool.latent'] = rand(1, 1, d)
+    linear('attn_pool.q', d, d)
+    linear('attn_pool.kv', 2 * d, d)
+    linear('attn_pool.proj', d, d)
+    norm('attn_pool.norm')
+    linear('attn_pool.mlp.fc1', m, d)
+    linear('attn_pool.mlp.fc2', d, m)
+  if spec.num_classes:
+    linear('head', spec.num_classes, d)
+    if spec.distilled:
+      linear('head_dist', spec.num_classes, d)
+  return out
+
+
+def config(spec: Family) -> Dict[str, Any]:
+  """config.json as timm's save_config_for_hf writes it."""
+  size = spec.image_size
+  model_args = dict(
+      depth=spec.depth, embed_dim=spec.embed_dim,
+      mlp_ratio=spec.mlp_dim / spec.embed_dim, img_size=[size, size],
+      num_classes=spec.num_classes, in_chans=3, global_pool=spec.global_pool)
+  if spec.heads_in_model_args:
+    model_args['num_heads'] = spec.num_heads
+  if spec.pool_include_prefix:
+    model_args['pool_include_prefix'] = True
+  model_args.update(spec.extra_model_args)
+  result = {'architecture': spec.architecture,
+            'num_classes': spec.num_classes,
+            'num_features': spec.embed_dim}
+  if spec.global_pool:  # timm writes only a non-empty global_pool here.
+    result['global_pool'] = spec.global_pool
+  if spec.label_names:
+    result['label_names'] = list(spec.label_names)
+  result['model_args'] = model_args
+  result['pretrained_cfg'] = {
+      'tag': 'fixture', 'custom_load': False,
+      'input_size': [3, size, size], 'fixed_input_size': True,
+      'interpolation': 'bicubic', 'crop_pct': 0.9, 'crop_mode': 'center',
+      'mean': list(spec.mean), 'std': list(spec.std),
+      'num_classes': spec.num_classes, 'pool_size': None,
+      'first_conv': 'patch_embed.proj', 'classifier': 'head'}
+  return result
+
+
+def write_hub_dir(directory, config_dict: Dict[str, Any],
+                  arrays: Dict[str, np.ndarray]) -> pathlib.Path:
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / 'config.json').write_text(json.dumps(config_dict, indent=2))
+  safetensors_numpy.save_file(arrays, str(directory / 'model.safetensors'))
+  return directory
+
+
+def write_family(directory, name: str, seed: int = 0) -> pathlib.Path:
+  spec = FAMILIES[name]
+  return write_hub_dir(directory, config(spec), state_dict(spec, seed))
+
+
+def random_pixels(spec: Family, batch: int = 2, seed: int = 1) -> np.ndarray:
+  """uint8-valued float pixels (B, H, W, 3) in [0, 255]."""
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (batch, spec.image_size, spec.image_size, 3)
+                      ).astype(np.float32)
+
+
+def write_hub_cache(cache_dir, repo_id: str, directory,
+                    commit: str = 'c0ffee' * 6 + 'c0ff') -> str:
+  """Puts `directory`'s files into a Hugging Face hub cache as
+  huggingface_hub lays it out (docs: "Understand caching"):
+  models--ORG--NAME/blobs/<sha256>, snapshots/<commit>/<file> -> the blob
+  (relative symlink), refs/main holding the commit. Returns the commit."""
+  repo = pathlib.Path(cache_dir) / ('models--' + repo_id.replace('/', '--'))
+  for folder in ('blobs', f'snapshots/{commit}', 'refs'):
+    (repo / folder).mkdir(parents=True, exist_ok=True)
+  for path in sorted(pathlib.Path(directory).iterdir()):
+    data = path.read_bytes()
+    blob = hashlib.sha256(data).hexdigest()
+    (repo / 'blobs' / blob).write_bytes(data)
+    (repo / 'snapshots' / commit / path.name).symlink_to(
+        pathlib.Path('..', '..', 'blobs', blob))
+  (repo / 'refs' / 'main').write_text(commit)
+  return commit
