@@ -77,7 +77,8 @@ As a stand-in we initialise a small ViT (the ViT-Ti/16 variant with 7-pixel
 patches, width 64 and 4 layers, at 28x28 pixels: a 4x4 grid of patches plus
 the class token) and save it with `pretrained.save_npz`, which writes exactly
 that layout. With a real file, skip this cell and point `CHECKPOINT` at it (and
-`MODEL` at its name, e.g. `ViT-B_16`, with `ARCHITECTURE = {}`).
+`MODEL` at its name, e.g. `ViT-B_16`, with `ARCHITECTURE = {}`, for the
+fine-tuning config below).
 '''),
     ('code', r'''
 MODEL = 'ViT-Ti_16'
@@ -98,15 +99,20 @@ for key in keys[:3] + keys[-4:]:
   print(f'  {key}')
 '''),
     ('markdown', r'''
-`pretrained.load` builds the model the file describes (class count from
-`head`, class token or not, native resolution from the position embedding)
-and loads it strictly: a missing, extra or misshapen array is an error that
-lists them.
+`pretrained.load` builds the model the file describes (patch size, width,
+heads, depth and class count from the array shapes, class token or not,
+native resolution from the position embedding) and loads it strictly: a
+missing, extra or misshapen array is an error that lists them. A model name
+is optional; given, the file must fit it. Files our training exports carry a
+sidecar (`model.json`) with what arrays cannot say: the pixel normalisation,
+the class names, options without parameters.
 '''),
     ('code', r'''
-model, params, image_size = pretrained.load(CHECKPOINT, MODEL, **ARCHITECTURE)
-print(f'{model.num_classes} classes, classifier {model.classifier!r}, '
-      f'native resolution {image_size} px')
+loaded = pretrained.load(CHECKPOINT)
+model, params, image_size = loaded.model, loaded.params, loaded.image_size
+print(f'{model.num_classes} classes, {model.num_layers} layers of width '
+      f'{model.hidden_size}, {model.patch_size} patches, classifier '
+      f'{model.classifier!r}, native resolution {image_size} px')
 '''),
     ('markdown', r'''
 ## 2. Data
@@ -244,8 +250,8 @@ plt.show()
 The exported `model.npz` loads like any released file.
 '''),
     ('code', r'''
-tuned, tuned_params, _ = pretrained.load(os.path.join(workdir, 'model.npz'),
-                                         MODEL, **ARCHITECTURE)
+tuned_loaded = pretrained.load(os.path.join(workdir, 'model.npz'))
+tuned, tuned_params = tuned_loaded.model, tuned_loaded.params
 guesses = top_classes(tuned, tuned_params, eval_images[:8], k=1)
 fig, axes = plt.subplots(1, 8, figsize=(10, 2))
 for axis, image, label, [(guess, p)] in zip(axes, eval_images, eval_labels,

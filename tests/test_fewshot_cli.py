@@ -13,6 +13,7 @@ from tests import data_helpers
 from tests import helpers
 from vit_jax import pretrained
 from vit_jax import fewshot
+from vit_jax import models
 from vit_jax.cli import fewshot as fewshot_cli
 from vit_jax import preprocess
 
@@ -55,11 +56,12 @@ def _args(setup, tmp_path, **changes):
   return [f'--{k}={v}' for k, v in args.items() if v is not None] + TINY_FLAGS
 
 
-def _direct_features(setup, split):
+def _direct_features(setup, split, normalization=None):
   """pre_logits of every file of `split`, in the order they were written,
   from the in-memory model: no checkpoint file, no tf.data pipeline."""
   paths, labels = zip(*setup['written'][split])
-  images = np.stack([preprocess.load_image(p, helpers.TINY_IMAGE_SIZE)
+  images = np.stack([preprocess.load_image(p, helpers.TINY_IMAGE_SIZE,
+                                           normalization)
                      for p in paths])
   return np.asarray(_pre_logits(setup, images)), np.asarray(labels)
 
@@ -135,15 +137,41 @@ def test_cli_results_equal_evaluate_fewshot_on_direct_features(
 
 
 def test_features_come_without_the_head(setup):
-  model, params, image_size = fewshot_cli.feature_extractor(
+  loaded = fewshot_cli.feature_extractor(
       setup['checkpoint'], 'Ti/16', **helpers.TINY_VIT)
-  assert (model.num_classes, image_size) == (0, 16)
+  model, params, image_size = loaded.model, loaded.params, loaded.image_size
+  assert (model.num_classes, image_size, loaded.class_names) == (0, 16, None)
   assert 'head' not in params and 'pre_logits' in params
   images = helpers.random_images(2, image_size)
   features = model.apply({'params': params}, images)
   assert features.shape == (2, REPRESENTATION_SIZE)
   np.testing.assert_allclose(features, _pre_logits(setup, images), rtol=1e-5,
                              atol=1e-6)
+
+
+def test_only_the_checkpoint_of_an_export_is_needed(setup, tmp_path):
+  # The same arrays exported with a sidecar saying another normalisation:
+  # no --model, no architecture flags, and the features follow it.
+  imagenet = models.Preprocessing(mean=(123.675, 116.28, 103.53),
+                                  std=(58.395, 57.12, 57.375))
+  path = str(tmp_path / 'model.npz')
+  pretrained.save_npz(setup['params'], path, model=setup['model'],
+                      preprocessing=imagenet,
+                      image_size=helpers.TINY_IMAGE_SIZE)
+  args = dict(checkpoint=path, dataset='imagefolder',
+              data_dir=setup['data_dir'], shots='1', seeds='0',
+              val_per_class=VAL_PER_CLASS, batch_size=8,
+              json_out=str(tmp_path / 'fewshot.json'),
+              features_out=str(tmp_path / 'features.npz'))
+  _cli([f'--{k}={v}' for k, v in args.items()])
+  with open(tmp_path / 'fewshot.json') as f:
+    saved = json.load(f)
+  assert (saved['model'], saved['image_size'], saved['feature_dim']) == (
+      'model.npz', helpers.TINY_IMAGE_SIZE, REPRESENTATION_SIZE)
+  features = np.load(tmp_path / 'features.npz')
+  reference, reference_labels = _direct_features(setup, 'test', imagenet)
+  _match_rows(features['test_features'], features['test_labels'], reference,
+              reference_labels)
 
 
 @pytest.mark.parametrize('change, message', [

@@ -174,8 +174,11 @@ def test_initial_head_is_zero_and_no_head_gives_features():
 def test_logits_equal_the_numpy_reference(released_file):
   path, flat = released_file
   assert models.family_of_checkpoint(flat).name == 'mixer'
-  model, params, image_size = pretrained.load(path, 'Mixer-S/16', **TINY)
-  assert (model.num_classes, image_size) == (5, IMAGE_SIZE)  # Native size.
+  loaded = pretrained.load(path, 'Mixer-S/16', **TINY)
+  model, params = loaded.model, loaded.params
+  assert (model.num_classes, loaded.image_size) == (5, IMAGE_SIZE)  # Native.
+  # No name needed: every width, the patch and the depth are in the arrays.
+  assert pretrained.load(path).model == model
   images = _images(3)
   np.testing.assert_allclose(
       model.apply({'params': params}, images),
@@ -263,7 +266,8 @@ def test_another_resolution_is_refused_clearly(released_file):
 
 def test_block_outputs_and_pre_logits(released_file):
   path, flat = released_file
-  model, params, _ = pretrained.load(path, 'Mixer-S_16', **TINY)
+  loaded = pretrained.load(path, 'Mixer-S_16', **TINY)
+  model, params = loaded.model, loaded.params
   images = _images()
   outputs, inside = models.apply_with_intermediates(
       model, params, images, block_outputs=True)
@@ -385,9 +389,11 @@ def test_trains_exports_loads_and_predicts(image_folder, tmp_path):
   assert 'MixerBlock_1/token_mixing/Dense_0/kernel' in flat
   assert np.any(flat['head/kernel'] != 0)  # One Adam step moved the head.
 
-  model, params, image_size = pretrained.load(workdir / 'model.npz',
-                                              'Mixer-S/16', **overrides)
-  assert (model.num_classes, image_size) == (NUM_CLASSES, IMAGE_SIZE)
+  loaded = pretrained.load(workdir / 'model.npz', 'Mixer-S/16', **overrides)
+  model, params = loaded.model, loaded.params
+  assert (model.num_classes, loaded.image_size) == (NUM_CLASSES, IMAGE_SIZE)
+  # The architecture is in the arrays: the export loads by itself.
+  assert pretrained.load(workdir / 'model.npz').model == model
   images = [path for path, _ in written['test'][:2]]
   logits = predict.run(str(workdir / 'model.npz'), 'Mixer-S_16', images,
                        top_k=2, **overrides)
@@ -395,7 +401,8 @@ def test_trains_exports_loads_and_predicts(image_folder, tmp_path):
                      / 127.5 for path in images])
   np.testing.assert_allclose(logits, model.apply({'params': params}, pixels),
                              rtol=1e-5, atol=1e-5)
-
+  np.testing.assert_array_equal(
+      predict.run(str(workdir / 'model.npz'), None, images, top_k=2), logits)
 
 def test_fine_tuning_keeps_the_backbone_and_takes_a_fresh_head(tmp_path):
   source = tiny_mixer(num_classes=5)

@@ -144,10 +144,18 @@ def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
   # Adam moved every parameter in one step, the zero offset included.
   assert np.any(flat['offset'] != 0)
 
-  model, params, image_size = pretrained.load(workdir / 'model.npz',
-                                              'Toy-S_4',
-                                              image_size=IMAGE_SIZE)
-  assert (model.num_classes, image_size) == (NUM_CLASSES, IMAGE_SIZE)
+  loaded = pretrained.load(workdir / 'model.npz', 'Toy-S_4',
+                           image_size=IMAGE_SIZE)
+  model, params = loaded.model, loaded.params
+  assert (model.num_classes, loaded.image_size) == (NUM_CLASSES, IMAGE_SIZE)
+  # The sidecar carries the family's normalisation and the class names ...
+  assert (loaded.preprocessing, loaded.class_names) == (
+      toy_family.preprocessing, ('class_0', 'class_1', 'class_2'))
+  # ... but a family that cannot read its architecture off the arrays needs
+  # the name.
+  with pytest.raises(ValueError, match='the toy family cannot build a model '
+                     'from a checkpoint alone; pass a model name'):
+    pretrained.load(workdir / 'model.npz')
   images = [path for path, _ in written['test'][:2]]
   logits = predict.run(str(workdir / 'model.npz'), 'Toy-S_4', images,
                        image_size=IMAGE_SIZE, top_k=2)

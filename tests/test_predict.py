@@ -21,6 +21,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ViT-S/16 with one block: real patch size, fast enough for a subprocess.
 MODEL = 'ViT-S_16'
 ARCH = dict(num_layers=1)
+CLASS_NAMES = ('ankle boot', 'bag', 'coat')
+# ImageNet mean/std in uint8 units (DeiT's), unlike the released [-1, 1].
+IMAGENET = models.Preprocessing(mean=(123.675, 116.28, 103.53),
+                                std=(58.395, 57.12, 57.375))
 
 
 @pytest.fixture(scope='module')
@@ -107,6 +111,42 @@ def test_cli_success_prints_top_k(files):
   assert result.stdout.count('class') == 2 * 3
 
 
+def test_cli_needs_only_the_checkpoint_of_an_export(files, tmp_path, capsys):
+  # Our export: its sidecar has the options no array shows, the pixel
+  # normalisation and the class names.
+  model = helpers.tiny_model(num_classes=3, activation='gelu_erf')
+  params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
+  path = str(tmp_path / 'model.npz')
+  pretrained.save_npz(params, path, model=model, class_names=CLASS_NAMES,
+                      preprocessing=IMAGENET, image_size=16)
+  out = str(tmp_path / 'logits.npy')
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.cli.predict', f'--checkpoint={path}',
+       '--top_k=3', f'--logits_out={out}', *files['images'][:2]],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  for name in CLASS_NAMES:
+    assert result.stdout.count(f'  {name}\n') == 2
+  pixels = np.stack([preprocess.load_image(image, 16, IMAGENET)
+                     for image in files['images'][:2]])
+  expected = pretrained.predict_logits(model, params, pixels)
+  np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
+  # The normalisation mattered: [-1, 1] pixels give other logits.
+  plain = np.stack([preprocess.load_image(image, 16)
+                    for image in files['images'][:2]])
+  assert not np.allclose(expected,
+                         pretrained.predict_logits(model, params, plain))
+
+  # --labels still wins over the stored names.
+  labels = tmp_path / 'labels.txt'
+  labels.write_text('red\ngreen\nblue\n')
+  predict.run(path, None, files['images'][:1], labels=str(labels), top_k=3)
+  printed = capsys.readouterr().out
+  assert [printed.count(f'  {name}\n') for name in ('red', 'green', 'blue')
+         ] == [1, 1, 1]
+  assert not any(name in printed for name in CLASS_NAMES)
+
+
 def test_cli_architecture_flags_load_a_modified_model(files):
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.cli.predict',
@@ -124,7 +164,7 @@ def test_cli_architecture_flags_load_a_modified_model(files):
     ('missing checkpoint', ['--checkpoint=/nonexistent/m.npz'],
      'does not exist'),
     ('wrong model', ['--model=ViT-B_16'], 'hidden size 384 but ViT-B_16'),
-    ('depth mismatch', [], 'missing from the checkpoint'),
+    ('depth mismatch', [], 'num layers 1 but ViT-S_16 has 12'),
 ])
 def test_cli_bad_input_exits_non_zero_with_a_message(files, case, args,
                                                      message):

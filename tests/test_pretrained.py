@@ -6,6 +6,7 @@ import io
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
@@ -252,13 +253,14 @@ def test_pretrained_load_infers_the_model_and_matches_numpy(tmp_path,
   path = tmp_path / 'm.npz'
   pretrained.save_npz(params, path)
 
-  model, loaded, image_size = pretrained.load(path, 'S/16', num_layers=1)
-  assert (model.num_classes, model.representation_size, model.classifier,
-          image_size) == (5, 8, classifier, 32)
+  result = pretrained.load(path, 'S/16', num_layers=1)
+  assert (result.model.num_classes, result.model.representation_size,
+          result.model.classifier, result.image_size) == (5, 8, classifier, 32)
 
   images = helpers.random_images(2, 48)  # A 48 px run of a 32 px file.
-  model, loaded, image_size = pretrained.load(path, 'S/16', image_size=48,
-                                              num_layers=1)
+  result = pretrained.load(path, 'S/16', image_size=48, num_layers=1)
+  model, loaded = result.model, result.params
+  assert result.image_size == 48
   resized = vit_family.FAMILY.to_released(loaded)
   reference = numpy_vit.forward(resized, images, num_layers=1, patch=16,
                                 classifier=classifier)
@@ -272,6 +274,106 @@ def test_pretrained_load_with_the_wrong_model_is_explained(tmp_path):
   with pytest.raises(npz.CheckpointMismatchError,
                      match='hidden size 32 but ViT-B_16 has 768'):
     pretrained.load(path, 'ViT-B_16')
+  # Every differing field is named, in one line.
+  with pytest.raises(npz.CheckpointMismatchError) as error:
+    pretrained.load(path, 'ViT-Ti_16', hidden_size=32)
+  assert str(error.value) == (
+      f'{path} has patch size (4, 4) but ViT-Ti_16 has (16, 16); num heads 2 '
+      'but ViT-Ti_16 has 3; mlp dim 64 but ViT-Ti_16 has 768; num layers 2 '
+      'but ViT-Ti_16 has 12: is --model right for this file?')
+
+
+# --- The architecture from the file ----------------------------------------
+
+
+@pytest.mark.parametrize('kind', ['token', 'gap', 'hybrid', 'scanned'])
+def test_load_reads_the_whole_architecture_off_the_arrays(tmp_path, kind):
+  if kind == 'hybrid':
+    source, size, name = helpers.tiny_hybrid(num_classes=5), 32, 'R50+B/16'
+    architecture = dict(hidden_size=32, mlp_dim=64, num_heads=2,
+                        num_layers=2, patch_size=1, resnet_units=(1, 1))
+  else:
+    options = {'token': dict(representation_size=8),
+               'gap': dict(classifier='gap'),
+               'scanned': dict(scan_layers=True)}[kind]
+    source, size, name = helpers.tiny_model(num_classes=5, **options), 16, (
+        'Ti/16')
+    architecture = helpers.TINY_VIT
+  params = helpers.random_params(source, size)
+  path = tmp_path / 'm.npz'
+  pretrained.save_npz(params, path)  # No sidecar: the arrays alone.
+
+  loaded = pretrained.load(path)
+  named = pretrained.load(path, name, **architecture)
+  model = loaded.model
+  assert model == named.model.clone(scan_layers=False)
+  assert (model.patch_size, model.hidden_size, model.num_heads, model.mlp_dim,
+          model.num_layers, model.resnet_units, model.num_classes,
+          model.classifier, model.representation_size, model.scan_layers) == (
+              source.patch_size, source.hidden_size, source.num_heads,
+              source.mlp_dim, source.num_layers, source.resnet_units, 5,
+              source.classifier, source.representation_size, False)
+  assert (loaded.image_size, loaded.preprocessing, loaded.class_names) == (
+      size, vit_family.FAMILY.preprocessing, None)
+  images = helpers.random_images(2, size)
+  np.testing.assert_allclose(
+      pretrained.predict_logits(model, loaded.params, images),
+      pretrained.predict_logits(source, params, images), rtol=1e-5, atol=1e-6)
+
+
+def test_describe_reads_the_variants_architecture():
+  expected = {
+      'ViT-B_16': {'hidden_size': 768, 'patch_size': (16, 16),
+                   'num_heads': 12, 'mlp_dim': 3072, 'num_layers': 12,
+                   'resnet_units': None},
+      'R50+ViT-B_16': {'hidden_size': 768, 'patch_size': (1, 1),
+                       'num_heads': 12, 'mlp_dim': 3072, 'num_layers': 12,
+                       'resnet_units': (3, 4, 9)},
+      'R+ViT-Ti_16': {'hidden_size': 192, 'patch_size': (8, 8),
+                      'num_heads': 3, 'mlp_dim': 768, 'num_layers': 12,
+                      'resnet_units': ()},
+  }
+  for name, architecture in expected.items():
+    shapes = models.param_shapes(models.create_model(name, 1000), (224, 224))
+    assert vit_family.FAMILY.describe(shapes).expected == architecture, name
+  scanned = models.param_shapes(helpers.tiny_model(scan_layers=True),
+                                (16, 16))
+  assert vit_family.FAMILY.describe(scanned).expected == {
+      'hidden_size': 32, 'patch_size': (4, 4), 'num_heads': 2, 'mlp_dim': 64,
+      'num_layers': 2, 'resnet_units': None}
+
+
+def test_an_override_that_contradicts_the_file_is_named(tmp_path,
+                                                        vit_params):
+  path = tmp_path / 'm.npz'
+  pretrained.save_npz(vit_params, path)
+  with pytest.raises(npz.CheckpointMismatchError) as error:
+    pretrained.load(path, num_layers=3)
+  assert str(error.value) == (
+      f'{path} has num layers 2 but num_layers=3 was asked for: its '
+      'architecture is read off its arrays; drop the override')
+  # Overrides that are no architecture still apply.
+  loaded = pretrained.load(path, dtype='bfloat16', activation='gelu_erf')
+  assert (loaded.model.dtype, loaded.model.activation) == (
+      jnp.dtype('bfloat16'), 'gelu_erf')
+
+
+def test_a_name_of_another_family_is_refused(tmp_path, vit_params):
+  path = tmp_path / 'm.npz'
+  pretrained.save_npz(vit_params, path)
+  with pytest.raises(npz.CheckpointMismatchError,
+                     match='holds vit arrays but Mixer-S_16 is a mixer '
+                     'model'):
+    pretrained.load(path, 'Mixer-S_16')
+
+
+def test_a_missing_source_names_what_sources_are(tmp_path):
+  with pytest.raises(FileNotFoundError) as error:
+    pretrained.load(tmp_path / 'nope.npz')
+  assert str(error.value) == (
+      f'checkpoint {tmp_path / "nope.npz"} does not exist: give an .npz '
+      'file, a timm checkpoint (hf-hub:ORG/NAME or a directory with '
+      'config.json) or the name of a released file')
 
 
 def test_read_npz_accepts_file_like_remote_paths(tmp_path, vit_params):

@@ -14,6 +14,7 @@ import pytest
 
 from configs import common
 from tests import helpers
+from vit_jax import models
 from vit_jax import npz
 from vit_jax import optim
 from vit_jax import pretrained
@@ -142,8 +143,9 @@ def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
                                                                tmp_path):
   workdir = str(tmp_path / 'run')
   record = train.train_and_evaluate(_config(image_folder), workdir)
-  model, params, _ = pretrained.load(os.path.join(workdir, 'model.npz'),
-                                     'Ti/16', **helpers.TINY_VIT)
+  loaded = pretrained.load(os.path.join(workdir, 'model.npz'), 'Ti/16',
+                           **helpers.TINY_VIT)
+  model, params = loaded.model, loaded.params
   config = _config(image_folder)
   images, labels = [], []
   for batch in train.eval_batches(config, train.data_source(config)):
@@ -155,6 +157,12 @@ def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
   logits = pretrained.predict_logits(model, params, images)
   assert record['top1_accuracy'] == pytest.approx(
       np.mean(logits.argmax(-1) == labels))
+
+  # Its sidecar makes the export load by itself, with the class names.
+  alone = pretrained.load(os.path.join(workdir, 'model.npz'))
+  assert alone.model == model
+  assert (alone.class_names, alone.image_size, alone.preprocessing) == (
+      CLASSES, IMAGE_SIZE, models.Preprocessing())
 
 
 def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path):
@@ -264,6 +272,38 @@ def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
       1, 1 + 16, 32)
 
 
+def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
+                                                       tmp_path):
+  source = helpers.tiny_model(num_classes=7)
+  imagenet = models.Preprocessing(mean=(123.675, 116.28, 103.53),
+                                  std=(58.395, 57.12, 57.375))
+  path = str(tmp_path / 'pretrained.npz')
+  pretrained.save_npz(helpers.random_params(source, IMAGE_SIZE), path,
+                      model=source, preprocessing=imagenet)
+  config = _config(image_folder, pretrained_path=path, total_steps=2)
+  assert train.preprocessing(config, source) == imagenet
+  workdir = str(tmp_path / 'run')
+  record = train.train_and_evaluate(config, workdir)
+  tuned = pretrained.load(os.path.join(workdir, 'model.npz'))
+  assert (tuned.preprocessing, tuned.class_names) == (imagenet, CLASSES)
+
+  def eval_loss(normalization):
+    """The export's loss on the test split normalised so."""
+    losses = []
+    for batch in train.eval_batches(config, train.data_source(config),
+                                    normalization=normalization):
+      keep = batch['mask'] > 0
+      logits = pretrained.predict_logits(tuned.model, tuned.params,
+                                         batch['image'][keep])
+      losses.append(np.asarray(steps.per_example_loss(
+          logits, batch['label'][keep], loss=config.loss)))
+    return float(np.mean(np.concatenate(losses)))
+
+  # The evaluation saw the checkpoint's normalisation, not [-1, 1].
+  assert record['loss'] == pytest.approx(eval_loss(imagenet), rel=1e-5)
+  assert record['loss'] != pytest.approx(eval_loss(None), rel=1e-3)
+
+
 def test_fine_tune_from_another_model_fails_clearly(image_folder, tmp_path):
   path = str(tmp_path / 'other.npz')
   pretrained.save_npz(helpers.random_params(
@@ -331,7 +371,8 @@ def test_scanned_rematerialised_run_fine_tunes_and_exports_per_block(
               **{'model.scan_layers': True, 'model.remat_policy': 'full'}),
       workdir)
   # The unrolled model loads the export: the layout is per block.
-  model, params, _ = pretrained.load(os.path.join(workdir, 'model.npz'),
-                                     'Ti/16', **helpers.TINY_VIT)
+  loaded = pretrained.load(os.path.join(workdir, 'model.npz'), 'Ti/16',
+                           **helpers.TINY_VIT)
+  model, params = loaded.model, loaded.params
   assert 'encoderblock_1' in params['Transformer']
   assert model.num_classes == len(CLASSES)

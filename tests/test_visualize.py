@@ -18,6 +18,7 @@ from tests import helpers
 from vit_jax import pretrained
 from vit_jax import models
 from vit_jax import plots
+from vit_jax import preprocess
 from vit_jax.cli import visualize
 
 IMAGE_SIZE = 32  # A 8x8 grid of the tiny ViT's 4-pixel patches.
@@ -247,3 +248,31 @@ def test_python_dash_m_runs_and_exits_with_status_0(files, tmp_path):
   assert f'wrote {tmp_path / "analysis.json"}' in process.stdout
   assert 'note: rollout maps are the mean over patch queries' in (
       process.stdout)
+
+
+def test_only_the_checkpoint_of_an_export_is_needed(tmp_path, capsys):
+  # The sidecar has the options no array shows and the normalisation.
+  model = helpers.tiny_model(num_classes=3, activation='gelu_erf',
+                             layer_norm_epsilon=1e-5)
+  params = data_helpers.numpy_params(model, IMAGE_SIZE)
+  path = tmp_path / 'model.npz'
+  imagenet = models.Preprocessing(mean=(123.675, 116.28, 103.53),
+                                  std=(58.395, 57.12, 57.375))
+  pretrained.save_npz(params, path, model=model, class_names=('a', 'b', 'c'),
+                      preprocessing=imagenet, image_size=IMAGE_SIZE)
+  image = data_helpers.write_png(tmp_path / 'cat.png', 40, 50, seed=1)
+  out_dir = tmp_path / 'out'
+  _cli([f'--checkpoint={path}', f'--out_dir={out_dir}', image])
+  with open(out_dir / 'analysis.json') as f:
+    record = json.load(f)
+  assert (record['model'], record['image_size'], record['grid']) == (
+      'model.npz', [32, 32], [8, 8])
+  assert 'model.npz at 32 px, grid 8x8' in capsys.readouterr().out
+  expected = visualize.compute_analysis(
+      model, params, preprocess.load_image(image, IMAGE_SIZE, imagenet)[None],
+      'model.npz')
+  np.testing.assert_allclose(record['rollout_maps'], expected['rollout_maps'],
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(record['mean_attention_distance_px'],
+                             expected['mean_attention_distance_px'],
+                             rtol=1e-5)

@@ -399,6 +399,12 @@ def test_released_layout_round_trips(case):
     np.testing.assert_array_equal(flat[key], original[key], err_msg=key)
 
 
+def _load(*args, **kwargs):
+  """(model, params, image_size) of `pretrained.load`."""
+  loaded = pretrained.load(*args, **kwargs)
+  return loaded.model, loaded.params, loaded.image_size
+
+
 def _tree_fields(model):
   return {k: getattr(model, k) for k in (
       'classifier', 'distillation', 'num_register_tokens', 'pre_norm',
@@ -416,7 +422,7 @@ def test_each_option_survives_export_and_load(tmp_path, case):
 
   # A file without a learned position embedding does not say its size.
   size = None if model.posemb == 'learned' else SIZE
-  loaded_model, loaded, image_size = pretrained.load(
+  loaded_model, loaded, image_size = _load(
       path, 'ViT-Ti_16', image_size=size, **helpers.TINY_VIT, **options)
   assert image_size == SIZE
   assert _tree_fields(loaded_model) == _tree_fields(model)
@@ -427,7 +433,7 @@ def test_each_option_survives_export_and_load(tmp_path, case):
   # `describe` reads the others off the arrays.
   unseen = {k: v for k, v in options.items()
             if k in NO_PARAMETER_OPTIONS or (k == 'posemb' and v != 'learned')}
-  again_model, again, _ = pretrained.load(
+  again_model, again, _ = _load(
       path, 'ViT-Ti_16', image_size=size, **helpers.TINY_VIT, **unseen)
   assert again_model == loaded_model.clone(
       layer_scale_init=again_model.layer_scale_init)
@@ -443,7 +449,7 @@ def test_a_file_without_position_embedding_needs_the_image_size(tmp_path):
   pretrained.save_npz(params, path)
   with pytest.raises(ValueError, match='pass image_size'):
     pretrained.load(path, 'ViT-Ti_16', posemb='sincos2d', **helpers.TINY_VIT)
-  loaded_model, loaded, _ = pretrained.load(
+  loaded_model, loaded, _ = _load(
       path, 'ViT-Ti_16', image_size=24, posemb='sincos2d', **helpers.TINY_VIT)
   images = helpers.random_images(2, 24)
   np.testing.assert_allclose(
@@ -459,8 +465,8 @@ def test_loading_at_another_resolution_resizes_only_the_patch_grid(
   model, params = _model_and_params(options)
   path = tmp_path / 'model.npz'
   pretrained.save_npz(params, path)
-  loaded_model, loaded, _ = pretrained.load(path, 'ViT-Ti_16', image_size=24,
-                                            **helpers.TINY_VIT)
+  loaded_model, loaded, _ = _load(path, 'ViT-Ti_16', image_size=24,
+                                  **helpers.TINY_VIT)
   prefix = 4 if covers_prefix else 0
   old = params['Transformer']['posembed_input']['pos_embedding']
   new = loaded['Transformer']['posembed_input']['pos_embedding']

@@ -98,7 +98,9 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
           f'({int(record["num_examples"])} examples), '
           f'{(time.time() - start) / 60:.1f} min wall time')
     print(f'TensorBoard logs and metrics.jsonl: {workdir}')
-    print(f'Exported released-layout params: {workdir}/model.npz')
+    print(f'Exported released-layout params: {workdir}/model.npz (and '
+          f'model.json, what the arrays cannot say); classify with: python '
+          f'-m vit_jax.cli.predict --checkpoint={workdir}/model.npz IMAGE...')
 
 
 if __name__ == '__main__':

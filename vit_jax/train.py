@@ -125,6 +125,15 @@ def initial_state(config, setup: Setup, checkpointer):
   return state
 
 
+def preprocessing(config, model: nn.Module) -> models.Preprocessing:
+  """The pixel normalisation to train and evaluate with: the one the
+  weights of `config.pretrained_path` expect when fine-tuning from them
+  (their sidecar's or hub config's), else the model family's."""
+  if config.pretrained_path:
+    return pretrained.load_preprocessing(config.pretrained_path, model)
+  return models.family_of(model).preprocessing
+
+
 def _load_pretrained(config, setup: Setup, state):
   params = pretrained.load_for_fine_tuning(
       config.pretrained_path, setup.model, jax.device_get(state.params),
@@ -229,17 +238,41 @@ def host_params(params):
   return multihost_utils.process_allgather(params, tiled=True)
 
 
-def export_npz(state, workdir, ema: bool) -> Dict[str, str]:
-  """Writes final params (and EMA params) in the released layout."""
+def class_names(config, source, num_classes: int
+                ) -> Optional[Tuple[str, ...]]:
+  """The dataset's class names when they name every output of the head,
+  else None (labels made by a label map, a head larger than the dataset's
+  class count)."""
+  if config.label_map:
+    return None
+  names = getattr(source, 'class_names', None)  # An image folder's.
+  if names is None and isinstance(source, input_sources.TfdsSource):
+    names = getattr(source.builder.info.features['label'], 'names', None)
+  if names is None or len(names) != num_classes:
+    return None
+  return tuple(names)
+
+
+def export_npz(state, workdir, ema: bool, *,
+               model: Optional[nn.Module] = None,
+               image_size: Optional[int] = None,
+               normalization: Optional[models.Preprocessing] = None,
+               names: Optional[Tuple[str, ...]] = None) -> Dict[str, str]:
+  """Writes final params (and EMA params) in the released layout, each with
+  a sidecar (`vit_jax.sidecar`) describing `model`, its resolution, pixel
+  normalisation and class names when `model` is given."""
   exports = {'model.npz': state.params}
   if ema:
     exports['model_ema.npz'] = state.ema_params
+  description = {} if model is None else dict(
+      model=model, image_size=image_size, preprocessing=normalization,
+      class_names=names)
   paths = {}
   for name, params in exports.items():
     params = host_params(params)
     path = epath.Path(workdir) / name
     if jax.process_index() == 0:
-      pretrained.save_npz(params, path)
+      pretrained.save_npz(params, path, **description)
     paths[name] = str(path)
   return paths
 
@@ -315,7 +348,7 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
 
   log = metrics_log.MetricsLog(workdir, start_time=run_start)
   log.drop_after(start_step)
-  normalization = models.family_of(setup.model).preprocessing
+  normalization = preprocessing(config, setup.model)
   batches = train_batches(config, source, normalization=normalization,
                           start_step=start_step)
   read_eval = functools.partial(eval_batches, config,
@@ -349,7 +382,11 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
                  record)
   log.flush()
   if config.export_npz:
-    for name, path in export_npz(state, workdir, config.ema_decay > 0).items():
+    exported = export_npz(
+        state, workdir, config.ema_decay > 0, model=setup.model,
+        image_size=config.image_size, normalization=normalization,
+        names=class_names(config, source, setup.model.num_classes))
+    for name, path in exported.items():
       logging.info('Exported %s (released .npz layout) to %s', name, path)
   log.close()
   return record

@@ -2,8 +2,8 @@ r"""Few-shot linear evaluation of a checkpoint's frozen features (paper 4.1).
 
 Run from the repository root:
 
-  python -m vit_jax.cli.fewshot --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
-      --dataset=cifar10 [--data_dir=~/tensorflow_datasets] \
+  python -m vit_jax.cli.fewshot --checkpoint=ViT-B_16.npz --dataset=cifar10 \
+      [--model=ViT-B_16] [--data_dir=~/tensorflow_datasets] \
       [--train_split=train] [--test_split=test] [--image_size=224] \
       [--shots=1,5,10,25] [--seeds=0,1,2] [--val_per_class=10] \
       [--json_out=fewshot.json] [--features_out=features.npz]
@@ -23,12 +23,16 @@ The protocol (ridge regression to {-1, 1} targets, l2 chosen per seed on
 validation examples drawn from the training split) is `vit_jax.fewshot`'s.
 
 Results print one line per shot count and, with --json_out, go to a file
-(see `to_json`). For a checkpoint trained with `config.model` architecture
-overrides, pass the same overrides, e.g. for configs/default.py's model.npz:
---model=R+ViT-Ti_16 --patch_size=1 --hidden_size=96 --mlp_dim=192
---num_heads=3 --num_layers=2.
+(see `to_json`). --checkpoint takes any source `vit_jax.pretrained.load`
+reads; the architecture, resolution and pixel normalisation come from the
+file (its arrays and, for our exports such as configs/default.py's
+model.npz, its sidecar). --model is optional: given, the file must fit that
+variant, with the architecture overrides of its training's `config.model`
+(e.g. --model=R+ViT-Ti_16 --patch_size=1 --hidden_size=96 --mlp_dim=192
+--num_heads=3 --num_layers=2 for configs/default.py's model.npz).
 """
 
+import dataclasses
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -47,13 +51,16 @@ from vit_jax import pretrained
 from vit_jax.evaluators import linear_fewshot
 
 
-def feature_extractor(checkpoint_path: str, model_name: str, *,
+def feature_extractor(checkpoint_path: str, model_name: Optional[str], *,
                       image_size: Optional[int] = None,
-                      **model_overrides: Any):
-  """(model, params, image_size) giving pre_logits: the file's head dropped."""
-  model, params, image_size = pretrained.load(
-      checkpoint_path, model_name, image_size=image_size, **model_overrides)
-  return (*models.without_head(model, params), image_size)
+                      **model_overrides: Any) -> pretrained.LoadedModel:
+  """The checkpoint as a model giving pre_logits: its head dropped (and
+  with it the class names)."""
+  loaded = pretrained.load(checkpoint_path, model_name,
+                           image_size=image_size, **model_overrides)
+  model, params = models.without_head(loaded.model, loaded.params)
+  return dataclasses.replace(loaded, model=model, params=params,
+                             class_names=None)
 
 
 def to_json(results: Dict[int, Dict[str, Any]], **facts: Any
@@ -66,7 +73,7 @@ def to_json(results: Dict[int, Dict[str, Any]], **facts: Any
                                for shots, result in sorted(results.items())}}
 
 
-def run(checkpoint_path: str, model_name: str, dataset: str, *,
+def run(checkpoint_path: str, model_name: Optional[str], dataset: str, *,
         data_dir: Optional[str] = None, train_split: str = 'train',
         test_split: str = 'test', image_size: Optional[int] = None,
         shots: Sequence[int] = fewshot.DEFAULT_SHOTS,
@@ -79,8 +86,9 @@ def run(checkpoint_path: str, model_name: str, dataset: str, *,
   """Extracts features of both splits, evaluates, prints and saves.
 
   Args:
-    checkpoint_path: a released-layout .npz.
-    model_name: its variant, e.g. 'ViT-B_16'.
+    checkpoint_path: any source `pretrained.load` reads.
+    model_name: the variant it must be, e.g. 'ViT-B_16'; None: the file's
+      own architecture, named by the file in the record.
     dataset: TFDS name, 'fashion_mnist_local' or 'imagefolder'.
     data_dir: TFDS data_dir or the image-folder root.
     train_split: the pool the shots are drawn from.
@@ -95,23 +103,25 @@ def run(checkpoint_path: str, model_name: str, dataset: str, *,
     features_out: save the features and labels of both splits here (.npz:
       train_features, train_labels, test_features, test_labels), e.g. to try
       other l2 values without running the model again.
-    **model_overrides: architecture overrides the checkpoint was trained with.
+    **model_overrides: further module attributes; with `model_name`, the
+      architecture overrides the checkpoint was trained with.
 
   Returns:
     The JSON record.
   """
   if not shots or min(shots) < 1:
     raise ValueError(f'shots must be positive integers, got {list(shots)}')
-  model, params, image_size = feature_extractor(
-      checkpoint_path, model_name, image_size=image_size, **model_overrides)
+  loaded = feature_extractor(checkpoint_path, model_name,
+                             image_size=image_size, **model_overrides)
+  image_size = loaded.image_size
   source = input_sources.make_source(dataset, data_dir,
                                      (train_split, test_split))
-  extract = linear_fewshot.FeatureExtractor(model)
+  extract = linear_fewshot.FeatureExtractor(loaded.model)
 
   def features(split):
-    return extract(params, input_pipeline.get_eval_iterator(
+    return extract(loaded.params, input_pipeline.get_eval_iterator(
         source, split, image_size=image_size, batch_size=batch_size,
-        normalization=models.family_of(model).preprocessing))
+        normalization=loaded.preprocessing))
 
   train_features, train_labels = features(train_split)
   test_features, test_labels = features(test_split)
@@ -119,11 +129,12 @@ def run(checkpoint_path: str, model_name: str, dataset: str, *,
     np.savez(features_out, train_features=train_features,
              train_labels=train_labels, test_features=test_features,
              test_labels=test_labels)
+  name = model_name or os.path.basename(str(checkpoint_path).rstrip('/'))
   results = fewshot.evaluate_fewshot(
       train_features, train_labels, test_features, test_labels, shots=shots,
       seeds=seeds, l2_regs=l2_regs, val_per_class=val_per_class)
   record = to_json(
-      results, checkpoint=str(checkpoint_path), model=model_name,
+      results, checkpoint=str(checkpoint_path), model=name,
       dataset=dataset, data_dir=data_dir, train_split=train_split,
       test_split=test_split, image_size=image_size,
       feature_dim=int(train_features.shape[1]),
@@ -132,7 +143,7 @@ def run(checkpoint_path: str, model_name: str, dataset: str, *,
       num_test_examples=len(test_labels), shots=[int(k) for k in shots],
       seeds=[int(s) for s in seeds], val_per_class=val_per_class,
       l2_regs=[float(l2) for l2 in l2_regs])
-  print(f'{model_name} on {dataset}: {len(train_labels)} {train_split} / '
+  print(f'{name} on {dataset}: {len(train_labels)} {train_split} / '
         f'{len(test_labels)} {test_split} examples, '
         f'{train_features.shape[1]} features')
   print(fewshot.format_results(results))
@@ -190,7 +201,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
 
   def checked_run():
-    cli_flags.check_required(flag_values, 'checkpoint', 'model', 'dataset')
+    cli_flags.check_required(flag_values, 'checkpoint', 'dataset')
     return run(
         flag_values.checkpoint, flag_values.model, flag_values.dataset,
         data_dir=flag_values.data_dir, train_split=flag_values.train_split,

@@ -8,9 +8,10 @@ enum flag takes its choices from the tuple the code checks against; a model
 name is a string that `models.canonical_name` resolves when the program
 runs. Every program reports USER_ERRORS in one line (`exit_on_user_error`).
 
-`vit_jax.cli.predict`, `visualize` and `fewshot` take a checkpoint, a model
-name, a resolution and, for files trained with `config.model` architecture
-overrides, the same overrides (`define_model_flags`).
+`vit_jax.cli.predict`, `visualize` and `fewshot` take a checkpoint (any
+source `vit_jax.pretrained.load` reads) and optionally a resolution and a
+model name the file must fit, with the architecture overrides it was
+trained with (`define_model_flags`).
 """
 
 import sys
@@ -25,7 +26,7 @@ from vit_jax.models import vit_family
 flags.disclaim_key_flags()
 
 # The architecture keys that `config.model` can override; a checkpoint
-# trained with overrides needs the same ones to load.
+# trained with overrides and loaded under a variant name needs the same ones.
 ARCHITECTURE_FLAGS = vit_family.ARCHITECTURE_KEYS
 
 # What a user can fix by changing the command line or the config, in every
@@ -54,29 +55,35 @@ def definer(flag_values: flags.FlagValues = flags.FLAGS
   return define
 
 
-def define_model_name(default: Optional[str],
-                      flag_values: flags.FlagValues = flags.FLAGS) -> None:
+def define_model_name(
+    default: Optional[str], flag_values: flags.FlagValues = flags.FLAGS,
+    help_text: str = 'Model name, e.g. ViT-B_16 or its short form B/16.'
+) -> None:
   """Defines --model, checked by `models.canonical_name` when it is used.
 
   Not a parse-time validator: an unknown name is a ValueError like any other
   bad input, printed by `exit_on_user_error` as `error: unknown model ...`.
   """
-  flags.DEFINE_string('model', default,
-                      'Model name, e.g. ViT-B_16 or its short form B/16.',
-                      flag_values=flag_values)
+  flags.DEFINE_string('model', default, help_text, flag_values=flag_values)
 
 
 def define_model_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines --checkpoint, --model, --image_size and the overrides."""
   define = definer(flag_values)
-  define(flags.DEFINE_string, 'checkpoint', None, 'Path of the .npz file.')
-  define_model_name(None, flag_values)
+  define(flags.DEFINE_string, 'checkpoint', None,
+         'An .npz (ours, with its model.json sidecar, or a released one), '
+         'a timm checkpoint (hf-hub:ORG/NAME or a directory with '
+         'config.json) or the name of a released file.')
+  define_model_name(
+      None, flag_values,
+      'Optional: the variant the checkpoint must be, e.g. ViT-B_16 or B/16 '
+      '(the architecture is read off the file).')
   define(flags.DEFINE_integer, 'image_size', None,
          'Resolution; default: the checkpoint\'s native one.')
   for name in ARCHITECTURE_FLAGS:
     define(flags.DEFINE_integer, name, None,
-           f'Override the variant\'s {name}, for a checkpoint trained with '
-           f'config.model.{name} set.')
+           f'With --model: the variant\'s {name} as config.model.{name} '
+           'changed it in training; without: checked against the file.')
 
 
 def architecture_overrides(flag_values: flags.FlagValues = flags.FLAGS

@@ -1,17 +1,20 @@
-r"""Classifies images with a released (or exported) `.npz` checkpoint.
+r"""Classifies images with a checkpoint: our export, a released `.npz`, a
+timm checkpoint or a released name (see `vit_jax.pretrained.load`).
 
-  python -m vit_jax.cli.predict --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
+  python -m vit_jax.cli.predict --checkpoint=runs/default/model.npz \
       [--image_size=384] [--top_k=5] [--labels=FILE|imagenet2012] \
       [--logits_out=logits.npy] IMAGE...
 
-The class count, representation size, classifier and native resolution come
-from the file; the architecture from --model, with --patch_size,
---hidden_size, --mlp_dim, --num_heads and --num_layers for a file trained with
-`config.model` overrides (e.g. configs/default.py's model.npz:
---model=R+ViT-Ti_16 --patch_size=1 --hidden_size=96 --mlp_dim=192
---num_heads=3 --num_layers=2). --labels takes a text file with
-one class name per line, or `imagenet2012` for the ImageNet-1k class names
-shipped with tensorflow-datasets (WordNet synset IDs, TFDS's label names).
+The architecture, class count, native resolution and pixel normalisation
+come from the file: from its arrays and, for our exports, from the sidecar
+beside them (`model.json`), which also names the classes. --model (e.g.
+ViT-B_16) is optional: given, the file must fit that variant, and for a file
+trained with `config.model` overrides it takes the same overrides
+(--patch_size, --hidden_size, --mlp_dim, --num_heads, --num_layers); without
+it they only check the file. --labels overrides the stored class names: a
+text file with one class name per line, or `imagenet2012` for the
+ImageNet-1k class names shipped with tensorflow-datasets (WordNet synset
+IDs, TFDS's label names).
 """
 
 from typing import List, Optional, Sequence
@@ -22,7 +25,6 @@ from etils import epath
 import numpy as np
 
 from vit_jax.cli import flags as cli_flags
-from vit_jax import models
 from vit_jax import preprocess
 from vit_jax import pretrained
 
@@ -77,27 +79,31 @@ def format_top_k(path: str, logits: np.ndarray, k: int,
   return '\n'.join(lines)
 
 
-def run(checkpoint_path: str, model_name: str, images: Sequence[str], *,
-        image_size: Optional[int] = None, top_k: int = 5,
-        labels: Optional[str] = None, logits_out: Optional[str] = None,
-        batch_size: int = 32, **model_overrides) -> np.ndarray:
+def run(checkpoint_path: str, model_name: Optional[str],
+        images: Sequence[str], *, image_size: Optional[int] = None,
+        top_k: int = 5, labels: Optional[str] = None,
+        logits_out: Optional[str] = None, batch_size: int = 32,
+        **model_overrides) -> np.ndarray:
   """Classifies `images`, prints the top-k and returns the logits.
 
-  `model_overrides` (e.g. num_layers=2) reach `pretrained.load`, for files
-  trained with a modified architecture.
+  `model_name` (None: the file's own architecture) and `model_overrides`
+  (e.g. num_layers=2) reach `pretrained.load`. The class names are
+  `labels`' when given, else the checkpoint's (its sidecar's), if any.
   """
-  model, params, image_size = pretrained.load(
-      checkpoint_path, model_name, image_size=image_size, **model_overrides)
-  if not model.num_classes:
+  loaded = pretrained.load(checkpoint_path, model_name,
+                           image_size=image_size, **model_overrides)
+  num_classes = loaded.model.num_classes
+  if not num_classes:
     raise ValueError(f'{checkpoint_path} has no head: it gives features, not '
                      'classes')
-  label_names = read_labels(labels, model.num_classes)
-  normalization = models.family_of(model).preprocessing
-  pixels = np.stack([preprocess.load_image(path, image_size, normalization)
+  label_names = read_labels(labels, num_classes) or loaded.class_names
+  pixels = np.stack([preprocess.load_image(path, loaded.image_size,
+                                           loaded.preprocessing)
                      for path in images])
-  logits = pretrained.predict_logits(model, params, pixels, batch_size)
+  logits = pretrained.predict_logits(loaded.model, loaded.params, pixels,
+                                     batch_size)
   for path, row in zip(images, logits):
-    print(format_top_k(path, row, min(top_k, model.num_classes), label_names))
+    print(format_top_k(path, row, min(top_k, num_classes), label_names))
   if logits_out:
     np.save(logits_out, logits)
   return logits
@@ -110,7 +116,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
     raise app.UsageError('give at least one image path')
 
   def checked_run():
-    cli_flags.check_required(flag_values, 'checkpoint', 'model')
+    cli_flags.check_required(flag_values, 'checkpoint')
     run(flag_values.checkpoint, flag_values.model, images,
         image_size=flag_values.image_size, top_k=flag_values.top_k,
         labels=flag_values.labels, logits_out=flag_values.logits_out,

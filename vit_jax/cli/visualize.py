@@ -1,7 +1,7 @@
 r"""Looks inside a checkpoint: the ViT paper's Figures 6 and 7 as PNGs.
 
-  python -m vit_jax.cli.visualize --checkpoint=ViT-B_16.npz --model=ViT-B_16 \
-      --out_dir=analysis [--image_size=224] IMAGE...
+  python -m vit_jax.cli.visualize --checkpoint=ViT-B_16.npz \
+      --out_dir=analysis [--model=ViT-B_16] [--image_size=224] IMAGE...
 
 writes to --out_dir:
   rollout_<i>_<name>.png  per image: the image, the image weighted by its
@@ -19,10 +19,14 @@ writes to --out_dir:
   analysis.json  the numbers behind the figures (see `to_json`).
   rollout.npy  float32 (images, rows, cols) rollout maps.
 
-For a checkpoint trained with `config.model` architecture overrides, pass the
-same overrides (--num_layers=..., --hidden_size=..., ...). `compute_analysis`
-(numbers only) and the `vit_jax.plots` functions are importable, e.g. in a
-notebook.
+--checkpoint takes any source `vit_jax.pretrained.load` reads; the
+architecture, resolution and pixel normalisation come from the file (its
+arrays and, for our exports, its sidecar). --model is optional: given, the
+file must fit that variant, with the same architecture overrides
+(--num_layers=..., --hidden_size=..., ...) as its training's
+`config.model`. Figures and analysis.json name the model by --model, else
+by the checkpoint's file name. `compute_analysis` (numbers only) and the
+`vit_jax.plots` functions are importable, e.g. in a notebook.
 """
 
 import functools
@@ -256,18 +260,21 @@ def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
   return record
 
 
-def run(checkpoint_path: str, model_name: str, image_paths: Sequence[str],
-        out_dir: str, *, image_size: Optional[int] = None,
+def run(checkpoint_path: str, model_name: Optional[str],
+        image_paths: Sequence[str], out_dir: str, *,
+        image_size: Optional[int] = None,
         **model_overrides: Any) -> Dict[str, Any]:
   """Loads the checkpoint, analyses the images, writes `out_dir`.
 
   Args:
-    checkpoint_path: a released-layout .npz.
-    model_name: its variant, e.g. 'ViT-B_16'.
+    checkpoint_path: any source `pretrained.load` reads.
+    model_name: the variant it must be, e.g. 'ViT-B_16'; None: the file's
+      own architecture, named by the file in the record.
     image_paths: image files for the rollout maps and the distance average.
     out_dir: where the figures and analysis.json go.
     image_size: resolution; None: the checkpoint's native one.
-    **model_overrides: architecture overrides the checkpoint was trained with.
+    **model_overrides: further module attributes; with `model_name`, the
+      architecture overrides the checkpoint was trained with.
 
   Returns:
     The analysis.json record.
@@ -279,13 +286,18 @@ def run(checkpoint_path: str, model_name: str, image_paths: Sequence[str],
   if not image_paths:
     raise ValueError('give at least one image: the rollout maps and the '
                      'attention distances are computed on them')
-  model, params, image_size = pretrained.load(
-      checkpoint_path, model_name, image_size=image_size, **model_overrides)
-  normalization = models.family_of(model).preprocessing
-  images = np.stack([preprocess.load_image(path, image_size, normalization)
+  loaded = pretrained.load(checkpoint_path, model_name,
+                           image_size=image_size, **model_overrides)
+  images = np.stack([preprocess.load_image(path, loaded.image_size,
+                                           loaded.preprocessing)
                      for path in image_paths])
-  result = compute_analysis(model, params, images, model_name)
-  record = write_outputs(result, images, image_paths, out_dir)
+  name = model_name or os.path.basename(str(checkpoint_path).rstrip('/'))
+  result = compute_analysis(loaded.model, loaded.params, images, name)
+  # The figures draw [-1, 1] images, whatever the model's normalisation.
+  shown = images if loaded.preprocessing == models.Preprocessing() else (
+      np.stack([preprocess.load_image(path, loaded.image_size)
+                for path in image_paths]))
+  record = write_outputs(result, shown, image_paths, out_dir)
   _report(record, out_dir)
   return record
 
@@ -320,7 +332,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
   Returns None: app.run passes the return value to sys.exit.
   """
   def checked_run():
-    cli_flags.check_required(flag_values, 'checkpoint', 'model', 'out_dir')
+    cli_flags.check_required(flag_values, 'checkpoint', 'out_dir')
     return run(flag_values.checkpoint, flag_values.model, argv[1:],
                flag_values.out_dir, image_size=flag_values.image_size,
                **cli_flags.architecture_overrides(flag_values))

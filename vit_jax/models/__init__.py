@@ -30,6 +30,7 @@ from vit_jax.models import mixer_family
 from vit_jax.models import vit_family
 
 ModelFamily = family_lib.ModelFamily
+Preprocessing = family_lib.Preprocessing
 count_params = family_lib.count_params
 
 _FAMILIES: List[ModelFamily] = [vit_family.FAMILY, mixer_family.FAMILY]

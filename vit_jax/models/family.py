@@ -44,8 +44,9 @@ class CheckpointFacts:
     model_kwargs: attributes of the family's module read off the arrays
       (e.g. num_classes, classifier, representation_size); they override the
       variant's when the model is built.
-    expected: attributes the built model must have to fit the arrays (e.g.
-      hidden_size): a model name that does not fit the file is an error.
+    expected: the architecture the shapes fix (e.g. hidden_size, patch_size,
+      num_layers): a model built without a name takes it as it is, and a
+      named model that does not have it does not fit the file (an error).
     native_grid: the (rows, cols) token grid the arrays were trained at, or
       None when the family has no fixed grid.
   """
@@ -73,6 +74,9 @@ class ModelFamily(abc.ABC):
     architecture_keys: `config.model` keys that override a variant's
       architecture (None keeps the variant's); the programs offer the same
       keys as flags, for files trained with overrides.
+    unstored_fields: module attributes a sidecar leaves out (see
+      `stored_kwargs`): how a model is run or trained (dtypes, dropout, the
+      attention implementation), not what its weights compute.
   """
   name: str
   module_type: Type[nn.Module]
@@ -81,6 +85,7 @@ class ModelFamily(abc.ABC):
   droppable_for_fine_tuning: Tuple[str, ...] = ()
   no_weight_decay: Tuple[str, ...] = ()
   architecture_keys: Tuple[str, ...] = ()
+  unstored_fields: Tuple[str, ...] = ('dtype', 'param_dtype')
 
   # --- Names and building ----------------------------------------------------
 
@@ -112,6 +117,36 @@ class ModelFamily(abc.ABC):
       if key in fields:
         overrides[key] = value
     return self.create(name, num_classes, **overrides)
+
+  def create_described(self, facts: CheckpointFacts,
+                       **overrides: Any) -> nn.Module:
+    """Builds the model a checkpoint's arrays describe, without a variant
+    name: `facts.expected` is the architecture, `overrides` (which include
+    `facts.model_kwargs`) everything else.
+
+    Raises:
+      ValueError: the family cannot (this default) or the arrays do not say
+        the whole architecture; a model name then supplies it.
+    """
+    del facts, overrides
+    raise ValueError(f'the {self.name} family cannot build a model from a '
+                     'checkpoint alone; pass a model name')
+
+  def stored_kwargs(self, model: nn.Module) -> Dict[str, Any]:
+    """The attributes of `model` that define what it computes (all but
+    flax's `parent` and `name` and `unstored_fields`): what a sidecar
+    stores, so a model built from them and the arrays computes the same."""
+    return {field.name: getattr(model, field.name)
+            for field in dataclasses.fields(model)
+            if field.name not in ('parent', 'name', *self.unstored_fields)}
+
+  def contradicts(self, key: str, from_arrays: Any, stored: Any) -> bool:
+    """Whether a stored attribute (a sidecar's, a hub config's) contradicts
+    the value `describe` read off the arrays; sequences compare as tuples
+    (a JSON file has lists)."""
+    del key
+    as_tuple = lambda v: tuple(v) if isinstance(v, list) else v
+    return as_tuple(from_arrays) != as_tuple(stored)
 
   @abc.abstractmethod
   def patch_pixels(self, model: nn.Module) -> Tuple[int, int]:

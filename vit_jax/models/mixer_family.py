@@ -109,6 +109,8 @@ class MixerFamily(family.ModelFamily):
   # exempt beyond what the 'kernels' mask already leaves out.
   no_weight_decay = ()
   architecture_keys = ARCHITECTURE_KEYS
+  # The head's init value matters for training only.
+  unstored_fields = ('dtype', 'param_dtype', 'head_bias_init')
 
   @property
   def variants(self) -> Mapping[str, Variant]:
@@ -126,20 +128,19 @@ class MixerFamily(family.ModelFamily):
       ValueError: an override that is no MlpMixer attribute (e.g. the ViT's
         num_heads).
     """
-    unknown = sorted(set(overrides) - _MODULE_FIELDS)
-    if unknown:
-      raise ValueError(f'{name} has no {", ".join(unknown)}; Mixer '
-                       f'attributes are {", ".join(sorted(_MODULE_FIELDS))}')
-    fields = dataclasses.asdict(VARIANTS[name])
-    fields.update(overrides)
-    if isinstance(fields['patch_size'], int):
-      fields['patch_size'] = (fields['patch_size'],) * 2
-    fields['patch_size'] = tuple(fields['patch_size'])
-    for key in ('dtype', 'param_dtype'):
-      if key in fields:
-        fields[key] = jnp.dtype(fields[key])
-    fields['num_classes'] = num_classes
-    return mixer.MlpMixer(**fields)
+    return _build(name, {**dataclasses.asdict(VARIANTS[name]), **overrides,
+                         'num_classes': num_classes})
+
+  def create_described(self, facts: family.CheckpointFacts,
+                       **overrides: Any) -> mixer.MlpMixer:
+    """See `family.ModelFamily.create_described`."""
+    fields = {**facts.expected, **overrides}
+    missing = [key for key in ARCHITECTURE_KEYS if key not in fields]
+    if missing:
+      raise ValueError(
+          f'the checkpoint does not show the MLP-Mixer\'s '
+          f'{", ".join(missing)} (it has no blocks); pass a model name')
+    return _build('the MLP-Mixer', fields)
 
   def patch_pixels(self, model: mixer.MlpMixer) -> Tuple[int, int]:
     patch_h, patch_w = model.patch_size
@@ -236,6 +237,29 @@ class MixerFamily(family.ModelFamily):
     """The (ph, pw, 3, C) `stem` kernel: it acts on RGB pixels."""
     del model
     return params[_STEM]['kernel']
+
+
+def _build(label: str, fields: Mapping[str, Any]) -> mixer.MlpMixer:
+  """An MlpMixer of `fields`, normalised: an int patch size is square, a
+  sequence one a tuple, dtypes are numpy's. `label` names the model in the
+  error.
+
+  Raises:
+    ValueError: a field that is no MlpMixer attribute (e.g. the ViT's
+      num_heads).
+  """
+  unknown = sorted(set(fields) - _MODULE_FIELDS)
+  if unknown:
+    raise ValueError(f'{label} has no {", ".join(unknown)}; Mixer '
+                     f'attributes are {", ".join(sorted(_MODULE_FIELDS))}')
+  fields = dict(fields)
+  if isinstance(fields['patch_size'], int):
+    fields['patch_size'] = (fields['patch_size'],) * 2
+  fields['patch_size'] = tuple(fields['patch_size'])
+  for key in ('dtype', 'param_dtype'):
+    if key in fields:
+      fields[key] = jnp.dtype(fields[key])
+  return mixer.MlpMixer(**fields)
 
 
 FAMILY = MixerFamily()

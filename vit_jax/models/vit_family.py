@@ -17,13 +17,16 @@ The released `.npz` layout, all of whose variations are mapped here:
 Only the encoder blocks' modules are renumbered: a MAP head keeps
 big_vision's names (`MAPHead_0/MultiHeadDotProductAttention_0`, ...).
 
-The model's options (see `vit.VisionTransformer`) that add or drop
-parameters are read back off a tree by `describe`: `reg_token`,
-`dist_token` with `head_dist`, `LayerScale_{0,1}`, `Transformer/pre_norm`,
-`fc_norm`, `MAPHead_0`, q/k/v biases, and a position embedding over the
-patch tokens only. Options without parameters (drop_path_rate, activation,
-layer_norm_epsilon, posemb 'sincos2d' vs 'none') are not in a file: pass
-them when loading.
+`describe` reads the whole architecture back off a tree: patch size (the
+`embedding` kernel), width, heads (the query kernel (D, heads, D/heads)),
+MLP width, depth (encoder blocks, scanned or not), ResNet units per stage
+(`block{s}/unit{u}`), and the options that add or drop parameters:
+`reg_token`, `dist_token` with `head_dist`, `LayerScale_{0,1}`,
+`Transformer/pre_norm`, `fc_norm`, `MAPHead_0`, q/k/v biases, and a
+position embedding over the patch tokens only. Options without parameters
+(activation, layer_norm_epsilon, posemb 'sincos2d' vs 'none') are not in
+the arrays: our exports store them in a sidecar (`vit_jax.sidecar`); for
+other files pass them when loading.
 """
 
 import dataclasses
@@ -83,6 +86,11 @@ VARIANTS: Dict[str, Variant] = {
 # The `config.model` keys (and program flags) that override a variant.
 ARCHITECTURE_KEYS = ('patch_size', 'hidden_size', 'mlp_dim', 'num_heads',
                      'num_layers')
+# VisionTransformer attributes a caller may set (flax's `parent`/`name` left
+# out).
+_MODULE_FIELDS = frozenset(
+    field.name for field in dataclasses.fields(vit.VisionTransformer)) - {
+        'parent', 'name'}
 
 
 def _short_form(name: str) -> str:
@@ -236,6 +244,55 @@ def _first_block(encoder: Params) -> Params:
   return encoder.get(_BLOCK.format(0), encoder.get(_STACKED, {}))
 
 
+def _num_layers(encoder: Params) -> int:
+  """Encoder blocks: the stacked block's leading axis, or the count of
+  consecutive encoderblock_{i}."""
+  if _STACKED in encoder:
+    return int(jax.tree_util.tree_leaves(encoder[_STACKED])[0].shape[0])
+  layers = 0
+  while _BLOCK.format(layers) in encoder:
+    layers += 1
+  return layers
+
+
+def _resnet_units(params: Params) -> Optional[Tuple[int, ...]]:
+  """Units per ResNet stage of a hybrid's `block{s}/unit{u}` (numbered from
+  1); () for the root alone; None without `conv_root` (a pure ViT)."""
+  if 'conv_root' not in params:
+    return None
+  units = []
+  while f'block{len(units) + 1}' in params:
+    stage = params[f'block{len(units) + 1}']
+    count = 0
+    while f'unit{count + 1}' in stage:
+      count += 1
+    units.append(count)
+  return tuple(units)
+
+
+def _architecture(params: Params) -> Dict[str, Any]:
+  """What the shapes fix, width first (the likeliest difference between a
+  file and a wrong model name). Heads and MLP width come from the first
+  encoder block, or from a MAP head when there is no block; an encoder
+  without either leaves them out."""
+  kernel = params['embedding']['kernel']  # (ph, pw, C, D)
+  architecture = {
+      'hidden_size': int(params['embedding']['bias'].shape[-1]),
+      'patch_size': (int(kernel.shape[0]), int(kernel.shape[1])),
+  }
+  attention_owner = (_first_block(params[_ENCODER]) or
+                     params.get('MAPHead_0', {}))
+  if attention_owner:
+    # A stacked block's kernels have a leading layer axis: count from the end.
+    query = attention_owner['MultiHeadDotProductAttention_0']['query']
+    architecture['num_heads'] = int(query['kernel'].shape[-2])
+    architecture['mlp_dim'] = int(
+        attention_owner['MlpBlock_0']['Dense_0']['kernel'].shape[-1])
+  architecture['num_layers'] = _num_layers(params[_ENCODER])
+  architecture['resnet_units'] = _resnet_units(params)
+  return architecture
+
+
 def _tree_options(params: Params) -> Dict[str, Any]:
   """The options that add or drop parameters, as a tree shows them."""
   if 'MAPHead_0' in params:
@@ -260,6 +317,14 @@ def _tree_options(params: Params) -> Dict[str, Any]:
   return options
 
 
+def _parameters_of(classifier: str) -> str:
+  """What a classifier adds to the tree: a class token, a MAP head or
+  neither (see `_tree_options`)."""
+  if classifier == 'map':
+    return 'map'
+  return 'token' if classifier in vit.TOKEN_CLASSIFIERS else 'gap'
+
+
 def _with_position_embedding(params: Params, value) -> Params:
   encoder = dict(params[_ENCODER])
   encoder[_POS_EMBEDDING[1]] = {
@@ -278,6 +343,13 @@ class VitFamily(family.ModelFamily):
                      'probe')
   architecture_keys = ARCHITECTURE_KEYS
   token_classifiers = vit.TOKEN_CLASSIFIERS
+  # Training and execution settings: evaluation computes the same without
+  # them (dropout and stochastic depth are off; a scanned encoder and either
+  # attention implementation give the same outputs).
+  unstored_fields = ('dtype', 'param_dtype', 'dropout_rate',
+                     'attention_dropout_rate', 'drop_path_rate',
+                     'head_bias_init', 'scan_layers', 'remat_policy',
+                     'attention')
 
   @property
   def variants(self) -> Mapping[str, Variant]:
@@ -290,16 +362,37 @@ class VitFamily(family.ModelFamily):
 
   def create(self, name: str, num_classes: Optional[int],
              **overrides: Any) -> vit.VisionTransformer:
-    variant = VARIANTS[name]
-    fields = dataclasses.asdict(variant)
-    fields['patch_size'] = (variant.patch_size, variant.patch_size)
-    for key, value in overrides.items():
-      if key == 'patch_size' and isinstance(value, int):
-        value = (value, value)
-      if key in ('dtype', 'param_dtype'):
-        value = jnp.dtype(value)
-      fields[key] = value
-    return vit.VisionTransformer(num_classes=num_classes, **fields)
+    """See `family.ModelFamily.create`.
+
+    Raises:
+      ValueError: an override that is no VisionTransformer attribute.
+    """
+    return _build(name, {**dataclasses.asdict(VARIANTS[name]),
+                         'num_classes': num_classes, **overrides})
+
+  def create_described(self, facts: family.CheckpointFacts,
+                       **overrides: Any) -> vit.VisionTransformer:
+    """See `family.ModelFamily.create_described`."""
+    fields = {**facts.expected, **overrides}
+    missing = [key for key in ARCHITECTURE_KEYS if key not in fields]
+    if missing:
+      raise ValueError(
+          f'the checkpoint does not show the ViT\'s {", ".join(missing)} (it '
+          'has no encoder blocks); pass a model name')
+    return _build('the ViT', fields)
+
+  def contradicts(self, key: str, from_arrays: Any, stored: Any) -> bool:
+    """LayerScale's init value is not in the arrays (`describe` reports
+    LOADED_LAYER_SCALE_INIT): only its presence can contradict them. Nor do
+    they tell a pooled classifier from its unpooled twin ('token' from
+    'token_unpooled', 'gap' from 'unpooled'). An int patch size is square."""
+    if key == 'layer_scale_init':
+      return (from_arrays is None) != (stored is None)
+    if key == 'classifier':
+      return _parameters_of(from_arrays) != _parameters_of(stored)
+    if key == 'patch_size' and isinstance(stored, int):
+      stored = (stored, stored)
+    return super().contradicts(key, from_arrays, stored)
 
   def patch_pixels(self, model: vit.VisionTransformer) -> Tuple[int, int]:
     # The model's own attributes, not the variant table: a model built with
@@ -330,8 +423,9 @@ class VitFamily(family.ModelFamily):
   def describe(self, params: Params) -> family.CheckpointFacts:
     """Class count from `head`, representation size from `pre_logits`, the
     classifier ('map' with `MAPHead_0`, 'token' with `cls`, else 'gap'),
-    the options that add parameters, and the grid from the position
-    embedding (None without a learned one)."""
+    the options that add parameters, the architecture (see the module
+    docstring) and the grid from the position embedding (None without a
+    learned one)."""
     for required in ('embedding', _ENCODER):
       if required not in params:
         raise npz.CheckpointMismatchError(
@@ -348,7 +442,7 @@ class VitFamily(family.ModelFamily):
             **_tree_options(params),
             **posemb_options,
         },
-        expected={'hidden_size': int(params['embedding']['bias'].shape[-1])},
+        expected=_architecture(params),
         native_grid=grid)
 
   def adapt_resolution(self, params: Params, model: vit.VisionTransformer,
@@ -426,6 +520,26 @@ class VitFamily(family.ModelFamily):
     if model.resnet_units is not None:
       return None
     return params['embedding']['kernel']
+
+
+def _build(label: str, fields: Mapping[str, Any]) -> vit.VisionTransformer:
+  """A VisionTransformer of `fields`, normalised: an int patch size is
+  square, sequences (e.g. a sidecar's lists) are tuples, dtypes are numpy's.
+  `label` names the model in the error."""
+  unknown = sorted(set(fields) - _MODULE_FIELDS)
+  if unknown:
+    raise ValueError(f'{label} has no {", ".join(unknown)}; ViT attributes '
+                     f'are {", ".join(sorted(_MODULE_FIELDS))}')
+  fields = dict(fields)
+  if isinstance(fields.get('patch_size'), int):
+    fields['patch_size'] = (fields['patch_size'],) * 2
+  for key in ('patch_size', 'resnet_units'):
+    if fields.get(key) is not None:
+      fields[key] = tuple(fields[key])
+  for key in ('dtype', 'param_dtype'):
+    if key in fields:
+      fields[key] = jnp.dtype(fields[key])
+  return vit.VisionTransformer(**fields)
 
 
 FAMILY = VitFamily()
