@@ -28,7 +28,7 @@ def get_config():
   config.model.dropout_rate = 0.0  # Dropout after pos-emb, attention out, GELU, MLP out.
   config.model.attention_dropout_rate = 0.0  # Dropout on attention probabilities.
   config.model.head_bias_init = 0.0  # Head bias init: -10 with sigmoid pre-training.
-  config.model.dtype = 'float32'  # Matmul operand dtype: float32 | bfloat16 (accumulation is always float32).
+  config.model.dtype = 'float32'  # Matmul operand dtype: float32 | bfloat16 | auto (bf16 where the hardware multiplies it natively; accumulation is always float32).
   config.model.param_dtype = 'float32'  # Parameter storage dtype.
   # Architecture overrides of the named variant (None keeps the variant's).
   config.model.patch_size = ml_collections.FieldReference(None, int)  # Patch side in stem-output pixels.

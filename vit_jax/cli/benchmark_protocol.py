@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models
+from vit_jax import precision
 from vit_jax import sharding
 from vit_jax import train
 from vit_jax.cli import benchmark_jax
@@ -209,7 +210,8 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
                        '--config')
     model, batch_size, image_size = (config.model_name, config.batch_size,
                                      config.image_size)
-    dtype, attention = config.model.dtype, config.model.attention
+    dtype = precision.resolve_dtype(config.model.dtype)
+    attention = config.model.attention
     # The head training would build: config.num_classes or the dataset's.
     num_classes = train.num_classes(config, train.data_source(config))
   jnp_dtype = jnp.dtype(dtype)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models
+from vit_jax import precision
 from vit_jax import sharding
 from vit_jax import train
 
@@ -195,7 +196,7 @@ def _config_fields(config, num_classes: int) -> Dict[str, Any]:
       'remat_policy': config.model.remat_policy,
       'scan_layers': config.model.scan_layers,
       'fsdp': config.fsdp,
-      'compute_dtype': config.model.dtype,
+      'compute_dtype': precision.resolve_dtype(config.model.dtype),
       'param_dtype': config.model.param_dtype,
   }
 

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from vit_jax import precision
+
 Params = Dict[str, Any]
 FlatParams = Dict[str, np.ndarray]  # '/'-joined parameter paths -> arrays.
 
@@ -108,12 +110,15 @@ class ModelFamily(abc.ABC):
                          num_classes: int) -> nn.Module:
     """Builds variant `name` from a config's `model` section (see
     configs/common.py): its architecture keys that are set, plus every key
-    the module has as an attribute."""
+    the module has as an attribute. `dtype: 'auto'` becomes the fastest
+    operand dtype of the backend (`vit_jax.precision`)."""
     fields = {field.name for field in dataclasses.fields(self.module_type)}
     overrides = {}
     for key, value in model_config.items():
       if key in self.architecture_keys and value is None:
         continue  # The variant's own value.
+      if key == 'dtype':
+        value = precision.resolve_dtype(value)
       if key in fields:
         overrides[key] = value
     return self.create(name, num_classes, **overrides)
