@@ -123,6 +123,7 @@ def get_config():
   config.fewshot_val_per_class = 10  # Pool examples per class (besides the shots) that choose l2.
 
   # --- Devices -------------------------------------------------------------------
+  config.cpu_devices = 1  # On the CPU backend: XLA:CPU devices the batch is split over (python -m vit_jax.main only).
   config.mesh_model_axis = 1  # Devices on the 'model' axis; the rest form 'data'.
   config.fsdp = False  # Shard params, optimizer state and EMA over the 'data' axis.
   config.sharding_rules = ()  # ((path regex, PartitionSpec tuple), ...) tried first; see vit_jax/sharding.py.

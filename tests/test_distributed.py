@@ -52,7 +52,7 @@ def _command(data_dir, workdir):
       # gradients into lr-sized differences, hiding real ones.
       optimizer='sgd', lr=0.1,
       shuffle_buffer=64, train_augment='resize', random_flip=False,
-      model_name='ViT-Ti_16',
+      model_name='ViT-Ti_16', cpu_devices=1,  # The devices XLA_FLAGS gives.
       **{'model.hidden_size': 32, 'model.mlp_dim': 64, 'model.num_heads': 2,
          'model.num_layers': 2, 'model.patch_size': 4,
          'model.dtype': 'float32'})
@@ -82,6 +82,17 @@ def test_two_processes_match_one_process(image_folder, tmp_path):
   final = _records(single)[-1]
   assert (f'Final test top-1 accuracy: {final["top1_accuracy"]:.4f} '
           f'({int(final["num_examples"])} examples)') in result.stdout
+
+  # config.cpu_devices asks for the same 8 devices as XLA_FLAGS did.
+  from_config = str(tmp_path / 'from_config')
+  result = subprocess.run(
+      _command(image_folder, from_config) + ['--config.cpu_devices=8'],
+      cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '8 local / 8 global devices' in result.stderr
+  for a, b in zip(_records(single), _records(from_config)):
+    assert a['step'] == b['step']
+    np.testing.assert_allclose(b.get('loss', 0), a.get('loss', 0), rtol=1e-5)
 
   multi = str(tmp_path / 'multi')
   port = _free_port()

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -376,3 +377,36 @@ def test_scanned_rematerialised_run_fine_tunes_and_exports_per_block(
   model, params = loaded.model, loaded.params
   assert 'encoderblock_1' in params['Transformer']
   assert model.num_classes == len(CLASSES)
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'total_steps': 0}, 'config.total_steps must be >= 1, got 0'),
+    ({'keep_checkpoints': 0}, 'config.keep_checkpoints must be >= 1'),
+    ({'eval_batch_size': 0}, 'config.eval_batch_size must be >= 1'),
+    ({'warmup_steps': -1}, 'config.warmup_steps must be >= 0'),
+    ({'image_size': IMAGE_SIZE + 2},
+     f'image_size {IMAGE_SIZE + 2} is not a multiple of the model\'s 4x4'),
+    ({'eval_batch_size': 12}, 'eval_batch_size 12 does not split over 8'),
+])
+def test_bad_configs_fail_before_anything_is_written(image_folder, tmp_path,
+                                                    overrides, message):
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train.train_and_evaluate(_config(image_folder, **overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_a_failing_evaluation_loses_no_training(image_folder, tmp_path,
+                                                monkeypatch):
+  def failing_evaluators(evals, state, step, total_steps):
+    del evals, state, total_steps
+    if step == 2:
+      raise OSError('corrupt image in the eval split')
+    return {}
+
+  monkeypatch.setattr(train, 'run_evaluators', failing_evaluators)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(OSError, match='corrupt image'):
+    train.train_and_evaluate(_config(image_folder), workdir)
+  # The step-2 checkpoint was written before its evaluation ran.
+  assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))

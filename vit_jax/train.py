@@ -310,7 +310,33 @@ def _check_finite(metrics, step, checkpointer):
         f'last checkpoint is at step {checkpointer.latest_step()}.')
 
 
+def _check_counts(config) -> None:
+  """Counts that must be positive, named by their config key."""
+  for key in ('total_steps', 'batch_size', 'eval_batch_size',
+              'grad_accum_steps', 'keep_checkpoints', 'image_size'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
+  # 0: only at the last step.
+  for key in ('warmup_steps', 'log_every', 'eval_every', 'checkpoint_every'):
+    if config[key] < 0:
+      raise ValueError(f'config.{key} must be >= 0, got {config[key]}')
+
+
+def _check_image_size(config) -> None:
+  """An image size the patches do not tile would train on a crop only."""
+  model = models.create_model_from_config(config, num_classes=1)
+  patch_h, patch_w = models.patch_pixels(model)
+  if config.image_size % patch_h or config.image_size % patch_w:
+    raise ValueError(
+        f'config.image_size {config.image_size} is not a multiple of the '
+        f'model\'s {patch_h}x{patch_w}-pixel patches (patch size times the '
+        'stem\'s stride): the rest of each image would be dropped; choose a '
+        'multiple')
+
+
 def _validate(config):
+  _check_counts(config)
+  _check_image_size(config)
   # Built here only to check them before anything runs.
   augmentation(config)
   mix_spec(config)
@@ -324,6 +350,10 @@ def _validate(config):
         f'the micro-batch of {micro_batch} examples (batch_size / '
         f'grad_accum_steps) does not split over {data_devices} data-parallel '
         'devices; choose a multiple')
+  if config.eval_batch_size % data_devices:
+    raise ValueError(
+        f'config.eval_batch_size {config.eval_batch_size} does not split '
+        f'over {data_devices} data-parallel devices; choose a multiple')
 
 
 def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
@@ -356,25 +386,30 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
   progress = Progress(start_step, config.total_steps, config.batch_size)
   history, record = [], None
-  for step in range(start_step + 1, config.total_steps + 1):
-    batch = sharding.global_batch(next(batches), setup.mesh)
-    state, metrics = setup.train_step(state, batch)
-    history.append(metrics)
-    if is_due(step, config.log_every, config.total_steps):
-      train_metrics = _mean_metrics(history)
-      history = []
-      _check_finite(train_metrics, step, checkpointer)
-      train_metrics.update(progress.report(step, train_metrics))
-      log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
-    for name, values in run_evaluators(evals, state, step,
-                                       config.total_steps).items():
-      logging.info('step %d %s: %s', step, name, values)
-      log.write(step, values)
-      if name == evaluators.MAIN_RECORD:
-        record = values
-    if is_due(step, config.checkpoint_every, config.total_steps):
-      checkpointer.save(state, step)
-  checkpointer.close()
+  # Pending checkpoint writes finish even when a step or an evaluation
+  # fails: the process would otherwise end in the middle of them.
+  try:
+    for step in range(start_step + 1, config.total_steps + 1):
+      batch = sharding.global_batch(next(batches), setup.mesh)
+      state, metrics = setup.train_step(state, batch)
+      history.append(metrics)
+      if is_due(step, config.log_every, config.total_steps):
+        train_metrics = _mean_metrics(history)
+        history = []
+        _check_finite(train_metrics, step, checkpointer)
+        train_metrics.update(progress.report(step, train_metrics))
+        log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
+      # Saved before the evaluations: one that fails loses no training.
+      if is_due(step, config.checkpoint_every, config.total_steps):
+        checkpointer.save(state, step)
+      for name, values in run_evaluators(evals, state, step,
+                                         config.total_steps).items():
+        logging.info('step %d %s: %s', step, name, values)
+        log.write(step, values)
+        if name == evaluators.MAIN_RECORD:
+          record = values
+  finally:
+    checkpointer.close()
   if record is None and start_step >= config.total_steps:
     # A finished run started again: report its accuracy, log nothing twice.
     record = _evaluate_main(evals, state)
