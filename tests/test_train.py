@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from tests import helpers
 from vit_jax import models
 from vit_jax import npz
 from vit_jax import optim
+from vit_jax import preemption
 from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import steps
@@ -410,3 +412,34 @@ def test_a_failing_evaluation_loses_no_training(image_folder, tmp_path,
     train.train_and_evaluate(_config(image_folder), workdir)
   # The step-2 checkpoint was written before its evaluation ran.
   assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_its_step_and_resuming_repeats_the_run(
+    image_folder, tmp_path, monkeypatch, signum):
+  config = _config(image_folder, total_steps=6, checkpoint_every=0,
+                   eval_every=0)
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(config, straight)
+
+  real_evaluators = train.run_evaluators
+
+  def evaluators_then_signal(evals, state, step, total_steps):
+    if step == 3:
+      os.kill(os.getpid(), signum)  # Arrives in the middle of step 3.
+    return real_evaluators(evals, state, step, total_steps)
+
+  monkeypatch.setattr(train, 'run_evaluators', evaluators_then_signal)
+  handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+  stopped = str(tmp_path / 'stopped')
+  with pytest.raises(preemption.Preempted,
+                     match=f'stopped by {signum.name} after step 3'):
+    train.train_and_evaluate(config, stopped)
+  assert os.listdir(os.path.join(stopped, 'checkpoints')) == ['3']
+  # The handlers are the caller's again.
+  assert (signal.getsignal(signal.SIGTERM),
+          signal.getsignal(signal.SIGINT)) == handlers
+
+  monkeypatch.setattr(train, 'run_evaluators', real_evaluators)
+  train.train_and_evaluate(config, stopped)
+  assert _train_losses(stopped) == _train_losses(straight)

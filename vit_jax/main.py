@@ -9,6 +9,7 @@ Cloud TPU or SLURM with --distributed).
 """
 
 import logging as logging_lib
+import sys
 import time
 
 from vit_jax.cli import process
@@ -27,6 +28,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vit_jax import preemption
 from vit_jax import train
 from vit_jax.cli import flags as cli_flags
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -106,8 +108,12 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
   _initialize_distributed(flag_values)
   start = time.time()
   workdir = flag_values.workdir
-  record = cli_flags.exit_on_user_error(_train_and_evaluate,
-                                        flag_values.config, workdir)
+  try:
+    record = cli_flags.exit_on_user_error(_train_and_evaluate,
+                                          flag_values.config, workdir)
+  except preemption.Preempted as e:
+    print(f'{e} (--workdir={workdir})', file=sys.stderr)
+    sys.exit(preemption.EXIT_STATUS[e.signal_name])
   if record and jax.process_index() == 0:
     print(f'Final test top-1 accuracy: {record["top1_accuracy"]:.4f} '
           f'({int(record["num_examples"])} examples), '

@@ -26,6 +26,7 @@ from vit_jax import metrics_log
 from vit_jax import mixing
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import preemption
 from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import steps
@@ -387,27 +388,34 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   progress = Progress(start_step, config.total_steps, config.batch_size)
   history, record = [], None
   # Pending checkpoint writes finish even when a step or an evaluation
-  # fails: the process would otherwise end in the middle of them.
+  # fails, or a signal stops the run: the process would otherwise end in the
+  # middle of them.
   try:
-    for step in range(start_step + 1, config.total_steps + 1):
-      batch = sharding.global_batch(next(batches), setup.mesh)
-      state, metrics = setup.train_step(state, batch)
-      history.append(metrics)
-      if is_due(step, config.log_every, config.total_steps):
-        train_metrics = _mean_metrics(history)
-        history = []
-        _check_finite(train_metrics, step, checkpointer)
-        train_metrics.update(progress.report(step, train_metrics))
-        log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
-      # Saved before the evaluations: one that fails loses no training.
-      if is_due(step, config.checkpoint_every, config.total_steps):
-        checkpointer.save(state, step)
-      for name, values in run_evaluators(evals, state, step,
-                                         config.total_steps).items():
-        logging.info('step %d %s: %s', step, name, values)
-        log.write(step, values)
-        if name == evaluators.MAIN_RECORD:
-          record = values
+    with preemption.StopRequest() as stop:
+      for step in range(start_step + 1, config.total_steps + 1):
+        batch = sharding.global_batch(next(batches), setup.mesh)
+        state, metrics = setup.train_step(state, batch)
+        history.append(metrics)
+        if is_due(step, config.log_every, config.total_steps):
+          train_metrics = _mean_metrics(history)
+          history = []
+          _check_finite(train_metrics, step, checkpointer)
+          train_metrics.update(progress.report(step, train_metrics))
+          log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
+        # Saved before the evaluations: one that fails loses no training.
+        if is_due(step, config.checkpoint_every, config.total_steps):
+          checkpointer.save(state, step)
+        for name, values in run_evaluators(evals, state, step,
+                                           config.total_steps).items():
+          logging.info('step %d %s: %s', step, name, values)
+          log.write(step, values)
+          if name == evaluators.MAIN_RECORD:
+            record = values
+        if stop.due(step):
+          if not is_due(step, config.checkpoint_every, config.total_steps):
+            checkpointer.save(state, step)
+          log.flush()
+          raise preemption.Preempted(step, stop.signal_name)
   finally:
     checkpointer.close()
   if record is None and start_step >= config.total_steps:

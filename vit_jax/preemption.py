@@ -1,0 +1,80 @@
+"""Stopping a run cleanly when asked: SIGTERM (what TPU and GPU schedulers
+send before they take a machine away) and SIGINT (Ctrl-C).
+
+The training loop asks `StopRequest.due(step)` after every step; once a
+signal has arrived it finishes that step, saves its checkpoint and raises
+`Preempted`, which the program turns into one line saying how to resume.
+
+With many processes the stop step must be the same everywhere, or the
+collective checkpoint save would hang: JAX's distributed runtime catches
+SIGTERM itself and agrees on a step (`multihost_utils.
+reached_preemption_sync_point`), so no signal is caught here then.
+"""
+
+import signal
+import threading
+from typing import Optional
+
+import jax
+from jax.experimental import multihost_utils
+
+# Exit statuses of a process ended by these signals (128 + signal number).
+EXIT_STATUS = {'SIGTERM': 128 + signal.SIGTERM, 'SIGINT': 128 + signal.SIGINT}
+
+
+class Preempted(Exception):
+  """The loop stopped on a signal after saving the checkpoint of `step`."""
+
+  def __init__(self, step: int, signal_name: str):
+    super().__init__(f'stopped by {signal_name} after step {step}, whose '
+                     'checkpoint is saved: run the same command to resume')
+    self.step = step
+    self.signal_name = signal_name
+
+
+class StopRequest:
+  """Catches the stop signals while training (a context manager).
+
+  A second Ctrl-C while the checkpoint is being written falls through to
+  Python's default: the user insists.
+  """
+
+  def __init__(self):
+    self.signal_name: Optional[str] = None
+    self._previous = {}
+
+  def _signals(self):
+    if jax.process_count() > 1:
+      return ()  # The distributed runtime's (see the module docstring).
+    return (signal.SIGTERM, signal.SIGINT)
+
+  def __enter__(self):
+    # Handlers can only be installed from the main thread.
+    if threading.current_thread() is threading.main_thread():
+      for signum in self._signals():
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal_name is not None and signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+
+  def due(self, step: int) -> bool:
+    """Whether to stop after `step` (every process gets the same answer)."""
+    if jax.process_count() > 1:
+      try:
+        reached = multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # The runtime's preemption service is off.
+        return False
+      if reached:
+        self.signal_name = 'SIGTERM'
+      return reached
+    return self.signal_name is not None
