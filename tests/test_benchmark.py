@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from vit_jax import precision
 from vit_jax import sharding
 from vit_jax.cli import benchmark
 from vit_jax.cli import benchmark_jax
@@ -173,8 +174,9 @@ def test_a_config_is_timed_with_the_training_loops_own_step(tmp_path):
       config=config, mode='train', steps=2, warmup=2, peak_matmul_size=128,
       host_devices=1)
   _check_consistent(result, batch_size=8)
+  # The default config's dtype is 'auto': the one this machine runs fastest.
   assert (result['model'], result['batch_size'], result['image_size'],
           result['dtype'], result['num_classes']) == (
-              'R+ViT-Ti_16', 8, 8, 'bfloat16', 3)
+              'R+ViT-Ti_16', 8, 8, precision.resolve_dtype('auto'), 3)
   with pytest.raises(ValueError, match='--compare'):
     benchmark_protocol.run_benchmark(config=config, compare='timm')
