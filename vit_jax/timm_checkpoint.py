@@ -40,6 +40,7 @@ import safetensors
 
 from vit_jax import npz
 from vit_jax import timm_layout
+from vit_jax import timm_recipe
 from vit_jax.models import family
 
 Params = family.Params
@@ -260,7 +261,7 @@ def _class_names(config: Mapping[str, Any],
 def _convert(config: Mapping[str, Any],
              timm_arrays: Mapping[str, np.ndarray]) -> TimmCheckpoint:
   """config.json and the state dict -> a TimmCheckpoint (see `read`)."""
-  recipe = timm_layout.recipe(config, timm_arrays)
+  recipe = timm_recipe.recipe(config, timm_arrays)
   image_size = _image_size(config['pretrained_cfg'])
   params, model_kwargs = timm_layout.to_vit(recipe, timm_arrays, image_size)
   return TimmCheckpoint(
