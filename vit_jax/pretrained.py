@@ -404,12 +404,12 @@ def load_for_fine_tuning(source, model, init_params: Params, *,
 def load_preprocessing(source, model: nn.Module) -> family.Preprocessing:
   """The pixel normalisation the weights of `source` expect: what is stored
   beside them, else the default of `model`'s family (the family they must
-  have to fine-tune `model`). An `.npz`'s arrays are not read."""
+  have to fine-tune `model`). Only the description is read, not the arrays."""
   kind, location = _resolve_source(source)
-  if kind == _NPZ:
-    stored = sidecar_lib.read(location)
-  else:
-    stored = _read_checkpoint(location).stored
+  if kind == _TIMM:
+    from vit_jax import timm_checkpoint  # pylint: disable=g-import-not-at-top
+    return timm_checkpoint.read_preprocessing(location)
+  stored = sidecar_lib.read(location)
   return ((stored and stored.preprocessing) or
           models.family_of(model).preprocessing)
 

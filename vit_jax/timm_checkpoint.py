@@ -112,6 +112,17 @@ def read(source) -> TimmCheckpoint:
   return _convert(_read_config(config_path), _read_safetensors(weights_path))
 
 
+def read_preprocessing(source) -> family.Preprocessing:
+  """The pixel normalisation of `source` (as `read(source).preprocessing`),
+  from its config.json alone: the weights are neither read nor fetched."""
+  if _is_hub_id(source):
+    repo_id, revision = _hub_repo(source)
+    config_path = _hub_download(source, repo_id, revision, CONFIG_FILE)
+  else:
+    config_path, _ = _directory_files(source)
+  return _preprocessing(_read_config(config_path)['pretrained_cfg'])
+
+
 _PICKLE_ADVICE = (
     f'vit_jax never loads {PICKLE_FILE}, a pickle (unpickling runs arbitrary '
     'code). Convert it once where torch is installed, e.g. '
@@ -138,12 +149,18 @@ def _directory_files(source) -> Tuple[epath.Path, epath.Path]:
   return directory / CONFIG_FILE, directory / WEIGHTS_FILE
 
 
-def _hub_files(source: str) -> Tuple[epath.Path, epath.Path]:
-  """Both files of 'hf-hub:ORG/NAME[@REVISION]', from the cache or the hub."""
+def _hub_repo(source: str) -> Tuple[str, Optional[str]]:
+  """(repository id, revision or None) of 'hf-hub:ORG/NAME[@REVISION]'."""
   repo_id, _, revision = source[len(HF_HUB_PREFIX):].partition('@')
   if not re.fullmatch(r'[^/\s]+/[^/\s]+', repo_id):
     raise ValueError(f'{source!r} is not an "{HF_HUB_PREFIX}ORG/NAME" id')
-  return tuple(_hub_download(source, repo_id, revision or None, name)
+  return repo_id, revision or None
+
+
+def _hub_files(source: str) -> Tuple[epath.Path, epath.Path]:
+  """Both files of an hf-hub: id, from the cache or the hub."""
+  repo_id, revision = _hub_repo(source)
+  return tuple(_hub_download(source, repo_id, revision, name)
                for name in (CONFIG_FILE, WEIGHTS_FILE))
 
 
