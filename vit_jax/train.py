@@ -357,6 +357,53 @@ def _validate(config):
         f'over {data_devices} data-parallel devices; choose a multiple')
 
 
+def _run_steps(config, setup: Setup, state, start_step: int, batches, evals,
+               checkpointer, log: metrics_log.MetricsLog):
+  """Steps `start_step + 1` to `config.total_steps`, with their logging,
+  checkpoints and evaluations.
+
+  Pending checkpoint writes finish whatever ends the loop: a failing step or
+  evaluation, or a stop signal (`preemption.Preempted`, after the
+  checkpoint of its step); the process would otherwise end in the middle
+  of them.
+
+  Returns:
+    (the final state, the last main evaluation record or None).
+  """
+  progress = Progress(start_step, config.total_steps, config.batch_size)
+  history, record = [], None
+  try:
+    with preemption.StopRequest() as stop:
+      for step in range(start_step + 1, config.total_steps + 1):
+        batch = sharding.global_batch(next(batches), setup.mesh)
+        state, metrics = setup.train_step(state, batch)
+        history.append(metrics)
+        if is_due(step, config.log_every, config.total_steps):
+          train_metrics = _mean_metrics(history)
+          history = []
+          _check_finite(train_metrics, step, checkpointer)
+          train_metrics.update(progress.report(step, train_metrics))
+          log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
+        # Saved before the evaluations: one that fails loses no training.
+        saved = is_due(step, config.checkpoint_every, config.total_steps)
+        if saved:
+          checkpointer.save(state, step)
+        for name, values in run_evaluators(evals, state, step,
+                                           config.total_steps).items():
+          logging.info('step %d %s: %s', step, name, values)
+          log.write(step, values)
+          if name == evaluators.MAIN_RECORD:
+            record = values
+        if stop.due(step):
+          if not saved:
+            checkpointer.save(state, step)
+          log.flush()
+          raise preemption.Preempted(step, stop.signal_name)
+  finally:
+    checkpointer.close()
+  return state, record
+
+
 def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   """Trains per `config`, evaluating, checkpointing and exporting to workdir.
 
@@ -385,39 +432,8 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   read_eval = functools.partial(eval_batches, config,
                                 normalization=normalization)
   evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
-  progress = Progress(start_step, config.total_steps, config.batch_size)
-  history, record = [], None
-  # Pending checkpoint writes finish even when a step or an evaluation
-  # fails, or a signal stops the run: the process would otherwise end in the
-  # middle of them.
-  try:
-    with preemption.StopRequest() as stop:
-      for step in range(start_step + 1, config.total_steps + 1):
-        batch = sharding.global_batch(next(batches), setup.mesh)
-        state, metrics = setup.train_step(state, batch)
-        history.append(metrics)
-        if is_due(step, config.log_every, config.total_steps):
-          train_metrics = _mean_metrics(history)
-          history = []
-          _check_finite(train_metrics, step, checkpointer)
-          train_metrics.update(progress.report(step, train_metrics))
-          log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
-        # Saved before the evaluations: one that fails loses no training.
-        if is_due(step, config.checkpoint_every, config.total_steps):
-          checkpointer.save(state, step)
-        for name, values in run_evaluators(evals, state, step,
-                                           config.total_steps).items():
-          logging.info('step %d %s: %s', step, name, values)
-          log.write(step, values)
-          if name == evaluators.MAIN_RECORD:
-            record = values
-        if stop.due(step):
-          if not is_due(step, config.checkpoint_every, config.total_steps):
-            checkpointer.save(state, step)
-          log.flush()
-          raise preemption.Preempted(step, stop.signal_name)
-  finally:
-    checkpointer.close()
+  state, record = _run_steps(config, setup, state, start_step, batches, evals,
+                             checkpointer, log)
   if record is None and start_step >= config.total_steps:
     # A finished run started again: report its accuracy, log nothing twice.
     record = _evaluate_main(evals, state)

@@ -130,10 +130,22 @@ class ModelFamily(abc.ABC):
     `facts.model_kwargs`) everything else.
 
     Raises:
-      ValueError: the family cannot (this default) or the arrays do not say
-        the whole architecture; a model name then supplies it.
+      ValueError: the family cannot (no `build`) or the arrays do not say
+        the whole architecture (`architecture_keys`); a model name then
+        supplies it.
     """
-    del facts, overrides
+    fields = {**facts.expected, **overrides}
+    missing = [key for key in self.architecture_keys if key not in fields]
+    if missing:
+      raise ValueError(
+          f'the checkpoint does not show the {self.name} model\'s '
+          f'{", ".join(missing)} (it has no blocks); pass a model name')
+    return self.build(fields)
+
+  def build(self, fields: Mapping[str, Any]) -> nn.Module:
+    """The family's module with these attributes (architecture included),
+    for `create_described`; this default has none to build."""
+    del fields
     raise ValueError(f'the {self.name} family cannot build a model from a '
                      'checkpoint alone; pass a model name')
 

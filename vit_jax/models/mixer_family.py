@@ -131,15 +131,8 @@ class MixerFamily(family.ModelFamily):
     return _build(name, {**dataclasses.asdict(VARIANTS[name]), **overrides,
                          'num_classes': num_classes})
 
-  def create_described(self, facts: family.CheckpointFacts,
-                       **overrides: Any) -> mixer.MlpMixer:
-    """See `family.ModelFamily.create_described`."""
-    fields = {**facts.expected, **overrides}
-    missing = [key for key in ARCHITECTURE_KEYS if key not in fields]
-    if missing:
-      raise ValueError(
-          f'the checkpoint does not show the MLP-Mixer\'s '
-          f'{", ".join(missing)} (it has no blocks); pass a model name')
+  def build(self, fields: Mapping[str, Any]) -> mixer.MlpMixer:
+    """See `family.ModelFamily.build`."""
     return _build('the MLP-Mixer', fields)
 
   def patch_pixels(self, model: mixer.MlpMixer) -> Tuple[int, int]:

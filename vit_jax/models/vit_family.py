@@ -370,15 +370,8 @@ class VitFamily(family.ModelFamily):
     return _build(name, {**dataclasses.asdict(VARIANTS[name]),
                          'num_classes': num_classes, **overrides})
 
-  def create_described(self, facts: family.CheckpointFacts,
-                       **overrides: Any) -> vit.VisionTransformer:
-    """See `family.ModelFamily.create_described`."""
-    fields = {**facts.expected, **overrides}
-    missing = [key for key in ARCHITECTURE_KEYS if key not in fields]
-    if missing:
-      raise ValueError(
-          f'the checkpoint does not show the ViT\'s {", ".join(missing)} (it '
-          'has no encoder blocks); pass a model name')
+  def build(self, fields: Mapping[str, Any]) -> vit.VisionTransformer:
+    """See `family.ModelFamily.build`."""
     return _build('the ViT', fields)
 
   def contradicts(self, key: str, from_arrays: Any, stored: Any) -> bool:
