@@ -479,3 +479,41 @@ def test_image_folder_errors(tmp_path):
   with pytest.raises(ValueError, match="'val' does not exist"):
     train.data_source(_config(
         dataset='imagefolder', data_dir=str(tmp_path), eval_split='val'))
+
+
+def _truncated_jpeg(path):
+  """A JPEG cut inside its pixel data, as an interrupted copy leaves it."""
+  noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+  Image.fromarray(noise).save(path, format='JPEG')
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) * 3 // 4])
+
+
+def test_image_folder_undecodable_files_are_named_before_training(tmp_path):
+  _write_image_folder(str(tmp_path))
+  test_dir = tmp_path / 'test'
+  _truncated_jpeg(test_dir / 'cat' / 'cut.jpg')
+  (test_dir / 'bird' / 'text.png').write_text('not an image')
+  (test_dir / 'Dog' / 'empty.jpeg').write_bytes(b'')
+  with pytest.raises(ValueError) as error:
+    train.data_source(_config(dataset='imagefolder', data_dir=str(tmp_path)))
+  bad = sorted(str(test_dir / name) for name in
+               ('cat/cut.jpg', 'bird/text.png', 'Dog/empty.jpeg'))
+  assert str(error.value) == (
+      f'3 of 10 files in {str(test_dir)!r} cannot be read or decoded as '
+      f"images: {bad[0]!r} (empty), {bad[1]!r}, {bad[2]!r}; remove or "
+      'replace them.')
+
+
+def test_image_folder_error_lists_the_first_few_undecodable_files(tmp_path):
+  _write_image_folder(str(tmp_path))
+  bad = [tmp_path / 'train' / 'cat' / f'bad{i}.png' for i in range(7)]
+  for path in bad:
+    path.write_text('not an image')
+  with pytest.raises(ValueError, match=r"^7 of 14 files in '.*/train' ") as e:
+    train.data_source(_config(dataset='imagefolder', data_dir=str(tmp_path)))
+  message = str(e.value)
+  assert [str(path) in message for path in bad] == [True] * 5 + [False] * 2
+  assert message.endswith(', ... (2 more); remove or replace them.')

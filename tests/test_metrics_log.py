@@ -4,6 +4,8 @@ tolerated, the file replaced whole."""
 import json
 
 import pytest
+from tensorboard.backend.event_processing import plugin_event_accumulator
+import tensorflow as tf
 
 from vit_jax import metrics_log
 
@@ -46,3 +48,26 @@ def test_damage_before_the_last_line_is_an_error(tmp_path):
   _write_lines(path, _records([10]) + ['not json'] + _records([20]))
   with pytest.raises(ValueError, match='line 2 is not a metrics record'):
     metrics_log.read_records(path)
+
+
+def _tensorboard_points(logdir, tag):
+  """(step, value) of `tag` as TensorBoard's server shows them."""
+  accumulator = plugin_event_accumulator.EventAccumulator(str(logdir))
+  accumulator.Reload()
+  return [(event.step, float(tf.make_ndarray(event.tensor_proto)))
+          for event in accumulator.Tensors(tag)]
+
+
+def test_tensorboard_forgets_the_steps_a_resumed_run_repeats(tmp_path):
+  stopped = metrics_log.MetricsLog(str(tmp_path))
+  stopped.drop_after(0)
+  for step in (10, 20, 30, 40):
+    stopped.write(step, {'loss': step})
+  stopped.close()
+  resumed = metrics_log.MetricsLog(str(tmp_path))
+  resumed.drop_after(20)
+  for step in (30, 40):
+    resumed.write(step, {'loss': -step})
+  resumed.close()
+  assert _tensorboard_points(tmp_path, 'loss') == [
+      (10, 10.0), (20, 20.0), (30, -30.0), (40, -40.0)]

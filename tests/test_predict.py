@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from absl import flags
 import numpy as np
 from PIL import Image
 import pytest
@@ -25,6 +26,13 @@ CLASS_NAMES = ('ankle boot', 'bag', 'coat')
 # ImageNet mean/std in uint8 units (DeiT's), unlike the released [-1, 1].
 IMAGENET = models.Preprocessing(mean=(123.675, 116.28, 103.53),
                                 std=(58.395, 57.12, 57.375))
+
+
+def _cli(argv):
+  """Parses `argv` on fresh flags and runs predict.main, as `python -m`."""
+  flag_values = flags.FlagValues()
+  predict.define_flags(flag_values)
+  return predict.main(flag_values(['predict', *argv]), flag_values)
 
 
 @pytest.fixture(scope='module')
@@ -190,3 +198,29 @@ def test_truncated_checkpoint_and_broken_image(files, tmp_path):
     predict.run(str(truncated), 'S/16', files['images'], **ARCH)
   with pytest.raises(ValueError, match='broken.png'):
     predict.run(files['checkpoint'], 'S/16', [files['bad_image']], **ARCH)
+
+
+@pytest.mark.parametrize('flag,image,message', [
+    ('--batch_size=0', None, '--batch_size=0 must be a positive integer'),
+    ('--batch_size=-2', None, '--batch_size=-2 must be a positive integer'),
+    ('--image_size=0', None, '--image_size=0 must be a positive integer'),
+    ('--image_size=-16', None, '--image_size=-16 must be a positive'),
+    (None, 'root', 'is a directory; predict takes image files'),
+    (None, 'missing', "nope.png' does not exist; check the IMAGE"),
+    (None, 'bad_image', "Cannot decode image file '"),
+])
+def test_cli_bad_input_is_one_error_line(files, capsys, flag, image,
+                                         message):
+  paths = {'root': str(files['root']), 'bad_image': files['bad_image'],
+           'missing': str(files['root'] / 'nope.png')}
+  argv = [f'--checkpoint={files["checkpoint"]}', f'--model={MODEL}',
+          '--num_layers=1', *([flag] if flag else []),
+          files['images'][0], *([paths[image]] if image else [])]
+  with pytest.raises(SystemExit) as exit_info:
+    _cli(argv)
+  assert exit_info.value.code == 1
+  error = capsys.readouterr().err
+  assert error.startswith('error: ') and message in error, error
+  assert len(error.splitlines()) == 1 and 'Traceback' not in error
+  if image:
+    assert paths[image] in error

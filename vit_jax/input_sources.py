@@ -14,7 +14,10 @@ top. Sources:
     more (e.g. ImageNet-ReaL's label sets).
   * 'imagefolder': `root/<split>/<class>/*.{jpg,jpeg,png}` (any extension
     case). Class index = position of the class folder's name in the sorted
-    union of the class folders of the splits given.
+    union of the class folders of the splits given. Every file of every
+    split given is decoded when the source is made (`check_images`), so a
+    corrupt file is named before training starts, not at the first
+    evaluation minutes in.
 
 Every process reads its own slice of a split (`tfds.even_splits`), so
 the processes' slices partition it.
@@ -22,8 +25,10 @@ the processes' slices partition it.
 
 import math
 import os
-from typing import Callable, Dict, Optional, Sequence
+import time
+from typing import Callable, Dict, List, Optional, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -41,6 +46,8 @@ LOCAL_BUILDERS = (local_datasets.fashion_mnist_local.FashionMnistLocal.name,)
 # ~2-3x), and how many files are measured to estimate it.
 _FOLDER_DECODE_EXPANSION = 8
 _FOLDER_SIZE_SAMPLE = 100
+# Undecodable files named in the error; the rest are counted.
+_FOLDER_BAD_SHOWN = 5
 
 ExampleFn = Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
 
@@ -204,6 +211,31 @@ class FolderSource:
                             [labels[i] for i in order])
     return self._files[split]
 
+  def check_images(self, split):
+    """Raises ValueError naming the files of `split` that do not decode.
+
+    `read` decodes lazily, so without this check one corrupt file stops
+    training when an epoch or evaluation first reaches it, with a TF error
+    that names no file. Every process checks the whole split (not only its
+    slice), so all of them stop with the same message.
+
+    Args:
+      split: a split folder's name.
+
+    Raises:
+      ValueError: one line with how many files fail, the first few of them
+        and what to do.
+    """
+    paths = self._list(split)[0]
+    start = time.perf_counter()
+    bad = undecodable_images(paths)
+    logging.info('Decoding check of %r: %d files, %d undecodable, %.1f s.',
+                 os.path.join(self._root, split), len(paths), len(bad),
+                 time.perf_counter() - start)
+    if bad:
+      raise ValueError(_undecodable_message(
+          os.path.join(self._root, split), len(paths), bad))
+
   def num_examples(self, split, process_index=0, process_count=1):
     start, stop = _even_slice(len(self._list(split)[0]), process_index,
                               process_count)
@@ -226,6 +258,46 @@ class FolderSource:
     return int(mean_size * len(paths) * _FOLDER_DECODE_EXPANSION)
 
 
+def undecodable_images(paths: Sequence[str]) -> List[str]:
+  """The files of `paths` that `FolderSource.read` could not decode, sorted.
+
+  Reads and decodes with the ops `read` uses, in a tf.data parallel map
+  like `read`'s (C++ threads, not Python ones). tf.data cannot catch an error per
+  element, so each element carries its path, `ignore_errors` drops the ones
+  that fail and the failures are the paths that never come out.
+
+  Args:
+    paths: image files.
+
+  Returns:
+    The paths that cannot be read or decoded (empty files included).
+  """
+  def decode(path):
+    # The image's shape is enough to force the decoding, and is small.
+    image = preprocess.decode_image(tf.io.read_file(path))
+    return path, tf.shape(image)
+
+  if not paths:
+    return []
+  decoded = tf.data.Dataset.from_tensor_slices(list(paths)).map(
+      decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  ok = {path.decode() for path, _ in
+        decoded.ignore_errors().as_numpy_iterator()}
+  return sorted(path for path in paths if path not in ok)
+
+
+def _undecodable_message(split_dir, num_files, bad):
+  """One line: the count, the first `_FOLDER_BAD_SHOWN` files, the fix."""
+  shown = [repr(path) + (' (empty)' if tf.io.gfile.stat(path).length == 0
+                         else '')
+           for path in bad[:_FOLDER_BAD_SHOWN]]
+  if len(bad) > len(shown):
+    shown.append(f'... ({len(bad) - len(shown):,} more)')
+  return (f'{len(bad):,} of {num_files:,} files in {split_dir!r} cannot be '
+          f'read or decoded as images: {", ".join(shown)}; remove '
+          'or replace them.')
+
+
 def _subdirs(path):
   return [d.rstrip('/') for d in tf.io.gfile.listdir(path)
           if tf.io.gfile.isdir(os.path.join(path, d))]
@@ -246,15 +318,17 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
 
   Raises:
     ValueError / FileNotFoundError: unknown dataset or label map, missing
-      data_dir or split, dataset not prepared (see the module docstring).
+      data_dir or split, dataset not prepared, an image folder's file that
+      does not decode (see the module docstring).
   """
   if dataset == IMAGEFOLDER:
     if label_map:
       raise ValueError('config.label_map applies to TFDS datasets only; an '
                        'image folder labels by class folder.')
     source = FolderSource(data_dir, splits)
-    for split in splits:
+    for split in dict.fromkeys(splits):  # Once when train = eval split.
       source.num_examples(split)  # Raises for a missing or empty split.
+      source.check_images(split)
     return source
   mapping = label_map and vtab.get_label_map(label_map)
   builder = tfds_builder(dataset, data_dir)

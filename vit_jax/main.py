@@ -8,7 +8,6 @@ Many processes: pass --coordinator_address, --num_processes and --process_id
 Cloud TPU or SLURM with --distributed).
 """
 
-import logging as logging_lib
 import sys
 import time
 
@@ -55,14 +54,6 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
 
 
-class _LibraryInfoFilter(logging_lib.Filter):
-  """Keeps orbax's per-save INFO chatter out of the training log."""
-
-  def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or (
-        '/orbax/' not in record.pathname)
-
-
 def _initialize_distributed(flag_values: flags.FlagValues):
   if flag_values.coordinator_address or flag_values.distributed:
     jax.distributed.initialize(
@@ -72,15 +63,6 @@ def _initialize_distributed(flag_values: flags.FlagValues):
   logging.info('Process %d of %d; %d local / %d global devices',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-
-
-def _train_and_evaluate(config, workdir: str):
-  """`train.train_and_evaluate`, with a user error also in the log."""
-  try:
-    return train.train_and_evaluate(config, workdir)
-  except cli_flags.USER_ERRORS as e:
-    logging.error('%s: %s', type(e).__name__, e)
-    raise
 
 
 def _split_over_cpu_devices(config) -> None:
@@ -101,7 +83,7 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
   """Trains on the parsed flags; user errors exit with status 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging_lib.getLogger('absl').addFilter(_LibraryInfoFilter())
+  process.quiet_library_logs()
   cli_flags.exit_on_user_error(_split_over_cpu_devices, flag_values.config)
   # Before the input pipeline's first TensorFlow operation.
   process.hide_gpus_from_tensorflow()
@@ -109,7 +91,7 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
   start = time.time()
   workdir = flag_values.workdir
   try:
-    record = cli_flags.exit_on_user_error(_train_and_evaluate,
+    record = cli_flags.exit_on_user_error(train.train_and_evaluate,
                                           flag_values.config, workdir)
   except preemption.Preempted as e:
     print(f'{e} (--workdir={workdir})', file=sys.stderr)
@@ -126,4 +108,4 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -8,6 +8,7 @@ for the averaged params). Only process 0 writes.
 """
 
 import json
+import socket
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -16,6 +17,8 @@ from clu import metric_writers
 from etils import epath
 import jax
 import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer import record_writer
 
 
 class MetricsLog:
@@ -25,13 +28,24 @@ class MetricsLog:
     """`start_time` (time.time()) is the zero of 'elapsed_s'; default now."""
     self._start_time = time.time() if start_time is None else start_time
     self._is_writer = jax.process_index() == 0
-    self._writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self._is_writer, asynchronous=False)
-    self.jsonl_path = epath.Path(workdir) / 'metrics.jsonl'
+    self._workdir = epath.Path(workdir)
+    # Made at the first write, after `drop_after`'s restart marker: TensorBoard
+    # reads a directory's event files in name (creation time) order.
+    self._writer = None
+    self.jsonl_path = self._workdir / 'metrics.jsonl'
+
+  @property
+  def writer(self) -> metric_writers.MetricWriter:
+    """TensorBoard's writer on process 0, none elsewhere. The training loop
+    logs its own lines: no logging writer repeats them."""
+    if self._writer is None:
+      self._writer = (metric_writers.SummaryWriter(str(self._workdir))
+                      if self._is_writer else metric_writers.MultiWriter([]))
+    return self._writer
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
-    self._writer.write_scalars(step, scalars)
+    self.writer.write_scalars(step, scalars)
     if self._is_writer:
       elapsed = round(time.time() - self._start_time, 2)
       with self.jsonl_path.open('a') as f:
@@ -41,22 +55,72 @@ class MetricsLog:
   def drop_after(self, step: int) -> None:
     """Forgets records past `step`: a resumed run repeats those steps.
 
-    The file is replaced atomically (a new file, then a rename), so a crash
-    here leaves the old one whole.
+    metrics.jsonl is replaced atomically (a new file, then a rename), so a
+    crash here leaves the old one whole. TensorBoard's event files are
+    append-only: a start marker tells TensorBoard to discard their points
+    past `step` (see `_write_start_marker`). Call at the start of every run,
+    before the first write.
     """
-    if not (self._is_writer and self.jsonl_path.exists()):
+    if not self._is_writer:
       return
-    kept = [line for line, record in read_records(self.jsonl_path)
-            if record['step'] <= step]
-    temporary = self.jsonl_path.with_name(self.jsonl_path.name + '.tmp')
-    temporary.write_text(''.join(line + '\n' for line in kept))
-    temporary.replace(self.jsonl_path)
+    if self.jsonl_path.exists():
+      kept = [line for line, record in read_records(self.jsonl_path)
+              if record['step'] <= step]
+      temporary = self.jsonl_path.with_name(self.jsonl_path.name + '.tmp')
+      temporary.write_text(''.join(line + '\n' for line in kept))
+      temporary.replace(self.jsonl_path)
+    _write_start_marker(self._workdir, step + 1)
 
   def flush(self) -> None:
-    self._writer.flush()
+    if self._writer is not None:
+      self._writer.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.close()
+
+
+_EVENT_FILE_PREFIX = 'events.out.tfevents.'
+
+
+def _write_start_marker(logdir: epath.Path, first_step: int) -> None:
+  """Writes an event file holding a `SessionLog.START` at `first_step`.
+
+  TensorBoard takes every START after a log directory's first as a restart
+  and discards the points read before it (the files of the runs before this
+  one) at `first_step` or later: those steps are trained again. It reads
+  event files in name order, whose first field is the creation time in
+  seconds: the marker's name sorts after the earlier runs' files and before
+  the file this run's writer makes next.
+  """
+  created = max([int(time.time()) - 1] + _creation_seconds(logdir))
+  # After the host, its name goes on with a letter: it sorts after the
+  # stopped runs' files of the same second ('<host>.<pid>...'). This run's
+  # file must then come from a later second.
+  while int(time.time()) <= created:
+    time.sleep(0.05)
+  path = logdir / (f'{_EVENT_FILE_PREFIX}{created:010d}.'
+                   f'{socket.gethostname()}.start-at-{first_step}')
+  events = [
+      event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'),
+      event_pb2.Event(wall_time=time.time(), step=first_step,
+                      session_log=event_pb2.SessionLog(
+                          status=event_pb2.SessionLog.START)),
+  ]
+  with path.open('wb') as f:
+    writer = record_writer.RecordWriter(f)
+    for event in events:
+      writer.write(event.SerializeToString())
+
+
+def _creation_seconds(logdir: epath.Path) -> List[int]:
+  """The creation times in the names of the event files in `logdir`."""
+  seconds = []
+  for path in logdir.glob(_EVENT_FILE_PREFIX + '*'):
+    field = path.name[len(_EVENT_FILE_PREFIX):].split('.')[0]
+    if field.isdigit():
+      seconds.append(int(field))
+  return seconds
 
 
 def read_records(path) -> List[Tuple[str, Dict[str, Any]]]:

@@ -10,7 +10,6 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
-from clu import parameter_overview
 from etils import epath
 import flax.linen as nn
 import jax
@@ -18,7 +17,6 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import train_checkpoints
 from vit_jax import evaluators
 from vit_jax import input_pipeline
 from vit_jax import input_sources
@@ -30,6 +28,8 @@ from vit_jax import preemption
 from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import steps
+from vit_jax import train_checkpoints
+from vit_jax import workdir as workdir_lib
 
 def build_model(config, num_classes: int):
   """The model of `config.model_name` with `config.model`'s settings."""
@@ -407,21 +407,29 @@ def _run_steps(config, setup: Setup, state, start_step: int, batches, evals,
 def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   """Trains per `config`, evaluating, checkpointing and exporting to workdir.
 
+  Everything that can be checked is, before the workdir is touched: the
+  config, the data and the model.
+
   Returns:
     The last record of the main evaluation ('eval': the main eval set, its
     EMA and extra variants), None if none ran.
   """
   run_start = time.time()
   _validate(config)
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  logging.info('Config:\n%s', config)
   source = data_source(config)
   setup = make_setup(config, num_classes(config, source))
+  with workdir_lib.claim(workdir):
+    return _train(config, epath.Path(workdir), source, setup, run_start)
+
+
+def _train(config, workdir: epath.Path, source, setup: Setup,
+           run_start: float) -> Optional[Dict[str, float]]:
+  """`train_and_evaluate` in a claimed workdir."""
   checkpointer = train_checkpoints.Checkpointer(workdir,
                                                 config.keep_checkpoints)
   state = initial_state(config, setup, checkpointer)
-  parameter_overview.log_parameter_overview(state.params)
+  logging.info('%s: %s', config.model_name,
+               workdir_lib.record_run(workdir, config, state.params))
   start_step = int(jax.device_get(state.step))
 
   log = metrics_log.MetricsLog(workdir, start_time=run_start)

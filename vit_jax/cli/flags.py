@@ -15,7 +15,7 @@ trained with (`define_model_flags`).
 """
 
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from absl import flags
 
@@ -36,6 +36,12 @@ ARCHITECTURE_FLAGS = vit_family.ARCHITECTURE_KEYS
 # loss stopped being finite, fixed by the config's learning rate or
 # clipping.
 USER_ERRORS = (FileNotFoundError, ValueError, FloatingPointError)
+
+# What ml_collections' config flags raise for a config file or override they
+# cannot use: a missing file (OSError), a misspelt key (AttributeError holding
+# a KeyError, with its "Did you mean" suggestion), a config file's arguments
+# (TypeError), a value of the wrong type (ValueError).
+_CONFIG_ERRORS = (AttributeError, KeyError, OSError, TypeError, ValueError)
 
 
 def definer(flag_values: flags.FlagValues = flags.FLAGS
@@ -100,11 +106,62 @@ def check_required(flag_values: flags.FlagValues, *names: str) -> None:
       raise ValueError(f'--{name} is required')
 
 
+def parse_flags(argv: List[str],
+                flag_values: flags.FlagValues = flags.FLAGS) -> List[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`) with
+  every error in one `error: ...` line and exit status 1, those of config
+  files and `--config.<key>` overrides included.
+
+  Returns:
+    The arguments left after the flags, the program's name first.
+  """
+  try:
+    remaining = flag_values(argv)
+    if 'config' in flag_values:
+      # ml_collections defers a config file's load error to the config's
+      # first use: make it now.
+      getattr(flag_values['config'].value, 'keys', None)
+    return remaining
+  except flags.Error as e:
+    if _cause(e) is e:
+      _exit_with_error(f'{e} (--helpshort lists the flags)')
+    _exit_with_error(_config_error_message(e))
+  except _CONFIG_ERRORS as e:
+    _exit_with_error(_config_error_message(e))
+
+
+def _cause(error: BaseException) -> BaseException:
+  """The exception at the bottom of `error`'s chain."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def _config_error_message(error: BaseException) -> str:
+  """A config flag's error in one line: a misspelt key with ml_collections'
+  suggestion, else the last line of the cause at the bottom of the chain
+  (the top is a generic "Failed loading config file" or a flag error that
+  quotes a whole traceback)."""
+  # ml_collections raises an AttributeError holding the KeyError that makes
+  # the suggestion.
+  while len(error.args) == 1 and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  if isinstance(error, KeyError):
+    key, _, suggestion = str(error.args[0]).partition('\n')
+    return f'--config: the config has no key {key}. {suggestion}'.strip()
+  lines = [line.strip() for line in str(_cause(error)).splitlines()]
+  return f'--config: {[line for line in lines if line][-1]}'
+
+
+def _exit_with_error(message: str) -> NoReturn:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
 def exit_on_user_error(function: Callable[..., Any], *args, **kwargs) -> Any:
   """Calls `function`; a USER_ERRORS exception prints `error: ...` to stderr
   and exits with status 1."""
   try:
     return function(*args, **kwargs)
   except USER_ERRORS as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _exit_with_error(str(e))

@@ -46,6 +46,47 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 # TFDS's own ImageNet-1k label list, in class-index order.
 _IMAGENET2012_LABELS = 'datasets/imagenet2012/labels.txt'
+# Integer flags that must be >= 1 when set, with what to do instead.
+_POSITIVE_FLAGS = {
+    'batch_size': 'images per forward pass',
+    'image_size': 'pixels, a multiple of the patch size; leave it unset for '
+                  "the checkpoint's own resolution",
+}
+
+
+def check_positive_flags(flag_values: flags.FlagValues) -> None:
+  """Raises ValueError naming the first `_POSITIVE_FLAGS` flag below 1.
+
+  A batch size or resolution of 0 or less fails deep in the batching or the
+  model, with a traceback or a message that names no flag, and only after
+  the checkpoint has loaded.
+  """
+  for name, meaning in _POSITIVE_FLAGS.items():
+    value = flag_values[name].value
+    if value is not None and value < 1:
+      raise ValueError(f'--{name}={value} must be a positive integer '
+                       f'({meaning})')
+
+
+def check_image_paths(paths: Sequence[str]) -> None:
+  """Raises for the first IMAGE argument that is not a file.
+
+  Checked before the checkpoint loads, so a wrong path does not wait for the
+  weights, and a directory gets a message instead of the traceback of the
+  TF error (FailedPreconditionError, 'Is a directory') that reading it
+  raises.
+
+  Raises:
+    ValueError: a path is a directory.
+    FileNotFoundError: a path does not exist.
+  """
+  for path in paths:
+    if epath.Path(path).is_dir():
+      raise ValueError(f'IMAGE {path!r} is a directory; predict takes image '
+                       f'files, e.g. {path.rstrip("/")}/*.jpg')
+    if not epath.Path(path).exists():
+      raise FileNotFoundError(f'image file {path!r} does not exist; check '
+                              'the IMAGE arguments')
 
 
 def read_labels(spec: Optional[str], num_classes: int) -> Optional[List[str]]:
@@ -89,7 +130,12 @@ def run(checkpoint_path: str, model_name: Optional[str],
   `model_name` (None: the file's own architecture) and `model_overrides`
   (e.g. num_layers=2) reach `pretrained.load`. The class names are
   `labels`' when given, else the checkpoint's (its sidecar's), if any.
+
+  Raises:
+    ValueError / FileNotFoundError: an image or the checkpoint is missing or
+      unreadable, or does not fit the arguments.
   """
+  check_image_paths(images)
   loaded = pretrained.load(checkpoint_path, model_name,
                            image_size=image_size, **model_overrides)
   num_classes = loaded.model.num_classes
@@ -117,6 +163,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
 
   def checked_run():
     cli_flags.check_required(flag_values, 'checkpoint')
+    check_positive_flags(flag_values)
     run(flag_values.checkpoint, flag_values.model, images,
         image_size=flag_values.image_size, top_k=flag_values.top_k,
         labels=flag_values.labels, logits_out=flag_values.logits_out,

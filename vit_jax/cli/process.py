@@ -5,6 +5,7 @@ Only the programs' entry points call these (`if __name__ == '__main__'` or
 its own allocator, devices and TensorFlow settings.
 
   quiet_tensorflow()            before TensorFlow is imported
+  quiet_library_logs()          in main, once absl has parsed --verbosity
   keep_freed_memory_on_cpu()    before JAX (or TensorFlow) starts threads
   use_cpu_devices(n)            before the first JAX operation
   hide_gpus_from_tensorflow()   before the first tf.data pipeline
@@ -15,6 +16,7 @@ can call the first two before it imports either.
 
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import pkgutil
 from typing import List
@@ -36,6 +38,32 @@ def quiet_tensorflow() -> None:
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+
+class _LibraryInfoFilter(logging.Filter):
+  """Passes vit_jax's own records and every library's warnings and errors.
+
+  What the libraries say at INFO (JAX's TPU probe, TFDS's dataset readers,
+  orbax's every save) is how they work, not news about the run; it shows at
+  --verbosity=1 and above.
+  """
+
+  _OWN_CODE = os.sep + 'vit_jax' + os.sep
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    return (record.levelno >= logging.WARNING
+            or self._OWN_CODE in record.pathname
+            or absl_logging.get_verbosity() >= absl_logging.DEBUG)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the libraries' INFO records out of the log (see
+  `_LibraryInfoFilter`); call it in main, where absl's handler exists."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
 
 
 def accelerator_plugins() -> List[str]:

@@ -1,0 +1,74 @@
+"""vit_jax.main's bad command lines and configs: one `error:` line, exit
+status 1, no traceback, nothing written."""
+
+import os
+import subprocess
+import sys
+
+from absl import flags
+import pytest
+
+from vit_jax import main
+from vit_jax.cli import flags as cli_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _parse(capsys, monkeypatch, *arguments):
+  flag_values = flags.FlagValues()
+  main.define_flags(flag_values)
+  argv = ['main', *arguments]
+  # Config flags find their `--config.<key>` overrides in sys.argv.
+  monkeypatch.setattr(sys, 'argv', argv)
+  with pytest.raises(SystemExit) as stopped:
+    cli_flags.parse_flags(argv, flag_values)
+  assert stopped.value.code == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), lines
+  return lines[0]
+
+
+@pytest.mark.parametrize('arguments,message', [
+    (['--config.bach_size=3'],
+     'error: --config: the config has no key \'bach_size\'. Did you mean '
+     '"batch_size" instead of "bach_size"?'),
+    (['--config.model.no_such_key=1'],
+     'error: --config: the config has no key \'no_such_key\'.'),
+    (['--config.batch_size=abc'], 'invalid literal for int()'),
+    (['--no_such_flag'], 'Unknown command line flag \'no_such_flag\''),
+])
+def test_bad_overrides_and_flags_are_one_line(capsys, monkeypatch, tmp_path,
+                                              arguments, message):
+  line = _parse(capsys, monkeypatch, '--config=configs/default.py',
+                f'--workdir={tmp_path}/run', *arguments)
+  assert message in line
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_missing_config_file_is_named(capsys, monkeypatch, tmp_path):
+  line = _parse(capsys, monkeypatch, '--config=configs/no_such_config.py',
+                f'--workdir={tmp_path}')
+  assert line == ("error: --config: [Errno 2] No such file or directory: "
+                  "'configs/no_such_config.py'")
+
+
+def test_arguments_to_a_config_without_any_are_one_line(capsys, monkeypatch,
+                                                       tmp_path):
+  line = _parse(capsys, monkeypatch, '--config=configs/default.py:B_16',
+                f'--workdir={tmp_path}')
+  assert line == ('error: --config: get_config() takes 0 positional '
+                  'arguments but 1 was given')
+
+
+def test_a_bad_value_found_at_run_time_is_one_line(tmp_path):
+  # The dtype is checked by the run, after the flags: the same one line.
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       f'--workdir={tmp_path}/run', '--config.model.dtype=float17'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines()
+            if not line.startswith('I')]  # absl's INFO lines.
+  assert errors == ["error: unknown dtype 'float17': choose one of ('auto', "
+                    "'float32', 'bfloat16')"]
+  assert not (tmp_path / 'run').exists()
