@@ -24,6 +24,7 @@ from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import steps
 from vit_jax import train
+from vit_jax import train_checkpoints
 
 IMAGE_SIZE = 16
 CLASSES = ('ankle', 'bag', 'coat')
@@ -168,7 +169,20 @@ def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
       CLASSES, IMAGE_SIZE, models.Preprocessing())
 
 
-def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path):
+def _flip_a_byte_of_the_largest_file(directory):
+  files = [os.path.join(root, name) for root, _, names in os.walk(directory)
+           for name in names]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize('last_checkpoint', ['never written', 'damaged'])
+def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path,
+                                                     caplog, last_checkpoint):
   config = _config(image_folder, total_steps=6, checkpoint_every=3,
                    eval_every=0, **{'model.dropout_rate': 0.1})
   straight = str(tmp_path / 'straight')
@@ -176,9 +190,18 @@ def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path):
 
   interrupted = str(tmp_path / 'interrupted')
   train.train_and_evaluate(config, interrupted)
-  # A kill after the step-3 checkpoint: the step-6 one never happened.
-  shutil.rmtree(os.path.join(interrupted, 'checkpoints', '6'))
+  step_6 = os.path.join(interrupted, 'checkpoints', '6')
+  if last_checkpoint == 'never written':
+    # A kill after the step-3 checkpoint: the step-6 one never happened.
+    shutil.rmtree(step_6)
+  else:
+    _flip_a_byte_of_the_largest_file(step_6)
   train.train_and_evaluate(config, interrupted)
+  if last_checkpoint == 'damaged':
+    assert re.search(r'checkpoint step 6 \(.*\) is damaged: changed bytes in '
+                     r'.*; resuming from step 3', caplog.text)
+    assert os.listdir(os.path.join(interrupted, 'damaged_checkpoints')) == [
+        '6']
 
   assert _train_losses(interrupted) == _train_losses(straight)
   steps_logged = [r['step'] for r in _records(interrupted)
@@ -334,6 +357,16 @@ def test_batch_not_splitting_over_devices_fails_clearly(image_folder,
   with pytest.raises(ValueError, match='does not split over 8'):
     train.train_and_evaluate(_config(image_folder, batch_size=12),
                              str(tmp_path / 'run'))
+
+
+def test_a_disk_without_room_for_a_checkpoint_stops_before_training(
+    image_folder, tmp_path, monkeypatch):
+  monkeypatch.setattr(train_checkpoints, '_free_bytes', lambda directory: 0)
+  workdir = tmp_path / 'run'
+  with pytest.raises(train_checkpoints.CheckpointSaveError,
+                     match='has 0 MiB free, a checkpoint needs'):
+    train.train_and_evaluate(_config(image_folder), str(workdir))
+  assert not (workdir / 'metrics.jsonl').exists()
 
 
 def test_non_finite_loss_stops_the_run(image_folder, tmp_path):

@@ -112,14 +112,16 @@ def mix_spec(config) -> mixing.MixSpec:
 
 
 def initial_state(config, setup: Setup, checkpointer):
-  """Restores the latest checkpoint, or initialises (from a released .npz
-  when `config.pretrained_path` is set)."""
-  if checkpointer.latest_step() is not None:
-    abstract = sharding.abstract_arrays(
-        setup.init_state.eval_shape(jax.random.PRNGKey(0)),
-        setup.state_shardings)
-    logging.info('Resuming from step %d', checkpointer.latest_step())
-    return checkpointer.restore(abstract)
+  """Restores the newest intact checkpoint, or initialises (from a released
+  .npz when `config.pretrained_path` is set)."""
+  abstract = sharding.abstract_arrays(
+      setup.init_state.eval_shape(jax.random.PRNGKey(0)),
+      setup.state_shardings)
+  restored = checkpointer.restore_intact(abstract)
+  if restored is not None:
+    state, step = restored
+    logging.info('Resuming from step %d', step)
+    return state
   state = setup.init_state(jax.random.PRNGKey(config.seed))
   if config.pretrained_path:
     state = _load_pretrained(config, setup, state)
@@ -375,6 +377,7 @@ def _run_steps(config, setup: Setup, state, start_step: int, batches, evals,
   try:
     with preemption.StopRequest() as stop:
       for step in range(start_step + 1, config.total_steps + 1):
+        checkpointer.check_saves(step - 1)
         batch = sharding.global_batch(next(batches), setup.mesh)
         state, metrics = setup.train_step(state, batch)
         history.append(metrics)
@@ -428,6 +431,7 @@ def _train(config, workdir: epath.Path, source, setup: Setup,
   checkpointer = train_checkpoints.Checkpointer(workdir,
                                                 config.keep_checkpoints)
   state = initial_state(config, setup, checkpointer)
+  checkpointer.check_space(state)
   logging.info('%s: %s', config.model_name,
                workdir_lib.record_run(workdir, config, state.params))
   start_step = int(jax.device_get(state.step))

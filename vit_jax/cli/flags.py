@@ -29,13 +29,14 @@ flags.disclaim_key_flags()
 # trained with overrides and loaded under a variant name needs the same ones.
 ARCHITECTURE_FLAGS = vit_family.ARCHITECTURE_KEYS
 
-# What a user can fix by changing the command line or the config, in every
-# program: reported in one line, not traced. ValueError covers
-# npz.CheckpointMismatchError (a subclass) and unknown model names
-# (`models.canonical_name`); FloatingPointError is a training run whose
-# loss stopped being finite, fixed by the config's learning rate or
-# clipping.
-USER_ERRORS = (FileNotFoundError, ValueError, FloatingPointError)
+# What a user can fix by changing the command line, the config or the
+# machine, in every program: reported in one line, not traced. ValueError
+# covers npz.CheckpointMismatchError (a subclass) and unknown model names
+# (`models.canonical_name`); OSError missing files, full disks and
+# permissions (train_checkpoints.CheckpointSaveError among them);
+# FloatingPointError is a training run whose loss stopped being finite,
+# fixed by the config's learning rate or clipping.
+USER_ERRORS = (OSError, ValueError, FloatingPointError)
 
 # What ml_collections' config flags raise for a config file or override they
 # cannot use: a missing file (OSError), a misspelt key (AttributeError holding
