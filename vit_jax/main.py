@@ -83,7 +83,6 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
   """Trains on the parsed flags; user errors exit with status 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  process.quiet_library_logs()
   cli_flags.exit_on_user_error(_split_over_cpu_devices, flag_values.config)
   # Before the input pipeline's first TensorFlow operation.
   process.hide_gpus_from_tensorflow()
@@ -108,4 +107,4 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=cli_flags.parse_flags)
+  cli_flags.run(main)

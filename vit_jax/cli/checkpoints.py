@@ -118,4 +118,4 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli_flags.run(main)

@@ -32,6 +32,13 @@ variant, with the architecture overrides of its training's `config.model`
 --num_heads=3 --num_layers=2 for configs/default.py's model.npz).
 """
 
+from vit_jax.cli import process
+
+if __name__ == '__main__':
+  # Before TensorFlow is imported: keep its banner out of the output.
+  process.quiet_tensorflow()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import dataclasses
 import json
 import os
@@ -42,13 +49,13 @@ from absl import flags
 import numpy as np
 
 from vit_jax.cli import flags as cli_flags
-from vit_jax.cli import process
 from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import input_sources
 from vit_jax import models
 from vit_jax import pretrained
 from vit_jax.evaluators import linear_fewshot
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def feature_extractor(checkpoint_path: str, model_name: Optional[str], *,
@@ -217,4 +224,4 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli_flags.run(main)

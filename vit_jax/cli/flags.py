@@ -17,8 +17,10 @@ trained with (`define_model_flags`).
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
+from absl import app
 from absl import flags
 
+from vit_jax.cli import process
 from vit_jax.models import vit_family
 
 # Flags defined here belong to the program whose define_flags asks for them:
@@ -105,6 +107,16 @@ def check_required(flag_values: flags.FlagValues, *names: str) -> None:
   for name in names:
     if flag_values[name].value in (None, ''):
       raise ValueError(f'--{name} is required')
+
+
+def run(main: Callable[[List[str]], Any]) -> None:
+  """How every program starts: `absl.app.run(main)` with flag and config
+  errors in one line (`parse_flags`) and the libraries' INFO records out of
+  the log (`process.quiet_library_logs`)."""
+  def quiet_main(argv):
+    process.quiet_library_logs()
+    return main(argv)
+  app.run(quiet_main, flags_parser=parse_flags)
 
 
 def parse_flags(argv: List[str],

@@ -178,4 +178,4 @@ def main(argv: Sequence[str],
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli_flags.run(main)

@@ -17,6 +17,13 @@ ImageNet-1k class names shipped with tensorflow-datasets (WordNet synset
 IDs, TFDS's label names).
 """
 
+from vit_jax.cli import process
+
+if __name__ == '__main__':
+  # Before TensorFlow is imported: keep its banner out of the output.
+  process.quiet_tensorflow()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from typing import List, Optional, Sequence
 
 from absl import app
@@ -27,6 +34,8 @@ import numpy as np
 from vit_jax.cli import flags as cli_flags
 from vit_jax import preprocess
 from vit_jax import pretrained
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the command-line flags; only when run as a program, so that
@@ -174,4 +183,4 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli_flags.run(main)

@@ -29,6 +29,13 @@ by the checkpoint's file name. `compute_analysis` (numbers only) and the
 `vit_jax.plots` functions are importable, e.g. in a notebook.
 """
 
+from vit_jax.cli import process
+
+if __name__ == '__main__':
+  # Before TensorFlow is imported: keep its banner out of the output.
+  process.quiet_tensorflow()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import functools
 import json
 import os
@@ -46,6 +53,7 @@ from vit_jax import models
 from vit_jax import plots
 from vit_jax import preprocess
 from vit_jax import pretrained
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The paper shows 28 components (Fig. 7 left) in 4 rows of 7.
 NUM_FILTER_COMPONENTS = 28
@@ -341,4 +349,4 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli_flags.run(main)
