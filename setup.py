@@ -6,6 +6,12 @@ scripts/bootstrap.sh).
 
 import setuptools
 
+# `python -m vit_jax.export`: the ONNX converter and the
+# runtimes each written file is checked in. jax2onnx stays below 0.14: later
+# releases cap orbax-checkpoint below 0.11.37.
+EXPORT = ['jax2onnx>=0.13,<0.14', 'onnx>=1.20,<2', 'onnxruntime>=1.24,<2',
+          'ai-edge-litert>=2.1,<3']
+
 setuptools.setup(
     name='vit_jax',
     version='0.1.0',
@@ -39,7 +45,12 @@ setuptools.setup(
         'tensorflow-datasets>=4.9.7,<4.10',
     ],
     extras_require={
-        'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4'],
+        'export': EXPORT,
+        # The tests also run the exports and the notebook in a Jupyter
+        # kernel.
+        'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4',
+                 'nbclient>=0.10,<0.12', 'nbformat>=5.10,<6',
+                 'ipykernel>=6.29,<8', *EXPORT],
         # For `vit_jax.cli.benchmark --compare=timm` and the tests against
         # timm. Install torch and torchvision from PyTorch's CPU index first,
         # then timm with --no-deps: PyPI's torchvision is a CUDA build.

@@ -33,8 +33,10 @@ def _imports(path: pathlib.Path) -> Set[str]:
 
 
 def _is_program(module: str) -> bool:
-  return any(module == p or module.startswith(p + '.')
-             for p in PROGRAM_PREFIXES)
+  """The programs: vit_jax.main, vit_jax.cli and a package's `__main__`
+  (`python -m vit_jax.export` runs vit_jax/export/__main__.py)."""
+  return module.endswith('.__main__') or any(
+      module == p or module.startswith(p + '.') for p in PROGRAM_PREFIXES)
 
 
 LIBRARY = sorted(

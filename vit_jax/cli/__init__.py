@@ -5,6 +5,8 @@ imports them.
   python -m vit_jax.cli.predict    classify images with a `.npz` checkpoint
   python -m vit_jax.cli.visualize  attention rollout, distances, embeddings
   python -m vit_jax.cli.fewshot    few-shot linear evaluation of a checkpoint
+  python -m vit_jax.cli.export     SavedModel, ONNX and TFLite files to serve
+                                   (also `python -m vit_jax.export`)
   python -m vit_jax.cli.checkpoints  list or fetch released checkpoints by name
   python -m vit_jax.cli.benchmark  training / inference speed (vs timm)
   python -m vit_jax.cli.memory_report  per-device memory of a training step

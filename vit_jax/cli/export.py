@@ -1,0 +1,100 @@
+r"""Writes a checkpoint out for serving: TF SavedModel, ONNX and TFLite.
+
+  python -m vit_jax.export --checkpoint=runs/default/model.npz \
+      --out=exported [--model=NAME] [--image_size=N]
+
+(`python -m vit_jax.cli.export` is the same program, which
+vit_jax/export/__main__.py runs under the library's name.)
+
+--checkpoint is any source predict takes (our `.npz` with its sidecar, a
+released `.npz` or name, a timm directory or hf-hub: id); --out is a new
+(or empty) directory, which gets `saved_model/`, `model.onnx`,
+`model.tflite` and, when the checkpoint names its classes, `labels.txt`.
+Each file takes uint8 images (B, H, W, 3) at the model's resolution (the
+checkpoint's own, or --image_size), any B, and returns the float32 logits
+predict computes for them (`vit_jax.export`). The files are checked in
+their runtimes before they are moved into place; a failed export leaves
+nothing behind.
+"""
+
+from typing import Dict, List, Optional
+
+from vit_jax.cli import process
+
+if __name__ == '__main__':
+  # Before TensorFlow is imported: keep its banner out of the output.
+  process.quiet_tensorflow()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+
+from vit_jax import export
+from vit_jax import pretrained
+from vit_jax.cli import flags as cli_flags
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command-line flags; only when run as a program."""
+  cli_flags.define_model_flags(flag_values)
+  cli_flags.definer(flag_values)(
+      flags.DEFINE_string, 'out', None,
+      'Directory to create (or an empty one) for saved_model/, model.onnx '
+      'and model.tflite.')
+
+
+def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
+        image_size: Optional[int] = None,
+        **model_overrides) -> Dict[str, float]:
+  """Exports `checkpoint` into `out` and prints what was written.
+
+  Returns:
+    File name -> largest relative difference from JAX's logits on the
+    check batch (`export.export`).
+
+  Raises:
+    ValueError / FileNotFoundError: `out` cannot be created, or the
+      checkpoint is missing, unreadable or does not fit the arguments.
+  """
+  if image_size is not None and image_size < 1:
+    raise ValueError(f'--image_size={image_size} must be a positive integer '
+                     "(pixels); leave it unset for the checkpoint's own")
+  export.check_out(out)  # Before the weights load.
+  loaded = pretrained.load(checkpoint, model_name, image_size=image_size,
+                           **model_overrides)
+  try:
+    errors = export.export(loaded, out)
+  except ImportError as e:
+    raise ValueError(f'{e.name or e} is missing: export needs the `export` '
+                     "extra (pip install 'vit_jax[export]')") from e
+  size = loaded.image_size
+  written = [f'{export.SAVED_MODEL}/', export.ONNX, export.TFLITE]
+  if loaded.class_names:
+    written.append(export.LABELS)
+  print(f'wrote {out}: {", ".join(written)}')
+  print(f'  input {export.INPUT!r}: uint8 (B, {size}, {size}, 3); output '
+        f'{export.OUTPUT!r}: float32 (B, {loaded.model.num_classes})')
+  print('  largest relative difference from JAX on a random batch: ' +
+        ', '.join(f'{name} {error:.1e}' for name, error in errors.items()))
+  return errors
+
+
+def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
+  """Runs `run` on the parsed flags; user errors exit with status 1."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Before the first TensorFlow operation: the GPUs' memory is JAX's.
+  process.hide_gpus_from_tensorflow()
+
+  def checked_run():
+    cli_flags.check_required(flag_values, 'checkpoint', 'out')
+    run(flag_values.checkpoint, flag_values.out, flag_values.model,
+        image_size=flag_values.image_size,
+        **cli_flags.architecture_overrides(flag_values))
+  cli_flags.exit_on_user_error(checked_run)
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli_flags.run(main)
