@@ -127,6 +127,13 @@ def _options():
   # One thread per op: parallelism comes from parallel map calls instead.
   options.threading.max_intra_op_parallelism = 1
   options.deterministic = True
+  # No autotuning: its thread sleeps up to a minute between passes, and an
+  # iterator's destructor waits for it to wake (TF 2.21). The end of a
+  # training run, which drops its train iterator, stalled 8 to 49 s (the
+  # default run, measured with py-spy: the main thread in
+  # RootDataset::Iterator's destructor, every thread asleep). Parallel maps
+  # use the private pool's threads instead (AUTOTUNE resolves to them).
+  options.autotune.enabled = False
   return options
 
 

@@ -431,10 +431,11 @@ def _train(config, workdir: epath.Path, source, setup: Setup,
   checkpointer = train_checkpoints.Checkpointer(workdir,
                                                 config.keep_checkpoints)
   state = initial_state(config, setup, checkpointer)
-  checkpointer.check_space(state)
+  start_step = int(jax.device_get(state.step))
+  if start_step < config.total_steps:
+    checkpointer.check_space(state)
   logging.info('%s: %s', config.model_name,
                workdir_lib.record_run(workdir, config, state.params))
-  start_step = int(jax.device_get(state.step))
 
   log = metrics_log.MetricsLog(workdir, start_time=run_start)
   log.drop_after(start_step)
