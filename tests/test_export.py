@@ -74,6 +74,13 @@ def _checkpoint(family, tmp_path):
   if family == 'hybrid':
     return _ours(tmp_path, helpers.tiny_hybrid(num_classes=4), 32,
                  preprocessing=IMAGENET)
+  if family == 'released':
+    # The released layout alone, no sidecar: the architecture, size and
+    # normalisation come from the arrays and the family.
+    path = str(tmp_path / 'released.npz')
+    pretrained.save_npz(helpers.random_params(
+        helpers.tiny_model(num_classes=5), helpers.TINY_IMAGE_SIZE), path)
+    return path, helpers.TINY_IMAGE_SIZE
   if family == 'mixer':
     model = models.create_model(
         'Mixer-B_16', num_classes=3, hidden_size=32, num_layers=2,
@@ -86,7 +93,7 @@ def _checkpoint(family, tmp_path):
 
 # DINOv2-style timm model with a head: register tokens, LayerScale, a
 # position embedding over the patches only, average pooling and fc_norm.
-@pytest.mark.parametrize('family', ['hybrid', 'mixer',
+@pytest.mark.parametrize('family', ['released', 'hybrid', 'mixer',
                                     'gap_fc_norm_registers'])
 def test_each_file_gives_predicts_logits_in_its_runtime(family, tmp_path,
                                                         capsys):

@@ -69,9 +69,11 @@ def _split_over_cpu_devices(config) -> None:
   """Gives XLA:CPU `config.cpu_devices` devices before JAX starts.
 
   Each device runs its share of the batch side by side with the others,
-  which keeps small models' operations busy where one device would wait on
-  its own thread pool (the default config on 2 cores: 749 against 581
-  images/s).
+  which kept small models' operations busy on an AVX2 machine (the default
+  config on 2 cores: 749 against 581 images/s). On 2 cores the devices'
+  gradient all-reduce can time out while other processes load the machine
+  (XLA:CPU then aborts after 40 s; seen once on a Zen 4 machine), and there
+  one device was faster anyway: the configs here keep 1.
   """
   if config.cpu_devices < 1:
     raise ValueError(f'cpu_devices must be >= 1, got {config.cpu_devices}')
