@@ -88,11 +88,13 @@ def record_run(workdir, config, params: Any) -> str:
   """Writes `config.json` and `parameters.txt` (process 0) and returns the
   line that says so, with the parameter count, for the log."""
   workdir = epath.Path(workdir)
+  # Every process computes the table: its mean and std columns are
+  # computations over the global arrays, in which all processes take part.
+  table = parameter_overview.get_parameter_overview(params)
   if jax.process_index() == 0:
     _write_atomically(workdir / CONFIG_NAME,
                       config.to_json_best_effort(indent=2, sort_keys=True))
-    _write_atomically(workdir / PARAMETERS_NAME,
-                      parameter_overview.get_parameter_overview(params))
+    _write_atomically(workdir / PARAMETERS_NAME, table)
   count = parameter_overview.count_parameters(params)
   return (f'{count:,} parameters; config and parameter table in '
           f'{workdir / CONFIG_NAME} and {workdir / PARAMETERS_NAME}')
