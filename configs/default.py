@@ -52,6 +52,8 @@ On the Zen 4 machine again (2026-12-01, bf16), the README command:
              loop, faster than two devices on this machine);
   one device, 24,000 steps: 0.9094, 8.4 min for the training command,
              9.7 min with the set-up rebuilding .venv   <- this config
+  same with pad-and-crop (2 px) instead of the plain resize: 0.8732 at
+             step 12,000 against 0.8895, and slower; stopped there.
 So expect 0.909 in 8.5 minutes on a CPU with bf16 instructions (twice that
 on one without). The recipe issue's 91.0% in at most 10 minutes is missed
 by 0.06 points; more steps would not fit in 10 minutes with the set-up.
