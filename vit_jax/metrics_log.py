@@ -20,6 +20,8 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer import record_writer
 
+from vit_jax import atomic
+
 
 class MetricsLog:
   """Writes scalar records to TensorBoard event files and metrics.jsonl."""
@@ -66,9 +68,8 @@ class MetricsLog:
     if self.jsonl_path.exists():
       kept = [line for line, record in read_records(self.jsonl_path)
               if record['step'] <= step]
-      temporary = self.jsonl_path.with_name(self.jsonl_path.name + '.tmp')
-      temporary.write_text(''.join(line + '\n' for line in kept))
-      temporary.replace(self.jsonl_path)
+      atomic.write_text(self.jsonl_path,
+                        ''.join(line + '\n' for line in kept))
     _write_start_marker(self._workdir, step + 1)
 
   def flush(self) -> None:

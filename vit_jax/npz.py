@@ -22,6 +22,8 @@ import flax
 import ml_dtypes
 import numpy as np
 
+from vit_jax import atomic
+
 Params = Dict[str, Any]
 FlatParams = Dict[str, np.ndarray]
 
@@ -78,13 +80,9 @@ def _strip_prefix(flat: Mapping[str, np.ndarray]) -> FlatParams:
 def write_npz(flat: Mapping[str, np.ndarray], path) -> None:
   """Writes flat arrays atomically (temp file + rename), so an interrupted
   write never leaves a half-written checkpoint."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
-  tmp = path.parent / f'.{path.name}.tmp'
-  tmp.write_bytes(buffer.getvalue())
-  tmp.replace(path)  # Overwrites an older export.
+  atomic.write_bytes(path, buffer.getvalue())  # Overwrites an older export.
 
 
 def merge_strict(init_params: Params, loaded_params: Params, *,

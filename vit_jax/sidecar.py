@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 from etils import epath
 import numpy as np
 
+from vit_jax import atomic
 from vit_jax.models import family
 
 FORMAT, VERSION = 'vit_jax.sidecar', 1
@@ -79,10 +80,7 @@ def write(npz_path, sidecar: Sidecar) -> None:
                          'std': _to_json(preprocessing.std)}),
       'class_names': _to_json(sidecar.class_names),
   }
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f'.{path.name}.tmp'
-  tmp.write_text(json.dumps(record, indent=1) + '\n')
-  tmp.replace(path)
+  atomic.write_text(path, json.dumps(record, indent=1) + '\n')
 
 
 def remove(npz_path) -> None:

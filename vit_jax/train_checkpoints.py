@@ -28,11 +28,16 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vit_jax import atomic
+
 # Written by us inside each step directory, next to orbax's own files. Not
 # `manifest.ocdbt`-like and not `_`-prefixed, so no orbax name is shadowed.
 MANIFEST_NAME = 'integrity_manifest.json'
 _MANIFEST_FORMAT = 'vit_jax checkpoint integrity manifest v1'
 DAMAGED_DIRECTORY = 'damaged_checkpoints'
+# The manifest and its staging file, which it cannot list.
+_MANIFEST_FILES = (MANIFEST_NAME,
+                   atomic.temporary_path(MANIFEST_NAME).name)
 
 
 def _file_sizes(step_dir: epath.Path) -> Dict[str, int]:
@@ -43,7 +48,7 @@ def _file_sizes(step_dir: epath.Path) -> Dict[str, int]:
   for root, _, files in step_dir.walk():
     for name in files:
       relative = os.fspath((root / name).relative_to(step_dir))
-      if not relative.startswith(MANIFEST_NAME):
+      if relative not in _MANIFEST_FILES:
         sizes[relative] = (root / name).stat().length
   return sizes
 
@@ -73,10 +78,8 @@ def write_manifest(step_dir) -> None:
   step_dir = epath.Path(step_dir)
   files = {name: {'size': size, 'sha256': _sha256(step_dir / name)}
            for name, size in sorted(_file_sizes(step_dir).items())}
-  temporary = step_dir / (MANIFEST_NAME + '.tmp')
-  temporary.write_text(json.dumps({'format': _MANIFEST_FORMAT,
-                                   'files': files}, indent=1))
-  temporary.replace(step_dir / MANIFEST_NAME)
+  atomic.write_text(step_dir / MANIFEST_NAME, json.dumps(
+      {'format': _MANIFEST_FORMAT, 'files': files}, indent=1))
 
 
 def _damage(step_dir: epath.Path) -> Iterator[str]:

@@ -22,6 +22,8 @@ from clu import parameter_overview
 from etils import epath
 import jax
 
+from vit_jax import atomic
+
 LOCK_NAME = '.lock'
 CONFIG_NAME = 'config.json'
 PARAMETERS_NAME = 'parameters.txt'
@@ -92,15 +94,9 @@ def record_run(workdir, config, params: Any) -> str:
   # computations over the global arrays, in which all processes take part.
   table = parameter_overview.get_parameter_overview(params)
   if jax.process_index() == 0:
-    _write_atomically(workdir / CONFIG_NAME,
-                      config.to_json_best_effort(indent=2, sort_keys=True))
-    _write_atomically(workdir / PARAMETERS_NAME, table)
+    atomic.write_text(workdir / CONFIG_NAME, config.to_json_best_effort(
+        indent=2, sort_keys=True) + '\n')
+    atomic.write_text(workdir / PARAMETERS_NAME, table + '\n')
   count = parameter_overview.count_parameters(params)
   return (f'{count:,} parameters; config and parameter table in '
           f'{workdir / CONFIG_NAME} and {workdir / PARAMETERS_NAME}')
-
-
-def _write_atomically(path: epath.Path, text: str) -> None:
-  temporary = path.with_name(path.name + '.tmp')
-  temporary.write_text(text + '\n')
-  temporary.replace(path)
