@@ -1,7 +1,10 @@
-"""layers.mixed_dot_general: bf16 operands, float32 products, both ways."""
+"""layers: bf16 operands and float32 products, both ways (mixed_dot_general,
+conv)."""
 
+import functools
 import re
 
+import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -168,3 +171,77 @@ def test_without_bf16_gradients_the_gradient_is_jaxs_own(
   assert any(not np.array_equal(np.asarray(g, np.float32),
                                 np.asarray(w, np.float32))
              for g, w in zip(rounded, plain))
+
+
+# (input shape, kernel shape, strides, padding): a patch embedding whose
+# patches do not divide the image, a 1x1 conv, a strided 1x1 'SAME' conv
+# (the hybrids' projection shortcut) and an overlapping 7x7 root conv.
+CONV_CASES = [
+    ((2, 14, 13, 3), (4, 4, 3, 8), (4, 4), 'VALID'),
+    ((2, 7, 7, 16), (1, 1, 16, 8), (1, 1), 'SAME'),
+    ((2, 9, 8, 4), (1, 1, 4, 6), (2, 2), 'SAME'),
+    ((2, 28, 28, 3), (7, 7, 3, 8), (2, 2), 'SAME'),
+]
+
+
+@pytest.mark.parametrize('x_shape,kernel_shape,strides,padding', CONV_CASES)
+def test_bf16_conv_equals_xlas_convolution(x_shape, kernel_shape, strides,
+                                           padding):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=kernel_shape), jnp.float32)
+
+  def xla(x, kernel):
+    return lax.conv_general_dilated(
+        x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), strides,
+        padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        preferred_element_type=jnp.float32)
+
+  ours, ours_vjp = jax.vjp(
+      lambda x, k: layers.conv(x, k, strides, padding, jnp.bfloat16),
+      x, kernel)
+  want, want_vjp = jax.vjp(xla, x, kernel)
+  assert ours.dtype == jnp.float32 and ours.shape == want.shape
+  # The same bf16 products, summed in float32 in another order.
+  np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=ours.shape), jnp.float32)
+  # Ours rounds the cotangent to bf16 before the products (mixed_dot_general).
+  for got, expected in zip(ours_vjp(cotangent), want_vjp(cotangent)):
+    np.testing.assert_allclose(np.asarray(got, np.float32), expected,
+                               rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+
+
+def test_flax_conv_hook_tiles_plain_convs_and_leaves_the_rest_to_xla():
+  convolve = layers.conv_general_dilated(jnp.bfloat16)
+  assert layers.conv_general_dilated(jnp.float32) is None
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)
+  for groups in (1, 2):
+    module = nn.Conv(6, (2, 2), strides=(2, 2), padding='VALID',
+                     feature_group_count=groups, dtype=jnp.bfloat16,
+                     conv_general_dilated=convolve)
+    params = module.init(jax.random.PRNGKey(0), x)
+    plain = nn.Conv(6, (2, 2), strides=(2, 2), padding='VALID',
+                    feature_group_count=groups, dtype=jnp.bfloat16,
+                    conv_general_dilated=functools.partial(
+                        lax.conv_general_dilated,
+                        preferred_element_type=jnp.float32))
+    hlo = jax.jit(module.apply).lower(params, x).as_text()
+    # Grouped convolutions are not tiled: XLA's convolution does them.
+    assert ('convolution' in hlo) == (groups == 2)
+    np.testing.assert_allclose(module.apply(params, x),
+                               plain.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_vit_training_gradient_has_no_convolution_on_cpu():
+  # XLA:CPU would run a bf16 patch embedding in float32; tiled, it is a
+  # bf16 product (conftest runs the tests on the CPU backend).
+  model = vit.VisionTransformer(
+      num_classes=3, patch_size=(4, 4), hidden_size=16, num_layers=1,
+      num_heads=2, mlp_dim=32, dtype=jnp.bfloat16)
+  images = jnp.zeros((2, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(0), images)
+  loss = lambda params: model.apply(params, images).sum()
+  hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+  assert ' convolution(' not in hlo
+  assert set(_dot_operand_types(hlo)) <= {('bf16', 'bf16'), ('f32', 'f32')}

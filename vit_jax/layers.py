@@ -266,11 +266,30 @@ def dot_general(dtype: Dtype, bf16_gradients: Optional[bool] = None
 
 
 def conv_general_dilated(dtype: Dtype) -> Optional[Any]:
-  """The `conv_general_dilated` to hand to flax Conv layers for `dtype`."""
+  """The `conv_general_dilated` to hand to flax Conv layers for `dtype`:
+  `conv` for plain NHWC convolutions, lax's otherwise."""
   if jnp.dtype(dtype) == jnp.float32:
     return None
-  return functools.partial(lax.conv_general_dilated,
-                           preferred_element_type=jnp.float32)
+
+  def convolve(lhs, rhs, window_strides, padding, lhs_dilation=None,
+               rhs_dilation=None, dimension_numbers=None,
+               feature_group_count=1, precision=None):
+    plain = (feature_group_count == 1 and precision is None
+             and set(lhs_dilation or (1,)) == {1}
+             and set(rhs_dilation or (1,)) == {1}
+             and lhs.ndim == 4 and dimension_numbers == _NHWC_HWIO(lhs.shape))
+    if plain:
+      return conv(lhs, rhs, window_strides, padding, dtype)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers, feature_group_count, precision=precision,
+        preferred_element_type=jnp.float32)
+  return convolve
+
+
+def _NHWC_HWIO(shape):  # pylint: disable=invalid-name
+  return lax.conv_dimension_numbers(shape, shape,
+                                    ('NHWC', 'HWIO', 'NHWC'))
 
 
 def einsum(subscripts: str, a, b, dtype: Dtype,
@@ -286,9 +305,50 @@ def einsum(subscripts: str, a, b, dtype: Dtype,
                     _dot_general=mixed_dot_general)
 
 
-def conv(x, kernel, strides: Sequence[int], padding: str, dtype: Dtype):
-  """NHWC/HWIO convolution with operands in `dtype`, float32 result."""
+def conv(x, kernel, strides: Sequence[int], padding, dtype: Dtype):
+  """NHWC/HWIO convolution with operands in `dtype`, float32 result.
+
+  XLA:CPU runs a bfloat16 convolution in float32 (it converts both
+  operands), and JAX's gradient of it is float32 too. On the CPU backend, a
+  reduced-precision convolution whose windows tile the image (stride equal
+  to the window: patch embeddings, 1x1 convolutions) is therefore computed
+  as what it is, a product of the reshaped image with the kernel, which
+  stays in bf16 forward and backward (`einsum`). Overlapping windows stay
+  XLA convolutions: as a product of concatenated window views, the
+  hybrids' 7x7 root conv made the default config's training step slower.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (kh, kw, C, F).
+    strides: (sh, sw).
+    padding: 'SAME' (TensorFlow's: the extra pad bottom/right), 'VALID' or
+      ((top, bottom), (left, right)).
+    dtype: operand dtype.
+  """
+  window = tuple(kernel.shape[:2])
+  if (tuple(strides) == window and jnp.dtype(dtype) != jnp.float32
+      and jax.default_backend() == 'cpu'):
+    return einsum('nhwk,kf->nhwf', tiles(x, window, padding),
+                  kernel.reshape(-1, kernel.shape[-1]), dtype)
   return lax.conv_general_dilated(
       x.astype(dtype), kernel.astype(dtype), window_strides=tuple(strides),
       padding=padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
       preferred_element_type=jnp.float32)
+
+
+def tiles(x, window: Sequence[int], padding):
+  """(N, H, W, C) -> (N, H / kh, W / kw, kh * kw * C): the image cut into
+  (kh, kw) tiles, each flattened in the order of an HWIO kernel's first
+  three axes; rows and columns past the last whole tile are dropped, as a
+  'VALID' convolution drops them."""
+  kh, kw = window
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], window, window, padding)
+  (top, bottom), (left, right) = padding
+  x = lax.pad(x, jnp.array(0, x.dtype),
+              ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  n, height, width, channels = x.shape
+  rows, cols = height // kh, width // kw
+  x = x[:, :rows * kh, :cols * kw]
+  x = x.reshape(n, rows, kh, cols, kw, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, rows, cols, kh * kw * channels)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_jax import layers
+from vit_jax import max_pool
 
 Dtype = Any
 
@@ -127,7 +128,7 @@ def resnet_stem(x, num_units: Sequence[int], *, width: int = 64,
   """
   x = StdConv(width, (7, 7), (2, 2), dtype, param_dtype, name='conv_root')(x)
   x = nn.relu(group_norm('gn_root', param_dtype)(x))
-  x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+  x = max_pool.max_pool(x, (3, 3), (2, 2), 'SAME')
   for stage, units in enumerate(num_units):
     # The first stage keeps the max-pool's resolution; later ones halve it.
     first_strides = (1, 1) if stage == 0 else (2, 2)
