@@ -56,6 +56,7 @@ from vit_jax import analysis
 from vit_jax import models
 from vit_jax import pretrained
 from vit_jax import train
+from vit_jax import train_data
 from vit_jax import plots
 from vit_jax.datasets import fashion_mnist_local
 
@@ -183,8 +184,8 @@ config = common.lock(config)
 
 # The first evaluation batch, without the padding rows (mask 0) that fill up
 # the last batch of a split.
-eval_batch = next(iter(train.eval_batches(config,
-                                           train.data_source(config))))
+eval_batch = next(iter(train_data.eval_batches(
+    config, train_data.data_source(config))))
 real = eval_batch['mask'] > 0
 eval_images, eval_labels = eval_batch['image'][real], eval_batch['label'][real]
 fig, axes = plt.subplots(1, 8, figsize=(10, 1.8))

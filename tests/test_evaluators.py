@@ -28,6 +28,7 @@ from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax import train
+from vit_jax import train_data
 from vit_jax.evaluators import imagenet
 from vit_jax.evaluators import linear_fewshot
 
@@ -142,7 +143,7 @@ def _mesh():
 
 def _read_eval(**overrides):
   """(source, split) -> eval batches, with `_config`'s data settings."""
-  return functools.partial(train.eval_batches, _config(**overrides))
+  return functools.partial(train_data.eval_batches, _config(**overrides))
 
 
 def _extra_eval(name, imagenet_dir, model=None):
@@ -276,7 +277,7 @@ def _fewshot_config(folder, **overrides):
 
 def _fewshot_evaluator(config, model, mesh, shardings=None):
   return linear_fewshot.FewShotEvaluator(
-      model, mesh, functools.partial(train.eval_batches, config),
+      model, mesh, functools.partial(train_data.eval_batches, config),
       dataset='imagefolder', data_dir=config.data_dir, train_split='train',
       test_split='test', shots=(1, 2), seeds=(0, 1), val_per_class=2,
       params_shardings=shardings)
@@ -285,7 +286,8 @@ def _fewshot_evaluator(config, model, mesh, shardings=None):
 def _direct_features(config, model, params, split):
   """pre_logits of every real example of `split`, straight from the model."""
   features, labels = [], []
-  for batch in train.eval_batches(config, train.data_source(config), split):
+  source = train_data.data_source(config)
+  for batch in train_data.eval_batches(config, source, split):
     _, inside = models.apply_with_intermediates(model, params, batch['image'])
     real = batch['mask'] > 0
     features.append(np.asarray(inside['pre_logits'])[real])
@@ -341,10 +343,9 @@ def test_from_config_lists_every_evaluator_with_its_cadence_and_params(
                            fewshot_every=3)
   config.model.update(dict(helpers.TINY_VIT))
   setup = train.make_setup(config, FEWSHOT_CLASSES)
-  source = train.data_source(config)
-  evals = evaluators.from_config(config, setup,
-                                 train.eval_batches(config, source),
-                                 functools.partial(train.eval_batches, config))
+  source = train_data.data_source(config)
+  read_eval = functools.partial(train_data.eval_batches, config)
+  evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
   assert [(e.name, e.every, e.params_field, e.record) for e in evals] == [
       ('eval', 5, 'params', 'eval'), ('ema_eval', 5, 'ema_params', 'eval'),
       ('fewshot', 3, 'params', 'fewshot')]

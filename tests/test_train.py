@@ -24,6 +24,7 @@ from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import steps
 from vit_jax import train
+from vit_jax import train_data
 from vit_jax import train_checkpoints
 
 IMAGE_SIZE = 16
@@ -152,7 +153,7 @@ def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
   model, params = loaded.model, loaded.params
   config = _config(image_folder)
   images, labels = [], []
-  for batch in train.eval_batches(config, train.data_source(config)):
+  for batch in train_data.eval_batches(config, train_data.data_source(config)):
     keep = batch['mask'] > 0
     images.append(batch['image'][keep])
     labels.append(batch['label'][keep])
@@ -316,8 +317,8 @@ def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
   def eval_loss(normalization):
     """The export's loss on the test split normalised so."""
     losses = []
-    for batch in train.eval_batches(config, train.data_source(config),
-                                    normalization=normalization):
+    for batch in train_data.eval_batches(
+        config, train_data.data_source(config), normalization=normalization):
       keep = batch['mask'] > 0
       logits = pretrained.predict_logits(tuned.model, tuned.params,
                                          batch['image'][keep])

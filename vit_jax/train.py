@@ -1,4 +1,5 @@
-"""Training and evaluation: setup, data, model, shard, restore, loop.
+"""Training and evaluation: setup, model, shard, restore, loop (the data
+adapters are `train_data`).
 
 `train_and_evaluate(config, workdir)` is the whole job; vit_jax.main only
 parses flags. Everything here is importable by tests and notebooks.
@@ -7,7 +8,7 @@ parses flags. Everything here is importable by tests and notebooks.
 import dataclasses
 import functools
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 from etils import epath
@@ -18,7 +19,6 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from vit_jax import evaluators
-from vit_jax import input_pipeline
 from vit_jax import input_sources
 from vit_jax import metrics_log
 from vit_jax import mixing
@@ -29,6 +29,7 @@ from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import steps
 from vit_jax import train_checkpoints
+from vit_jax import train_data
 from vit_jax import workdir as workdir_lib
 
 def build_model(config, num_classes: int):
@@ -146,65 +147,6 @@ def _load_pretrained(config, setup: Setup, state):
   logging.info('Loaded %s for fine-tuning', config.pretrained_path)
   return state.replace(params=params,
                        ema_params=params if config.ema_decay else {})
-
-
-# ----------------------------------------------------------------------------
-# The one adapter from the config's data keys to the input pipeline.
-
-
-def data_source(config):
-  """The source of config.dataset, with both of the config's splits checked."""
-  return input_sources.make_source(config.dataset, config.data_dir,
-                                   (config.train_split, config.eval_split),
-                                   config.label_map)
-
-
-def num_classes(config, source) -> int:
-  """config.num_classes, or the dataset's class count when it is None."""
-  if config.num_classes is not None:
-    if source.num_classes and config.num_classes < source.num_classes:
-      raise ValueError(
-          f'config.num_classes={config.num_classes} but dataset '
-          f'{config.dataset!r} has {source.num_classes} classes.')
-    return config.num_classes
-  if not source.num_classes:
-    raise ValueError(f'Dataset {config.dataset!r} does not declare its class '
-                     'count; set config.num_classes.')
-  return source.num_classes
-
-
-def augmentation(config) -> input_pipeline.Augmentation:
-  """The per-example training augmentation of the config (checked)."""
-  return input_pipeline.Augmentation(
-      crop=config.train_augment, flip=config.random_flip,
-      crop_padding=config.crop_padding,
-      randaug_layers=config.randaug_layers,
-      randaug_magnitude=config.randaug_magnitude,
-      random_erasing=config.random_erasing)
-
-
-def train_batches(config, source, *, normalization=None, start_step: int = 0
-                  ) -> Iterator[Dict[str, np.ndarray]]:
-  """config.train_split's host-local training batches from `start_step` on.
-
-  `normalization`: the model family's pixel normalisation (None: [-1, 1]).
-  """
-  return input_pipeline.get_train_iterator(
-      source, config.train_split, image_size=config.image_size,
-      batch_size=config.batch_size,
-      augmentation=augmentation(config),
-      seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-      cache=config.cache, prefetch=config.prefetch, start_step=start_step,
-      normalization=normalization)
-
-
-def eval_batches(config, source, split: Optional[str] = None, *,
-                 normalization=None) -> input_pipeline.EvalIterable:
-  """Padded eval batches of `split` of `source` (None: config.eval_split)."""
-  return input_pipeline.get_eval_iterator(
-      source, split or config.eval_split, image_size=config.image_size,
-      batch_size=config.eval_batch_size, cache=config.cache,
-      prefetch=config.prefetch, normalization=normalization)
 
 
 # ----------------------------------------------------------------------------
@@ -341,7 +283,7 @@ def _validate(config):
   _check_counts(config)
   _check_image_size(config)
   # Built here only to check them before anything runs.
-  augmentation(config)
+  train_data.augmentation(config)
   mix_spec(config)
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f'batch_size {config.batch_size} is not divisible by '
@@ -419,8 +361,8 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   """
   run_start = time.time()
   _validate(config)
-  source = data_source(config)
-  setup = make_setup(config, num_classes(config, source))
+  source = train_data.data_source(config)
+  setup = make_setup(config, train_data.num_classes(config, source))
   with workdir_lib.claim(workdir):
     return _train(config, epath.Path(workdir), source, setup, run_start)
 
@@ -440,9 +382,9 @@ def _train(config, workdir: epath.Path, source, setup: Setup,
   log = metrics_log.MetricsLog(workdir, start_time=run_start)
   log.drop_after(start_step)
   normalization = preprocessing(config, setup.model)
-  batches = train_batches(config, source, normalization=normalization,
-                          start_step=start_step)
-  read_eval = functools.partial(eval_batches, config,
+  batches = train_data.train_batches(
+      config, source, normalization=normalization, start_step=start_step)
+  read_eval = functools.partial(train_data.eval_batches, config,
                                 normalization=normalization)
   evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
   state, record = _run_steps(config, setup, state, start_step, batches, evals,

@@ -33,7 +33,7 @@ import numpy as np
 from vit_jax import models
 from vit_jax import precision
 from vit_jax import sharding
-from vit_jax import train
+from vit_jax import train_data
 from vit_jax.cli import benchmark_jax
 from vit_jax.cli import host_memory
 
@@ -213,7 +213,8 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
     dtype = precision.resolve_dtype(config.model.dtype)
     attention = config.model.attention
     # The head training would build: config.num_classes or the dataset's.
-    num_classes = train.num_classes(config, train.data_source(config))
+    num_classes = train_data.num_classes(config,
+                                         train_data.data_source(config))
   jnp_dtype = jnp.dtype(dtype)
   mesh = _mesh(host_devices, batch_size)
   images, labels = synthetic_batch(batch_size, image_size, num_classes)
