@@ -168,6 +168,39 @@ def test_cli_architecture_flags_load_a_modified_model(files):
   np.testing.assert_array_equal(np.load(f'{files["root"]}/l.npy'), expected)
 
 
+def test_cli_resnet_units_flag_loads_a_hybrid_with_changed_stages(
+    files, tmp_path, capsys):
+  # A hybrid trained with config.model.resnet_units=(1,) on R+ViT-Ti_16
+  # (configs/default.py's model), saved without a sidecar.
+  overrides = dict(patch_size=1, hidden_size=32, mlp_dim=64, num_heads=2,
+                   num_layers=1)
+  model = models.create_model('R+ViT-Ti_16', num_classes=3,
+                              resnet_units=(1,), **overrides)
+  params = helpers.random_params(model, 32)
+  path = str(tmp_path / 'model.npz')
+  pretrained.save_npz(params, path)
+  flags_of = lambda units: [
+      f'--checkpoint={path}', '--model=R+ViT-Ti_16', '--top_k=1',
+      *(f'--{key}={value}' for key, value in overrides.items()),
+      f'--resnet_units={units}', f'--logits_out={tmp_path}/l.npy',
+      files['images'][0]]
+  _cli(flags_of('1'))
+  pixels = preprocess.load_image(files['images'][0], 32)[None]
+  np.testing.assert_allclose(
+      np.load(f'{tmp_path}/l.npy'),
+      pretrained.predict_logits(model, params, pixels), rtol=1e-5,
+      atol=1e-6)
+  capsys.readouterr()
+  # The variant's own stem (the root only) does not fit the file's unit,
+  # and a malformed value is named.
+  for units, message in (('', 'resnet units (1,) but R+ViT-Ti_16'),
+                         ('1,x', "--resnet_units='1,x': give positive")):
+    with pytest.raises(SystemExit):
+      _cli(flags_of(units))
+    error = capsys.readouterr().err
+    assert error.startswith('error: ') and message in error, error
+
+
 @pytest.mark.parametrize('case,args,message', [
     ('missing checkpoint', ['--checkpoint=/nonexistent/m.npz'],
      'does not exist'),

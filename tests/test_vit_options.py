@@ -549,3 +549,13 @@ def test_config_keys_reach_the_module():
     if key != 'hidden_size':
       assert getattr(model, key) == value, key
   assert model.hidden_size == 192
+
+
+def test_config_resnet_units_none_keeps_the_variants_stem():
+  def create(name, resnet_units):
+    config = ml_collections.ConfigDict({'resnet_units': resnet_units})
+    return FAMILY.create_from_config(name, config, num_classes=3)
+  assert create('R+ViT-Ti_16', None).resnet_units == ()
+  assert create('ViT-Ti_16', None).resnet_units is None
+  assert create('R+ViT-Ti_16', (1,)).resnet_units == (1,)
+  assert create('R50+ViT-B_16', [3, 4]).resnet_units == (3, 4)

@@ -29,7 +29,8 @@ file (its arrays and, for our exports such as configs/default.py's
 model.npz, its sidecar). --model is optional: given, the file must fit that
 variant, with the architecture overrides of its training's `config.model`
 (e.g. --model=R+ViT-Ti_16 --patch_size=1 --hidden_size=96 --mlp_dim=192
---num_heads=3 --num_layers=2 for configs/default.py's model.npz).
+--num_heads=3 --num_layers=2 --resnet_units=1 for configs/default.py's
+model.npz).
 """
 
 from vit_jax.cli import process

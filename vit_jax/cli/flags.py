@@ -15,7 +15,7 @@ trained with (`define_model_flags`).
 """
 
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -93,13 +93,35 @@ def define_model_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     define(flags.DEFINE_integer, name, None,
            f'With --model: the variant\'s {name} as config.model.{name} '
            'changed it in training; without: checked against the file.')
+  define(flags.DEFINE_string, 'resnet_units', None,
+         'With --model: a hybrid\'s units per ResNet stage, comma-separated '
+         '(e.g. 1), as config.model.resnet_units changed them in training; '
+         'an empty value is the root only.')
 
 
 def architecture_overrides(flag_values: flags.FlagValues = flags.FLAGS
-                           ) -> Dict[str, int]:
+                           ) -> Dict[str, Any]:
   """The architecture flags that were set, as create_model overrides."""
-  return {name: flag_values[name].value for name in ARCHITECTURE_FLAGS
-          if flag_values[name].value is not None}
+  overrides = {name: flag_values[name].value for name in ARCHITECTURE_FLAGS
+               if flag_values[name].value is not None}
+  units = flag_values['resnet_units'].value
+  if units is not None:
+    overrides['resnet_units'] = parse_resnet_units(units)
+  return overrides
+
+
+def parse_resnet_units(text: str) -> Tuple[int, ...]:
+  """'3,4,9' -> (3, 4, 9); '' -> () (the root only).
+
+  Raises:
+    ValueError: an entry that is not a positive integer.
+  """
+  entries = [entry.strip() for entry in text.split(',') if entry.strip()]
+  if not all(entry.isdigit() and int(entry) > 0 for entry in entries):
+    raise ValueError(f'--resnet_units={text!r}: give positive unit counts '
+                     'per ResNet stage separated by commas, e.g. 3,4,9 (or '
+                     'an empty value for the root only)')
+  return tuple(int(entry) for entry in entries)
 
 
 def check_required(flag_values: flags.FlagValues, *names: str) -> None:

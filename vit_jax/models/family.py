@@ -76,6 +76,9 @@ class ModelFamily(abc.ABC):
     architecture_keys: `config.model` keys that override a variant's
       architecture (None keeps the variant's); the programs offer the same
       keys as flags, for files trained with overrides.
+    variant_keys: every `config.model` key whose None keeps the variant's
+      value: the architecture keys and any other (a tuple the integer
+      flags cannot carry, read off the arrays when a file is loaded).
     unstored_fields: module attributes a sidecar leaves out (see
       `stored_kwargs`): how a model is run or trained (dtypes, dropout, the
       attention implementation), not what its weights compute.
@@ -88,6 +91,10 @@ class ModelFamily(abc.ABC):
   no_weight_decay: Tuple[str, ...] = ()
   architecture_keys: Tuple[str, ...] = ()
   unstored_fields: Tuple[str, ...] = ('dtype', 'param_dtype')
+
+  @property
+  def variant_keys(self) -> Tuple[str, ...]:
+    return self.architecture_keys
 
   # --- Names and building ----------------------------------------------------
 
@@ -115,7 +122,7 @@ class ModelFamily(abc.ABC):
     fields = {field.name for field in dataclasses.fields(self.module_type)}
     overrides = {}
     for key, value in model_config.items():
-      if key in self.architecture_keys and value is None:
+      if key in self.variant_keys and value is None:
         continue  # The variant's own value.
       if key == 'dtype':
         value = precision.resolve_dtype(value)
