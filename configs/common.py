@@ -36,7 +36,7 @@ def get_config():
   config.model.mlp_dim = ml_collections.FieldReference(None, int)  # MLP hidden width.
   config.model.num_heads = ml_collections.FieldReference(None, int)  # Attention heads.
   config.model.num_layers = ml_collections.FieldReference(None, int)  # Encoder blocks.
-  config.model.resnet_units = ml_collections.FieldReference(None, tuple)  # Hybrids: bottleneck units per ResNet stage; () the root only.
+  config.model.resnet_units = ml_collections.FieldReference(None, tuple)  # Hybrids: bottleneck units per ResNet stage, e.g. '(1,)'; () the root only; None the variant's.
   config.model.scan_layers = False  # One nn.scan over the blocks: compiles once, params stacked (npz unchanged).
   config.model.remat_policy = 'none'  # Recompute in backward: none | full | dots | dots_no_batch.
   config.model.attention = 'auto'  # auto (einsum on CPU, fused elsewhere) | fused | einsum.

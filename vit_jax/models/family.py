@@ -77,8 +77,8 @@ class ModelFamily(abc.ABC):
       architecture (None keeps the variant's); the programs offer the same
       keys as flags, for files trained with overrides.
     variant_keys: every `config.model` key whose None keeps the variant's
-      value: the architecture keys and any other (a tuple the integer
-      flags cannot carry, read off the arrays when a file is loaded).
+      value: the architecture keys and any that is not an integer (a
+      hybrid's `resnet_units`, which the programs take as their own flag).
     unstored_fields: module attributes a sidecar leaves out (see
       `stored_kwargs`): how a model is run or trained (dtypes, dropout, the
       attention implementation), not what its weights compute.
