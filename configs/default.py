@@ -85,7 +85,9 @@ Zen 4 machine (900-1,130 images/s in the loop), the README command:
              machine);
   12,000 steps: 0.9110 (0.8912 at step 6,000), 6.7 min   <- this config:
              it leaves room for the set-up and a busy machine in the
-             10 minutes;
+             10 minutes; `bash scripts/run_default.sh` in a fresh clone,
+             creating .venv included: 0.9110 again, 9.0 min in all (70 s
+             of set-up, 7.8 min of training at 816 images/s: busy);
   13,000 steps, 1 block: 0.9094, 7.0 min: the second block stays;
   28x28 input (7x7 tokens, 0.8x the step), 17,000 steps: 0.9056, 7.9 min:
              with the unit, the finer grid is worth its cost.
