@@ -342,8 +342,9 @@ class VitFamily(family.ModelFamily):
   no_weight_decay = ('cls', 'pos_embedding', 'dist_token', 'reg_token',
                      'probe')
   architecture_keys = ARCHITECTURE_KEYS
-  # A hybrid's stages: config.model.resnet_units, None for the variant's.
-  variant_keys = ARCHITECTURE_KEYS + ('resnet_units',)
+  # Every field of a Variant (the architecture keys and a hybrid's
+  # resnet_units): None in config.model keeps the variant's value.
+  variant_keys = tuple(field.name for field in dataclasses.fields(Variant))
   token_classifiers = vit.TOKEN_CLASSIFIERS
   # Training and execution settings: evaluation computes the same without
   # them (dropout and stochastic depth are off; a scanned encoder and either
