@@ -27,7 +27,7 @@ setuptools.setup(
         'clu>=0.0.12,<0.1',
         'etils[epath]>=1.7,<2',
         'flax>=0.12.6,<0.13',
-        # timm / Hugging Face hub checkpoints (vit_jax.timm_checkpoint).
+        # timm / Hugging Face hub checkpoints (vit_jax.weights.timm_hub).
         'huggingface_hub>=1.0,<3',
         'importlib_resources>=6,<8',
         'jax>=0.9.2,<0.11',
@@ -51,7 +51,7 @@ setuptools.setup(
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4',
                  'nbclient>=0.10,<0.12', 'nbformat>=5.10,<6',
                  'ipykernel>=6.29,<8', *EXPORT],
-        # For `vit_jax.cli.benchmark --compare=timm` and the tests against
+        # For `benchmarks.benchmark --compare=timm` and the tests against
         # timm. Install torch and torchvision from PyTorch's CPU index first,
         # then timm with --no-deps: PyPI's torchvision is a CUDA build.
         'bench': ['torch>=2.6,<2.14', 'timm>=1.0.15,<1.1',

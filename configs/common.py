@@ -59,7 +59,7 @@ def get_config():
   config.train_split = 'train'  # TFDS split for training (slicing allowed: 'train[:90%]').
   config.eval_split = 'test'  # TFDS split for evaluation.
   config.num_classes = ml_collections.FieldReference(None, int)  # None: read from the dataset info.
-  config.label_map = ml_collections.FieldReference(None, str)  # Label derived from other features: a key of vit_jax.vtab.LABEL_MAPS.
+  config.label_map = ml_collections.FieldReference(None, str)  # Label derived from other features: a key of vit_jax.data.label_maps.LABEL_MAPS.
   config.image_size = 224  # Train and eval resolution (square).
   config.train_augment = 'inception_crop'  # inception_crop | resize (no random crop) | pad_crop (small images).
   config.random_flip = True  # Horizontal flip at training.
@@ -93,7 +93,7 @@ def get_config():
   config.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
   config.loss = 'softmax_xent'  # softmax_xent | sigmoid_xent.
   config.label_smoothing = 0.0  # Softmax label smoothing.
-  # Batch-level mixing (vit_jax.mixing); alpha 0 turns a method off.
+  # Batch-level mixing (vit_jax.training.mixing); alpha 0 turns a method off.
   config.mixup_alpha = 0.0  # Mixup lam ~ Beta(alpha, alpha) (AugReg's "p").
   config.cutmix_alpha = 0.0  # CutMix lam ~ Beta(alpha, alpha) (DeiT: 1.0).
   config.mix_prob = 1.0  # Chance that a batch is mixed.

@@ -4,7 +4,7 @@ r"""The offline default: a small hybrid ViT trained from scratch on Fashion-MNIS
   # = python -m vit_jax.main --config=configs/default.py --workdir=runs/default
 
 Data: Debian's dataset-fashion-mnist (60,000 train / 10,000 test, 28x28 grey),
-read through TFDS (`vit_jax/datasets/fashion_mnist_local.py`) and tf.data like
+read through TFDS (`vit_jax/data/datasets/fashion_mnist_local.py`) and tf.data like
 any other dataset, resized to 32x32 (bilinear; see the last runs below).
 Horizontal flips and label smoothing 0.1 (see the runs below; flips alone measured no gain in a shorter pilot: 89.65% with, 89.67%
 without, batch 64, 4.5 epochs).
@@ -35,7 +35,7 @@ step; batch 64, lr 2e-3 unless said):
   hybrid, 2 blocks, 7 epochs (482 s):                        89.7%
   hybrid, 2 blocks, 7 epochs, lr 3e-3 (451 s):               89.2%
   hybrid, 2 blocks, 7 epochs, batch 32, lr 1.5e-3 (480 s):   90.4%
-Those used float32 weight gradients; with bf16 ones (vit_jax/layers.py, 11%
+Those used float32 weight gradients; with bf16 ones (vit_jax/models/layers.py, 11%
 faster here), the README command measured, batch 32, 13,000 steps:
   lr 1.5e-3: 0.9007, 471 s;  same, 14,000 steps: 0.8977, 487 s
   lr 1e-3:   0.9017, 462 s to the last evaluation (`elapsed_s` in

@@ -17,7 +17,7 @@ erasing 0.25, Inception crop + flip at 224 px, class-token pooling.
 
 Differences from the paper: its RandAugment is timm's (`rand-m9-mstd0.5`:
 magnitude drawn around 9 with std 0.5, its own op list); this repository's
-is AugReg's op set at a fixed magnitude 9 (vit_jax/randaugment.py). Repeated
+is AugReg's op set at a fixed magnitude 9 (vit_jax/data/randaugment.py). Repeated
 augmentation (each image three times per batch) and the minimum learning
 rate 1e-5 are not implemented; inputs are scaled to [-1, 1] as for every
 model trained here instead of ImageNet mean/std (irrelevant from scratch).

@@ -56,7 +56,7 @@ train[:90%] = train[:45000], val = train[45000:]). train800val200 is
 | smallnorb_azimuth | smallnorb:2.*.* | label_azimuth | 18 | train[:800] | test[:200] | test[12150:] |
 | smallnorb_elevation | smallnorb:2.*.* | label_elevation | 9 | train[:800] | test[:200] | test[12150:] |
 
-Derived labels are computed by `vit_jax/vtab.py` (config.label_map) inside
+Derived labels are computed by `vit_jax/data/label_maps.py` (config.label_map) inside
 the input pipeline. Expected results (paper Table 2): VTAB mean over the 19
 tasks 77.63 for ViT-H/14 (JFT), 76.28 for ViT-L/16 (JFT). Runtime: 2,500
 steps of batch 512 at 384 px for ViT-B/16 are about 2e17 FLOPs (~50 GFLOPs
@@ -77,7 +77,7 @@ class Task(NamedTuple):
   val200: str
   test: str
   num_classes: int
-  label_map: Optional[str] = None  # Key of vit_jax.vtab.LABEL_MAPS.
+  label_map: Optional[str] = None  # Key of vit_jax.data.label_maps.LABEL_MAPS.
 
 
 _CLEVR = ('clevr:3.*.*', 'train[:800]', 'train[63000:63200]', 'validation')

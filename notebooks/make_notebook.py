@@ -22,7 +22,7 @@ does, small enough to run top to bottom on a laptop CPU in about a minute:
 
 1. load a checkpoint in the released `.npz` layout,
 2. classify images with it,
-3. fine-tune it with the library's training loop (`vit_jax.train`),
+3. fine-tune it with the library's training loop (`vit_jax.training.loop`),
 4. classify again, and
 5. look at what the model attends to (attention rollout).
 
@@ -52,13 +52,13 @@ import numpy as np
 from PIL import Image
 
 from configs import common
-from vit_jax import analysis
+from vit_jax.analysis import measures
 from vit_jax import models
-from vit_jax import pretrained
-from vit_jax import train
-from vit_jax import train_data
-from vit_jax import plots
-from vit_jax.datasets import fashion_mnist_local
+from vit_jax.weights import pretrained
+from vit_jax.training import loop as train
+from vit_jax.data import from_config
+from vit_jax.analysis import plots
+from vit_jax.data.datasets import fashion_mnist_local
 
 WORKDIR = tempfile.mkdtemp(prefix='vit_jax_notebook_')
 print('devices:', jax.devices())
@@ -184,8 +184,8 @@ config = common.lock(config)
 
 # The first evaluation batch, without the padding rows (mask 0) that fill up
 # the last batch of a split.
-eval_batch = next(iter(train_data.eval_batches(
-    config, train_data.data_source(config))))
+eval_batch = next(iter(from_config.eval_batches(
+    config, from_config.data_source(config))))
 real = eval_batch['mask'] > 0
 eval_images, eval_labels = eval_batch['image'][real], eval_batch['label'][real]
 fig, axes = plt.subplots(1, 8, figsize=(10, 1.8))
@@ -282,7 +282,7 @@ images = eval_images[:4]
 _, inside = models.apply_with_intermediates(
     tuned, tuned_params, images,
     attention_layers=range(tuned.num_layers))
-rollout = analysis.attention_rollout(inside['attention_weights'],
+rollout = measures.attention_rollout(inside['attention_weights'],
                                      has_class_token=True)
 grid = (IMAGE_SIZE // ARCHITECTURE['patch_size'],) * 2
 maps = rollout.class_token_map(grid)  # (images, 4, 4)

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.analysis on inputs whose answers are known."""
+"""Tests of vit_jax.analysis.measures on inputs whose answers are known."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import analysis
+from vit_jax.analysis import measures
 from vit_jax import models
 
 
@@ -31,14 +31,14 @@ def _brute_force_mean_distance(rows, cols, patch):
 
 def test_rollout_of_identity_attention_is_identity():
   eye = np.broadcast_to(np.eye(5), (2, 3, 5, 5))
-  rollout = analysis.attention_rollout([eye, eye, eye], has_class_token=True)
+  rollout = measures.attention_rollout([eye, eye, eye], has_class_token=True)
   np.testing.assert_allclose(rollout.matrix_BNN,
                              np.broadcast_to(np.eye(5), (2, 5, 5)))
 
 
 def test_rollout_of_one_layer_is_half_mean_attention_plus_half_identity():
   attention = _random_attention(np.random.default_rng(0), 2, 3, 5)
-  rollout = analysis.attention_rollout([attention], has_class_token=True)
+  rollout = measures.attention_rollout([attention], has_class_token=True)
   by_hand = 0.5 * attention.mean(axis=1) + 0.5 * np.eye(5)
   np.testing.assert_allclose(rollout.matrix_BNN, by_hand, rtol=1e-6)
 
@@ -46,26 +46,26 @@ def test_rollout_of_one_layer_is_half_mean_attention_plus_half_identity():
 def test_rollout_multiplies_later_layers_on_the_left():
   rng = np.random.default_rng(1)
   first, second = (_random_attention(rng, 1, 2, 4) for _ in range(2))
-  rollout = analysis.attention_rollout({1: second, 0: first},
+  rollout = measures.attention_rollout({1: second, 0: first},
                                        has_class_token=False)
-  expected = (analysis.residual_attention(second)
-              @ analysis.residual_attention(first))
+  expected = (measures.residual_attention(second)
+              @ measures.residual_attention(first))
   np.testing.assert_allclose(rollout.matrix_BNN, expected, rtol=1e-6)
   # The other order differs for generic matrices, so the test has teeth.
-  assert not np.allclose(expected, analysis.residual_attention(first)
-                         @ analysis.residual_attention(second))
+  assert not np.allclose(expected, measures.residual_attention(first)
+                         @ measures.residual_attention(second))
 
 
 def test_rollout_rejects_missing_layers():
   attention = _random_attention(np.random.default_rng(2), 1, 1, 3)
   with pytest.raises(ValueError, match='every layer'):
-    analysis.attention_rollout({0: attention, 2: attention},
+    measures.attention_rollout({0: attention, 2: attention},
                                has_class_token=True)
 
 
 def test_class_token_map_takes_row_zero_over_patches():
   matrix = np.arange(2 * 7 * 7, dtype=np.float32).reshape(2, 7, 7)
-  rollout = analysis.Rollout(matrix, has_class_token=True)
+  rollout = measures.Rollout(matrix, has_class_token=True)
   maps = rollout.class_token_map((2, 3))
   assert maps.shape == (2, 2, 3)
   np.testing.assert_array_equal(maps[1], matrix[1, 0, 1:].reshape(2, 3))
@@ -76,7 +76,7 @@ def test_maps_skip_every_prefix_token():
   # the class-token map reads row 0 over the patch keys only, and the mean
   # query map leaves all four prefix tokens out of queries and keys.
   matrix = np.arange(2 * 10 * 10, dtype=np.float32).reshape(2, 10, 10)
-  rollout = analysis.Rollout(matrix, has_class_token=True, prefix_tokens=4)
+  rollout = measures.Rollout(matrix, has_class_token=True, prefix_tokens=4)
   np.testing.assert_array_equal(rollout.class_token_map((2, 3))[1],
                                 matrix[1, 0, 4:].reshape(2, 3))
   np.testing.assert_allclose(rollout.mean_query_map((2, 3))[0],
@@ -87,14 +87,14 @@ def test_maps_skip_every_prefix_token():
 
 def test_rollout_passes_prefix_tokens_on():
   attention = _random_attention(np.random.default_rng(5), 1, 2, 6)
-  rollout = analysis.attention_rollout([attention], has_class_token=False,
+  rollout = measures.attention_rollout([attention], has_class_token=False,
                                        num_prefix_tokens=2)
   assert rollout.num_prefix_tokens == 2
   assert rollout.mean_query_map((2, 2)).shape == (1, 2, 2)
 
 
 def test_class_token_map_of_gap_model_raises():
-  rollout = analysis.Rollout(np.eye(4)[None], has_class_token=False)
+  rollout = measures.Rollout(np.eye(4)[None], has_class_token=False)
   with pytest.raises(ValueError, match='mean_query_map'):
     rollout.class_token_map((2, 2))
   np.testing.assert_allclose(rollout.mean_query_map((2, 2)),
@@ -102,7 +102,7 @@ def test_class_token_map_of_gap_model_raises():
 
 
 def test_maps_reject_wrong_grid():
-  rollout = analysis.Rollout(np.eye(5)[None], has_class_token=True)
+  rollout = measures.Rollout(np.eye(5)[None], has_class_token=True)
   with pytest.raises(ValueError, match='tokens'):
     rollout.class_token_map((3, 3))
 
@@ -116,7 +116,7 @@ def test_uniform_attention_gives_mean_pairwise_patch_distance(
   rows, cols, patch = 3, 4, 16
   tokens = rows * cols + num_prefix_tokens
   uniform = np.full((2, 3, tokens, tokens), 1.0 / tokens)
-  distance = analysis.mean_attention_distance(
+  distance = measures.mean_attention_distance(
       uniform, (rows, cols), patch, num_prefix_tokens=num_prefix_tokens)
   assert distance.shape == (3,)
   np.testing.assert_allclose(
@@ -125,7 +125,7 @@ def test_uniform_attention_gives_mean_pairwise_patch_distance(
 
 def test_identity_attention_gives_zero_distance():
   eye = np.broadcast_to(np.eye(10), (2, 4, 10, 10))
-  distance = analysis.mean_attention_distance(eye, (3, 3), 16,
+  distance = measures.mean_attention_distance(eye, (3, 3), 16,
                                               num_prefix_tokens=1)
   np.testing.assert_array_equal(distance, np.zeros(4))
 
@@ -138,7 +138,7 @@ def test_attention_to_right_neighbour_is_one_patch_away():
   for query in range(rows * cols):
     row, col = divmod(query, cols)
     attention[0, 0, query, row * cols + (col + 1) % cols] = 1.0
-  distance = analysis.mean_attention_distance(attention, (rows, cols), patch,
+  distance = measures.mean_attention_distance(attention, (rows, cols), patch,
                                               num_prefix_tokens=0)
   expected = patch * ((cols - 1) * 1 + 1 * (cols - 1)) / cols
   np.testing.assert_allclose(distance, [expected])
@@ -150,7 +150,7 @@ def test_mean_distance_renormalises_over_patch_keys():
   rows, cols, patch = 2, 2, 16
   attention = np.full((1, 1, 5, 5), 0.5 / 4)
   attention[..., 0] = 0.5
-  distance = analysis.mean_attention_distance(attention, (rows, cols), patch,
+  distance = measures.mean_attention_distance(attention, (rows, cols), patch,
                                               num_prefix_tokens=1)
   np.testing.assert_allclose(distance,
                              [_brute_force_mean_distance(rows, cols, patch)])
@@ -159,7 +159,7 @@ def test_mean_distance_renormalises_over_patch_keys():
 def test_mean_distance_per_layer_stacks_layers():
   eye = np.broadcast_to(np.eye(4), (1, 2, 4, 4))
   uniform = np.full((1, 2, 4, 4), 0.25)
-  per_layer = analysis.mean_attention_distance_per_layer(
+  per_layer = measures.mean_attention_distance_per_layer(
       {1: uniform, 0: eye}, (2, 2), 10, num_prefix_tokens=0)
   assert per_layer.shape == (2, 2)
   np.testing.assert_array_equal(per_layer[0], [0.0, 0.0])
@@ -177,7 +177,7 @@ def test_orthogonal_position_embeddings_have_identity_similarity():
   patches = orthogonal[:rows * cols] * np.arange(1, rows * cols + 1)[:, None]
   cls = np.ones((1, 8))
   pos_embedding = np.concatenate([cls, patches])[None]
-  similarity = analysis.position_embedding_similarity(
+  similarity = measures.position_embedding_similarity(
       pos_embedding, (rows, cols), num_prefix_tokens=1)
   assert similarity.shape == (rows, cols, rows, cols)
   np.testing.assert_allclose(
@@ -188,7 +188,7 @@ def test_orthogonal_position_embeddings_have_identity_similarity():
 def test_filter_components_are_orthonormal_and_match_numpy_svd():
   rng = np.random.default_rng(4)
   kernel = rng.normal(size=(2, 2, 3, 20))
-  components, ratio = analysis.embedding_filter_components(kernel, 5)
+  components, ratio = measures.embedding_filter_components(kernel, 5)
   assert components.shape == (5, 2, 2, 3)
   assert ratio.shape == (5,)
   flat = components.reshape(5, -1)
@@ -206,7 +206,7 @@ def test_filter_components_are_orthonormal_and_match_numpy_svd():
 
 def test_filter_components_reject_too_many():
   with pytest.raises(ValueError, match='num_components'):
-    analysis.embedding_filter_components(np.zeros((2, 2, 3, 4)), 5)
+    measures.embedding_filter_components(np.zeros((2, 2, 3, 4)), 5)
 
 
 # End to end on a tiny random ViT.
@@ -228,7 +228,7 @@ def test_tiny_vit_end_to_end(classifier):
   assert sorted(attention) == [0, 1]
   assert attention[0].shape == (3, 2, tokens, tokens)
 
-  rollout = analysis.attention_rollout(attention,
+  rollout = measures.attention_rollout(attention,
                                        has_class_token=has_class_token)
   assert rollout.matrix_BNN.shape == (3, tokens, tokens)
   np.testing.assert_allclose(rollout.matrix_BNN.sum(axis=-1), 1.0, rtol=1e-5)
@@ -240,21 +240,21 @@ def test_tiny_vit_end_to_end(classifier):
     with pytest.raises(ValueError):
       rollout.class_token_map((2, 2))
 
-  distances = analysis.mean_attention_distance_per_layer(
+  distances = measures.mean_attention_distance_per_layer(
       attention, (2, 2), models.effective_patch_pixels('Ti/16'),
       num_prefix_tokens=int(has_class_token))
   assert distances.shape == (2, 2)
   # Between 0 and the largest distance on a 2x2 grid of 16 px patches.
   assert np.all((distances >= 0) & (distances <= 16 * 2**0.5))
 
-  similarity = analysis.position_embedding_similarity(
+  similarity = measures.position_embedding_similarity(
       params['Transformer']['posembed_input']['pos_embedding'], (2, 2),
       num_prefix_tokens=int(has_class_token))
   assert similarity.shape == (2, 2, 2, 2)
   np.testing.assert_allclose(np.diagonal(similarity.reshape(4, 4)), 1.0,
                              rtol=1e-5)
 
-  components, ratio = analysis.embedding_filter_components(
+  components, ratio = measures.embedding_filter_components(
       params['embedding']['kernel'], 28)
   assert components.shape == (28, 16, 16, 3)
   assert ratio.shape == (28,)

@@ -1,4 +1,4 @@
-"""Smoke tests of vit_jax.cli.benchmark on a one-layer model (no timing claims)."""
+"""Smoke tests of benchmarks.benchmark on a one-layer model (no timing claims)."""
 
 import dataclasses
 import importlib.util
@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from vit_jax import precision
+from vit_jax.models import precision
 from vit_jax import sharding
-from vit_jax.cli import benchmark
-from vit_jax.cli import benchmark_jax
-from vit_jax.cli import benchmark_protocol
+from benchmarks import benchmark
+from benchmarks import jax_side
+from benchmarks import protocol
 
 # A one-layer ViT-Ti at 32 px: compiles in seconds.
 _TINY = dict(model='ViT-Ti_16', batch_size=2, image_size=32, num_classes=10,
@@ -41,14 +41,14 @@ def _check_consistent(result, batch_size):
 @pytest.fixture(scope='module')
 def inference():
   # Split over two devices: the FLOPs must still count the whole batch.
-  return benchmark_protocol.run_benchmark(mode='inference', dtype='float32',
-                                          host_devices=2, **_TINY)
+  return protocol.run_benchmark(mode='inference', dtype='float32',
+                                host_devices=2, **_TINY)
 
 
 @pytest.fixture(scope='module')
 def train():
-  return benchmark_protocol.run_benchmark(mode='train', dtype='bfloat16',
-                                          host_devices=1, **_TINY)
+  return protocol.run_benchmark(mode='train', dtype='bfloat16',
+                                host_devices=1, **_TINY)
 
 
 @pytest.mark.parametrize('mode,dtype', [('inference', 'float32'),
@@ -71,11 +71,11 @@ def test_train_counts_backward_flops(inference, train):
 def test_every_token_flops_add_the_last_blocks_other_tokens(host_devices):
   # timm is rated on every_token_flops: our token-head step skips the last
   # block's other tokens, a 'gap' one cannot.
-  images, labels = benchmark_protocol.synthetic_batch(2, 32, 10)
+  images, labels = protocol.synthetic_batch(2, 32, 10)
   mesh = sharding.make_mesh(1, sharding.first_devices(host_devices))
 
   def flops(mode, **overrides):
-    _, info = benchmark_jax.build_step(
+    _, info = jax_side.build_step(
         'ViT-Ti_16', 32, 10, mode, np.float32, mesh, images, labels,
         dict(num_layers=1, **overrides))
     return info['flops'], info['every_token_flops']
@@ -89,10 +89,10 @@ def test_every_token_flops_add_the_last_blocks_other_tokens(host_devices):
 
 def test_rejects_short_warmup_and_indivisible_batch():
   with pytest.raises(ValueError, match='warmup'):
-    benchmark_protocol.run_benchmark(**dict(_TINY, warmup=1))
+    protocol.run_benchmark(**dict(_TINY, warmup=1))
   with pytest.raises(ValueError, match='divisible'):
-    benchmark_protocol.run_benchmark(host_devices=2,
-                                     **dict(_TINY, batch_size=3))
+    protocol.run_benchmark(host_devices=2,
+                           **dict(_TINY, batch_size=3))
 
 
 @pytest.mark.skipif(
@@ -101,7 +101,7 @@ def test_rejects_short_warmup_and_indivisible_batch():
 def test_compare_with_timm():
   # find_spec, not importorskip: timm imports only through the benchmark's
   # torchvision stand-in where torchvision is missing.
-  result = benchmark_protocol.run_benchmark(
+  result = protocol.run_benchmark(
       mode='inference', dtype='bfloat16', host_devices=1, compare='timm',
       **_TINY)
   timm = result['timm']
@@ -120,11 +120,11 @@ def test_compare_with_timm():
     not all(importlib.util.find_spec(m) for m in ('torch', 'timm')),
     reason='the optional torch and timm are not installed')
 def test_timm_train_step_updates_the_weights():
-  from vit_jax.cli import benchmark_timm  # pylint: disable=g-import-not-at-top
+  from benchmarks import timm_side  # pylint: disable=g-import-not-at-top
   from vit_jax import models  # pylint: disable=g-import-not-at-top
   variant = dataclasses.replace(models.VARIANTS['ViT-Ti_16'], num_layers=1)
   rng = np.random.default_rng(0)
-  step = benchmark_timm.TimmStep(
+  step = timm_side.TimmStep(
       variant, image_size=32, num_classes=10, mode='train',
       dtype='bfloat16', images_nhwc=rng.uniform(-1, 1, (2, 32, 32, 3)),
       labels=np.array([1, 2]))
@@ -134,7 +134,7 @@ def test_timm_train_step_updates_the_weights():
 
 
 def test_package_does_not_import_torch():
-  code = ('import sys, vit_jax.cli.benchmark; '
+  code = ('import sys, benchmarks.benchmark; '
           'sys.exit("torch" in sys.modules)')
   assert subprocess.run([sys.executable, '-c', code],
                         check=False).returncode == 0
@@ -149,7 +149,7 @@ def test_default_host_devices_split_only_float32_inference():
 def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
   out = tmp_path / 'bench.json'
   subprocess.run(
-      [sys.executable, '-m', 'vit_jax.cli.benchmark', '--model=ViT-Ti_16',
+      [sys.executable, '-m', 'benchmarks.benchmark', '--model=ViT-Ti_16',
        '--batch_size=2', '--image_size=32', '--num_classes=10', '--steps=2',
        '--mode=train', '--dtype=bfloat16', f'--json_out={out}'],
       check=True, capture_output=True)
@@ -170,7 +170,7 @@ def test_a_config_is_timed_with_the_training_loops_own_step(tmp_path):
   config.update(dataset='imagefolder', data_dir=str(tmp_path), image_size=8,
                 batch_size=8, mixup_alpha=0.2)
   config.model.update(num_layers=1, hidden_size=16, mlp_dim=16, num_heads=2)
-  result = benchmark_protocol.run_benchmark(
+  result = protocol.run_benchmark(
       config=config, mode='train', steps=2, warmup=2, peak_matmul_size=128,
       host_devices=1)
   _check_consistent(result, batch_size=8)
@@ -179,4 +179,4 @@ def test_a_config_is_timed_with_the_training_loops_own_step(tmp_path):
           result['dtype'], result['num_classes']) == (
               'R+ViT-Ti_16', 8, 8, precision.resolve_dtype('auto'), 3)
   with pytest.raises(ValueError, match='--compare'):
-    benchmark_protocol.run_benchmark(config=config, compare='timm')
+    protocol.run_benchmark(config=config, compare='timm')

@@ -7,7 +7,7 @@ from configs import default
 from configs import vit
 from configs import vit_l16_jft
 from configs import vit_pretrain
-from vit_jax import train
+from vit_jax.training import loop
 
 
 def test_configs_are_locked_against_typos():
@@ -64,7 +64,7 @@ def test_public_pre_training_follows_table_3(dataset, lr, wd, decay, dropout):
 
 def test_jft_without_data_fails_fast_saying_what_to_do(tmp_path):
   with pytest.raises(ValueError, match=r"jft300m.*config\.dataset"):
-    train.train_and_evaluate(vit_l16_jft.get_config(), str(tmp_path))
+    loop.train_and_evaluate(vit_l16_jft.get_config(), str(tmp_path))
 
 
 def test_unknown_recipe_is_named():

@@ -23,12 +23,12 @@ from configs import common
 from tests import data_helpers
 from tests import helpers
 from vit_jax import evaluators
-from vit_jax import fewshot
-from vit_jax import input_pipeline
+from vit_jax.evaluators import fewshot_ridge
+from vit_jax.data import pipeline
 from vit_jax import models
 from vit_jax import sharding
-from vit_jax import train
-from vit_jax import train_data
+from vit_jax.training import loop
+from vit_jax.data import from_config
 from vit_jax.evaluators import imagenet
 from vit_jax.evaluators import linear_fewshot
 
@@ -143,7 +143,7 @@ def _mesh():
 
 def _read_eval(**overrides):
   """(source, split) -> eval batches, with `_config`'s data settings."""
-  return functools.partial(train_data.eval_batches, _config(**overrides))
+  return functools.partial(from_config.eval_batches, _config(**overrides))
 
 
 def _extra_eval(name, imagenet_dir, model=None):
@@ -164,7 +164,7 @@ def test_real_accuracy_counts_predictions_in_the_label_set(imagenet_dir):
 
 def test_real_label_sets_arrive_multi_hot_and_padding_is_masked(imagenet_dir):
   source = imagenet.real_labels_source(imagenet_dir)
-  batches = list(input_pipeline.get_eval_iterator(
+  batches = list(pipeline.get_eval_iterator(
       source, 'validation', image_size=IMAGE_SIZE, batch_size=4, prefetch=1))
   assert len(batches) == 2  # 7 images + 1 padding row.
   mask = np.concatenate([b['mask'] for b in batches])
@@ -240,7 +240,7 @@ def test_training_logs_the_extra_evals_with_their_prefixes(imagenet_dir,
   config = _tiny_train_config(
       imagenet_dir, dataset='imagenet_v2', train_split='test',
       eval_split='test', extra_evals=('imagenet2012_real', 'imagenet_v2'))
-  record = train.train_and_evaluate(config, str(tmp_path))
+  record = loop.train_and_evaluate(config, str(tmp_path))
   for key in ('top1_accuracy', 'top5_accuracy', 'loss', 'num_examples'):
     assert record[f'v2_{key}'] == pytest.approx(record[key], rel=1e-6)
   assert record['real_num_examples'] == 5
@@ -277,7 +277,7 @@ def _fewshot_config(folder, **overrides):
 
 def _fewshot_evaluator(config, model, mesh, shardings=None):
   return linear_fewshot.FewShotEvaluator(
-      model, mesh, functools.partial(train_data.eval_batches, config),
+      model, mesh, functools.partial(from_config.eval_batches, config),
       dataset='imagefolder', data_dir=config.data_dir, train_split='train',
       test_split='test', shots=(1, 2), seeds=(0, 1), val_per_class=2,
       params_shardings=shardings)
@@ -286,8 +286,8 @@ def _fewshot_evaluator(config, model, mesh, shardings=None):
 def _direct_features(config, model, params, split):
   """pre_logits of every real example of `split`, straight from the model."""
   features, labels = [], []
-  source = train_data.data_source(config)
-  for batch in train_data.eval_batches(config, source, split):
+  source = from_config.data_source(config)
+  for batch in from_config.eval_batches(config, source, split):
     _, inside = models.apply_with_intermediates(model, params, batch['image'])
     real = batch['mask'] > 0
     features.append(np.asarray(inside['pre_logits'])[real])
@@ -305,7 +305,7 @@ def test_fewshot_evaluator_equals_the_library_on_sharded_params(folder):
   sharded = jax.device_put(params, shardings)
   got = _fewshot_evaluator(config, model, mesh, shardings).evaluate(sharded)
 
-  expected = fewshot.evaluate_fewshot(
+  expected = fewshot_ridge.evaluate_fewshot(
       *_direct_features(config, model, params, 'train'),
       *_direct_features(config, model, params, 'test'), shots=(1, 2),
       seeds=(0, 1), val_per_class=2)
@@ -321,7 +321,7 @@ def test_fewshot_runs_at_its_cadence_during_training(folder, tmp_path):
       warmup_steps=1, optimizer='adam', lr=1e-3, log_every=4, eval_every=4,
       checkpoint_every=4, fewshot_every=3)
   config.model.update(dict(helpers.TINY_VIT))
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   logged = [r for r in _records(str(tmp_path)) if 'fewshot_1shot_top1' in r]
   assert [r['step'] for r in logged] == [3, 4]  # Every 3 steps and the end.
   assert all(0 <= r['fewshot_2shot_top1'] <= 1 for r in logged)
@@ -342,9 +342,9 @@ def test_from_config_lists_every_evaluator_with_its_cadence_and_params(
   config = _fewshot_config(folder, eval_every=5, ema_decay=0.5,
                            fewshot_every=3)
   config.model.update(dict(helpers.TINY_VIT))
-  setup = train.make_setup(config, FEWSHOT_CLASSES)
-  source = train_data.data_source(config)
-  read_eval = functools.partial(train_data.eval_batches, config)
+  setup = loop.make_setup(config, FEWSHOT_CLASSES)
+  source = from_config.data_source(config)
+  read_eval = functools.partial(from_config.eval_batches, config)
   evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
   assert [(e.name, e.every, e.params_field, e.record) for e in evals] == [
       ('eval', 5, 'params', 'eval'), ('ema_eval', 5, 'ema_params', 'eval'),

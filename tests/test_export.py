@@ -23,7 +23,7 @@ from tests import timm_fixtures
 from vit_jax import export
 from vit_jax.export import to_onnx
 from vit_jax import models
-from vit_jax import pretrained
+from vit_jax.weights import pretrained
 from vit_jax.cli import export as export_cli
 from vit_jax.cli import predict
 

@@ -1,11 +1,11 @@
-"""Tests of vit_jax.fewshot (ridge solve, protocol) and of the feature
+"""Tests of vit_jax.evaluators.fewshot_ridge (ridge solve, protocol) and of the feature
 extraction that feeds it (`evaluators.linear_fewshot.FeatureExtractor`)."""
 
 import jax
 import numpy as np
 import pytest
 
-from vit_jax import fewshot
+from vit_jax.evaluators import fewshot_ridge
 from vit_jax import models
 from vit_jax.evaluators import linear_fewshot
 
@@ -35,8 +35,8 @@ def _clusters(rng, num_classes, per_class, dim, spread):
 def test_fit_ridge_solves_the_normal_equations(n, dim, l2):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(n, dim)) + 3.0  # an offset that the bias must absorb
-  y = fewshot.pm1_targets(rng.integers(0, 3, size=n), 3)
-  w, b = fewshot.fit_ridge(x, y, l2)
+  y = fewshot_ridge.pm1_targets(rng.integers(0, 3, size=n), 3)
+  w, b = fewshot_ridge.fit_ridge(x, y, l2)
   w_ref, b_ref = _augmented_normal_equations(x, y, l2)
   np.testing.assert_allclose(w, w_ref, rtol=1e-8, atol=1e-10)
   np.testing.assert_allclose(b, b_ref, rtol=1e-8, atol=1e-10)
@@ -53,8 +53,8 @@ def test_fit_ridge_solves_the_normal_equations(n, dim, l2):
 def test_fit_ridge_without_regularisation_is_least_squares():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(30, 5))
-  y = fewshot.pm1_targets(rng.integers(0, 4, size=30), 4)
-  w, b = fewshot.fit_ridge(x, y, 0.0)
+  y = fewshot_ridge.pm1_targets(rng.integers(0, 4, size=30), 4)
+  w, b = fewshot_ridge.fit_ridge(x, y, 0.0)
   theta, *_ = np.linalg.lstsq(np.concatenate([x, np.ones((30, 1))], axis=1),
                               y, rcond=None)
   np.testing.assert_allclose(w, theta[:-1], rtol=1e-8, atol=1e-10)
@@ -63,7 +63,7 @@ def test_fit_ridge_without_regularisation_is_least_squares():
 
 def test_fit_ridge_rejects_negative_l2():
   with pytest.raises(ValueError, match='l2'):
-    fewshot.fit_ridge(np.zeros((3, 2)), np.zeros((3, 2)), -1.0)
+    fewshot_ridge.fit_ridge(np.zeros((3, 2)), np.zeros((3, 2)), -1.0)
 
 
 # The protocol.
@@ -73,24 +73,24 @@ def test_separable_clusters_give_perfect_five_shot_accuracy():
   rng = np.random.default_rng(2)
   train_x, train_y = _clusters(rng, 5, 40, 16, spread=0.5)
   test_x, test_y = train_x[:100] + 0.1, train_y[:100]
-  results = fewshot.evaluate_fewshot(train_x, train_y, test_x, test_y,
-                                     shots=(5,), seeds=(0, 1))
+  results = fewshot_ridge.evaluate_fewshot(train_x, train_y, test_x, test_y,
+                                           shots=(5,), seeds=(0, 1))
   assert results[5]['top1_mean'] == 1.0
   assert results[5]['top1_std'] == 0.0
   assert results[5]['top1_per_seed'] == [1.0, 1.0]
-  assert set(results[5]['per_l2']) == set(fewshot.DEFAULT_L2_REGS)
+  assert set(results[5]['per_l2']) == set(fewshot_ridge.DEFAULT_L2_REGS)
   assert all(0.0 <= r['top1_mean'] <= 1.0
              for r in results[5]['per_l2'].values())
 
 
 def test_seeds_draw_different_samples_with_the_same_structure():
   labels = np.repeat(np.arange(3), 30)
-  fit_a, val_a = fewshot.sample_fewshot_indices(labels, 5, seed=0,
-                                                val_per_class=4)
-  fit_b, _ = fewshot.sample_fewshot_indices(labels, 5, seed=1,
-                                            val_per_class=4)
+  fit_a, val_a = fewshot_ridge.sample_fewshot_indices(labels, 5, seed=0,
+                                                      val_per_class=4)
+  fit_b, _ = fewshot_ridge.sample_fewshot_indices(labels, 5, seed=1,
+                                                  val_per_class=4)
   assert not np.array_equal(fit_a, fit_b)
-  np.testing.assert_array_equal(fit_a, fewshot.sample_fewshot_indices(
+  np.testing.assert_array_equal(fit_a, fewshot_ridge.sample_fewshot_indices(
       labels, 5, seed=0, val_per_class=4)[0])
   np.testing.assert_array_equal(np.bincount(labels[fit_a]), [5, 5, 5])
   np.testing.assert_array_equal(np.bincount(labels[val_a]), [4, 4, 4])
@@ -99,7 +99,7 @@ def test_seeds_draw_different_samples_with_the_same_structure():
   rng = np.random.default_rng(3)
   train_x, train_y = _clusters(rng, 3, 30, 8, spread=8.0)
   test_x, test_y = _clusters(rng, 3, 10, 8, spread=8.0)
-  run = lambda seeds: fewshot.evaluate_fewshot(
+  run = lambda seeds: fewshot_ridge.evaluate_fewshot(
       train_x, train_y, test_x, test_y, shots=(1, 5), seeds=seeds,
       l2_regs=(0.1, 10.0), val_per_class=4)
   first, second = run((0, 1)), run((2, 3))
@@ -114,19 +114,19 @@ def test_seeds_draw_different_samples_with_the_same_structure():
 def test_without_validation_only_per_l2_figures_are_reported():
   rng = np.random.default_rng(4)
   train_x, train_y = _clusters(rng, 3, 5, 4, spread=0.1)
-  results = fewshot.evaluate_fewshot(train_x, train_y, train_x, train_y,
-                                     shots=(1,), seeds=(0,), l2_regs=(1.0,),
-                                     val_per_class=0)
+  results = fewshot_ridge.evaluate_fewshot(train_x, train_y, train_x, train_y,
+                                           shots=(1,), seeds=(0,), l2_regs=(1.0,),
+                                           val_per_class=0)
   assert results[1]['top1_mean'] is None
   assert results[1]['per_l2'][1.0]['top1_mean'] == 1.0
-  assert 'no l2 chosen' in fewshot.format_results(results)
+  assert 'no l2 chosen' in fewshot_ridge.format_results(results)
 
 
 def test_too_few_examples_for_shots_and_validation_raises():
   labels = np.repeat(np.arange(2), 6)
   with pytest.raises(ValueError, match='val_per_class'):
-    fewshot.evaluate_fewshot(np.zeros((12, 3)), labels, np.zeros((2, 3)),
-                             np.array([0, 1]), shots=(5,), val_per_class=2)
+    fewshot_ridge.evaluate_fewshot(np.zeros((12, 3)), labels, np.zeros((2, 3)),
+                                   np.array([0, 1]), shots=(5,), val_per_class=2)
 
 
 # Feature extraction.
@@ -161,7 +161,7 @@ def test_extract_features_drops_padding_and_keeps_every_real_example():
   np.testing.assert_array_equal(got_labels, labels[:4])
 
   features, got_labels = extract(params, batches)
-  results = fewshot.evaluate_fewshot(
+  results = fewshot_ridge.evaluate_fewshot(
       features, got_labels, features, got_labels, shots=(1,), seeds=(0,),
       l2_regs=(1.0,), val_per_class=1)
   assert 0.0 <= results[1]['top1_mean'] <= 1.0

@@ -11,11 +11,11 @@ import pytest
 
 from tests import data_helpers
 from tests import helpers
-from vit_jax import pretrained
-from vit_jax import fewshot
+from vit_jax.weights import pretrained
+from vit_jax.evaluators import fewshot_ridge
 from vit_jax import models
 from vit_jax.cli import fewshot as fewshot_cli
-from vit_jax import preprocess
+from vit_jax.data import preprocess
 
 NUM_CLASSES = 3
 PER_CLASS = {'train': 6, 'test': 3}  # 18 and 9 examples: batches of 8 pad.
@@ -113,7 +113,7 @@ def test_cli_results_equal_evaluate_fewshot_on_direct_features(
   assert sorted(saved['results']) == ['1', '2']
   for result in saved['results'].values():
     assert len(result['top1_per_seed']) == len(SEEDS)
-    assert len(result['per_l2']) == len(fewshot.DEFAULT_L2_REGS)
+    assert len(result['per_l2']) == len(fewshot_ridge.DEFAULT_L2_REGS)
 
   # The pipeline's features (shuffled file order, padded batches) are the
   # model's pre_logits of every image exactly once ...
@@ -127,13 +127,13 @@ def test_cli_results_equal_evaluate_fewshot_on_direct_features(
     split_features[split] = reference[order], reference_labels[order]
 
   # ... and the results are evaluate_fewshot's on them.
-  expected = fewshot.evaluate_fewshot(
+  expected = fewshot_ridge.evaluate_fewshot(
       *split_features['train'], *split_features['test'], shots=SHOTS,
       seeds=SEEDS, val_per_class=VAL_PER_CLASS)
   _assert_close(saved['results'],
                 json.loads(json.dumps(fewshot_cli.to_json(expected)))[
                     'results'])
-  assert fewshot.format_results(expected) in capsys.readouterr().out
+  assert fewshot_ridge.format_results(expected) in capsys.readouterr().out
 
 
 def test_features_come_without_the_head(setup):

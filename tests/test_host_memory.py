@@ -1,4 +1,4 @@
-"""vit_jax.cli.host_memory: freed blocks are reused, not faulted in again."""
+"""vit_jax.cli._host_memory: freed blocks are reused, not faulted in again."""
 
 import platform
 import subprocess
@@ -11,10 +11,10 @@ import pytest
 # prints the page faults of the second allocation.
 _PROGRAM = """
 import ctypes, resource, sys, threading
-from vit_jax.cli import host_memory
+from vit_jax.cli import _host_memory
 if sys.argv[1] == 'keep':
-  assert host_memory.keep_freed_memory()
-  assert host_memory.keeps_freed_memory()
+  assert _host_memory.keep_freed_memory()
+  assert _host_memory.keeps_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = (ctypes.c_void_p,)

@@ -1,7 +1,7 @@
-"""Tests of vit_jax.input_pipeline and the fashion_mnist_local builder.
+"""Tests of vit_jax.data.pipeline and the fashion_mnist_local builder.
 
 The pipeline is called with explicit arguments; the tests of what a config
-selects (dataset, classes, splits) go through `vit_jax.train`'s adapter.
+selects (dataset, classes, splits) go through `vit_jax.training.loop`'s adapter.
 
 All data is generated here: a tiny TFDS builder whose images carry their own
 example id, Fashion-MNIST idx files with a few dozen examples, and
@@ -17,11 +17,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import common
-from vit_jax import input_pipeline
-from vit_jax import input_sources
+from vit_jax.data import pipeline as input_pipeline
+from vit_jax.data import sources
 from vit_jax.models import family
-from vit_jax import train_data
-from vit_jax.datasets import fashion_mnist_local
+from vit_jax.data import from_config
+from vit_jax.data.datasets import fashion_mnist_local
 
 TINY_SPLITS = {'train': 37, 'test': 23}  # Not multiples of any batch size.
 TINY_SIZE = 6
@@ -81,8 +81,8 @@ def _config(**overrides):
 
 
 def _source(data_dir):
-  return input_sources.make_source('vit_jax_tiny_images', data_dir,
-                                   ('train', 'test'))
+  return sources.make_source('vit_jax_tiny_images', data_dir,
+                             ('train', 'test'))
 
 
 def _train_batches(source, *, batch_size=8, crop='resize', flip=False,
@@ -125,33 +125,33 @@ def _take(iterator, n):
 
 def test_split_sizes_and_classes(tiny_data_dir):
   source = _source(tiny_data_dir)
-  assert train_data.num_classes(_config(), source) == 5
+  assert from_config.num_classes(_config(), source) == 5
   assert (source.num_examples('train'), source.num_examples('test')) == (37,
                                                                          23)
 
 
 def test_unknown_dataset_is_named(tmp_path):
   with pytest.raises(ValueError, match="'no_such_dataset_x'.*not a registered"):
-    train_data.data_source(
+    from_config.data_source(
         _config(dataset='no_such_dataset_x', data_dir=str(tmp_path)))
 
 
 def test_missing_data_dir_is_named(tmp_path):
   missing = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
-    train_data.data_source(_config(data_dir=missing))
+    from_config.data_source(_config(data_dir=missing))
 
 
 def test_unprepared_dataset_says_how_to_build_it(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match='not prepared.*tfds build vit_jax_tiny_images'):
-    train_data.data_source(_config(data_dir=str(tmp_path)))
+    from_config.data_source(_config(data_dir=str(tmp_path)))
 
 
 def test_missing_split_is_named(tiny_data_dir):
   with pytest.raises(ValueError, match="'validation' does not exist"):
-    train_data.data_source(_config(data_dir=tiny_data_dir,
-                                   eval_split='validation'))
+    from_config.data_source(_config(data_dir=tiny_data_dir,
+                                    eval_split='validation'))
 
 
 def test_batch_not_divisible_by_processes(tiny_data_dir):
@@ -162,7 +162,7 @@ def test_batch_not_divisible_by_processes(tiny_data_dir):
 
 def test_num_classes_smaller_than_dataset_rejected(tiny_data_dir):
   with pytest.raises(ValueError, match='has 5 classes'):
-    train_data.num_classes(_config(num_classes=3), _source(tiny_data_dir))
+    from_config.num_classes(_config(num_classes=3), _source(tiny_data_dir))
 
 
 # --- Evaluation ---------------------------------------------------------------
@@ -274,7 +274,7 @@ def test_config_augmentation_keys_reach_the_pipeline(tiny_data_dir):
   config = _config(data_dir=tiny_data_dir, train_augment='pad_crop',
                    random_flip=True, crop_padding=1, randaug_layers=2,
                    randaug_magnitude=15.0, random_erasing=0.5)
-  for a, b in zip(_take(train_data.train_batches(config, source), 2),
+  for a, b in zip(_take(from_config.train_batches(config, source), 2),
                   _take(_strong_batches(source), 2)):
     np.testing.assert_array_equal(a['image'], b['image'])
 
@@ -293,7 +293,7 @@ def test_bad_augmentation_fails_on_construction_naming_the_key(fields, key):
 
 def test_bad_augmentation_config_fails_in_train_batches(tiny_data_dir):
   with pytest.raises(ValueError, match='config.random_erasing'):
-    train_data.train_batches(
+    from_config.train_batches(
         _config(data_dir=tiny_data_dir, random_erasing=-1.0),
         _source(tiny_data_dir))
 
@@ -361,15 +361,15 @@ def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch):
   config = _config(dataset='fashion_mnist_local',
                    data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
                    eval_batch_size=4)
-  source = train_data.data_source(config)
-  assert (train_data.num_classes(config, source), source.num_examples('train'),
+  source = from_config.data_source(config)
+  assert (from_config.num_classes(config, source), source.num_examples('train'),
           source.num_examples('test')) == (10, 40, 15)
   builder = tfds.builder('fashion_mnist_local', data_dir=config.data_dir)
   assert builder.info.features['label'].names[0] == 'T-shirt/top'
   assert builder.info.features['label'].names[9] == 'Ankle boot'
   # Decoded PNGs reproduce the idx pixels exactly, as 3 equal channels.
   images, labels = idx['test']
-  batches = list(train_data.eval_batches(config, source))
+  batches = list(from_config.eval_batches(config, source))
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 15 and len(mask) == 16
   got = np.concatenate([b['image'] for b in batches])[mask == 1]
@@ -388,8 +388,8 @@ def test_fashion_mnist_missing_idx_dir_says_how_to_install(tmp_path,
   monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'no_idx'))
   with pytest.raises(FileNotFoundError,
                      match='apt-get install dataset-fashion-mnist'):
-    train_data.data_source(_config(dataset='fashion_mnist_local',
-                                   data_dir=str(tmp_path / 'tfds')))
+    from_config.data_source(_config(dataset='fashion_mnist_local',
+                                    data_dir=str(tmp_path / 'tfds')))
 
 
 def test_idx_parser_rejects_wrong_magic_and_truncation(tmp_path):
@@ -456,10 +456,10 @@ def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
   _write_image_folder(str(tmp_path))
   config = _config(dataset='imagefolder', data_dir=str(tmp_path),
                    image_size=8, eval_batch_size=4)
-  source = train_data.data_source(config)
-  assert (train_data.num_classes(config, source), source.num_examples('train'),
+  source = from_config.data_source(config)
+  assert (from_config.num_classes(config, source), source.num_examples('train'),
           source.num_examples('test')) == (3, 7, 7)
-  batches = list(train_data.eval_batches(config, source))
+  batches = list(from_config.eval_batches(config, source))
   mask = np.concatenate([b['mask'] for b in batches])
   assert len(mask) == 8 and mask.sum() == 7
   labels = np.concatenate([b['label'] for b in batches])[mask == 1]
@@ -468,17 +468,17 @@ def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
   colour_channel = images.mean(axis=(1, 2)).argmax(axis=-1)
   # Dog (green) -> 0, bird (blue) -> 1, cat (red) -> 2.
   np.testing.assert_array_equal(colour_channel, np.array([1, 2, 0])[labels])
-  batch = next(train_data.train_batches(config, source))
+  batch = next(from_config.train_batches(config, source))
   assert batch['image'].shape == (8, 8, 8, 3)
 
 
 def test_image_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    train_data.data_source(
+    from_config.data_source(
         _config(dataset='imagefolder', data_dir=str(tmp_path / 'absent')))
   _write_image_folder(str(tmp_path))
   with pytest.raises(ValueError, match="'val' does not exist"):
-    train_data.data_source(_config(
+    from_config.data_source(_config(
         dataset='imagefolder', data_dir=str(tmp_path), eval_split='val'))
 
 
@@ -499,7 +499,7 @@ def test_image_folder_undecodable_files_are_named_before_training(tmp_path):
   (test_dir / 'bird' / 'text.png').write_text('not an image')
   (test_dir / 'Dog' / 'empty.jpeg').write_bytes(b'')
   with pytest.raises(ValueError) as error:
-    train_data.data_source(
+    from_config.data_source(
         _config(dataset='imagefolder', data_dir=str(tmp_path)))
   bad = sorted(str(test_dir / name) for name in
                ('cat/cut.jpg', 'bird/text.png', 'Dog/empty.jpeg'))
@@ -515,7 +515,7 @@ def test_image_folder_error_lists_the_first_few_undecodable_files(tmp_path):
   for path in bad:
     path.write_text('not an image')
   with pytest.raises(ValueError, match=r"^7 of 14 files in '.*/train' ") as e:
-    train_data.data_source(
+    from_config.data_source(
         _config(dataset='imagefolder', data_dir=str(tmp_path)))
   message = str(e.value)
   assert [str(path) in message for path in bad] == [True] * 5 + [False] * 2

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import layers
+from vit_jax.models import layers
 from vit_jax.models import vit
 
 

@@ -46,8 +46,8 @@ LIBRARY = sorted(
 
 def test_the_walk_finds_library_and_programs():
   names = [name for name, _ in LIBRARY]
-  assert {'vit_jax.train', 'vit_jax.models', 'vit_jax.models.vit_family',
-          'vit_jax.npz'} <= set(names)
+  assert {'vit_jax.training.loop', 'vit_jax.models', 'vit_jax.models.vit_family',
+          'vit_jax.weights.npz'} <= set(names)
   assert not any(_is_program(name) for name in names)
   assert (PACKAGE / 'cli' / 'predict.py').exists()
 
@@ -62,9 +62,9 @@ def test_library_modules_import_no_program_and_no_config(module, path):
 
 def test_the_rule_catches_a_program_import(tmp_path):
   bad = tmp_path / 'bad.py'
-  bad.write_text('from vit_jax.cli import flags\nimport configs.common\n')
-  assert {'vit_jax.cli.flags', 'configs.common'} <= _imports(bad)
-  assert _is_program('vit_jax.cli.flags') and not _is_program('vit_jax.train')
+  bad.write_text('from vit_jax.cli import _flags\nimport configs.common\n')
+  assert {'vit_jax.cli._flags', 'configs.common'} <= _imports(bad)
+  assert _is_program('vit_jax.cli._flags') and not _is_program('vit_jax.training.loop')
 
 
 def test_programs_live_in_cli_or_main():

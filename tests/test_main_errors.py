@@ -9,7 +9,7 @@ from absl import flags
 import pytest
 
 from vit_jax import main
-from vit_jax.cli import flags as cli_flags
+from vit_jax.cli import _flags as cli_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

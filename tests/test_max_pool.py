@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import max_pool
+from vit_jax.models import max_pool
 
 
 def _tie_heavy(shape, seed):

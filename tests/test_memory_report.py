@@ -1,4 +1,4 @@
-"""vit_jax.cli.memory_report on a tiny ViT over the 8 fake devices of conftest."""
+"""benchmarks.memory_report on a tiny ViT over the 8 fake devices of conftest."""
 
 import json
 import subprocess
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vit_jax.cli import memory_measure
-from vit_jax.cli import memory_report
-from vit_jax import train
+from benchmarks import memory_measure
+from benchmarks import memory_report
+from vit_jax.training import loop
 
 _NUM_DEVICES = 8
 _NUM_CLASSES = 10
@@ -49,16 +49,16 @@ def fsdp_none():
 
 def _state_bytes(fsdp, num_devices=_NUM_DEVICES):
   """memory_measure.state_bytes_per_device, without compiling a step."""
-  setup = train.make_setup(_tiny_config(fsdp=fsdp), _NUM_CLASSES,
-                           devices=jax.devices()[:num_devices])
+  setup = loop.make_setup(_tiny_config(fsdp=fsdp), _NUM_CLASSES,
+                          devices=jax.devices()[:num_devices])
   state = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   return memory_measure.state_bytes_per_device(state, setup.state_shardings)
 
 
 def _param_shapes():
   """Every param shape of the tiny model, from an independent init."""
-  setup = train.make_setup(_tiny_config(), _NUM_CLASSES,
-                           devices=jax.devices()[:1])
+  setup = loop.make_setup(_tiny_config(), _NUM_CLASSES,
+                          devices=jax.devices()[:1])
   state = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   return [x.shape for x in jax.tree_util.tree_leaves(state.params)]
 
@@ -157,7 +157,7 @@ def test_command_line_makes_its_own_device_count():
   # A micro-batch of 64 / 3 rows cannot split over them: the error, raised
   # after the mesh is built and before anything compiles, names the 16.
   result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.cli.memory_report', '--model=Ti/16',
+      [sys.executable, '-m', 'benchmarks.memory_report', '--model=Ti/16',
        '--num_devices=16', '--image_size=32', '--batch_size=64',
        '--grad_accum_steps=3', '--num_classes=10'],
       capture_output=True, text=True, timeout=120, check=False)

@@ -7,7 +7,7 @@ import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator
 import tensorflow as tf
 
-from vit_jax import metrics_log
+from vit_jax.training import metrics_log
 
 
 def _write_lines(path, lines):

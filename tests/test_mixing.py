@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from tests import helpers
-from vit_jax import mixing
-from vit_jax import steps
+from vit_jax.training import mixing
+from vit_jax.training import steps
 
 NUM_CLASSES = 5
 SIZE = 8

@@ -14,10 +14,10 @@ import pytest
 from configs import common
 from tests import data_helpers
 from vit_jax import models
-from vit_jax import npz
-from vit_jax import optim
-from vit_jax import pretrained
-from vit_jax import train
+from vit_jax.weights import npz
+from vit_jax.training import optim
+from vit_jax.weights import pretrained
+from vit_jax.training import loop
 from vit_jax.cli import predict
 from vit_jax.models import family
 
@@ -134,7 +134,7 @@ def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
                                                       image_folder, tmp_path):
   data_dir, written = image_folder
   workdir = tmp_path / 'run'
-  record = train.train_and_evaluate(_config(data_dir), str(workdir))
+  record = loop.train_and_evaluate(_config(data_dir), str(workdir))
   assert record['num_examples'] == NUM_CLASSES * 3
 
   # The export is in the family's released layout, detected from its keys.

@@ -21,7 +21,7 @@ NOTEBOOK = os.path.join(REPO, 'notebooks', 'vit_jax.ipynb')
 sys.path.insert(0, os.path.join(REPO, 'notebooks'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import make_notebook
-from vit_jax.datasets import fashion_mnist_local
+from vit_jax.data.datasets import fashion_mnist_local
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Seconds a cell may run (the fine-tuning cell is the longest).

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.optim: the learning-rate schedule and weight decay."""
+"""Tests of vit_jax.training.optim: the learning-rate schedule and weight decay."""
 
 import math
 
@@ -10,7 +10,7 @@ import pytest
 from configs import common
 from tests import helpers
 from vit_jax import models
-from vit_jax import optim
+from vit_jax.training import optim
 
 
 def _config(**overrides):

@@ -5,7 +5,7 @@ import pytest
 
 from configs import default
 from vit_jax import models
-from vit_jax import precision
+from vit_jax.models import precision
 
 _ZEN4_FLAGS = 'fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni'
 _AVX2_FLAGS = 'fpu sse2 avx2 fma'

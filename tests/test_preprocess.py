@@ -1,4 +1,4 @@
-"""Tests of vit_jax.preprocess: scaling, RGB, crops, flips, RandAugment and
+"""Tests of vit_jax.data.preprocess: scaling, RGB, crops, flips, RandAugment and
 random erasing in the training transform, load_image."""
 
 import numpy as np
@@ -6,8 +6,8 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from vit_jax import preprocess
-from vit_jax import randaugment
+from vit_jax.data import preprocess
+from vit_jax.data import randaugment
 from vit_jax.models import family
 
 

@@ -1,4 +1,4 @@
-"""vit_jax.cli.process: the programs' process set-up, and the programs
+"""vit_jax.cli._process: the programs' process set-up, and the programs
 starting from any directory."""
 
 import importlib.machinery
@@ -11,12 +11,12 @@ import sys
 from absl import flags
 import pytest
 
-from vit_jax.cli import benchmark
-from vit_jax.cli import benchmark_jax
-from vit_jax.cli import benchmark_protocol
-from vit_jax.cli import flags as cli_flags
-from vit_jax.cli import memory_report
-from vit_jax.cli import process
+from benchmarks import benchmark
+from benchmarks import jax_side
+from benchmarks import protocol
+from vit_jax.cli import _flags as cli_flags
+from benchmarks import memory_report
+from vit_jax.cli import _process
 from vit_jax.models import vit
 from vit_jax.models import vit_family
 
@@ -43,18 +43,18 @@ def no_plugins(monkeypatch):
 
 
 def test_without_an_accelerator_plugin_jax_runs_on_the_cpu(no_plugins):
-  assert process.accelerator_plugins() == []
-  assert process.runs_on_cpu()
+  assert _process.accelerator_plugins() == []
+  assert _process.runs_on_cpu()
 
 
 @pytest.mark.parametrize('plugin', ['jax_cuda12_plugin', 'jax_cuda13_plugin',
                                     'libtpu'])
 def test_an_accelerator_plugin_means_not_the_cpu(no_plugins, plugin):
   no_plugins.setattr(importlib.util, 'find_spec', _installed(plugin))
-  assert process.accelerator_plugins() == [plugin]
-  assert not process.runs_on_cpu()
+  assert _process.accelerator_plugins() == [plugin]
+  assert not _process.runs_on_cpu()
   # Nor is the allocator changed (it would be the same process's for good).
-  assert not process.keep_freed_memory_on_cpu()
+  assert not _process.keep_freed_memory_on_cpu()
 
 
 def test_a_jax_plugins_entry_point_means_not_the_cpu(no_plugins):
@@ -62,7 +62,7 @@ def test_a_jax_plugins_entry_point_means_not_the_cpu(no_plugins):
       name='cuda', value='jax_plugins.xla_cuda12', group='jax_plugins')
   no_plugins.setattr(importlib.metadata, 'entry_points',
                      lambda group: [entry] if group == 'jax_plugins' else [])
-  assert not process.runs_on_cpu()
+  assert not _process.runs_on_cpu()
 
 
 @pytest.mark.parametrize('platforms, on_cpu', [
@@ -72,13 +72,13 @@ def test_jax_platforms_decides_before_any_plugin(no_plugins, platforms,
   no_plugins.setattr(importlib.util, 'find_spec',
                      _installed('jax_cuda12_plugin'))
   no_plugins.setenv('JAX_PLATFORMS', platforms)
-  assert process.runs_on_cpu() == on_cpu
+  assert _process.runs_on_cpu() == on_cpu
 
 
 def test_use_cpu_devices_replaces_an_earlier_count_and_platform():
   # A fresh process: this one's backend has started with its 8 devices.
-  code = ('from vit_jax.cli import process; '
-          'process.use_cpu_devices(3, cpu_only=True); import jax; '
+  code = ('from vit_jax.cli import _process; '
+          '_process.use_cpu_devices(3, cpu_only=True); import jax; '
           'print(jax.device_count(), jax.default_backend())')
   env = dict(os.environ, JAX_PLATFORMS='cuda',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
@@ -92,10 +92,10 @@ def test_flags_choose_from_the_lists_the_code_checks():
   flag_values = flags.FlagValues()
   benchmark.define_flags(flag_values)
   enum = lambda name: tuple(flag_values[name].parser.enum_values)
-  assert enum('mode') == benchmark_jax.MODES
-  assert enum('dtype') == benchmark_jax.DTYPES
+  assert enum('mode') == jax_side.MODES
+  assert enum('dtype') == jax_side.DTYPES
   assert enum('attention') == vit.ATTENTION_IMPLEMENTATIONS
-  assert enum('compare') == benchmark_protocol.COMPARISONS
+  assert enum('compare') == protocol.COMPARISONS
   flag_values = flags.FlagValues()
   memory_report.define_flags(flag_values)
   assert set(flag_values['remat_policy'].parser.enum_values) == set(
@@ -109,8 +109,8 @@ def test_flags_choose_from_the_lists_the_code_checks():
 @pytest.mark.parametrize('program, flag', [
     ('vit_jax.main', '--workdir'), ('vit_jax.cli.predict', '--top_k'),
     ('vit_jax.cli.visualize', '--out_dir'),
-    ('vit_jax.cli.benchmark', '--host_devices'),
-    ('vit_jax.cli.memory_report', '--num_devices')])
+    ('benchmarks.benchmark', '--host_devices'),
+    ('benchmarks.memory_report', '--num_devices')])
 def test_programs_start_from_any_directory(tmp_path, program, flag):
   result = subprocess.run([sys.executable, '-m', program, '--helpshort'],
                           cwd=tmp_path, capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.randaugment: every op on known images, seeds, dtypes.
+"""Tests of vit_jax.data.randaugment: every op on known images, seeds, dtypes.
 
 Expected values are worked out by hand from the published argument maps
 (module docstring) on images small enough to check on paper; Equalize and
@@ -14,7 +14,7 @@ from PIL import ImageOps
 import pytest
 import tensorflow as tf
 
-from vit_jax import randaugment
+from vit_jax.data import randaugment
 
 SEED = tf.constant([0, 0])
 

@@ -13,7 +13,7 @@ from configs import augreg
 from configs import deit
 from configs import vit_i1k_plain
 from tests import data_helpers
-from vit_jax import train
+from vit_jax.training import loop
 
 NUM_CLASSES = 3
 IMAGE_SIZE = 16
@@ -37,7 +37,7 @@ def _one_tiny_step(config, data_dir, workdir):
                   eval_batch_size=8,
                   shuffle_buffer=16, total_steps=1, warmup_steps=0,
                   log_every=1, eval_every=1, checkpoint_every=1)
-  return train.train_and_evaluate(config, workdir)
+  return loop.train_and_evaluate(config, workdir)
 
 
 def test_plain_vit_follows_beyer_et_al():

@@ -1,4 +1,4 @@
-"""The sidecar (vit_jax/sidecar.py) and what `pretrained` does with it: what
+"""The sidecar (vit_jax/weights/sidecar.py) and what `pretrained` does with it: what
 an exported .npz cannot say is written beside it, read back, and checked
 against the arrays. Checkpoints are generated here, never stored."""
 
@@ -11,9 +11,9 @@ import pytest
 
 from tests import helpers
 from vit_jax import models
-from vit_jax import npz
-from vit_jax import pretrained
-from vit_jax import sidecar
+from vit_jax.weights import npz
+from vit_jax.weights import pretrained
+from vit_jax.weights import sidecar
 
 SIZE = 16
 NAMES = ('cat', 'dog', 'fox')
@@ -138,9 +138,9 @@ def test_a_sidecar_contradicting_the_arrays_is_refused(exported, edit,
 
 @pytest.mark.parametrize('text, message', [
     ('{not json', 'is not valid JSON'),
-    ('[]', 'is not a vit_jax.sidecar file'),
+    ('[]', 'is not a vit_jax.weights.sidecar file'),
     (json.dumps({'format': 'vit_jax.sidecar', 'version': 2}),
-     'is vit_jax.sidecar version 2; this code reads version 1'),
+     'is vit_jax.weights.sidecar version 2; this code reads version 1'),
     (json.dumps({'format': 'vit_jax.sidecar', 'version': 1, 'family': 'vit'}),
      'lacks model, image_size, preprocessing, class_names'),
 ])

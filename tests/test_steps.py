@@ -1,4 +1,4 @@
-"""Tests of vit_jax.steps: soft-label losses and the mix_batch hook."""
+"""Tests of vit_jax.training.steps: soft-label losses and the mix_batch hook."""
 
 import functools
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from tests import helpers
-from vit_jax import steps
+from vit_jax.training import steps
 
 NUM_CLASSES = 5
 BATCH = 8

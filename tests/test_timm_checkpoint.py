@@ -1,4 +1,4 @@
-"""timm hub checkpoints (`timm_checkpoint.read`, which maps the arrays through
+"""timm hub checkpoints (`timm_hub.read`, which maps the arrays through
 `timm_layout`): every family against the independent NumPy timm forward pass
 (tests/numpy_timm.py), what config.json says, the errors for the timm
 features we lack, and hf-hub: ids through a local hub cache.
@@ -15,8 +15,8 @@ import pytest
 
 from tests import numpy_timm
 from tests import timm_fixtures
-from vit_jax import npz
-from vit_jax import timm_checkpoint
+from vit_jax.weights import npz
+from vit_jax.weights import timm_hub
 from vit_jax.models import vit
 
 FAMILIES = timm_fixtures.FAMILIES
@@ -54,7 +54,7 @@ def test_family_matches_numpy_timm(tmp_path, name):
   arrays = timm_fixtures.state_dict(spec)
   directory = timm_fixtures.write_hub_dir(tmp_path, timm_fixtures.config(spec),
                                           arrays)
-  ckpt = timm_checkpoint.read(directory)
+  ckpt = timm_hub.read(directory)
   pixels = timm_fixtures.random_pixels(spec)
   expected = numpy_timm.forward(arrays, _timm_inputs(spec, pixels),
                                 **spec.reference_options())
@@ -70,7 +70,7 @@ def test_family_matches_numpy_timm(tmp_path, name):
 
 
 def test_model_kwargs_of_dinov2_with_registers(tmp_path):
-  ckpt = timm_checkpoint.read(
+  ckpt = timm_hub.read(
       timm_fixtures.write_family(tmp_path, 'dinov2_reg'))
   assert ckpt.model_kwargs == dict(
       num_classes=None, patch_size=(14, 14), hidden_size=48, num_layers=2,
@@ -80,14 +80,14 @@ def test_model_kwargs_of_dinov2_with_registers(tmp_path):
 
 
 def test_model_kwargs_of_clip_and_gap(tmp_path):
-  clip = timm_checkpoint.read(timm_fixtures.write_family(tmp_path / 'c',
-                                                         'clip'))
+  clip = timm_hub.read(timm_fixtures.write_family(tmp_path / 'c',
+                                                  'clip'))
   assert clip.model_kwargs == dict(
       num_classes=12, patch_size=(16, 16), hidden_size=48, num_layers=2,
       num_heads=4, mlp_dim=96, classifier='token', activation='gelu_erf',
       layer_norm_epsilon=1e-5, pre_norm=True)
-  gap = timm_checkpoint.read(timm_fixtures.write_family(tmp_path / 'g',
-                                                        'gap_medium'))
+  gap = timm_hub.read(timm_fixtures.write_family(tmp_path / 'g',
+                                                 'gap_medium'))
   assert gap.model_kwargs == dict(
       num_classes=5, patch_size=(16, 16), hidden_size=48, num_layers=2,
       num_heads=8, mlp_dim=96, classifier='gap', activation='gelu_erf',
@@ -95,13 +95,13 @@ def test_model_kwargs_of_clip_and_gap(tmp_path):
 
 
 def test_preprocessing_image_size_and_class_names(tmp_path):
-  ckpt = timm_checkpoint.read(timm_fixtures.write_family(tmp_path, 'augreg'))
+  ckpt = timm_hub.read(timm_fixtures.write_family(tmp_path, 'augreg'))
   assert ckpt.preprocessing.mean == (127.5, 127.5, 127.5)
   assert ckpt.preprocessing.std == (127.5, 127.5, 127.5)
   assert ckpt.image_size == (32, 32)
   assert ckpt.class_names == ('cat', 'dog', 'eel', 'fox', 'gnu')
-  deit = timm_checkpoint.read(timm_fixtures.write_family(tmp_path / 'd',
-                                                         'deit'))
+  deit = timm_hub.read(timm_fixtures.write_family(tmp_path / 'd',
+                                                  'deit'))
   np.testing.assert_allclose(deit.preprocessing.mean,
                              (123.675, 116.28, 103.53), rtol=1e-12)
   np.testing.assert_allclose(deit.preprocessing.std,
@@ -115,12 +115,12 @@ def test_class_names_as_an_index_dict(tmp_path):
   config['label_names'] = {'0': 'a', '1': 'b', '3': 'd', '4': 'e'}
   directory = timm_fixtures.write_hub_dir(tmp_path, config,
                                           timm_fixtures.state_dict(spec))
-  assert timm_checkpoint.read(directory).class_names == ('a', 'b', '2', 'd',
-                                                         'e')
+  assert timm_hub.read(directory).class_names == ('a', 'b', '2', 'd',
+                                                  'e')
 
 
 def test_params_are_float32_numpy(tmp_path):
-  ckpt = timm_checkpoint.read(timm_fixtures.write_family(tmp_path, 'deit3'))
+  ckpt = timm_hub.read(timm_fixtures.write_family(tmp_path, 'deit3'))
   leaves = [ckpt.params['embedding']['kernel'],
             ckpt.params['Transformer']['encoderblock_1']['LayerScale_1']
             ['scale']]
@@ -133,7 +133,7 @@ def test_half_precision_files_read_as_float32(tmp_path):
   spec = FAMILIES['deit']
   arrays = timm_fixtures.state_dict(spec)
   half = {key: value.astype(np.float16) for key, value in arrays.items()}
-  ckpt = timm_checkpoint.read(timm_fixtures.write_hub_dir(
+  ckpt = timm_hub.read(timm_fixtures.write_hub_dir(
       tmp_path, timm_fixtures.config(spec), half))
   kernel = ckpt.params['head']['kernel']
   assert kernel.dtype == np.float32
@@ -204,7 +204,7 @@ def test_unsupported_feature_is_a_clear_error(tmp_path, case):
   changes, message = UNSUPPORTED[case]
   directory = _write_modified(tmp_path, 'deit', **changes)
   with pytest.raises(npz.CheckpointMismatchError) as error:
-    timm_checkpoint.read(directory)
+    timm_hub.read(directory)
   assert message in str(error.value)
 
 
@@ -215,7 +215,7 @@ def test_unsupported_feature_is_a_clear_error(tmp_path, case):
 def test_unsupported_attention_pooling(tmp_path, spec_changes, message):
   directory = _write_modified(tmp_path, 'siglip', spec_changes=spec_changes)
   with pytest.raises(npz.CheckpointMismatchError, match=message):
-    timm_checkpoint.read(directory)
+    timm_hub.read(directory)
 
 
 def test_average_pooling_over_registers_is_an_error(tmp_path):
@@ -223,27 +223,27 @@ def test_average_pooling_over_registers_is_an_error(tmp_path):
                               model_args={'pool_include_prefix': True})
   with pytest.raises(npz.CheckpointMismatchError,
                      match='average pooling that includes the register'):
-    timm_checkpoint.read(directory)
+    timm_hub.read(directory)
 
 
 def test_several_latent_queries_are_an_error(tmp_path):
   directory = _write_modified(
       tmp_path, 'siglip', add={'attn_pool.latent': np.ones((1, 2, 48))})
   with pytest.raises(npz.CheckpointMismatchError, match='2 latent queries'):
-    timm_checkpoint.read(directory)
+    timm_hub.read(directory)
 
 
 def test_unknown_heads_ask_for_model_args(tmp_path):
   directory = _write_modified(
       tmp_path, 'deit', config_changes={'architecture': 'vit_mystery_224'})
   with pytest.raises(ValueError, match='"model_args": {"num_heads": ...}'):
-    timm_checkpoint.read(directory)
+    timm_hub.read(directory)
 
 
 def test_model_args_override_the_name_table(tmp_path):
   # deit_small says 6 heads; the file's model_args say 4 (48 / 4 = 12).
   directory = _write_modified(tmp_path, 'deit', model_args={'num_heads': 4})
-  assert timm_checkpoint.read(directory).model_kwargs['num_heads'] == 4
+  assert timm_hub.read(directory).model_kwargs['num_heads'] == 4
 
 
 def test_pickle_only_directory_is_refused(tmp_path):
@@ -252,41 +252,41 @@ def test_pickle_only_directory_is_refused(tmp_path):
   (tmp_path / 'pytorch_model.bin').write_bytes(b'not unpickled')
   with pytest.raises(FileNotFoundError,
                      match='has only pytorch_model.bin: vit_jax never'):
-    timm_checkpoint.read(tmp_path)
+    timm_hub.read(tmp_path)
 
 
 def test_missing_files(tmp_path):
   with pytest.raises(FileNotFoundError, match='not a directory'):
-    timm_checkpoint.read(tmp_path / 'absent')
+    timm_hub.read(tmp_path / 'absent')
   with pytest.raises(FileNotFoundError, match='no config.json'):
-    timm_checkpoint.read(tmp_path)
+    timm_hub.read(tmp_path)
   (tmp_path / 'config.json').write_text('{"architecture": "x"}')
   with pytest.raises(FileNotFoundError, match='no model.safetensors'):
-    timm_checkpoint.read(tmp_path)
+    timm_hub.read(tmp_path)
 
 
 def test_corrupt_weights(tmp_path):
   directory = _write_modified(tmp_path, 'deit')
   (directory / 'model.safetensors').write_bytes(b'\x08\x00\x00\x00')
   with pytest.raises(ValueError, match='not a readable safetensors file'):
-    timm_checkpoint.read(directory)
+    timm_hub.read(directory)
 
 
 def test_malformed_config(tmp_path):
   directory = _write_modified(tmp_path, 'deit')
   (directory / 'config.json').write_text('{"architecture": "deit_x"}')
   with pytest.raises(ValueError, match='not a timm config.json'):
-    timm_checkpoint.read(directory)
+    timm_hub.read(directory)
 
 
 def test_is_timm_source(tmp_path):
-  assert timm_checkpoint.is_timm_source('hf-hub:timm/vit_base_patch16_224')
-  assert not timm_checkpoint.is_timm_source(tmp_path)
-  assert not timm_checkpoint.is_timm_source(tmp_path / 'ViT-B_16.npz')
-  assert not timm_checkpoint.is_timm_source(None)
+  assert timm_hub.is_timm_source('hf-hub:timm/vit_base_patch16_224')
+  assert not timm_hub.is_timm_source(tmp_path)
+  assert not timm_hub.is_timm_source(tmp_path / 'ViT-B_16.npz')
+  assert not timm_hub.is_timm_source(None)
   (tmp_path / 'config.json').write_text('{}')
-  assert timm_checkpoint.is_timm_source(tmp_path)
-  assert timm_checkpoint.is_timm_source(str(tmp_path))
+  assert timm_hub.is_timm_source(tmp_path)
+  assert timm_hub.is_timm_source(str(tmp_path))
 
 
 # ----------------------------------------------------------------- hf-hub --
@@ -311,9 +311,9 @@ def test_hf_hub_id_reads_the_local_cache(tmp_path, offline_cache):
   # huggingface_hub itself recognises the layout.
   repos = huggingface_hub.scan_cache_dir(offline_cache).repos
   assert [repo.repo_id for repo in repos] == ['org/tiny-siglip']
-  expected = timm_checkpoint.read(directory)
+  expected = timm_hub.read(directory)
   for source in ('hf-hub:org/tiny-siglip', f'hf-hub:org/tiny-siglip@{commit}'):
-    ckpt = timm_checkpoint.read(source)
+    ckpt = timm_hub.read(source)
     assert ckpt.model_kwargs == expected.model_kwargs
     pixels = timm_fixtures.random_pixels(FAMILIES['siglip'])
     np.testing.assert_array_equal(_our_outputs(ckpt, pixels),
@@ -322,7 +322,7 @@ def test_hf_hub_id_reads_the_local_cache(tmp_path, offline_cache):
 
 def test_hf_hub_offline_miss_says_what_to_do(offline_cache):
   with pytest.raises(FileNotFoundError) as error:
-    timm_checkpoint.read('hf-hub:org/not-cached')
+    timm_hub.read('hf-hub:org/not-cached')
   message = str(error.value)
   for part in ('config.json is not in the Hugging Face cache',
                str(offline_cache), 'hf download org/not-cached',
@@ -336,12 +336,12 @@ def test_hf_hub_cache_without_weights(tmp_path, offline_cache):
   timm_fixtures.write_hub_cache(offline_cache, 'org/partial', directory)
   with pytest.raises(FileNotFoundError,
                      match='model.safetensors is not in the Hugging Face'):
-    timm_checkpoint.read('hf-hub:org/partial')
+    timm_hub.read('hf-hub:org/partial')
 
 
 def test_bad_hub_id():
   with pytest.raises(ValueError, match='is not an "hf-hub:ORG/NAME" id'):
-    timm_checkpoint.read('hf-hub:no-org')
+    timm_hub.read('hf-hub:no-org')
 
 
 # ------------------------------------------------------------ timm itself --
@@ -379,7 +379,7 @@ class TestAgainstTimm:
       for param in model.parameters():  # Moves small inits (LayerScale).
         param.add_(0.2 * self.torch.randn(param.shape, generator=generator))
     self.timm.models.save_for_hf(model, tmp_path, safe_serialization=True)
-    return model, timm_checkpoint.read(tmp_path)
+    return model, timm_hub.read(tmp_path)
 
   @pytest.mark.parametrize('name', sorted(TIMM_OVERRIDES))
   def test_family_matches_timm(self, tmp_path, name):

@@ -7,8 +7,8 @@ import pytest
 
 from tests import timm_fixtures
 from vit_jax import models
-from vit_jax import pretrained
-from vit_jax import timm_checkpoint
+from vit_jax.weights import pretrained
+from vit_jax.weights import timm_hub
 
 # The families whose options the released .npz layout cannot show by itself
 # (activation, LayerNorm epsilon, a position embedding over the patches only)
@@ -87,13 +87,13 @@ def test_fine_tuning_from_a_hub_directory_keeps_all_but_the_head(tmp_path):
 
 def test_preprocessing_comes_from_the_config_alone(tmp_path, monkeypatch):
   directory = str(timm_fixtures.write_family(tmp_path, 'clip'))
-  expected = timm_checkpoint.read(directory).preprocessing
+  expected = timm_hub.read(directory).preprocessing
 
   def no_weights(path):
     raise AssertionError(f'read the weights {path}')
 
-  monkeypatch.setattr(timm_checkpoint, '_read_safetensors', no_weights)
-  assert timm_checkpoint.read_preprocessing(directory) == expected
+  monkeypatch.setattr(timm_hub, '_read_safetensors', no_weights)
+  assert timm_hub.read_preprocessing(directory) == expected
   model = models.create_model('ViT-Ti_16', 3)
   assert pretrained.load_preprocessing(directory, model) == expected
   assert expected != models.family_of(model).preprocessing  # CLIP's own.

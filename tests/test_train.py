@@ -17,15 +17,15 @@ import pytest
 from configs import common
 from tests import helpers
 from vit_jax import models
-from vit_jax import npz
-from vit_jax import optim
-from vit_jax import preemption
-from vit_jax import pretrained
+from vit_jax.weights import npz
+from vit_jax.training import optim
+from vit_jax.training import preemption
+from vit_jax.weights import pretrained
 from vit_jax import sharding
-from vit_jax import steps
-from vit_jax import train
-from vit_jax import train_data
-from vit_jax import train_checkpoints
+from vit_jax.training import steps
+from vit_jax.training import loop
+from vit_jax.data import from_config
+from vit_jax.training import checkpoints as train_checkpoints
 
 IMAGE_SIZE = 16
 CLASSES = ('ankle', 'bag', 'coat')
@@ -81,7 +81,7 @@ def _train_losses(workdir):
 def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
                                                              tmp_path):
   workdir = str(tmp_path / 'run')
-  record = train.train_and_evaluate(_config(image_folder), workdir)
+  record = loop.train_and_evaluate(_config(image_folder), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   records = _records(workdir)
@@ -119,7 +119,7 @@ def test_run_evaluators_runs_the_due_ones_on_their_params_by_record():
   evals = [_ConstantEvaluator('a', 2),
            _ConstantEvaluator('b', 2, params_field='ema_params'),
            _ConstantEvaluator('c', 3, record='other')]
-  run = lambda step: train.run_evaluators(evals, state, step, total_steps=10)
+  run = lambda step: loop.run_evaluators(evals, state, step, total_steps=10)
   assert run(2) == {'eval': {'a': 1.0, 'b': 2.0}}
   assert run(3) == {'other': {'c': 1.0}}
   assert run(5) == {}
@@ -130,16 +130,16 @@ def test_run_evaluators_runs_the_due_ones_on_their_params_by_record():
 def test_a_finished_run_started_again_reports_without_logging_twice(
     image_folder, tmp_path):
   workdir = str(tmp_path / 'run')
-  first = train.train_and_evaluate(_config(image_folder), workdir)
+  first = loop.train_and_evaluate(_config(image_folder), workdir)
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read()
-  again = train.train_and_evaluate(_config(image_folder), workdir)
+  again = loop.train_and_evaluate(_config(image_folder), workdir)
   assert again == first
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == lines
 
 
 def test_relative_workdir_checkpoints(image_folder, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  train.train_and_evaluate(_config(image_folder), 'runs/relative')
+  loop.train_and_evaluate(_config(image_folder), 'runs/relative')
   assert sorted(os.listdir(tmp_path / 'runs/relative/checkpoints')) == [
       '2', '4']
 
@@ -147,13 +147,13 @@ def test_relative_workdir_checkpoints(image_folder, tmp_path, monkeypatch):
 def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
                                                                tmp_path):
   workdir = str(tmp_path / 'run')
-  record = train.train_and_evaluate(_config(image_folder), workdir)
+  record = loop.train_and_evaluate(_config(image_folder), workdir)
   loaded = pretrained.load(os.path.join(workdir, 'model.npz'), 'Ti/16',
                            **helpers.TINY_VIT)
   model, params = loaded.model, loaded.params
   config = _config(image_folder)
   images, labels = [], []
-  for batch in train_data.eval_batches(config, train_data.data_source(config)):
+  for batch in from_config.eval_batches(config, from_config.data_source(config)):
     keep = batch['mask'] > 0
     images.append(batch['image'][keep])
     labels.append(batch['label'][keep])
@@ -187,17 +187,17 @@ def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path,
   config = _config(image_folder, total_steps=6, checkpoint_every=3,
                    eval_every=0, **{'model.dropout_rate': 0.1})
   straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(config, straight)
+  loop.train_and_evaluate(config, straight)
 
   interrupted = str(tmp_path / 'interrupted')
-  train.train_and_evaluate(config, interrupted)
+  loop.train_and_evaluate(config, interrupted)
   step_6 = os.path.join(interrupted, 'checkpoints', '6')
   if last_checkpoint == 'never written':
     # A kill after the step-3 checkpoint: the step-6 one never happened.
     shutil.rmtree(step_6)
   else:
     _flip_a_byte_of_the_largest_file(step_6)
-  train.train_and_evaluate(config, interrupted)
+  loop.train_and_evaluate(config, interrupted)
   if last_checkpoint == 'damaged':
     assert re.search(r'checkpoint step 6 \(.*\) is damaged: changed bytes in '
                      r'.*; resuming from step 3', caplog.text)
@@ -211,7 +211,7 @@ def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path,
 
 
 def _one_step(config, devices, batch):
-  setup = train.make_setup(config, len(CLASSES), devices=devices)
+  setup = loop.make_setup(config, len(CLASSES), devices=devices)
   state = setup.init_state(jax.random.PRNGKey(0))
   state, metrics = setup.train_step(
       state, sharding.global_batch(batch, setup.mesh))
@@ -250,7 +250,7 @@ def test_fsdp_step_equals_replicated_step(image_folder):
 
 def test_fsdp_shards_parameters_over_the_data_axis(image_folder):
   config = _config(image_folder, fsdp=True)
-  setup = train.make_setup(config, len(CLASSES))
+  setup = loop.make_setup(config, len(CLASSES))
   state = setup.init_state(jax.random.PRNGKey(0))
   kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0'][
       'Dense_0']['kernel']  # (32, 64): 64 splits over 8 devices.
@@ -274,7 +274,7 @@ def test_gradient_accumulation_equals_one_big_batch(image_folder):
 
 def test_ema_params_are_evaluated_and_exported(image_folder, tmp_path):
   workdir = str(tmp_path / 'run')
-  record = train.train_and_evaluate(
+  record = loop.train_and_evaluate(
       _config(image_folder, ema_decay=0.5), workdir)
   assert 'ema_top1_accuracy' in record
   ema = pretrained.load_params(os.path.join(workdir, 'model_ema.npz'))
@@ -289,7 +289,7 @@ def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
   path = str(tmp_path / 'pretrained.npz')
   pretrained.save_npz(helpers.random_params(source, 8), path)  # 8 px, 2x2.
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(
+  loop.train_and_evaluate(
       _config(image_folder, pretrained_path=path, optimizer='sgd', lr=0.01,
               total_steps=2), workdir)
   tuned = pretrained.load_params(os.path.join(workdir, 'model.npz'))
@@ -308,17 +308,17 @@ def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
   pretrained.save_npz(helpers.random_params(source, IMAGE_SIZE), path,
                       model=source, preprocessing=imagenet)
   config = _config(image_folder, pretrained_path=path, total_steps=2)
-  assert train.preprocessing(config, source) == imagenet
+  assert loop.preprocessing(config, source) == imagenet
   workdir = str(tmp_path / 'run')
-  record = train.train_and_evaluate(config, workdir)
+  record = loop.train_and_evaluate(config, workdir)
   tuned = pretrained.load(os.path.join(workdir, 'model.npz'))
   assert (tuned.preprocessing, tuned.class_names) == (imagenet, CLASSES)
 
   def eval_loss(normalization):
     """The export's loss on the test split normalised so."""
     losses = []
-    for batch in train_data.eval_batches(
-        config, train_data.data_source(config), normalization=normalization):
+    for batch in from_config.eval_batches(
+        config, from_config.data_source(config), normalization=normalization):
       keep = batch['mask'] > 0
       logits = pretrained.predict_logits(tuned.model, tuned.params,
                                          batch['image'][keep])
@@ -337,27 +337,27 @@ def test_fine_tune_from_another_model_fails_clearly(image_folder, tmp_path):
       helpers.tiny_model(hidden_size=16), 16), path)
   with pytest.raises(npz.CheckpointMismatchError,
                      match='shape mismatch'):
-    train.train_and_evaluate(_config(image_folder, pretrained_path=path),
-                             str(tmp_path / 'run'))
+    loop.train_and_evaluate(_config(image_folder, pretrained_path=path),
+                            str(tmp_path / 'run'))
 
 
 def test_unknown_dataset_fails_clearly(tmp_path):
   config = _config(None, dataset='no_such_dataset_xyz')
   with pytest.raises(ValueError, match='no_such_dataset_xyz'):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_missing_data_dir_fails_clearly(tmp_path):
   missing = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='missing'):
-    train.train_and_evaluate(_config(missing), str(tmp_path / 'run'))
+    loop.train_and_evaluate(_config(missing), str(tmp_path / 'run'))
 
 
 def test_batch_not_splitting_over_devices_fails_clearly(image_folder,
                                                         tmp_path):
   with pytest.raises(ValueError, match='does not split over 8'):
-    train.train_and_evaluate(_config(image_folder, batch_size=12),
-                             str(tmp_path / 'run'))
+    loop.train_and_evaluate(_config(image_folder, batch_size=12),
+                            str(tmp_path / 'run'))
 
 
 def test_a_disk_without_room_for_a_checkpoint_stops_before_training(
@@ -366,13 +366,13 @@ def test_a_disk_without_room_for_a_checkpoint_stops_before_training(
   workdir = tmp_path / 'run'
   with pytest.raises(train_checkpoints.CheckpointSaveError,
                      match='has 0 MiB free, a checkpoint needs'):
-    train.train_and_evaluate(_config(image_folder), str(workdir))
+    loop.train_and_evaluate(_config(image_folder), str(workdir))
   assert not (workdir / 'metrics.jsonl').exists()
 
 
 def test_non_finite_loss_stops_the_run(image_folder, tmp_path):
   with pytest.raises(FloatingPointError, match='training loss is nan'):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
         _config(image_folder, lr=float('nan'), grad_clip_norm=0.0),
         str(tmp_path / 'run'))
 
@@ -403,7 +403,7 @@ def test_scanned_rematerialised_run_fine_tunes_and_exports_per_block(
   path = str(tmp_path / 'pretrained.npz')
   pretrained.save_npz(helpers.random_params(source, 16), path)
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(
+  loop.train_and_evaluate(
       _config(image_folder, pretrained_path=path, total_steps=2,
               **{'model.scan_layers': True, 'model.remat_policy': 'full'}),
       workdir)
@@ -428,7 +428,7 @@ def test_bad_configs_fail_before_anything_is_written(image_folder, tmp_path,
                                                     overrides, message):
   workdir = tmp_path / 'run'
   with pytest.raises(ValueError, match=re.escape(message)):
-    train.train_and_evaluate(_config(image_folder, **overrides), str(workdir))
+    loop.train_and_evaluate(_config(image_folder, **overrides), str(workdir))
   assert not workdir.exists()
 
 
@@ -440,10 +440,10 @@ def test_a_failing_evaluation_loses_no_training(image_folder, tmp_path,
       raise OSError('corrupt image in the eval split')
     return {}
 
-  monkeypatch.setattr(train, 'run_evaluators', failing_evaluators)
+  monkeypatch.setattr(loop, 'run_evaluators', failing_evaluators)
   workdir = str(tmp_path / 'run')
   with pytest.raises(OSError, match='corrupt image'):
-    train.train_and_evaluate(_config(image_folder), workdir)
+    loop.train_and_evaluate(_config(image_folder), workdir)
   # The step-2 checkpoint was written before its evaluation ran.
   assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))
 
@@ -454,26 +454,26 @@ def test_a_signal_saves_its_step_and_resuming_repeats_the_run(
   config = _config(image_folder, total_steps=6, checkpoint_every=0,
                    eval_every=0)
   straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(config, straight)
+  loop.train_and_evaluate(config, straight)
 
-  real_evaluators = train.run_evaluators
+  real_evaluators = loop.run_evaluators
 
   def evaluators_then_signal(evals, state, step, total_steps):
     if step == 3:
       os.kill(os.getpid(), signum)  # Arrives in the middle of step 3.
     return real_evaluators(evals, state, step, total_steps)
 
-  monkeypatch.setattr(train, 'run_evaluators', evaluators_then_signal)
+  monkeypatch.setattr(loop, 'run_evaluators', evaluators_then_signal)
   handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
   stopped = str(tmp_path / 'stopped')
   with pytest.raises(preemption.Preempted,
                      match=f'stopped by {signum.name} after step 3'):
-    train.train_and_evaluate(config, stopped)
+    loop.train_and_evaluate(config, stopped)
   assert os.listdir(os.path.join(stopped, 'checkpoints')) == ['3']
   # The handlers are the caller's again.
   assert (signal.getsignal(signal.SIGTERM),
           signal.getsignal(signal.SIGINT)) == handlers
 
-  monkeypatch.setattr(train, 'run_evaluators', real_evaluators)
-  train.train_and_evaluate(config, stopped)
+  monkeypatch.setattr(loop, 'run_evaluators', real_evaluators)
+  loop.train_and_evaluate(config, stopped)
   assert _train_losses(stopped) == _train_losses(straight)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vit_jax import sharding
-from vit_jax import train_checkpoints
+from vit_jax.training import checkpoints as train_checkpoints
 
 MANIFEST = train_checkpoints.MANIFEST_NAME
 

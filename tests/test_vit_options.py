@@ -12,8 +12,8 @@ import pytest
 from tests import helpers
 from tests import numpy_vit
 from vit_jax import models
-from vit_jax import posemb
-from vit_jax import pretrained
+from vit_jax.models import posemb
+from vit_jax.weights import pretrained
 from vit_jax.models import vit
 from vit_jax.models import vit_family
 

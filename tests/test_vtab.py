@@ -15,14 +15,14 @@ import tensorflow_datasets as tfds
 
 from configs import common
 from configs import vtab as vtab_configs
-from vit_jax import input_sources
-from vit_jax import train_data
-from vit_jax import vtab
+from vit_jax.data import sources
+from vit_jax.data import from_config
+from vit_jax.data import label_maps
 
 
 def _labels(name, examples):
   """Runs LABEL_MAPS[name] in a tf.data graph over `examples`: labels."""
-  fn = vtab.get_label_map(name).fn
+  fn = label_maps.get_label_map(name).fn
   labels = []
   for example in examples:
     ds = tf.data.Dataset.from_tensors(example).map(fn)
@@ -99,7 +99,7 @@ def test_dsprites_location_and_orientation_group_into_16_classes():
 
 
 def test_dsprites_pixels_are_scaled_to_255():
-  mapped = vtab.dsprites_location(_dsprites())
+  mapped = label_maps.dsprites_location(_dsprites())
   assert mapped['image'].dtype == tf.uint8
   assert set(np.unique(mapped['image'].numpy())) == {255}
 
@@ -115,7 +115,7 @@ def test_smallnorb_reads_azimuth_and_elevation():
 
 def test_unknown_label_map_is_named():
   with pytest.raises(ValueError, match="'clevr_colour' is unknown"):
-    vtab.get_label_map('clevr_colour')
+    label_maps.get_label_map('clevr_colour')
 
 
 # --- Through the input pipeline -----------------------------------------------
@@ -188,11 +188,11 @@ def _dsprites_config(data_dir, task='dsprites_location'):
 
 def test_label_map_applies_in_training_and_evaluation(dsprites_dir):
   config = _dsprites_config(dsprites_dir)
-  source = train_data.data_source(config)
-  assert (train_data.num_classes(config, source),
+  source = from_config.data_source(config)
+  assert (from_config.num_classes(config, source),
           source.num_examples(config.train_split),
           source.num_examples(config.eval_split)) == (16, 12, 8)
-  batches = list(train_data.eval_batches(config, source))
+  batches = list(from_config.eval_batches(config, source))
   labels = np.concatenate([b['label'] for b in batches])
   images = np.concatenate([b['image'] for b in batches])
   ids = _example_ids(images)
@@ -201,7 +201,7 @@ def test_label_map_applies_in_training_and_evaluation(dsprites_dir):
   # 0/1 pixels became 0/255, then [-1, 1]; one channel became three.
   assert set(np.unique(images)) == {-1.0, 1.0}
   np.testing.assert_array_equal(images[..., 0], images[..., 2])
-  train_batch = next(train_data.train_batches(config, source))
+  train_batch = next(from_config.train_batches(config, source))
   np.testing.assert_array_equal(
       train_batch['label'],
       [_x_position(i) // 2 for i in _example_ids(train_batch['image'])])
@@ -211,16 +211,16 @@ def test_label_map_class_count_stands_when_the_config_gives_none(
     dsprites_dir):
   config = _dsprites_config(dsprites_dir, 'dsprites_orientation')
   config.num_classes = None
-  assert train_data.num_classes(config, train_data.data_source(config)) == 16
+  assert from_config.num_classes(config, from_config.data_source(config)) == 16
 
 
 def test_label_map_reading_absent_features_fails_clearly(dsprites_dir):
   with pytest.raises(ValueError, match=r"not \['objects'\].*label_map"):
-    input_sources.make_source('dsprites', dsprites_dir, ('train',),
-                              'clevr_count')
+    sources.make_source('dsprites', dsprites_dir, ('train',),
+                        'clevr_count')
   with pytest.raises(ValueError, match='image folder'):
-    input_sources.make_source('imagefolder', dsprites_dir, ('train',),
-                              'clevr_count')
+    sources.make_source('imagefolder', dsprites_dir, ('train',),
+                        'clevr_count')
 
 
 # --- The 19 task configs ------------------------------------------------------
@@ -252,7 +252,7 @@ def test_every_task_config_follows_the_paper(name):
   assert config.num_classes == task.num_classes
   assert config.dataset == task.dataset and config.label_map == task.label_map
   if task.label_map:
-    assert vtab.get_label_map(task.label_map).num_classes == task.num_classes
+    assert label_maps.get_label_map(task.label_map).num_classes == task.num_classes
   # 800 + 200 training examples, evaluated on the test split.
   assert config.train_split == f'{task.train800}+{task.val200}'
   assert config.eval_split == task.test

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import common
-from vit_jax import workdir
+from vit_jax.training import workdir
 
 
 def test_a_claimed_workdir_is_refused_to_a_second_run(tmp_path):
@@ -28,7 +28,7 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, '-c', textwrap.dedent(f"""
           import sys, time
-          from vit_jax import workdir
+          from vit_jax.training import workdir
           claim = workdir.claim({str(tmp_path)!r})
           print('claimed', flush=True)
           time.sleep(600)

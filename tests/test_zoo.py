@@ -1,4 +1,4 @@
-"""Released checkpoints by name (vit_jax/zoo.py, vit_jax/cli/checkpoints.py):
+"""Released checkpoints by name (vit_jax/weights/zoo.py, vit_jax/cli/weights.py):
 the list, name resolution, and fetching from a local directory laid out like
 the public buckets (they are unreachable here): once, atomically, verified
 and resumably."""
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from vit_jax import models
-from vit_jax import pretrained
-from vit_jax import zoo
-from vit_jax.cli import checkpoints
+from vit_jax.weights import pretrained
+from vit_jax.weights import zoo
+from vit_jax.cli import weights
 
 README = pathlib.Path(__file__).resolve().parent.parent / 'checkpoints' / (
     'README.md')
@@ -426,14 +426,14 @@ def test_default_locations(monkeypatch):
 # ------------------------------------------------------------ program --
 
 def test_the_readme_table_is_the_generated_one():
-  assert checkpoints.table_in(README.read_text()) == (
-      checkpoints.markdown_table()), (
-          'regenerate: python -m vit_jax.cli.checkpoints '
+  assert weights.table_in(README.read_text()) == (
+      weights.markdown_table()), (
+          'regenerate: python -m vit_jax.cli.weights '
           '--update_readme=checkpoints/README.md')
 
 
 def test_markdown_table_rows():
-  lines = checkpoints.markdown_table().splitlines()
+  lines = weights.markdown_table().splitlines()
   assert len(lines) == 2 + len(zoo.released())
   assert lines[2] == ('| `imagenet21k/ViT-B_16` | ViT-B_16 | imagenet21k | '
                       '224 | `gs://vit_models/imagenet21k/ViT-B_16.npz` |')
@@ -445,31 +445,31 @@ def test_markdown_table_rows():
 
 def test_update_readme_rewrites_only_the_table(tmp_path):
   readme = tmp_path / 'README.md'
-  readme.write_text(f'intro\n{checkpoints.BEGIN_MARKER}\nold\n'
-                    f'{checkpoints.END_MARKER}\nend\n')
-  checkpoints.update_readme(readme)
+  readme.write_text(f'intro\n{weights.BEGIN_MARKER}\nold\n'
+                    f'{weights.END_MARKER}\nend\n')
+  weights.update_readme(readme)
   assert readme.read_text() == (
-      f'intro\n{checkpoints.BEGIN_MARKER}\n{checkpoints.markdown_table()}\n'
-      f'{checkpoints.END_MARKER}\nend\n')
+      f'intro\n{weights.BEGIN_MARKER}\n{weights.markdown_table()}\n'
+      f'{weights.END_MARKER}\nend\n')
   with pytest.raises(ValueError, match='no .* pair'):
-    checkpoints.with_table('no markers', 'table')
+    weights.with_table('no markers', 'table')
 
 
 def test_the_program_lists_and_fetches(bucket, capsys):
   _, cache = bucket
-  listed = checkpoints.run()
+  listed = weights.run()
   assert listed.splitlines() == [e.name for e in zoo.released()]
-  fetched = checkpoints.run(fetch=VIT)
+  fetched = weights.run(fetch=VIT)
   assert fetched == f'{cache}/vit_models/{VIT}.npz'
   assert capsys.readouterr().out == f'{listed}\n{fetched}\n'
 
 
 def test_the_program_reports_an_unknown_name_in_one_line(capsys):
   flag_values = flags.FlagValues()
-  checkpoints.define_flags(flag_values)
+  weights.define_flags(flag_values)
   flag_values(['checkpoints', '--fetch=imagenet21k/ViT-B16'])
   with pytest.raises(SystemExit) as exit_info:
-    checkpoints.main(['checkpoints'], flag_values)
+    weights.main(['checkpoints'], flag_values)
   assert exit_info.value.code == 1
   error = capsys.readouterr().err
   assert error.startswith("error: 'imagenet21k/ViT-B16' is not a released")

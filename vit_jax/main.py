@@ -1,4 +1,4 @@
-r"""Trains and evaluates a ViT: flags in, `vit_jax.train` does the rest.
+r"""Trains and evaluates a ViT: flags in, `vit_jax.training.loop` does the rest.
 
   python -m vit_jax.main --config=configs/vit.py:ViT-B_16,cifar10 \
       --workdir=/tmp/vit_cifar10 [--config.lr=0.01 ...]
@@ -11,14 +11,14 @@ Cloud TPU or SLURM with --distributed).
 import sys
 import time
 
-from vit_jax.cli import process
+from vit_jax.cli import _process
 
 if __name__ == '__main__':
   # Before TensorFlow is imported: keep its banner out of the logs.
-  process.quiet_tensorflow()
+  _process.quiet_tensorflow()
   # Before TensorFlow and JAX start their threads: on the CPU, XLA's
   # per-step buffers are then reused instead of faulted in every step.
-  process.keep_freed_memory_on_cpu()
+  _process.keep_freed_memory_on_cpu()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
@@ -27,9 +27,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import preemption
-from vit_jax import train
-from vit_jax.cli import flags as cli_flags
+from vit_jax.training import preemption
+from vit_jax.training import loop
+from vit_jax.cli import _flags as cli_flags
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -77,8 +77,8 @@ def _split_over_cpu_devices(config) -> None:
   """
   if config.cpu_devices < 1:
     raise ValueError(f'cpu_devices must be >= 1, got {config.cpu_devices}')
-  if config.cpu_devices > 1 and process.runs_on_cpu():
-    process.use_cpu_devices(config.cpu_devices)
+  if config.cpu_devices > 1 and _process.runs_on_cpu():
+    _process.use_cpu_devices(config.cpu_devices)
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
@@ -87,12 +87,12 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli_flags.exit_on_user_error(_split_over_cpu_devices, flag_values.config)
   # Before the input pipeline's first TensorFlow operation.
-  process.hide_gpus_from_tensorflow()
+  _process.hide_gpus_from_tensorflow()
   _initialize_distributed(flag_values)
   start = time.time()
   workdir = flag_values.workdir
   try:
-    record = cli_flags.exit_on_user_error(train.train_and_evaluate,
+    record = cli_flags.exit_on_user_error(loop.train_and_evaluate,
                                           flag_values.config, workdir)
   except preemption.Preempted as e:
     print(f'{e} (--workdir={workdir})', file=sys.stderr)

@@ -19,19 +19,19 @@ nothing behind.
 
 from typing import Dict, List, Optional
 
-from vit_jax.cli import process
+from vit_jax.cli import _process
 
 if __name__ == '__main__':
   # Before TensorFlow is imported: keep its banner out of the output.
-  process.quiet_tensorflow()
+  _process.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 
 from vit_jax import export
-from vit_jax import pretrained
-from vit_jax.cli import flags as cli_flags
+from vit_jax.weights import pretrained
+from vit_jax.cli import _flags as cli_flags
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -85,7 +85,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Before the first TensorFlow operation: the GPUs' memory is JAX's.
-  process.hide_gpus_from_tensorflow()
+  _process.hide_gpus_from_tensorflow()
 
   def checked_run():
     cli_flags.check_required(flag_values, 'checkpoint', 'out')

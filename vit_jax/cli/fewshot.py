@@ -6,10 +6,10 @@ Run from the repository root:
       [--model=ViT-B_16] [--data_dir=~/tensorflow_datasets] \
       [--train_split=train] [--test_split=test] [--image_size=224] \
       [--shots=1,5,10,25] [--seeds=0,1,2] [--val_per_class=10] \
-      [--json_out=fewshot.json] [--features_out=features.npz]
+      [--json_out=fewshot_ridge.json] [--features_out=features.npz]
 
 Both splits go through the evaluation transform (resize, no augmentation) of
-`vit_jax.input_pipeline`, padded and masked so every example counts once.
+`vit_jax.data.pipeline`, padded and masked so every example counts once.
 The features are the `pre_logits` (the file's head is dropped, so they are
 the model's output), extracted on one device by the training loop's few-shot
 extractor (`vit_jax.evaluators.linear_fewshot`). The whole training split is
@@ -20,10 +20,10 @@ slice such as --train_split='train[:10000]' bounds the extraction cost.
 ROOT/<split>/<class>/*.png|jpg; both splits are read from the one source
 (an image folder's classes are those of both).
 The protocol (ridge regression to {-1, 1} targets, l2 chosen per seed on
-validation examples drawn from the training split) is `vit_jax.fewshot`'s.
+validation examples drawn from the training split) is `vit_jax.evaluators.fewshot_ridge`'s.
 
 Results print one line per shot count and, with --json_out, go to a file
-(see `to_json`). --checkpoint takes any source `vit_jax.pretrained.load`
+(see `to_json`). --checkpoint takes any source `vit_jax.weights.pretrained.load`
 reads; the architecture, resolution and pixel normalisation come from the
 file (its arrays and, for our exports such as configs/default.py's
 model.npz, its sidecar). --model is optional: given, the file must fit that
@@ -33,11 +33,11 @@ variant, with the architecture overrides of its training's `config.model`
 model.npz).
 """
 
-from vit_jax.cli import process
+from vit_jax.cli import _process
 
 if __name__ == '__main__':
   # Before TensorFlow is imported: keep its banner out of the output.
-  process.quiet_tensorflow()
+  _process.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import dataclasses
@@ -49,12 +49,12 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from vit_jax.cli import flags as cli_flags
-from vit_jax import fewshot
-from vit_jax import input_pipeline
-from vit_jax import input_sources
+from vit_jax.cli import _flags as cli_flags
+from vit_jax.evaluators import fewshot_ridge
+from vit_jax.data import pipeline
+from vit_jax.data import sources
 from vit_jax import models
-from vit_jax import pretrained
+from vit_jax.weights import pretrained
 from vit_jax.evaluators import linear_fewshot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -84,10 +84,10 @@ def to_json(results: Dict[int, Dict[str, Any]], **facts: Any
 def run(checkpoint_path: str, model_name: Optional[str], dataset: str, *,
         data_dir: Optional[str] = None, train_split: str = 'train',
         test_split: str = 'test', image_size: Optional[int] = None,
-        shots: Sequence[int] = fewshot.DEFAULT_SHOTS,
-        seeds: Sequence[int] = fewshot.DEFAULT_SEEDS,
-        val_per_class: int = fewshot.DEFAULT_VAL_PER_CLASS,
-        l2_regs: Sequence[float] = fewshot.DEFAULT_L2_REGS,
+        shots: Sequence[int] = fewshot_ridge.DEFAULT_SHOTS,
+        seeds: Sequence[int] = fewshot_ridge.DEFAULT_SEEDS,
+        val_per_class: int = fewshot_ridge.DEFAULT_VAL_PER_CLASS,
+        l2_regs: Sequence[float] = fewshot_ridge.DEFAULT_L2_REGS,
         batch_size: int = 64, json_out: Optional[str] = None,
         features_out: Optional[str] = None,
         **model_overrides: Any) -> Dict[str, Any]:
@@ -102,10 +102,10 @@ def run(checkpoint_path: str, model_name: Optional[str], dataset: str, *,
     train_split: the pool the shots are drawn from.
     test_split: the held-out examples.
     image_size: resolution; None: the checkpoint's native one.
-    shots: as in fewshot.evaluate_fewshot.
-    seeds: as in fewshot.evaluate_fewshot.
-    val_per_class: as in fewshot.evaluate_fewshot.
-    l2_regs: as in fewshot.evaluate_fewshot.
+    shots: as in fewshot_ridge.evaluate_fewshot.
+    seeds: as in fewshot_ridge.evaluate_fewshot.
+    val_per_class: as in fewshot_ridge.evaluate_fewshot.
+    l2_regs: as in fewshot_ridge.evaluate_fewshot.
     batch_size: images per forward pass.
     json_out: write the record (see `to_json`) here.
     features_out: save the features and labels of both splits here (.npz:
@@ -122,12 +122,12 @@ def run(checkpoint_path: str, model_name: Optional[str], dataset: str, *,
   loaded = feature_extractor(checkpoint_path, model_name,
                              image_size=image_size, **model_overrides)
   image_size = loaded.image_size
-  source = input_sources.make_source(dataset, data_dir,
-                                     (train_split, test_split))
+  source = sources.make_source(dataset, data_dir,
+                               (train_split, test_split))
   extract = linear_fewshot.FeatureExtractor(loaded.model)
 
   def features(split):
-    return extract(loaded.params, input_pipeline.get_eval_iterator(
+    return extract(loaded.params, pipeline.get_eval_iterator(
         source, split, image_size=image_size, batch_size=batch_size,
         normalization=loaded.preprocessing))
 
@@ -138,7 +138,7 @@ def run(checkpoint_path: str, model_name: Optional[str], dataset: str, *,
              train_labels=train_labels, test_features=test_features,
              test_labels=test_labels)
   name = model_name or os.path.basename(str(checkpoint_path).rstrip('/'))
-  results = fewshot.evaluate_fewshot(
+  results = fewshot_ridge.evaluate_fewshot(
       train_features, train_labels, test_features, test_labels, shots=shots,
       seeds=seeds, l2_regs=l2_regs, val_per_class=val_per_class)
   record = to_json(
@@ -154,7 +154,7 @@ def run(checkpoint_path: str, model_name: Optional[str], dataset: str, *,
   print(f'{name} on {dataset}: {len(train_labels)} {train_split} / '
         f'{len(test_labels)} {test_split} examples, '
         f'{train_features.shape[1]} features')
-  print(fewshot.format_results(results))
+  print(fewshot_ridge.format_results(results))
   if json_out:
     if os.path.dirname(json_out):
       os.makedirs(os.path.dirname(json_out), exist_ok=True)
@@ -178,12 +178,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
          'TFDS data_dir, or the image-folder root.')
   define(flags.DEFINE_string, 'train_split', 'train', 'Pool of the shots.')
   define(flags.DEFINE_string, 'test_split', 'test', 'Held-out examples.')
-  define(flags.DEFINE_list, 'shots', [str(k) for k in fewshot.DEFAULT_SHOTS],
+  define(flags.DEFINE_list, 'shots', [str(k) for k in fewshot_ridge.DEFAULT_SHOTS],
          'Examples per class.')
-  define(flags.DEFINE_list, 'seeds', [str(s) for s in fewshot.DEFAULT_SEEDS],
+  define(flags.DEFINE_list, 'seeds', [str(s) for s in fewshot_ridge.DEFAULT_SEEDS],
          'One sample per seed and shot count.')
   define(flags.DEFINE_integer, 'val_per_class',
-         fewshot.DEFAULT_VAL_PER_CLASS,
+         fewshot_ridge.DEFAULT_VAL_PER_CLASS,
          'Training examples per class, besides the shots, to choose l2 on.')
   define(flags.DEFINE_integer, 'batch_size', 64, 'Images per forward pass.')
   define(flags.DEFINE_string, 'json_out', None, 'Write the results here.')
@@ -204,7 +204,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
 
   Returns None: app.run passes the return value to sys.exit.
   """
-  process.hide_gpus_from_tensorflow()
+  _process.hide_gpus_from_tensorflow()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
 

@@ -1,5 +1,5 @@
 r"""Classifies images with a checkpoint: our export, a released `.npz`, a
-timm checkpoint or a released name (see `vit_jax.pretrained.load`).
+timm checkpoint or a released name (see `vit_jax.weights.pretrained.load`).
 
   python -m vit_jax.cli.predict --checkpoint=runs/default/model.npz \
       [--image_size=384] [--top_k=5] [--labels=FILE|imagenet2012] \
@@ -17,11 +17,11 @@ ImageNet-1k class names shipped with tensorflow-datasets (WordNet synset
 IDs, TFDS's label names).
 """
 
-from vit_jax.cli import process
+from vit_jax.cli import _process
 
 if __name__ == '__main__':
   # Before TensorFlow is imported: keep its banner out of the output.
-  process.quiet_tensorflow()
+  _process.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from typing import List, Optional, Sequence
@@ -31,9 +31,9 @@ from absl import flags
 from etils import epath
 import numpy as np
 
-from vit_jax.cli import flags as cli_flags
-from vit_jax import preprocess
-from vit_jax import pretrained
+from vit_jax.cli import _flags as cli_flags
+from vit_jax.data import preprocess
+from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

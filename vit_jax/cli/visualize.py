@@ -8,7 +8,7 @@ writes to --out_dir:
       attention-rollout map and a heat overlay of the map (Fig. 6). Models
       without a class token (`gap`) get the rollout averaged over the patch
       queries, which is what their mean-pooled representation draws on; the
-      figure title and analysis.json say so.
+      figure title and measures.json say so.
   attention_distance.png  mean attention distance of every head against
       depth, averaged over the given images (Fig. 7 right).
   position_embedding_similarity.png  cosine similarity of each patch's
@@ -16,24 +16,24 @@ writes to --out_dir:
   embedding_filters_pca.png  the first 28 principal components of the patch
       embedding filters as RGB patches (Fig. 7 left); skipped for hybrids,
       whose embedding filters act on ResNet features rather than RGB pixels.
-  analysis.json  the numbers behind the figures (see `to_json`).
+  measures.json  the numbers behind the figures (see `to_json`).
   rollout.npy  float32 (images, rows, cols) rollout maps.
 
---checkpoint takes any source `vit_jax.pretrained.load` reads; the
+--checkpoint takes any source `vit_jax.weights.pretrained.load` reads; the
 architecture, resolution and pixel normalisation come from the file (its
 arrays and, for our exports, its sidecar). --model is optional: given, the
 file must fit that variant, with the same architecture overrides
 (--num_layers=..., --hidden_size=..., ...) as its training's
-`config.model`. Figures and analysis.json name the model by --model, else
+`config.model`. Figures and measures.json name the model by --model, else
 by the checkpoint's file name. `compute_analysis` (numbers only) and the
-`vit_jax.plots` functions are importable, e.g. in a notebook.
+`vit_jax.analysis.plots` functions are importable, e.g. in a notebook.
 """
 
-from vit_jax.cli import process
+from vit_jax.cli import _process
 
 if __name__ == '__main__':
   # Before TensorFlow is imported: keep its banner out of the output.
-  process.quiet_tensorflow()
+  _process.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import functools
@@ -47,12 +47,12 @@ from absl import flags
 import jax
 import numpy as np
 
-from vit_jax import analysis
-from vit_jax.cli import flags as cli_flags
+from vit_jax.analysis import measures
+from vit_jax.cli import _flags as cli_flags
 from vit_jax import models
-from vit_jax import plots
-from vit_jax import preprocess
-from vit_jax import pretrained
+from vit_jax.analysis import plots
+from vit_jax.data import preprocess
+from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The paper shows 28 components (Fig. 7 left) in 4 rows of 7.
@@ -104,7 +104,7 @@ def _filter_components(model, params, model_name, notes):
     notes.append(f'only {count} embedding-filter components shown: the model '
                  f'has {num_filters} filters of dimension '
                  f'{patch_h * patch_w * channels}.')
-  components, ratio = analysis.embedding_filter_components(kernel, count)
+  components, ratio = measures.embedding_filter_components(kernel, count)
   return components, ratio
 
 
@@ -154,13 +154,13 @@ def compute_analysis(model, params,
   maps, distance_sum_LH = [], 0.0
   for attention, count in _attention_per_chunk(model, params, images,
                                                batch_size):
-    rollout = analysis.attention_rollout(attention,
+    rollout = measures.attention_rollout(attention,
                                          has_class_token=bool(num_prefix))
     maps.append(rollout.class_token_map(grid) if num_prefix else
                 rollout.mean_query_map(grid))
     # Each chunk's value is a mean over its images; weight it by their count.
     distance_sum_LH = distance_sum_LH + count * (
-        analysis.mean_attention_distance_per_layer(
+        measures.mean_attention_distance_per_layer(
             attention, grid, (patch_h, patch_w), num_prefix_tokens=num_prefix))
 
   components, ratio = _filter_components(model, params, model_name, notes)
@@ -173,7 +173,7 @@ def compute_analysis(model, params,
       'rollout_kind': kind,
       'rollout_maps': np.concatenate(maps).astype(np.float32),
       'mean_attention_distance_px': distance_sum_LH / len(images),
-      'position_embedding_similarity': analysis.position_embedding_similarity(
+      'position_embedding_similarity': measures.position_embedding_similarity(
           model_family.position_embedding(params), grid,
           num_prefix_tokens=num_prefix),
       'filter_components': components,
@@ -193,7 +193,7 @@ def _figure_name(index: int, image_path: str) -> str:
 
 def to_json(result: Dict[str, Any], image_paths: Sequence[str],
             figures: Sequence[str]) -> Dict[str, Any]:
-  """The analysis.json record: compute_analysis's numbers as plain lists.
+  """The measures.json record: compute_analysis's numbers as plain lists.
 
   The position-embedding similarity (rows^2 x cols^2 numbers) and the filter
   components stay out; the figures show them.
@@ -221,7 +221,7 @@ def to_json(result: Dict[str, Any], image_paths: Sequence[str],
 
 def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
                   out_dir) -> Dict[str, Any]:
-  """Writes every figure, rollout.npy and analysis.json into `out_dir`.
+  """Writes every figure, rollout.npy and measures.json into `out_dir`.
 
   Args:
     result: what `compute_analysis` returned for `images`.
@@ -230,7 +230,7 @@ def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
     out_dir: created if missing.
 
   Returns:
-    The analysis.json record.
+    The measures.json record.
   """
   os.makedirs(out_dir, exist_ok=True)
   name = result['model']
@@ -279,13 +279,13 @@ def run(checkpoint_path: str, model_name: Optional[str],
     model_name: the variant it must be, e.g. 'ViT-B_16'; None: the file's
       own architecture, named by the file in the record.
     image_paths: image files for the rollout maps and the distance average.
-    out_dir: where the figures and analysis.json go.
+    out_dir: where the figures and measures.json go.
     image_size: resolution; None: the checkpoint's native one.
     **model_overrides: further module attributes; with `model_name`, the
       architecture overrides the checkpoint was trained with.
 
   Returns:
-    The analysis.json record.
+    The measures.json record.
 
   Raises:
     FileNotFoundError, ValueError, CheckpointMismatchError: see
@@ -330,7 +330,7 @@ def _report(record: Dict[str, Any], out_dir: str) -> None:
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   cli_flags.define_model_flags(flag_values)
-  flags.DEFINE_string('out_dir', None, 'Folder for the PNGs and analysis.json.',
+  flags.DEFINE_string('out_dir', None, 'Folder for the PNGs and measures.json.',
                       flag_values=flag_values)
 
 

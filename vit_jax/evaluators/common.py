@@ -2,7 +2,7 @@
 
 Every evaluation runs the model jitted over the training mesh with the
 params' own shardings, on padded and masked batches of
-`vit_jax.input_pipeline`, so every example counts exactly once on any number
+`vit_jax.data.pipeline`, so every example counts exactly once on any number
 of devices and processes.
 """
 
@@ -26,7 +26,7 @@ ReadEval = Callable[[Any, str], Iterable[Dict[str, Any]]]
 
 
 class Evaluator(Protocol):
-  """What the training loop runs (`vit_jax.train.train_and_evaluate`).
+  """What the training loop runs (`vit_jax.training.loop.train_and_evaluate`).
 
   Attributes:
     name: unique, e.g. 'eval', 'ema_eval', 'imagenet_v2', 'fewshot'.

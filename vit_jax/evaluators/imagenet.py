@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import tensorflow as tf
 
-from vit_jax import input_sources
+from vit_jax.data import sources
 from vit_jax.evaluators import classification
 from vit_jax.evaluators import common
 
@@ -40,14 +40,14 @@ def multi_hot(class_ids, num_classes: int):
   return tf.minimum(counts, 1.0)
 
 
-def real_labels_source(data_dir: Optional[str]) -> input_sources.TfdsSource:
+def real_labels_source(data_dir: Optional[str]) -> sources.TfdsSource:
   """The `imagenet2012_real` validation images with multi-hot label sets.
 
   Examples: {'image', 'label' (the original label), 'real_label' float32
   (num_classes,) multi-hot, all zero for an image without ReaL labels}.
   """
-  builder = input_sources.tfds_builder(REAL_LABELS, data_dir)
-  input_sources.check_split(builder, EXTRA_EVALS[REAL_LABELS][1])
+  builder = sources.tfds_builder(REAL_LABELS, data_dir)
+  sources.check_split(builder, EXTRA_EVALS[REAL_LABELS][1])
   features = builder.info.features
   # TFDS names the original label 'original_label'; accept 'label' too.
   label_key = 'original_label' if 'original_label' in features else 'label'
@@ -60,7 +60,7 @@ def real_labels_source(data_dir: Optional[str]) -> input_sources.TfdsSource:
     return {'image': ex['image'], 'label': ex[label_key],
             'real_label': multi_hot(ex['real_label'], num_classes)}
 
-  return input_sources.TfdsSource(
+  return sources.TfdsSource(
       builder, example_fn=example, num_classes=num_classes,
       features=('image', label_key, 'real_label'))
 
@@ -121,7 +121,7 @@ def make_extra_eval(name: str, *, model: nn.Module, mesh: jax.sharding.Mesh,
                      f'{sorted(EXTRA_EVALS)}.')
   prefix, split = EXTRA_EVALS[name]
   if name == IMAGENET_V2:
-    source = input_sources.make_source(name, data_dir, (split,))
+    source = sources.make_source(name, data_dir, (split,))
     _check_classes(name, source, model)
     return classification.make_evaluator(
         name, every=every, batches=read_eval(source, split), mesh=mesh,

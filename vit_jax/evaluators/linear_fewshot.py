@@ -3,7 +3,7 @@
 The 'fewshot' evaluator (record 'fewshot', every config.fewshot_every steps;
 none when it is 0) extracts the trained params' pre-logits features of a
 training pool and a test split of config.fewshot_dataset and fits them per
-`vit_jax.fewshot`. Metrics: fewshot_{k}shot_top1 per shot count k (mean
+`vit_jax.evaluators.fewshot_ridge`. Metrics: fewshot_{k}shot_top1 per shot count k (mean
 over config.fewshot_seeds).
 
 `FeatureExtractor` is the one feature extraction of the library: the
@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import fewshot
-from vit_jax import input_sources
+from vit_jax.evaluators import fewshot_ridge
+from vit_jax.data import sources
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax.evaluators import common
@@ -155,15 +155,15 @@ class FewShotEvaluator:
     self._dataset = dataset
     self._protocol = dict(shots=tuple(shots), seeds=tuple(seeds),
                           val_per_class=val_per_class)
-    source = input_sources.make_source(dataset, data_dir,
-                                       (train_split, test_split))
+    source = sources.make_source(dataset, data_dir,
+                                 (train_split, test_split))
     self._train_batches = read_eval(source, train_split)
     self._test_batches = read_eval(source, test_split)
     self._features = FeatureExtractor(model, mesh, params_shardings)
 
   def results(self, params) -> Dict[int, Dict[str, Any]]:
     """The full `fewshot.evaluate_fewshot` results for `params`."""
-    return fewshot.evaluate_fewshot(
+    return fewshot_ridge.evaluate_fewshot(
         *self._features(params, self._train_batches),
         *self._features(params, self._test_batches), **self._protocol)
 
@@ -171,7 +171,7 @@ class FewShotEvaluator:
     """{'fewshot_{k}shot_top1': mean test top-1 over seeds} per shot count."""
     results = self.results(params)
     logging.info('few-shot on %s:\n%s', self._dataset,
-                 fewshot.format_results(results))
+                 fewshot_ridge.format_results(results))
     return {f'fewshot_{shots}shot_top1': result['top1_mean']
             for shots, result in sorted(results.items())}
 

@@ -11,7 +11,7 @@
 
 Every file takes `images`, uint8 (B, H, W, 3) at the model's resolution
 with any B, normalises them inside with the checkpoint's mean and std as
-`vit_jax.preprocess` does for predict, and returns `logits`, float32
+`vit_jax.data.preprocess` does for predict, and returns `logits`, float32
 (B, classes): what `python -m vit_jax.cli.predict --logits_out` computes for
 the same pixels. The model runs in float32 whatever its compute dtype, with
 the einsum attention (no platform-specific fused kernel in a file).
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.export import to_onnx
-from vit_jax import pretrained
+from vit_jax.weights import pretrained
 
 SAVED_MODEL = 'saved_model'
 ONNX = 'model.onnx'

@@ -1,14 +1,14 @@
 """`python -m vit_jax.export --checkpoint=FILE --out=DIR`: the export
 program, `vit_jax.cli.export`, under the package's own name."""
 
-from vit_jax.cli import process
+from vit_jax.cli import _process
 
 # Before TensorFlow is imported: keep its banner out of the output.
-process.quiet_tensorflow()
+_process.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax.cli import export
-from vit_jax.cli import flags as cli_flags
+from vit_jax.cli import _flags as cli_flags
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 export.define_flags()

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax import npz
+from vit_jax.weights import npz
 from vit_jax.models import family as family_lib
 from vit_jax.models import mixer_family
 from vit_jax.models import vit_family

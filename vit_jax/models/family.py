@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_jax import precision
+from vit_jax.models import precision
 
 Params = Dict[str, Any]
 FlatParams = Dict[str, np.ndarray]  # '/'-joined parameter paths -> arrays.
@@ -118,7 +118,7 @@ class ModelFamily(abc.ABC):
     """Builds variant `name` from a config's `model` section (see
     configs/common.py): its architecture keys that are set, plus every key
     the module has as an attribute. `dtype: 'auto'` becomes the fastest
-    operand dtype of the backend (`vit_jax.precision`)."""
+    operand dtype of the backend (`vit_jax.models.precision`)."""
     fields = {field.name for field in dataclasses.fields(self.module_type)}
     overrides = {}
     for key, value in model_config.items():

@@ -9,7 +9,7 @@ with bias), `MixerBlock_{i}` each holding `LayerNorm_0`, `token_mixing`,
 a zero-initialised `head`. LayerNorm epsilon is 1e-6. The released models
 have no dropout, class token or position embedding.
 
-Mixed precision as in `vit_jax.layers`: `dtype` is the operand dtype of the
+Mixed precision as in `vit_jax.models.layers`: `dtype` is the operand dtype of the
 matmuls and the convolution, whose products come out in float32; LayerNorm,
 GELU and the residual stream stay float32.
 
@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vit_jax import layers
+from vit_jax.models import layers
 
 Dtype = Any
 

@@ -31,7 +31,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import npz
+from vit_jax.weights import npz
 from vit_jax.models import family
 from vit_jax.models import mixer
 

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vit_jax import layers
-from vit_jax import max_pool
+from vit_jax.models import layers
+from vit_jax.models import max_pool
 
 Dtype = Any
 

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import layers
-from vit_jax import posemb
+from vit_jax.models import layers
+from vit_jax.models import posemb
 from vit_jax.models import resnet
 
 Dtype = Any

@@ -25,7 +25,7 @@ MLP width, depth (encoder blocks, scanned or not), ResNet units per stage
 `Transformer/pre_norm`, `fc_norm`, `MAPHead_0`, q/k/v biases, and a
 position embedding over the patch tokens only. Options without parameters
 (activation, layer_norm_epsilon, posemb 'sincos2d' vs 'none') are not in
-the arrays: our exports store them in a sidecar (`vit_jax.sidecar`); for
+the arrays: our exports store them in a sidecar (`vit_jax.weights.sidecar`); for
 other files pass them when loading.
 """
 
@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import npz
-from vit_jax import posemb
+from vit_jax.weights import npz
+from vit_jax.models import posemb
 from vit_jax.models import family
 from vit_jax.models import vit
 

@@ -1,0 +1,14 @@
+"""Training and evaluation data: where examples come from and how they
+become batches.
+
+  sources        a dataset (TFDS, an image folder) as splits of examples
+  pipeline       tf.data: shuffle, augment, batch, per-process shards
+  preprocess     decode, resize, crop and normalise one image
+  randaugment    RandAugment's ops (AugReg)
+  label_maps     labels derived from other features (VTAB's tasks)
+  from_config    a config's data settings -> sources and pipelines
+  datasets/      TFDS builders of local data (Debian's Fashion-MNIST)
+
+TensorFlow serves this package; building, loading and running models do not
+need it.
+"""

@@ -1,0 +1,406 @@
+"""Training and evaluation: setup, model, shard, restore, loop (the data
+adapters are `vit_jax.data.from_config`).
+
+`train_and_evaluate(config, workdir)` is the whole job; vit_jax.main only
+parses flags. Everything here is importable by tests and notebooks.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from absl import logging
+from etils import epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import numpy as np
+
+from vit_jax import evaluators
+from vit_jax.data import sources
+from vit_jax.training import metrics_log
+from vit_jax.training import mixing
+from vit_jax import models
+from vit_jax.training import optim
+from vit_jax.training import preemption
+from vit_jax.weights import pretrained
+from vit_jax import sharding
+from vit_jax.training import steps
+from vit_jax.training import checkpoints as train_checkpoints
+from vit_jax.data import from_config
+from vit_jax.training import workdir as workdir_lib
+
+def build_model(config, num_classes: int):
+  """The model of `config.model_name` with `config.model`'s settings."""
+  return models.create_model_from_config(config, num_classes)
+
+
+def is_due(step: int, every: int, total_steps: int) -> bool:
+  """The one cadence rule: every `every` steps, and at the last step."""
+  return step == total_steps or (every > 0 and step % every == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the loop needs, built once.
+
+  Attributes:
+    model: the module being trained.
+    mesh: the (data, model) device mesh.
+    state_shardings: a TrainState whose leaves are the NamedShardings of the
+      state's arrays.
+    train_step: jitted (state, global batch) -> (state, metrics); the state
+      is donated.
+    init_state: jitted (rng) -> state, created already sharded.
+  Both functions are `sharding.MeshBound`: they also `.lower` and
+  `.eval_shape`.
+  """
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  state_shardings: steps.TrainState
+  train_step: Callable[[steps.TrainState, steps.Batch],
+                       Tuple[steps.TrainState, steps.Metrics]]
+  init_state: Callable[[jax.Array], steps.TrainState]
+
+
+def make_setup(config, num_classes: int, devices=None) -> Setup:
+  """Model, optimizer, mesh and the jitted steps with explicit shardings.
+
+  `devices` defaults to all devices of all processes.
+  """
+  model = build_model(config, num_classes)
+  optimizer = optim.make_optimizer(
+      config, no_weight_decay=models.family_of(model).no_weight_decay)
+  mesh = sharding.make_mesh(config.mesh_model_axis, devices)
+  images = jnp.zeros((1, config.image_size, config.image_size, 3))
+
+  def init_state(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    params = model.init(params_rng, images, train=False)['params']
+    return steps.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params if config.ema_decay else {}, rng=dropout_rng)
+
+  state_shapes = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+  state_shardings = sharding.tree_shardings(
+      state_shapes, mesh, tuple(config.sharding_rules), config.fsdp)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  train_step = jax.jit(
+      functools.partial(
+          steps.train_step, model=model, optimizer=optimizer,
+          learning_rate=optim.learning_rate_schedule(config),
+          loss=config.loss, label_smoothing=config.label_smoothing,
+          accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
+          mix_batch=mixing.make_mix_fn(mix_spec(config), num_classes)),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+  init = jax.jit(init_state, out_shardings=state_shardings)
+  bind = lambda jitted: sharding.MeshBound(jitted, mesh)
+  return Setup(model, mesh, state_shardings, bind(train_step), bind(init))
+
+
+def mix_spec(config) -> mixing.MixSpec:
+  """The batch-level augmentation of the config (Mixup / CutMix)."""
+  return mixing.MixSpec(mixup_alpha=config.mixup_alpha,
+                        cutmix_alpha=config.cutmix_alpha,
+                        prob=config.mix_prob,
+                        switch_prob=config.mix_switch_prob)
+
+
+def initial_state(config, setup: Setup, checkpointer):
+  """Restores the newest intact checkpoint, or initialises (from a released
+  .npz when `config.pretrained_path` is set)."""
+  abstract = sharding.abstract_arrays(
+      setup.init_state.eval_shape(jax.random.PRNGKey(0)),
+      setup.state_shardings)
+  restored = checkpointer.restore_intact(abstract)
+  if restored is not None:
+    state, step = restored
+    logging.info('Resuming from step %d', step)
+    return state
+  state = setup.init_state(jax.random.PRNGKey(config.seed))
+  if config.pretrained_path:
+    state = _load_pretrained(config, setup, state)
+  return state
+
+
+def preprocessing(config, model: nn.Module) -> models.Preprocessing:
+  """The pixel normalisation to train and evaluate with: the one the
+  weights of `config.pretrained_path` expect when fine-tuning from them
+  (their sidecar's or hub config's), else the model family's."""
+  if config.pretrained_path:
+    return pretrained.load_preprocessing(config.pretrained_path, model)
+  return models.family_of(model).preprocessing
+
+
+def _load_pretrained(config, setup: Setup, state):
+  params = pretrained.load_for_fine_tuning(
+      config.pretrained_path, setup.model, jax.device_get(state.params),
+      image_size=(config.image_size, config.image_size),
+      method=config.posemb_resize)
+  params = jax.device_put(params, setup.state_shardings.params)
+  logging.info('Loaded %s for fine-tuning', config.pretrained_path)
+  return state.replace(params=params,
+                       ema_params=params if config.ema_decay else {})
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def run_evaluators(evals: List[evaluators.Evaluator], state: steps.TrainState,
+                   step: int, total_steps: int) -> Dict[str, Dict[str, float]]:
+  """Runs the evaluators due at `step`, each on its params field.
+
+  Returns:
+    {record: metrics} of the evaluators that ran, in their order; the
+    metrics of evaluators sharing a record are merged.
+  """
+  records = {}
+  for evaluator in evals:
+    if is_due(step, evaluator.every, total_steps):
+      metrics = evaluator.evaluate(getattr(state, evaluator.params_field))
+      records.setdefault(evaluator.record, {}).update(metrics)
+  return records
+
+
+def _evaluate_main(evals: List[evaluators.Evaluator],
+                   state: steps.TrainState) -> Dict[str, float]:
+  main = next(e for e in evals if e.name == evaluators.MAIN)
+  return main.evaluate(getattr(state, main.params_field))
+
+
+def host_params(params):
+  """Full params on every host (gathers shards of other processes)."""
+  if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(params)):
+    return jax.device_get(params)
+  # tiled=True: global arrays come back whole, not stacked per process.
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
+def class_names(config, source, num_classes: int
+                ) -> Optional[Tuple[str, ...]]:
+  """The dataset's class names when they name every output of the head,
+  else None (labels made by a label map, a head larger than the dataset's
+  class count)."""
+  if config.label_map:
+    return None
+  names = getattr(source, 'class_names', None)  # An image folder's.
+  if names is None and isinstance(source, sources.TfdsSource):
+    names = getattr(source.builder.info.features['label'], 'names', None)
+  if names is None or len(names) != num_classes:
+    return None
+  return tuple(names)
+
+
+def export_npz(state, workdir, ema: bool, *,
+               model: Optional[nn.Module] = None,
+               image_size: Optional[int] = None,
+               normalization: Optional[models.Preprocessing] = None,
+               names: Optional[Tuple[str, ...]] = None) -> Dict[str, str]:
+  """Writes final params (and EMA params) in the released layout, each with
+  a sidecar (`vit_jax.weights.sidecar`) describing `model`, its resolution, pixel
+  normalisation and class names when `model` is given."""
+  exports = {'model.npz': state.params}
+  if ema:
+    exports['model_ema.npz'] = state.ema_params
+  description = {} if model is None else dict(
+      model=model, image_size=image_size, preprocessing=normalization,
+      class_names=names)
+  paths = {}
+  for name, params in exports.items():
+    params = host_params(params)
+    path = epath.Path(workdir) / name
+    if jax.process_index() == 0:
+      pretrained.save_npz(params, path, **description)
+    paths[name] = str(path)
+  return paths
+
+
+class Progress:
+  """The progress line: steps/s, images/s, ETA and the applied lr."""
+
+  def __init__(self, start_step: int, total_steps: int, batch_size: int):
+    self._total, self._batch = total_steps, batch_size
+    self._last_step, self._last_time = start_step, time.time()
+
+  def report(self, step: int, metrics: Dict[str, float]) -> Dict[str, float]:
+    now = time.time()
+    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta_min = (self._total - step) / max(steps_per_sec, 1e-9) / 60
+    logging.info(
+        'step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  %.0f img/s  '
+        'ETA %.1f min', step, self._total, metrics['loss'], metrics['lr'],
+        steps_per_sec, steps_per_sec * self._batch, eta_min)
+    return {'steps_per_sec': steps_per_sec,
+            'images_per_sec': steps_per_sec * self._batch}
+
+
+def _mean_metrics(history) -> Dict[str, float]:
+  history = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def _check_finite(metrics, step, checkpointer):
+  if not np.isfinite(metrics['loss']):
+    raise FloatingPointError(
+        f'the training loss is {metrics["loss"]} at step {step}. Lower '
+        'config.lr, keep config.grad_clip_norm > 0, or check the data; the '
+        f'last checkpoint is at step {checkpointer.latest_step()}.')
+
+
+def _check_counts(config) -> None:
+  """Counts that must be positive, named by their config key."""
+  for key in ('total_steps', 'batch_size', 'eval_batch_size',
+              'grad_accum_steps', 'keep_checkpoints', 'image_size'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
+  # 0: only at the last step.
+  for key in ('warmup_steps', 'log_every', 'eval_every', 'checkpoint_every'):
+    if config[key] < 0:
+      raise ValueError(f'config.{key} must be >= 0, got {config[key]}')
+
+
+def _check_image_size(config) -> None:
+  """An image size the patches do not tile would train on a crop only."""
+  model = models.create_model_from_config(config, num_classes=1)
+  patch_h, patch_w = models.patch_pixels(model)
+  if config.image_size % patch_h or config.image_size % patch_w:
+    raise ValueError(
+        f'config.image_size {config.image_size} is not a multiple of the '
+        f'model\'s {patch_h}x{patch_w}-pixel patches (patch size times the '
+        'stem\'s stride): the rest of each image would be dropped; choose a '
+        'multiple')
+
+
+def _validate(config):
+  _check_counts(config)
+  _check_image_size(config)
+  # Built here only to check them before anything runs.
+  from_config.augmentation(config)
+  mix_spec(config)
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by '
+                     f'grad_accum_steps {config.grad_accum_steps}')
+  data_devices = jax.device_count() // config.mesh_model_axis
+  micro_batch = config.batch_size // config.grad_accum_steps
+  if micro_batch % data_devices:
+    raise ValueError(
+        f'the micro-batch of {micro_batch} examples (batch_size / '
+        f'grad_accum_steps) does not split over {data_devices} data-parallel '
+        'devices; choose a multiple')
+  if config.eval_batch_size % data_devices:
+    raise ValueError(
+        f'config.eval_batch_size {config.eval_batch_size} does not split '
+        f'over {data_devices} data-parallel devices; choose a multiple')
+
+
+def _run_steps(config, setup: Setup, state, start_step: int, batches, evals,
+               checkpointer, log: metrics_log.MetricsLog):
+  """Steps `start_step + 1` to `config.total_steps`, with their logging,
+  checkpoints and evaluations.
+
+  Pending checkpoint writes finish whatever ends the loop: a failing step or
+  evaluation, or a stop signal (`preemption.Preempted`, after the
+  checkpoint of its step); the process would otherwise end in the middle
+  of them.
+
+  Returns:
+    (the final state, the last main evaluation record or None).
+  """
+  progress = Progress(start_step, config.total_steps, config.batch_size)
+  history, record = [], None
+  try:
+    with preemption.StopRequest() as stop:
+      for step in range(start_step + 1, config.total_steps + 1):
+        checkpointer.check_saves(step - 1)
+        batch = sharding.global_batch(next(batches), setup.mesh)
+        state, metrics = setup.train_step(state, batch)
+        history.append(metrics)
+        if is_due(step, config.log_every, config.total_steps):
+          train_metrics = _mean_metrics(history)
+          history = []
+          _check_finite(train_metrics, step, checkpointer)
+          train_metrics.update(progress.report(step, train_metrics))
+          log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
+        # Saved before the evaluations: one that fails loses no training.
+        saved = is_due(step, config.checkpoint_every, config.total_steps)
+        if saved:
+          checkpointer.save(state, step)
+        for name, values in run_evaluators(evals, state, step,
+                                           config.total_steps).items():
+          logging.info('step %d %s: %s', step, name, values)
+          log.write(step, values)
+          if name == evaluators.MAIN_RECORD:
+            record = values
+        if stop.due(step):
+          if not saved:
+            checkpointer.save(state, step)
+          log.flush()
+          raise preemption.Preempted(step, stop.signal_name)
+  finally:
+    checkpointer.close()
+  return state, record
+
+
+def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
+  """Trains per `config`, evaluating, checkpointing and exporting to workdir.
+
+  Everything that can be checked is, before the workdir is touched: the
+  config, the data and the model.
+
+  Returns:
+    The last record of the main evaluation ('eval': the main eval set, its
+    EMA and extra variants), None if none ran.
+  """
+  run_start = time.time()
+  _validate(config)
+  source = from_config.data_source(config)
+  setup = make_setup(config, from_config.num_classes(config, source))
+  with workdir_lib.claim(workdir):
+    return _train(config, epath.Path(workdir), source, setup, run_start)
+
+
+def _train(config, workdir: epath.Path, source, setup: Setup,
+           run_start: float) -> Optional[Dict[str, float]]:
+  """`train_and_evaluate` in a claimed workdir."""
+  checkpointer = train_checkpoints.Checkpointer(workdir,
+                                                config.keep_checkpoints)
+  state = initial_state(config, setup, checkpointer)
+  start_step = int(jax.device_get(state.step))
+  if start_step < config.total_steps:
+    checkpointer.check_space(state)
+  logging.info('%s: %s', config.model_name,
+               workdir_lib.record_run(workdir, config, state.params))
+
+  log = metrics_log.MetricsLog(workdir, start_time=run_start)
+  log.drop_after(start_step)
+  normalization = preprocessing(config, setup.model)
+  batches = from_config.train_batches(
+      config, source, normalization=normalization, start_step=start_step)
+  read_eval = functools.partial(from_config.eval_batches, config,
+                                normalization=normalization)
+  evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
+  state, record = _run_steps(config, setup, state, start_step, batches, evals,
+                             checkpointer, log)
+  if record is None and start_step >= config.total_steps:
+    # A finished run started again: report its accuracy, log nothing twice.
+    record = _evaluate_main(evals, state)
+    logging.info('Already trained to step %d; evaluation: %s', start_step,
+                 record)
+  log.flush()
+  if config.export_npz:
+    exported = export_npz(
+        state, workdir, config.ema_decay > 0, model=setup.model,
+        image_size=config.image_size, normalization=normalization,
+        names=class_names(config, source, setup.model.num_classes))
+    for name, path in exported.items():
+      logging.info('Exported %s (released .npz layout) to %s', name, path)
+  log.close()
+  return record

@@ -1,0 +1,449 @@
+"""What timm's ViT parameter layout means, as our `vit.VisionTransformer`.
+
+timm 1.0's `VisionTransformer` (timm/models/vision_transformer.py; the
+distilled DeiT in deit.py, the MAP head `AttentionPoolLatent` in
+timm/layers/attention_pool.py) names its state dict as below. The mapping is
+the inverse of that file's `_load_weights`, which reads our `.npz` tree into
+timm (D width, A heads, E head width, M MLP width, p patch):
+
+  timm key (torch shape)            ours (shape)
+  patch_embed.proj (D, 3, p, p)     embedding (p, p, 3, D)
+  cls_token, dist_token, reg_token  cls, dist_token, reg_token
+  pos_embed                         Transformer/posembed_input/pos_embedding
+  norm_pre                          Transformer/pre_norm
+  blocks.i.norm1, .norm2            Transformer/encoderblock_i/LayerNorm_0, _1
+  blocks.i.attn.qkv (3*A*E, D)      .../MultiHeadDotProductAttention_0/
+                                      query, key, value (D, A, E)
+  blocks.i.attn.proj (D, A*E)       .../MultiHeadDotProductAttention_0/out
+                                      (A, E, D)
+  blocks.i.mlp.fc1, .fc2            .../MlpBlock_0/Dense_0, Dense_1
+    (M, D), (D, M)                    (D, M), (M, D)
+  blocks.i.ls1.gamma, .ls2.gamma    .../LayerScale_0/scale, LayerScale_1/scale
+  norm | fc_norm                    Transformer/encoder_norm | fc_norm
+  attn_pool.latent, .q, .kv, .proj  MAPHead_0/probe, its attention's query,
+                                      key, value, out
+  attn_pool.norm, .mlp              MAPHead_0/LayerNorm_0, MlpBlock_0
+  head, head_dist                   head, head_dist
+
+The prefix tokens are the class token (Dosovitskiy et al. 2021, "An Image is
+Worth 16x16 Words", arXiv:2010.11929), DeiT's distillation token (Touvron et
+al. 2021, arXiv:2012.12877) and registers (Darcet et al. 2024, "Vision
+Transformers Need Registers", arXiv:2309.16588); LayerScale is CaiT's
+(Touvron et al. 2021, arXiv:2103.17239), norm_pre CLIP's ln_pre (Radford et
+al. 2021, arXiv:2103.00020), fc_norm the norm after average pooling of MAE's
+fine-tuning (He et al. 2022, arXiv:2111.06377), and the MAP head that of
+"Scaling Vision Transformers" (Zhai et al. 2022, arXiv:2106.04560), as in
+SigLIP (Zhai et al. 2023, arXiv:2303.15343).
+
+What the arrays show is read off them: width, depth, patch, MLP width, the
+prefix tokens, LayerScale, q/k/v biases, the pre-norm, fc_norm, the MAP head
+and the heads. What they cannot show (attention heads, the GELU variant, the
+LayerNorm epsilon, the pooling) comes from config.json's `model_args` first,
+else from the architecture name (`vit_jax.weights.timm_recipe`, which also refuses,
+by name, the timm features our model lacks: qk-norm, gated MLPs, rotary
+embeddings, ...). Every array is used or the mapping fails naming it. The
+result is checked key by key and shape by shape against the model it is
+for.
+"""
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax
+import numpy as np
+
+from vit_jax import models
+from vit_jax.weights import npz
+from vit_jax.weights import timm_recipe
+from vit_jax.models import family
+from vit_jax.models import vit
+from vit_jax.models import vit_family
+
+
+# ---------------------------------------------------------------- mapping --
+
+_MAX_LISTED = 20  # Left-over keys named in the error.
+
+
+class _Arrays:
+  """timm's arrays, each taken once; what is left at the end is an error."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    self._arrays = dict(arrays)
+
+  def has(self, key: str) -> bool:
+    return key in self._arrays
+
+  def take(self, key: str) -> np.ndarray:
+    if key not in self._arrays:
+      raise npz.CheckpointMismatchError(
+          f'the checkpoint has no {key!r}, which a timm ViT of its shape has')
+    return self._arrays.pop(key)
+
+  def take_optional(self, key: str) -> Optional[np.ndarray]:
+    return self._arrays.pop(key, None)
+
+  def check_all_taken(self) -> None:
+    left = sorted(self._arrays)
+    if left:
+      listed = ', '.join(left[:_MAX_LISTED])
+      more = f' and {len(left) - _MAX_LISTED} more' if len(left) > (
+          _MAX_LISTED) else ''
+      raise npz.CheckpointMismatchError(
+          f'{len(left)} timm keys fit no part of vit_jax\'s ViT: {listed}'
+          f'{more} (a timm feature vit_jax does not implement?)')
+
+
+def _bias_or_zeros(bias, width: int) -> np.ndarray:
+  """A layer timm built with bias=False is ours with a zero bias."""
+  return np.zeros(width, np.float32) if bias is None else bias
+
+
+def _norm(arrays: _Arrays, out: Dict[str, np.ndarray], timm: str, ours: str):
+  out[f'{ours}/scale'] = arrays.take(f'{timm}.weight')
+  out[f'{ours}/bias'] = arrays.take(f'{timm}.bias')
+
+
+def _dense(arrays: _Arrays, out, timm: str, ours: str) -> np.ndarray:
+  """torch Linear weight (out, in) -> kernel (in, out); returns the kernel."""
+  weight_OI = arrays.take(f'{timm}.weight')
+  out[f'{ours}/kernel'] = weight_OI.T
+  out[f'{ours}/bias'] = _bias_or_zeros(arrays.take_optional(f'{timm}.bias'),
+                                       weight_OI.shape[0])
+  return out[f'{ours}/kernel']
+
+
+def _mlp(arrays: _Arrays, out, timm: str, ours: str) -> int:
+  """fc1, fc2 -> Dense_0, Dense_1; returns the MLP width."""
+  kernel_DM = _dense(arrays, out, f'{timm}.fc1', f'{ours}/Dense_0')
+  kernel_MD = _dense(arrays, out, f'{timm}.fc2', f'{ours}/Dense_1')
+  if kernel_DM.shape[1] != kernel_MD.shape[0]:
+    raise npz.CheckpointMismatchError(
+        f'{timm}.fc1 has {kernel_DM.shape[1]} outputs but fc2 '
+        f'{kernel_MD.shape[0]} inputs: a gated MLP (SwiGLUPacked), which '
+        'vit_jax does not implement')
+  return kernel_DM.shape[1]
+
+
+def _heads(weight_OI: np.ndarray, num_heads: int) -> np.ndarray:
+  """Linear weight (A*E, D) -> DenseGeneral kernel (D, A, E)."""
+  return weight_OI.T.reshape(weight_OI.shape[1], num_heads, -1)
+
+
+def _attention_out(arrays: _Arrays, out, timm: str, ours: str,
+                   num_heads: int) -> None:
+  """proj (D, A*E) -> `out` kernel (A, E, D)."""
+  weight_OI = arrays.take(f'{timm}.weight')
+  out[f'{ours}/kernel'] = weight_OI.T.reshape(num_heads, -1,
+                                              weight_OI.shape[0])
+  out[f'{ours}/bias'] = _bias_or_zeros(arrays.take_optional(f'{timm}.bias'),
+                                       weight_OI.shape[0])
+
+
+def _split_heads(arrays: _Arrays, out, timm: str, ours: str,
+                 names: Tuple[str, ...], num_heads: int) -> None:
+  """A fused projection (q, k, v or k, v stacked on the output axis, as
+  timm's reshape(B, N, len(names), heads, head_dim) reads it) -> one
+  DenseGeneral per name; no bias stays no bias (qkv_bias=False)."""
+  weight_OI = arrays.take(f'{timm}.weight')
+  bias = arrays.take_optional(f'{timm}.bias')
+  width = weight_OI.shape[1]
+  if weight_OI.shape[0] != len(names) * width:
+    raise npz.CheckpointMismatchError(
+        f'{timm}.weight is {weight_OI.shape}: attention {weight_OI.shape[0]}'
+        f' wide for {width}-wide tokens (attn_head_dim), which vit_jax does '
+        'not implement')
+  for index, name in enumerate(names):
+    rows = slice(index * width, (index + 1) * width)
+    out[f'{ours}/{name}/kernel'] = _heads(weight_OI[rows], num_heads)
+    if bias is not None:
+      out[f'{ours}/{name}/bias'] = bias[rows].reshape(num_heads, -1)
+
+
+def _block(arrays: _Arrays, out, layer: int, num_heads: int) -> int:
+  """blocks.{layer} -> Transformer/encoderblock_{layer}; its MLP width."""
+  timm, ours = f'blocks.{layer}', f'Transformer/encoderblock_{layer}'
+  attention = f'{ours}/MultiHeadDotProductAttention_0'
+  _norm(arrays, out, f'{timm}.norm1', f'{ours}/LayerNorm_0')
+  _split_heads(arrays, out, f'{timm}.attn.qkv', attention,
+               ('query', 'key', 'value'), num_heads)
+  _attention_out(arrays, out, f'{timm}.attn.proj', f'{attention}/out',
+                 num_heads)
+  _norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')
+  mlp_dim = _mlp(arrays, out, f'{timm}.mlp', f'{ours}/MlpBlock_0')
+  for index in (0, 1):
+    gamma = arrays.take_optional(f'{timm}.ls{index + 1}.gamma')
+    if gamma is not None:
+      out[f'{ours}/LayerScale_{index}/scale'] = gamma
+  return mlp_dim
+
+
+def _map_head(arrays: _Arrays, out, num_heads: int) -> int:
+  """attn_pool (AttentionPoolLatent) -> MAPHead_0; its MLP width."""
+  latent = arrays.take('attn_pool.latent')  # (1, latent_len, D)
+  if latent.shape[1] != 1:
+    raise npz.CheckpointMismatchError(
+        f'attn_pool has {latent.shape[1]} latent queries; vit_jax\'s MAP head '
+        'has one')
+  width = latent.shape[-1]
+  out['MAPHead_0/probe'] = latent
+  attention = 'MAPHead_0/MultiHeadDotProductAttention_0'
+  if arrays.has('attn_pool.q.weight'):
+    _split_heads(arrays, out, 'attn_pool.q', attention, ('query',), num_heads)
+  else:  # q_proj=False: the latent itself is the query.
+    out[f'{attention}/query/kernel'] = np.eye(width, dtype=np.float32).reshape(
+        width, num_heads, -1)
+  _split_heads(arrays, out, 'attn_pool.kv', attention, ('key', 'value'),
+               num_heads)
+  for name in ('query', 'key', 'value'):  # Our MAP head has q/k/v biases.
+    out.setdefault(f'{attention}/{name}/bias',
+                   np.zeros((num_heads, width // num_heads), np.float32))
+  _attention_out(arrays, out, 'attn_pool.proj', f'{attention}/out', num_heads)
+  _norm(arrays, out, 'attn_pool.norm', 'MAPHead_0/LayerNorm_0')
+  return _mlp(arrays, out, 'attn_pool.mlp', 'MAPHead_0/MlpBlock_0')
+
+
+def _checked_heads(recipe: timm_recipe.Recipe, width: int) -> int:
+  if recipe.num_heads is None:
+    raise ValueError(
+        f'cannot tell the attention heads of timm architecture '
+        f'{recipe.architecture!r} ({width} wide): add "model_args": '
+        '{"num_heads": ...} to its config.json')
+  if width % recipe.num_heads:
+    raise npz.CheckpointMismatchError(
+        f'{recipe.architecture}: width {width} is not divisible by '
+        f'{recipe.num_heads} heads; set "model_args": {{"num_heads": ...}} '
+        'in its config.json')
+  return int(recipe.num_heads)
+
+
+# ---------------------------------------------------- pooling and options --
+
+_POOLING_WE_LACK = ('avgmax', 'max', 'prr')
+
+
+def _classifier(recipe: timm_recipe.Recipe, *, has_cls: bool, num_prefix: int,
+                has_map: bool, distilled: bool) -> str:
+  """timm's global_pool (config.json, else what the arrays hold) -> ours."""
+  pool = recipe.global_pool
+  if pool is None:
+    pool = 'map' if has_map else 'token' if has_cls else 'avg'
+  if pool in _POOLING_WE_LACK:
+    raise npz.CheckpointMismatchError(
+        f'global_pool {pool!r} is a pooling vit_jax does not implement (it '
+        "has 'token', 'avg', 'map' and '')")
+  problem = None
+  if (pool == 'map') != has_map:
+    problem = 'attn_pool arrays without global_pool \'map\', or the reverse'
+  elif distilled and pool != 'token':
+    problem = 'a distillation token needs global_pool \'token\''
+  elif pool == 'token' and not has_cls:
+    problem = "global_pool 'token' without a class token"
+  elif pool in ('avg', 'map') and has_cls:
+    problem = (f'global_pool {pool!r} beside a class token (vit_jax\'s '
+               "'gap' and 'map' classifiers have none)")
+  elif pool == 'avg' and num_prefix and recipe.pool_include_prefix:
+    problem = 'average pooling that includes the register tokens'
+  elif pool == 'map' and num_prefix and not recipe.pool_include_prefix:
+    problem = ('attention pooling of the patch tokens only, beside register '
+               "tokens (vit_jax's MAP head attends to every token)")
+  elif pool not in ('token', 'avg', 'map', ''):
+    problem = f'unknown global_pool {pool!r}'
+  if problem:
+    raise npz.CheckpointMismatchError(f'{problem}: vit_jax does not '
+                                      'implement it')
+  if pool == '':
+    return 'token_unpooled' if has_cls else 'unpooled'
+  return {'token': 'token', 'avg': 'gap', 'map': 'map'}[pool]
+
+
+
+def _posemb_options(pos_embed, *, grid: Tuple[int, int],
+                    num_prefix: int) -> Dict[str, Any]:
+  """pos_embed over every token, the patches only (no_embed_class), or
+  absent (pos_embed='none'), told apart by its length at the native grid."""
+  if pos_embed is None:
+    return {'posemb': 'none'}
+  patches = grid[0] * grid[1]
+  if pos_embed.shape[1] == patches + num_prefix:
+    return {}
+  if pos_embed.shape[1] == patches:
+    return {'posemb_covers_prefix': False}
+  raise npz.CheckpointMismatchError(
+      f'pos_embed has {pos_embed.shape[1]} positions, but the native '
+      f'{grid[0]}x{grid[1]} patch grid has {patches} (+ {num_prefix} prefix '
+      'tokens): is pretrained_cfg input_size right?')
+
+
+def _grid(image_size, patch_size) -> Tuple[int, int]:
+  if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+    raise npz.CheckpointMismatchError(
+        f'input_size {image_size} is not a multiple of the patch size '
+        f'{patch_size}')
+  return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+
+
+# ------------------------------------------------------------ conversion --
+
+@dataclasses.dataclass(frozen=True)
+class _Tokens:
+  """The prefix tokens the arrays hold: [cls] [dist] [registers]."""
+  has_cls: bool
+  distilled: bool
+  num_registers: int
+
+  @property
+  def count(self) -> int:
+    return int(self.has_cls) + int(self.distilled) + self.num_registers
+
+
+def _embedding(arrays: _Arrays, out) -> Tuple[int, Tuple[int, int]]:
+  """patch_embed.proj (D, 3, ph, pw) -> `embedding` (ph, pw, 3, D); returns
+  (width, patch size)."""
+  weight_DCPP = arrays.take('patch_embed.proj.weight')
+  width, channels = weight_DCPP.shape[:2]
+  if channels != 3:
+    raise npz.CheckpointMismatchError(
+        f'patch_embed takes {channels} input channels; vit_jax takes RGB')
+  out['embedding/kernel'] = weight_DCPP.transpose(2, 3, 1, 0)
+  # CLIP towers (pre_norm) have no patch-embedding bias.
+  out['embedding/bias'] = _bias_or_zeros(
+      arrays.take_optional('patch_embed.proj.bias'), width)
+  return int(width), (int(weight_DCPP.shape[2]), int(weight_DCPP.shape[3]))
+
+
+def _prefix_tokens(arrays: _Arrays, out) -> _Tokens:
+  for timm, ours in (('cls_token', 'cls'), ('dist_token', 'dist_token'),
+                     ('reg_token', 'reg_token')):
+    if arrays.has(timm):
+      out[ours] = arrays.take(timm)
+  tokens = _Tokens('cls' in out, 'dist_token' in out,
+                   int(out['reg_token'].shape[1]) if 'reg_token' in out else 0)
+  if tokens.distilled and tokens.num_registers:
+    raise npz.CheckpointMismatchError(
+        "register tokens beside a distillation token (timm's distilled "
+        'model ignores them): vit_jax does not implement it')
+  return tokens
+
+
+def _encoder(arrays: _Arrays, out, num_heads: int) -> Tuple[int, set]:
+  """norm_pre and the blocks; returns (layers, the blocks' MLP widths)."""
+  if arrays.has('norm_pre.weight'):
+    _norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
+  num_layers = 0
+  while arrays.has(f'blocks.{num_layers}.norm1.weight'):
+    num_layers += 1
+  if not num_layers:
+    raise npz.CheckpointMismatchError('the checkpoint has no blocks.0: not a '
+                                      'timm ViT')
+  return num_layers, {_block(arrays, out, layer, num_heads)
+                      for layer in range(num_layers)}
+
+
+def _final_norm(arrays: _Arrays, out, tokens: _Tokens) -> bool:
+  """`norm` (every token) or `fc_norm` (after pooling); returns fc_norm."""
+  fc_norm = arrays.has('fc_norm.weight')
+  if fc_norm == arrays.has('norm.weight'):
+    raise npz.CheckpointMismatchError(
+        'the checkpoint has neither or both of `norm` and `fc_norm` '
+        '(final_norm=False?): vit_jax needs exactly one final LayerNorm')
+  if fc_norm and tokens.distilled:
+    raise npz.CheckpointMismatchError(
+        "fc_norm with a distillation token (timm's distilled head skips "
+        'it): vit_jax does not implement it')
+  _norm(arrays, out, 'fc_norm' if fc_norm else 'norm',
+        'fc_norm' if fc_norm else 'Transformer/encoder_norm')
+  return fc_norm
+
+
+def _classifier_heads(arrays: _Arrays, out, tokens: _Tokens) -> Optional[int]:
+  """head (and head_dist); returns the class count, None without a head."""
+  if not arrays.has('head.weight'):
+    return None
+  num_classes = int(_dense(arrays, out, 'head', 'head').shape[1])
+  if tokens.distilled:
+    _dense(arrays, out, 'head_dist', 'head_dist')
+  return num_classes
+
+
+def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
+           image_size: Tuple[int, int]
+           ) -> Tuple[family.Params, Dict[str, Any]]:
+  """timm's state dict -> our parameter tree and model attributes.
+
+  Args:
+    recipe: `recipe(config, timm_arrays)`.
+    timm_arrays: timm key -> float32 array.
+    image_size: the native (H, W), the size `pos_embed` is stored for.
+
+  Returns:
+    (params, model_kwargs): the nested float32 tree and the
+    `vit.VisionTransformer` attributes (num_classes, None without a head,
+    the sizes, classifier, and every option that differs from its default).
+
+  Raises:
+    npz.CheckpointMismatchError: an array is missing, left over, or of a
+      shape or combination vit_jax does not implement.
+  """
+  arrays, out = _Arrays(timm_arrays), {}
+  width, patch_size = _embedding(arrays, out)
+  num_heads = _checked_heads(recipe, width)
+  tokens = _prefix_tokens(arrays, out)
+  pos_embed = arrays.take_optional('pos_embed')
+  if pos_embed is not None:
+    out['Transformer/posembed_input/pos_embedding'] = pos_embed
+  num_layers, mlp_dims = _encoder(arrays, out, num_heads)
+  fc_norm = _final_norm(arrays, out, tokens)
+  has_map = arrays.has('attn_pool.latent')
+  if has_map:
+    mlp_dims.add(_map_head(arrays, out, num_heads))
+  if len(mlp_dims) != 1:
+    raise npz.CheckpointMismatchError(
+        f'MLP widths differ between blocks: {sorted(mlp_dims)}')
+  num_classes = _classifier_heads(arrays, out, tokens)
+  arrays.check_all_taken()
+  options = _options(recipe, out, tokens, fc_norm=fc_norm, posemb=(
+      _posemb_options(pos_embed, grid=_grid(image_size, patch_size),
+                      num_prefix=tokens.count)))
+  model_kwargs = dict(
+      num_classes=num_classes, patch_size=patch_size, hidden_size=width,
+      num_layers=num_layers, num_heads=num_heads, mlp_dim=int(mlp_dims.pop()),
+      classifier=_classifier(recipe, has_cls=tokens.has_cls,
+                             num_prefix=tokens.count, has_map=has_map,
+                             distilled=tokens.distilled),
+      **options)
+  return _checked_tree(out, model_kwargs, image_size), model_kwargs
+
+
+def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
+             tokens: _Tokens, *, fc_norm: bool,
+             posemb: Dict[str, Any]) -> Dict[str, Any]:
+  """The model options that differ from `vit.VisionTransformer`'s defaults
+  (an option at its default is left out of model_kwargs)."""
+  block = 'Transformer/encoderblock_0'
+  options = dict(
+      activation=recipe.activation,
+      layer_norm_epsilon=recipe.layer_norm_epsilon,
+      num_register_tokens=tokens.num_registers,
+      distillation=tokens.distilled,
+      pre_norm='Transformer/pre_norm/scale' in out, fc_norm=fc_norm,
+      qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
+      layer_scale_init=(vit_family.LOADED_LAYER_SCALE_INIT
+                        if f'{block}/LayerScale_0/scale' in out else None),
+      **posemb)
+  defaults = {field.name: field.default
+              for field in dataclasses.fields(vit.VisionTransformer)}
+  return {key: value for key, value in options.items()
+          if value != defaults[key]}
+
+
+def _checked_tree(flat: Dict[str, np.ndarray], model_kwargs: Dict[str, Any],
+                  image_size: Tuple[int, int]) -> family.Params:
+  """The nested tree, checked key by key and shape by shape against the
+  model it is for (a block unlike the others, for one, fails here)."""
+  tree = flax.traverse_util.unflatten_dict(
+      {key: np.ascontiguousarray(value, np.float32)
+       for key, value in flat.items()}, sep='/')
+  shapes = models.param_shapes(vit.VisionTransformer(**model_kwargs),
+                               image_size)
+  return npz.merge_strict(shapes, tree)

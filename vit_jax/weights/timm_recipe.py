@@ -1,0 +1,188 @@
+"""What a timm checkpoint's name and config say that its arrays cannot.
+
+timm's config.json names the architecture (e.g. `vit_base_patch16_clip_224`)
+and, for models created with overrides, holds `model_args`. The number of
+attention heads, the GELU variant and the LayerNorm epsilon are not in the
+state dict; they come from `model_args` first, else from the tables below
+(facts of timm 1.0's model definitions in timm/models/vision_transformer.py
+and deit.py). Features of timm's ViTs that `vit.VisionTransformer` lacks
+(qk-norm, gated MLPs, rotary embeddings, ...) are refused here, by name,
+before any key is mapped (`vit_jax.weights.timm_layout`).
+"""
+
+import dataclasses
+import re
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from vit_jax.weights import npz
+
+
+# ------------------------------------ what the arrays cannot say (tables) --
+
+# timm architectures computed in ways our model cannot, although their keys
+# may look like a plain ViT's (re.match on the name).
+_UNSUPPORTED_ARCHITECTURES = (
+    (r'eva|vit_pe_|.*_rope|.*dinov3', "rotary position embeddings (timm's "
+     'Eva models)'),
+    (r'.*_rpn_', 'post-norm blocks (ResPostBlock)'),
+)
+# Attention heads by name, first match (timm's model definitions).
+_NUM_HEADS = (
+    (r'vit_base_patch16_gap_224', 16),
+    (r'vit_base_patch\d+_plus_', 14),
+    (r'vit_giant_patch14_(reg\d+_)?dinov2', 24),
+    (r'(vit|deit3?)_tiny_', 3),
+    (r'vit_xsmall_', 4),
+    (r'(vit|deit3?)_small_', 6),
+    (r'(vit|deit3?)_mediumd?_', 8),
+    (r'vit_betwixt_', 10),
+    (r'(vit|deit3?)_base_', 12),
+    (r'vit_so150m_', 14),
+    (r'vit_so150m2_', 13),
+    (r'vit_p?wee_', 4),
+    (r'vit_little_', 5),
+    (r'(vit|deit3?)_(large|huge|giant|gigantic|giantopt|so400m)_', 16),
+)
+# timm's Mlp uses exact (erf) GELU (nn.GELU) unless the model sets act_layer.
+_ACTIVATIONS_BY_NAME = (
+    (r'.*_quickgelu_', 'quick_gelu'),
+    (r'vit_(base_patch32_siglip(_gap)?_256|large_patch16_siglip(_gap)?_512|'
+     r'so400m_patch16_siglip(_gap)?_\d+|giantopt_patch16_siglip(_gap)?_\d+)$',
+     'gelu_tanh'),
+)
+_DEFAULT_ACTIVATION = 'gelu_erf'
+# model_args act_layer -> ours.
+_ACT_LAYERS = {'gelu': 'gelu_erf', 'gelu_tanh': 'gelu_tanh',
+               'quick_gelu': 'quick_gelu'}
+# timm.layers.LayerNorm's default epsilon; the CLIP towers use 1e-5.
+_DEFAULT_EPSILON = 1e-6
+_CLIP_EPSILON = 1e-5
+_NORM_LAYERS = ('layernorm', 'layernormfp32')  # Both with timm's default.
+# model_args keys the arrays show (or errors on their keys report), or that
+# only matter in training.
+_MODEL_ARGS_SHOWN = frozenset({
+    'img_size', 'in_chans', 'num_classes', 'embed_dim', 'depth',
+    'patch_size', 'mlp_ratio', 'class_token', 'reg_tokens', 'no_embed_class',
+    'init_values', 'qkv_bias', 'qk_norm', 'scale_attn_norm',
+    'scale_mlp_norm', 'proj_bias', 'pre_norm', 'final_norm', 'fc_norm',
+    'pos_embed', 'dynamic_img_size', 'dynamic_img_pad', 'weight_init',
+    'fix_init', 'drop_rate', 'pos_drop_rate', 'patch_drop_rate',
+    'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate'})
+_MODEL_ARGS_READ = frozenset({'num_heads', 'act_layer', 'norm_layer',
+                              'global_pool', 'pool_include_prefix'})
+# model_args values that are timm's defaults although the key is a layer.
+_MODEL_ARGS_DEFAULTS = {'attn_layer': ('', 'attn'), 'embed_norm_layer': (None,)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """What a checkpoint's arrays cannot say."""
+  architecture: str  # config.json's, with its pretrained tag.
+  num_heads: Optional[int]
+  activation: str
+  layer_norm_epsilon: float
+  global_pool: Optional[str]  # None: not written; the arrays decide.
+  pool_include_prefix: bool
+
+
+def _by_name(table, name: str, default):
+  return next((value for pattern, value in table if re.match(pattern, name)),
+              default)
+
+
+def _check_model_args(model_args: Mapping[str, Any]) -> None:
+  for key, value in model_args.items():
+    if key in _MODEL_ARGS_SHOWN or key in _MODEL_ARGS_READ or (
+        value in _MODEL_ARGS_DEFAULTS.get(key, ())):
+      continue
+    raise npz.CheckpointMismatchError(
+        f'config.json model_args {key}={value!r}: a timm option vit_jax does '
+        'not implement')
+
+
+def _activation(name: str, model_args: Mapping[str, Any]) -> str:
+  if 'act_layer' not in model_args:
+    return _by_name(_ACTIVATIONS_BY_NAME, name, _DEFAULT_ACTIVATION)
+  activation = _ACT_LAYERS.get(str(model_args['act_layer']))
+  if activation is None:
+    raise npz.CheckpointMismatchError(
+        f'config.json model_args act_layer={model_args["act_layer"]!r}: '
+        f'vit_jax implements {sorted(_ACT_LAYERS)}')
+  return activation
+
+
+def _epsilon(name: str, model_args: Mapping[str, Any]) -> float:
+  if 'norm_layer' not in model_args:
+    return _CLIP_EPSILON if '_clip_' in name else _DEFAULT_EPSILON
+  if str(model_args['norm_layer']).lower() not in _NORM_LAYERS:
+    raise npz.CheckpointMismatchError(
+        f'config.json model_args norm_layer={model_args["norm_layer"]!r}: '
+        'vit_jax implements LayerNorm only')
+  return _DEFAULT_EPSILON
+
+
+def recipe(config: Mapping[str, Any],
+           timm_arrays: Mapping[str, np.ndarray]) -> Recipe:
+  """What the arrays cannot say: model_args first, else the name tables.
+
+  Args:
+    config: config.json (`architecture`, optional `model_args` and
+      `global_pool`).
+    timm_arrays: the state dict, checked for timm features we lack first.
+
+  Returns:
+    The recipe for `to_vit`.
+
+  Raises:
+    npz.CheckpointMismatchError: a feature, architecture or model_args
+      option vit_jax does not implement.
+  """
+  _check_features(timm_arrays)
+  name = config['architecture'].split('.')[0]
+  feature = _by_name(_UNSUPPORTED_ARCHITECTURES, name, None)
+  if feature:
+    raise npz.CheckpointMismatchError(
+        f'timm architecture {name!r} uses {feature}, which vit_jax does not '
+        'implement')
+  model_args = config.get('model_args') or {}
+  _check_model_args(model_args)
+  return Recipe(
+      architecture=config['architecture'],
+      num_heads=model_args.get('num_heads', _by_name(_NUM_HEADS, name, None)),
+      activation=_activation(name, model_args),
+      layer_norm_epsilon=_epsilon(name, model_args),
+      global_pool=model_args.get('global_pool', config.get('global_pool')),
+      pool_include_prefix=bool(model_args.get('pool_include_prefix', False)))
+
+
+# --------------------------------------------------------------- features --
+
+# Keys of timm features our model lacks (re.search), checked before mapping
+# so the error names the feature rather than an unknown key.
+_UNSUPPORTED_KEYS = (
+    (r'(^|\.)[qk]_norm\.', 'qk-norm (qk_norm=True)'),
+    (r'^blocks\.\d+\.attn\.norm\.', 'attention output norm (scale_attn_norm)'),
+    (r'^blocks\.\d+\.mlp\.norm\.', 'MLP hidden norm (scale_mlp_norm)'),
+    (r'\.mlp\.(fc1_g|fc1_x|w12|w1|w2|w3)\.', 'a gated MLP (SwiGLU / GluMlp)'),
+    (r'\.attn\.gate\.', 'gated attention'),
+    (r'\.attn\.lambda_', "differential attention (attn_layer='diff')"),
+    (r'^patch_embed\.norm\.', 'a norm in the patch embedding'),
+    (r'^patch_embed\.backbone\.', 'a CNN backbone (hybrid ViT)'),
+    (r'(^|\.)rope\.|freqs', 'rotary position embeddings'),
+    (r'relative_position', 'relative position embeddings'),
+    (r'^attn_pool\.pos_embed', 'a position embedding in the attention pool'),
+    (r'^blocks\.\d+\.(attns|ffns)\.', 'parallel blocks (ParallelThingsBlock)'),
+    (r'^blocks\.\d+\.(in_proj|in_norm|attn_out_proj|mlp_out_proj)\.',
+     'parallel scaling blocks (ParallelScalingBlock)'),
+)
+
+
+def _check_features(arrays: Mapping[str, np.ndarray]) -> None:
+  for pattern, feature in _UNSUPPORTED_KEYS:
+    keys = sorted(key for key in arrays if re.search(pattern, key))
+    if keys:
+      raise npz.CheckpointMismatchError(
+          f'the checkpoint uses {feature} (e.g. {keys[0]!r}), which vit_jax '
+          'does not implement')
