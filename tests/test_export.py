@@ -22,6 +22,7 @@ from tests import helpers
 from tests import timm_fixtures
 from vit_jax import export
 from vit_jax.export import to_onnx
+from vit_jax.export import serving
 from vit_jax import models
 from vit_jax.weights import pretrained
 from vit_jax.cli import export as export_cli
@@ -111,7 +112,7 @@ def test_each_file_gives_predicts_logits_in_its_runtime(family, tmp_path,
       logits = run(os.path.join(out, name), images[:batch])
       assert logits.dtype == np.float32
       assert logits.shape == expected[:batch].shape
-      error = export.relative_error(logits, expected[:batch])
+      error = serving.relative_error(logits, expected[:batch])
       print(f'{family} {name} B={batch}: {error:.2e}')
       assert error <= export.TOLERANCE[name], (name, batch, error)
 
@@ -164,7 +165,7 @@ def test_readme_deploy_section_runs_as_written(tmp_path, monkeypatch):
   files = (export.SAVED_MODEL, export.ONNX, export.TFLITE)
   for name, code in zip(files, runtimes):
     scope = _run_snippet(code, dict(namespace))
-    assert export.relative_error(scope['logits'], expected) <= (
+    assert serving.relative_error(scope['logits'], expected) <= (
         export.TOLERANCE[name]), name
     _run_snippet(show_labels, scope)
 
@@ -229,7 +230,7 @@ def test_a_failed_export_leaves_nothing_behind(vit_checkpoint, tmp_path,
   def broken(*args, **kwargs):
     del args, kwargs
     raise ValueError('converter broke')
-  monkeypatch.setattr(export, 'write_onnx', broken)
+  monkeypatch.setattr(to_onnx, 'write_serving', broken)
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='converter broke'):
     export_cli.run(vit_checkpoint, str(tmp_path / 'empty'))
@@ -253,12 +254,13 @@ def test_large_onnx_weights_go_beside_the_graph(tmp_path, monkeypatch):
       model=model, params=helpers.random_params(model, 8), image_size=8,
       preprocessing=IMAGENET)
   path = str(tmp_path / export.ONNX)
-  export.write_onnx(export.serving_function(loaded), loaded.params, 8, path)
+  to_onnx.write_serving(export.serving_function(loaded), loaded.params, 8,
+                        path)
   assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'model.onnx.data']
   images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), np.uint8)
-  assert export.relative_error(
-      export.run_onnx(path, images),
-      export.reference_logits(loaded, images)) <= export.TOLERANCE[export.ONNX]
+  assert serving.relative_error(
+      to_onnx.run(path, images),
+      serving.reference_logits(loaded, images)) <= export.TOLERANCE[export.ONNX]
 
 
 def test_the_library_imports_no_converter_or_runtime():

@@ -6,7 +6,7 @@ Run from the repository root:
       [--model=ViT-B_16] [--data_dir=~/tensorflow_datasets] \
       [--train_split=train] [--test_split=test] [--image_size=224] \
       [--shots=1,5,10,25] [--seeds=0,1,2] [--val_per_class=10] \
-      [--json_out=fewshot_ridge.json] [--features_out=features.npz]
+      [--json_out=fewshot.json] [--features_out=features.npz]
 
 Both splits go through the evaluation transform (resize, no augmentation) of
 `vit_jax.data.pipeline`, padded and masked so every example counts once.

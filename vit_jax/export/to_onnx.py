@@ -1,7 +1,10 @@
 """A JAX serving function as an ONNX file, through jax2onnx.
 
+  write_serving(serve, params, image_size, path)
+                                   the serving function as `path`, batch `B`
   write(serve, input_spec, path)   trace `serve`, convert it, write `path`
                                    (and `path`.data for weights over 1.5 GiB)
+  run(path, images)                a file run in ONNX Runtime
 
 jax2onnx (an optional dependency: the `export` extra) converts the
 primitives of a traced JAX function to ONNX operators. Two things stand
@@ -27,6 +30,7 @@ Nested `jit` calls and custom-derivative wrappers are inlined on the way
 """
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -35,7 +39,14 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import jax
 from jax import lax
 from jax.extend import core as jax_core
+import jax.numpy as jnp
 import numpy as np
+
+from vit_jax.export import serving
+
+FILE = 'model.onnx'
+# Largest relative difference (max |file - JAX| / max |JAX|) accepted.
+TOLERANCE = 1e-4
 
 # Wrappers whose body is one closed jaxpr to evaluate in place.
 _INLINED = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'closed_call': 'call_jaxpr',
@@ -56,6 +67,24 @@ INLINE_WEIGHTS_LIMIT = 3 << 29  # 1.5 GiB
 # (jax2onnx writes reductions with their axes as an input, which needs 18;
 # jax2onnx's default, 23, would need a current runtime for nothing more).
 OPSET = 18
+
+
+def write_serving(serve, params, image_size: int, path: str) -> None:
+  """`serve` (`serving.serving_function`'s) with `params` (constants in the
+  graph) as an ONNX file whose batch dimension is `B`."""
+  spec = jax.ShapeDtypeStruct(
+      jax.export.symbolic_shape(f'B, {image_size}, {image_size}, 3'),
+      jnp.uint8)
+  write(functools.partial(serve, params), spec, path,
+        input_name=serving.INPUT, output_name=serving.OUTPUT)
+
+
+def run(path: str, images: np.ndarray) -> np.ndarray:
+  """The ONNX file at `path` on uint8 `images`, in ONNX Runtime."""
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  session = onnxruntime.InferenceSession(
+      path, providers=['CPUExecutionProvider'])
+  return session.run([serving.OUTPUT], {serving.INPUT: images})[0]
 
 
 def write(serve: Callable[..., Any], input_spec: jax.ShapeDtypeStruct,

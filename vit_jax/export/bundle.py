@@ -1,0 +1,151 @@
+"""All the serving files of a model written together, checked, or none.
+
+  export(loaded, out)     OUT/saved_model, OUT/model.onnx, OUT/model.tflite
+                          (and OUT/labels.txt when the checkpoint names its
+                          classes), each run in its runtime and compared
+                          with JAX before the directory is moved into place
+  check_out(out)          refuses an `out` that export cannot create
+  check_files(dir, loaded)  the comparison, file by file
+"""
+
+import os
+import shutil
+import tempfile
+from typing import Dict
+
+import numpy as np
+
+from vit_jax.export import serving
+from vit_jax.export import to_onnx
+from vit_jax.export import to_saved_model
+from vit_jax.export import to_tflite
+from vit_jax.weights import pretrained
+
+LABELS = 'labels.txt'
+# Each file's runner and the largest relative difference from JAX it may
+# have, in the order the files are written and checked.
+FORMATS = (to_saved_model, to_tflite, to_onnx)
+RUNTIMES = {fmt.FILE: fmt.run for fmt in FORMATS}
+TOLERANCE = {fmt.FILE: fmt.TOLERANCE for fmt in FORMATS}
+# Images in the batch each file is checked on.
+CHECK_BATCH = 2
+
+
+class ExportMismatchError(ValueError):
+  """A written file computes other logits than JAX (a converter's fault)."""
+
+
+def check_out(out: str) -> None:
+  """Raises ValueError when `export` could not create the directory `out`:
+  it exists and is not an empty directory, or its nearest existing parent
+  is not a writable directory."""
+  path = os.path.abspath(out)
+  if os.path.isdir(path) and os.listdir(path):
+    raise ValueError(f'{out} exists and is not empty: give a new directory '
+                     'to export into')
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(f'{out} exists and is not a directory: give a new '
+                     'directory to export into')
+  parent = os.path.dirname(path)
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f'cannot create {out}: {parent} is not a directory')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f'cannot create {out}: {parent} is not writable')
+
+
+def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
+  """Writes the serving files of `loaded` into the new directory `out`.
+
+  They are written into a temporary directory beside `out`, checked in
+  their runtimes, and only then renamed to `out`: a failed export leaves
+  nothing behind.
+
+  Args:
+    loaded: the model (`pretrained.load`); its native resolution is the
+      files' input size.
+    out: the directory to create (it may exist if empty).
+
+  Returns:
+    File name -> largest relative difference of its logits from JAX's on
+    the check batch.
+
+  Raises:
+    ValueError: the model has no head, or `out` cannot be created
+      (`check_out`); ExportMismatchError: a file is beyond `TOLERANCE`.
+    ImportError: an optional converter or runtime is not installed.
+  """
+  if not loaded.model.num_classes:
+    raise ValueError('the checkpoint has no head: it gives features, not '
+                     'classes, and export writes classifiers')
+  check_out(out)
+  loaded = serving.for_serving(loaded)
+  path = os.path.abspath(out)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.',
+                            suffix='.partial', dir=os.path.dirname(path))
+  except OSError as e:
+    raise ValueError(f'cannot create {out}: {e}') from e
+  try:
+    serve = serving.serving_function(loaded)
+    saved_model = os.path.join(work, to_saved_model.FILE)
+    to_saved_model.write(serve, loaded.params, loaded.image_size, saved_model)
+    to_tflite.write(saved_model, os.path.join(work, to_tflite.FILE))
+    to_onnx.write_serving(serve, loaded.params, loaded.image_size,
+                          os.path.join(work, to_onnx.FILE))
+    if loaded.class_names:
+      with open(os.path.join(work, LABELS), 'w') as f:
+        f.write(''.join(f'{name}\n' for name in loaded.class_names))
+    errors = check_files(work, loaded)
+    _move_into_place(work, path, out)
+  except BaseException:
+    shutil.rmtree(work, ignore_errors=True)
+    raise
+  return errors
+
+
+def check_files(directory: str, loaded: pretrained.LoadedModel
+                ) -> Dict[str, float]:
+  """Runs each file of `directory` on a random batch and compares it with
+  `serving.reference_logits`.
+
+  Returns:
+    File name -> relative error.
+
+  Raises:
+    ExportMismatchError: a file is beyond its `TOLERANCE`.
+  """
+  size = loaded.image_size
+  images = np.random.default_rng(0).integers(
+      0, 256, (CHECK_BATCH, size, size, 3), dtype=np.uint8)
+  expected = serving.reference_logits(loaded, images)
+  errors = {}
+  for name, run in RUNTIMES.items():
+    actual = run(os.path.join(directory, name), images)
+    if actual.shape != expected.shape:
+      raise ExportMismatchError(
+          f'{name} gives logits of shape {actual.shape}, JAX '
+          f'{expected.shape}: nothing was written')
+    errors[name] = serving.relative_error(actual, expected)
+    if not errors[name] <= TOLERANCE[name]:
+      raise ExportMismatchError(
+          f'{name} differs from JAX by {errors[name]:.2g} (relative) on a '
+          f'random batch, more than the {TOLERANCE[name]:g} allowed: '
+          'nothing was written')
+  return errors
+
+
+def _move_into_place(work: str, path: str, out: str) -> None:
+  """Renames the finished `work` directory to `path` (an empty directory
+  there is replaced), with the permissions a new directory gets."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(work, 0o777 & ~umask)  # mkdtemp's directory is private.
+  try:
+    if os.path.isdir(path):
+      os.rmdir(path)
+    os.rename(work, path)
+  except OSError as e:
+    raise ValueError(f'cannot create {out}: {e}') from e

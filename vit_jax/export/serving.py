@@ -1,0 +1,68 @@
+"""What every served file computes: uint8 images in, float32 logits out.
+
+  for_serving(loaded)          the model in float32 with einsum attention
+  serving_function(loaded)     serve(params, images) as a JAX function
+  reference_logits(loaded, images)  predict's logits for the same pixels
+  relative_error(actual, expected)  how the exports are compared with JAX
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.weights import pretrained
+
+# The files' input and output names, and the signature of the TF ones.
+INPUT = 'images'
+OUTPUT = 'logits'
+SIGNATURE = 'serving_default'
+
+
+def for_serving(loaded: pretrained.LoadedModel) -> pretrained.LoadedModel:
+  """`loaded` with its model in float32 and with the einsum attention."""
+  updates = {}
+  if hasattr(loaded.model, 'dtype'):
+    updates['dtype'] = jnp.float32
+  if hasattr(loaded.model, 'attention'):
+    updates['attention'] = 'einsum'
+  return dataclasses.replace(loaded, model=loaded.model.clone(**updates))
+
+
+def serving_function(loaded: pretrained.LoadedModel
+                     ) -> Callable[[Any, Any], jax.Array]:
+  """`serve(params, images)`: uint8 images (B, H, W, 3) to float32 logits,
+  normalised as the checkpoint expects, one image at a time (see the module
+  docstring). `loaded` should be `for_serving`'s."""
+  model = loaded.model
+  mean = np.asarray(loaded.preprocessing.mean, np.float32)
+  std = np.asarray(loaded.preprocessing.std, np.float32)
+
+  def one(params, image_HWC):
+    # The operations of preprocess.scale_pixels, in the same order.
+    pixels_HWC = (image_HWC.astype(jnp.float32) - mean) / std
+    return model.apply({'params': params}, pixels_HWC[None], train=False)[0]
+
+  def serve(params, images_BHWC):
+    return jax.vmap(one, in_axes=(None, 0))(params, images_BHWC)
+  return serve
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+  """max |actual - expected| / max |expected|."""
+  scale = max(float(np.max(np.abs(expected))), np.finfo(np.float32).tiny)
+  return float(np.max(np.abs(actual - expected))) / scale
+
+
+def reference_logits(loaded: pretrained.LoadedModel,
+                     images: np.ndarray) -> np.ndarray:
+  """predict's logits for uint8 `images` at the native size: its
+  normalisation in NumPy, then `pretrained.predict_logits`, in full
+  float32 precision (no TF32 or bf16 passes on an accelerator)."""
+  mean = np.asarray(loaded.preprocessing.mean, np.float32)
+  std = np.asarray(loaded.preprocessing.std, np.float32)
+  pixels = (images.astype(np.float32) - mean) / std
+  with jax.default_matmul_precision('highest'):
+    return pretrained.predict_logits(loaded.model, loaded.params, pixels)

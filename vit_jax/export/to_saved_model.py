@@ -1,0 +1,45 @@
+"""The serving function as a TF SavedModel, through jax2tf.
+
+The model is StableHLO inside an XlaCallModule op, lowered for CPU and CUDA,
+with the batch symbolic; the parameters are variables. Signature
+`serving_default`. TensorFlow is imported only when a file is written or
+run.
+"""
+
+from vit_jax.export import serving
+
+FILE = 'saved_model'
+# Largest relative difference (max |file - JAX| / max |JAX|) accepted.
+TOLERANCE = 1e-4
+# Platforms the SavedModel's StableHLO is lowered for (TF picks by device).
+_PLATFORMS = ('cpu', 'cuda')
+
+
+def write(serve, params, image_size: int, path: str) -> None:
+  """`serve` (`serving.serving_function`'s) with `params` as a SavedModel."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  converted = jax2tf.convert(
+      serve, polymorphic_shapes=[None, '(b, ...)'], with_gradient=False,
+      native_serialization_platforms=_PLATFORMS)
+  module = tf.Module()
+  module.params = tf.nest.map_structure(
+      lambda array: tf.Variable(array, trainable=False), params)
+
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec(
+      [None, image_size, image_size, 3], tf.uint8, name=serving.INPUT)])
+  def serving_default(images):
+    return {serving.OUTPUT: converted(module.params, images)}
+
+  module.serving_default = serving_default
+  tf.saved_model.save(
+      module, path,
+      signatures={serving.SIGNATURE: serving_default.get_concrete_function()})
+
+
+def run(path: str, images):
+  """The SavedModel at `path` on uint8 `images`, in TensorFlow."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  saved_model = tf.saved_model.load(path)  # Held: it owns the variables.
+  serve = saved_model.signatures[serving.SIGNATURE]
+  return serve(**{serving.INPUT: tf.constant(images)})[serving.OUTPUT].numpy()
