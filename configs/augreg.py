@@ -35,6 +35,9 @@ better).
 
 Runtime: 313 steps per epoch at batch 4096; days on a TPUv3 pod slice. Not
 runnable on a CPU; the tests run one step on generated data.
+
+Runs: no full run is logged here; the expected figures are the paper's
+(docs/experiments.md#paper-recipes).
 """
 
 from configs import common

@@ -24,6 +24,9 @@ model trained here instead of ImageNet mean/std (irrelevant from scratch).
 
 Runtime: 1,251 steps per epoch; the paper trains DeiT-B in 53 hours on 8
 V100s. Not runnable on a CPU; the tests run one step on generated data.
+
+Runs: no full run is logged here; the expected figures are the paper's
+(docs/experiments.md#paper-recipes).
 """
 
 from configs import common

@@ -14,23 +14,12 @@ warm-up steps and cosine decay, decoupled weight decay 0.05, batch 128 on
 one XLA:CPU device, bf16 matmul operands on CPUs with bf16 instructions and
 float32 elsewhere (`dtype='auto'`); 15,000 steps (32 epochs).
 
-Measured runs (the command above, whole-command wall time):
-  2026-12-01, 2-core AMD EPYC with AVX2 only, quiet machine, 6,500 steps
-  (13.9 epochs), 560-760 images/s in the loop:
-    test top-1 0.8942 after 22.6 min (1,299 s to the last evaluation);
-    0.788 / 0.829 / 0.868 / 0.892 at steps 1,300 / 2,600 / 3,900 / 5,200.
-  2026-12-01, Zen 4 with AVX512_BF16 (bf16 operands), two devices, 6,500
-  steps, 1,000-1,500 images/s: 0.8972 after 12.7 min.
-  2026-12-01, the same machine, one device, 15,000 steps (this config),
-  1,200-1,450 images/s: test top-1 0.9170 after 22.2 min (exit 2 s after
-  the last line); 0.828 / 0.870 / 0.895 / 0.913 at steps 3,000 / 6,000 /
-  9,000 / 12,000.
-The target of the recipe issue, 93.0% within 30 minutes, is not reached.
-What limits it is speed: published small ViTs reach 92.3-93.5% on
-Fashion-MNIST after 100-200 epochs on a GPU; at about 1,350 images/s two
-CPU cores give 30 minutes about 2.4M images, 40 epochs. The accuracy was
-still rising (1.7 points over the last 3,000 steps) when the schedule
-ended.
+Reaches 0.9170 test top-1 in 22.2 minutes on 2 CPU cores with bf16
+instructions (AMD Zen 4, 2026-12-01); without bf16 instructions (an AVX2
+AMD EPYC) 6,500 steps took 22.6 minutes (0.8942). Speed limits it: the
+accuracy was still rising when the schedule ended, and published small ViTs
+reach 92.3-93.5% after 100-200 epochs on a GPU. The runs are logged in
+docs/experiments.md#pure-vit-on-fashion-mnist.
 """
 
 from configs import common

@@ -22,6 +22,9 @@ Runtime: ViT-B/16 at 384 px is ~50 GFLOPs per image forward; 10,000 steps of
 batch 512 take a few hours on 8 modern accelerators and are not practical on
 a CPU. The datasets must be prepared in TFDS's data_dir beforehand (this code
 never downloads).
+
+Runs: no full run is logged here; the expected figures are the paper's
+(docs/experiments.md#paper-recipes).
 """
 
 from configs import common

@@ -24,6 +24,9 @@ Runtime: 1,251 steps per epoch; about 7 hours for 90 epochs on a TPUv3-8 in
 the paper. Not runnable on a CPU; the tests run one step of it on generated
 data. ImageNet must be prepared in TFDS's data_dir (this code never
 downloads).
+
+Runs: no full run is logged here; the expected figures are the paper's
+(docs/experiments.md#paper-recipes).
 """
 
 from configs import common

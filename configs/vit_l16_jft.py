@@ -13,6 +13,9 @@ configs/vit_pretrain.py:ViT-L_16,imagenet21k is the public recipe).
 Expected (paper, Table 2): ViT-L/16 pre-trained on JFT-300M reaches 87.76%
 ImageNet top-1 after fine-tuning; runtime: on the order of a thousand
 TPUv3-core-days, not runnable on a CPU.
+
+Runs: no full run is logged here; the expected figures are the paper's
+(docs/experiments.md#paper-recipes).
 """
 
 from configs import vit_pretrain

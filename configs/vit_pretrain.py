@@ -19,6 +19,9 @@ Steps = epochs * train examples / 4096 (JFT-300M 303M, ImageNet-21k 14.2M,
 ImageNet 1.28M images). Expected: the paper's pre-trained models, e.g.
 ViT-B/16 on ImageNet-21k then fine-tuned at 384 px: 84.0% ImageNet top-1.
 Runtime: days on a TPUv3 pod slice; not runnable on a CPU.
+
+Runs: no full run is logged here; the expected figures are the paper's
+(docs/experiments.md#paper-recipes).
 """
 
 from configs import common

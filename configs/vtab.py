@@ -62,6 +62,9 @@ tasks 77.63 for ViT-H/14 (JFT), 76.28 for ViT-L/16 (JFT). Runtime: 2,500
 steps of batch 512 at 384 px for ViT-B/16 are about 2e17 FLOPs (~50 GFLOPs
 forward x 3 x 1.28M images): minutes on 8 modern accelerators per task, not
 practical on a CPU.
+
+Runs: no full run is logged here; the expected figures are the paper's
+(docs/experiments.md#paper-recipes).
 """
 
 from typing import NamedTuple, Optional

@@ -8,7 +8,7 @@ writes to --out_dir:
       attention-rollout map and a heat overlay of the map (Fig. 6). Models
       without a class token (`gap`) get the rollout averaged over the patch
       queries, which is what their mean-pooled representation draws on; the
-      figure title and measures.json say so.
+      figure title and analysis.json say so.
   attention_distance.png  mean attention distance of every head against
       depth, averaged over the given images (Fig. 7 right).
   position_embedding_similarity.png  cosine similarity of each patch's
@@ -16,7 +16,7 @@ writes to --out_dir:
   embedding_filters_pca.png  the first 28 principal components of the patch
       embedding filters as RGB patches (Fig. 7 left); skipped for hybrids,
       whose embedding filters act on ResNet features rather than RGB pixels.
-  measures.json  the numbers behind the figures (see `to_json`).
+  analysis.json  the numbers behind the figures (see `to_json`).
   rollout.npy  float32 (images, rows, cols) rollout maps.
 
 --checkpoint takes any source `vit_jax.weights.pretrained.load` reads; the
@@ -24,7 +24,7 @@ architecture, resolution and pixel normalisation come from the file (its
 arrays and, for our exports, its sidecar). --model is optional: given, the
 file must fit that variant, with the same architecture overrides
 (--num_layers=..., --hidden_size=..., ...) as its training's
-`config.model`. Figures and measures.json name the model by --model, else
+`config.model`. Figures and analysis.json name the model by --model, else
 by the checkpoint's file name. `compute_analysis` (numbers only) and the
 `vit_jax.analysis.plots` functions are importable, e.g. in a notebook.
 """
@@ -193,7 +193,7 @@ def _figure_name(index: int, image_path: str) -> str:
 
 def to_json(result: Dict[str, Any], image_paths: Sequence[str],
             figures: Sequence[str]) -> Dict[str, Any]:
-  """The measures.json record: compute_analysis's numbers as plain lists.
+  """The analysis.json record: compute_analysis's numbers as plain lists.
 
   The position-embedding similarity (rows^2 x cols^2 numbers) and the filter
   components stay out; the figures show them.
@@ -221,7 +221,7 @@ def to_json(result: Dict[str, Any], image_paths: Sequence[str],
 
 def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
                   out_dir) -> Dict[str, Any]:
-  """Writes every figure, rollout.npy and measures.json into `out_dir`.
+  """Writes every figure, rollout.npy and analysis.json into `out_dir`.
 
   Args:
     result: what `compute_analysis` returned for `images`.
@@ -230,7 +230,7 @@ def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
     out_dir: created if missing.
 
   Returns:
-    The measures.json record.
+    The analysis.json record.
   """
   os.makedirs(out_dir, exist_ok=True)
   name = result['model']
@@ -279,13 +279,13 @@ def run(checkpoint_path: str, model_name: Optional[str],
     model_name: the variant it must be, e.g. 'ViT-B_16'; None: the file's
       own architecture, named by the file in the record.
     image_paths: image files for the rollout maps and the distance average.
-    out_dir: where the figures and measures.json go.
+    out_dir: where the figures and analysis.json go.
     image_size: resolution; None: the checkpoint's native one.
     **model_overrides: further module attributes; with `model_name`, the
       architecture overrides the checkpoint was trained with.
 
   Returns:
-    The measures.json record.
+    The analysis.json record.
 
   Raises:
     FileNotFoundError, ValueError, CheckpointMismatchError: see
@@ -330,7 +330,7 @@ def _report(record: Dict[str, Any], out_dir: str) -> None:
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   cli_flags.define_model_flags(flag_values)
-  flags.DEFINE_string('out_dir', None, 'Folder for the PNGs and measures.json.',
+  flags.DEFINE_string('out_dir', None, 'Folder for the PNGs and analysis.json.',
                       flag_values=flag_values)
 
 
