@@ -24,10 +24,7 @@ def get_config():
 
   # --- Model ---------------------------------------------------------------
   config.model_name = 'ViT-Ti_16'  # A registered variant (vit_jax.models) or its short form.
-  # The model family's own keys, each with its default and meaning in the
-  # family's `default_config` (ViT: vit_jax/models/vit_family.py; MLP-Mixer:
-  # mixer_family.py). Switch family with `set_model`.
-  config.model = models.model_config(config.model_name)
+  config.model = models.model_config(config.model_name)  # The family's own keys, documented in its `default_config` (vit_jax/models/vit_family.py, mixer_family.py); `set_model` switches family.
 
   # --- Data ----------------------------------------------------------------
   config.dataset = 'fashion_mnist_local'  # TFDS name (or 'imagefolder').
