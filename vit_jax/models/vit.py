@@ -471,9 +471,9 @@ class VisionTransformer(nn.Module):
     drop_path_rate: stochastic depth (Huang et al. 2016, "Deep Networks
       with Stochastic Depth"): in training each example's attention and MLP
       branch is dropped with a rate growing linearly from 0 at the first
-      block to this at the last (`stochastic_depth.rates`), and scaled by 1 / (1 -
-      rate) when kept; evaluation is unaffected. Uses the 'dropout' rng.
-      In [0, 1).
+      block to this at the last (`stochastic_depth.rates`), and scaled by
+      1 / (1 - rate) when kept; evaluation is unaffected. Uses the
+      'dropout' rng. In [0, 1).
     posemb: one of POSEMB_KINDS. 'learned' (the released models);
       'sincos2d': the fixed 2-D sin-cos embedding of the patch grid at any
       resolution (`posemb.sincos_2d`; Beyer et al. 2022, "Better plain ViT
