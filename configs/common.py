@@ -15,43 +15,16 @@ instead (0..1), so its equivalent is `weight_decay * peak lr` (0.1 * 1e-3 ->
 
 import ml_collections
 
+from vit_jax import models
+
 
 def get_config():
   """The defaults: a small ViT on the real Fashion-MNIST, CPU friendly."""
   config = ml_collections.ConfigDict()
 
   # --- Model ---------------------------------------------------------------
-  config.model_name = 'ViT-Ti_16'  # A key of vit_jax.models.VARIANTS or short form.
-  config.model = ml_collections.ConfigDict()  # Architecture and numerics of the model.
-  config.model.classifier = 'token'  # token | gap | unpooled | token_unpooled.
-  config.model.representation_size = ml_collections.FieldReference(None, int)  # pre_logits width; None: no pre_logits.
-  config.model.dropout_rate = 0.0  # Dropout after pos-emb, attention out, GELU, MLP out.
-  config.model.attention_dropout_rate = 0.0  # Dropout on attention probabilities.
-  config.model.head_bias_init = 0.0  # Head bias init: -10 with sigmoid pre-training.
-  config.model.dtype = 'float32'  # Matmul operand dtype: float32 | bfloat16 | auto (bf16 where the hardware multiplies it natively; accumulation is always float32).
-  config.model.param_dtype = 'float32'  # Parameter storage dtype.
-  # Architecture overrides of the named variant (None keeps the variant's).
-  config.model.patch_size = ml_collections.FieldReference(None, int)  # Patch side in stem-output pixels.
-  config.model.hidden_size = ml_collections.FieldReference(None, int)  # Token width D.
-  config.model.mlp_dim = ml_collections.FieldReference(None, int)  # MLP hidden width.
-  config.model.num_heads = ml_collections.FieldReference(None, int)  # Attention heads.
-  config.model.num_layers = ml_collections.FieldReference(None, int)  # Encoder blocks.
-  config.model.resnet_units = ml_collections.FieldReference(None, tuple)  # Hybrids: bottleneck units per ResNet stage, e.g. '(1,)'; () the root only; None the variant's.
-  config.model.scan_layers = False  # One nn.scan over the blocks: compiles once, params stacked (npz unchanged).
-  config.model.remat_policy = 'none'  # Recompute in backward: none | full | dots | dots_no_batch.
-  config.model.attention = 'auto'  # auto (einsum on CPU, fused elsewhere) | fused | einsum.
-  # ViT options of the follow-up papers (vit.VisionTransformer); the defaults are the released model.
-  config.model.drop_path_rate = 0.0  # Stochastic depth at the last block (0 at the first, linear between).
-  config.model.posemb = 'learned'  # learned | sincos2d (fixed) | none.
-  config.model.posemb_covers_prefix = True  # False: learned posemb on patch tokens only (timm no_embed_class).
-  config.model.num_register_tokens = 0  # Register tokens after the class token.
-  config.model.distillation = False  # DeiT distillation token and second head (classifier token).
-  config.model.layer_scale_init = ml_collections.FieldReference(None, float)  # LayerScale init; None: no LayerScale.
-  config.model.pre_norm = False  # LayerNorm before the blocks (CLIP).
-  config.model.fc_norm = False  # Final LayerNorm after pooling instead of before.
-  config.model.qkv_bias = True  # Biases of the query/key/value projections.
-  config.model.layer_norm_epsilon = 1e-6  # Every LayerNorm's epsilon (CLIP: 1e-5).
-  config.model.activation = 'gelu_tanh'  # MLP nonlinearity: gelu_tanh | gelu_erf | quick_gelu.
+  config.model_name = 'ViT-Ti_16'  # A registered variant (vit_jax.models) or its short form.
+  config.model = models.model_config(config.model_name)  # The family's own keys, documented in its `default_config` (vit_jax/models/vit_family.py, mixer_family.py); `set_model` switches family.
 
   # --- Data ----------------------------------------------------------------
   config.dataset = 'fashion_mnist_local'  # TFDS name (or 'imagefolder').
@@ -139,6 +112,18 @@ def imagenet_from_scratch(config):
   config.update(dataset='imagenet2012', train_split='train',
                 eval_split='validation', image_size=224,
                 train_augment='inception_crop', random_flip=True)
+
+
+def set_model(config, model_name: str):
+  """Sets `config.model_name` and starts `config.model` afresh from that
+  model's family section (e.g. `set_model(config, 'Mixer-B_16')`): another
+  family's keys would be an error. Call it before changing model keys."""
+  section = models.model_config(model_name)
+  if config.is_locked:
+    section.lock()
+  config.model_name = model_name
+  config.model = section
+  return config
 
 
 def lock(config):

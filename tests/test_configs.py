@@ -1,12 +1,16 @@
 """The config files: locked, complete, and faithful to the paper's tables."""
 
+import inspect
+
 import pytest
 
 from configs import common
 from configs import default
+from configs import fashion_mnist_mixer
 from configs import vit
 from configs import vit_l16_jft
 from configs import vit_pretrain
+from vit_jax import models
 from vit_jax.training import loop
 
 
@@ -16,11 +20,44 @@ def test_configs_are_locked_against_typos():
     config.lerning_rate = 0.1  # pylint: disable=attribute-defined-outside-init
 
 
+def _assignments(source, prefix):
+  return [line.strip() for line in source.splitlines()
+          if line.strip().startswith(prefix) and ' = ' in line]
+
+
 def test_every_common_key_has_a_comment():
-  source = open(common.__file__).read()
-  for line in source.splitlines():
-    if line.strip().startswith('config.') and ' = ' in line:
-      assert '#' in line, f'undocumented key: {line.strip()}'
+  lines = _assignments(inspect.getsource(common.get_config), 'config.')
+  assert len(lines) > 50
+  for line in lines:
+    assert '#' in line, f'undocumented key: {line}'
+
+
+@pytest.mark.parametrize('family', models.families(), ids=lambda f: f.name)
+def test_every_family_key_has_a_default_and_a_comment(family):
+  lines = _assignments(inspect.getsource(type(family).default_config),
+                       'model.')
+  assert sorted(line.split(' = ')[0][len('model.'):] for line in lines) == (
+      sorted(family.default_config().keys()))
+  for line in lines:
+    assert '#' in line, f'undocumented {family.name} key: {line}'
+
+
+def test_the_default_model_section_is_the_vit_familys():
+  config = common.get_config()
+  assert config.model.to_dict() == models.model_config('ViT-Ti_16').to_dict()
+  assert config.model.classifier == 'token'
+  assert config.model.num_layers is None
+
+
+def test_the_mixer_config_holds_mixer_keys_only():
+  config = fashion_mnist_mixer.get_config()
+  models.check_model_config(config)
+  model = models.create_model_from_config(config, num_classes=10)
+  assert (model.patch_size, model.hidden_size, model.num_layers,
+          model.tokens_mlp_dim, model.channels_mlp_dim,
+          model.drop_path_rate) == ((4, 4), 64, 6, 32, 256, 0.1)
+  with pytest.raises(AttributeError):
+    config.model.mlp_dim = 3
 
 
 @pytest.mark.parametrize('dataset,steps,lr', [

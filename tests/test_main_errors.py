@@ -72,3 +72,31 @@ def test_a_bad_value_found_at_run_time_is_one_line(tmp_path):
   assert errors == ["error: unknown dtype 'float17': choose one of ('auto', "
                     "'float32', 'bfloat16')"]
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_misspelt_mixer_key_is_one_line(capsys, monkeypatch, tmp_path):
+  line = _parse(capsys, monkeypatch, '--config=configs/fashion_mnist_mixer.py',
+                f'--workdir={tmp_path}/run',
+                '--config.model.tokens_mlp_dimm=8')
+  assert line == ('error: --config: the config has no key '
+                  '\'tokens_mlp_dimm\'. Did you mean "tokens_mlp_dim" '
+                  'instead of "tokens_mlp_dimm"?')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
+  # configs/default.py's config.model holds ViT keys: naming a Mixer alone
+  # is refused before the workdir exists.
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       f'--workdir={tmp_path}/run', '--config.model_name=Mixer-B_16'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines()
+            if not line.startswith('I')]  # absl's INFO lines.
+  assert len(errors) == 1, errors
+  assert errors[0].startswith(
+      'error: config.model has keys the mixer family does not have: '
+      'activation, attention, ')
+  assert '; its keys are: channels_mlp_dim, classifier, ' in errors[0]
+  assert not (tmp_path / 'run').exists()

@@ -21,6 +21,7 @@ from vit_jax.training import loop
 from vit_jax.cli import predict
 from vit_jax.models import mixer
 from vit_jax.models import mixer_family
+from vit_jax.models import stochastic_depth
 
 # Tolstikhin et al. (2021), Table 1: patch, blocks, hidden C, tokens MLP,
 # channels MLP, and the parameter count in millions.
@@ -332,16 +333,183 @@ def test_weight_decay_mask_decays_kernels_only():
 
 
 def test_a_config_builds_the_mixer_with_its_settings():
-  config = common.get_config()
-  config.model_name = 'Mixer-B/16'
-  config.model.dtype = 'bfloat16'
-  config.model.num_layers = 2  # An architecture override; the rest: B/16's.
-  config.model.head_bias_init = -6.9
+  config = common.set_model(common.get_config(), 'Mixer-B/16')
+  assert config.model_name == 'Mixer-B/16'
+  assert sorted(config.model.keys()) == [
+      'channels_mlp_dim', 'classifier', 'drop_path_rate', 'dropout_rate',
+      'dtype', 'head_bias_init', 'hidden_size', 'num_layers', 'param_dtype',
+      'patch_size', 'tokens_mlp_dim']
+  # The defaults are the released model's.
+  assert models.create_model_from_config(config, 1000) == models.create_model(
+      'Mixer-B_16', 1000)
+  config.model.update(dtype='bfloat16', param_dtype='bfloat16',
+                      num_layers=2, tokens_mlp_dim=64, channels_mlp_dim=128,
+                      head_bias_init=-6.9, classifier='unpooled',
+                      dropout_rate=0.1, drop_path_rate=0.2)
   model = models.create_model_from_config(config, num_classes=4)
   assert (model.num_classes, model.patch_size, model.hidden_size,
           model.num_layers, model.tokens_mlp_dim, model.channels_mlp_dim,
-          model.dtype, model.head_bias_init) == (
-              4, (16, 16), 768, 2, 384, 3072, jnp.bfloat16, -6.9)
+          model.dtype, model.param_dtype, model.head_bias_init,
+          model.classifier, model.dropout_rate, model.drop_path_rate) == (
+              4, (16, 16), 768, 2, 64, 128, jnp.bfloat16, jnp.bfloat16, -6.9,
+              'unpooled', 0.1, 0.2)
+  config.model.patch_size = 8
+  config.model.hidden_size = 32
+  assert models.create_model_from_config(config, 4).clone(parent=None) == (
+      model.clone(patch_size=(8, 8), hidden_size=32, parent=None))
+
+
+def test_mlp_widths_from_a_config_change_the_parameter_shapes():
+  config = common.set_model(common.get_config(), 'Mixer-S_16')
+  config.model.update(TINY)
+  config.model.update(tokens_mlp_dim=5, channels_mlp_dim=7)
+  shapes = models.param_shapes(models.create_model_from_config(config, 3),
+                               (IMAGE_SIZE,) * 2)['MixerBlock_1']
+  assert shapes['token_mixing']['Dense_0']['kernel'].shape == (NUM_TOKENS, 5)
+  assert shapes['token_mixing']['Dense_1']['kernel'].shape == (5, NUM_TOKENS)
+  assert shapes['channel_mixing']['Dense_0']['kernel'].shape == (24, 7)
+  assert shapes['channel_mixing']['Dense_1']['kernel'].shape == (7, 24)
+
+
+def test_vit_keys_or_a_misspelt_key_are_refused_in_one_line():
+  config = common.get_config()  # ViT's section left in config.model.
+  config.model_name = 'Mixer-B_16'
+  with pytest.raises(ValueError) as error:
+    models.check_model_config(config)
+  message = str(error.value)
+  assert '\n' not in message
+  assert message.startswith(
+      'config.model has keys the mixer family does not have: activation, '
+      'attention, attention_dropout_rate, distillation, fc_norm, '
+      'layer_norm_epsilon, layer_scale_init, mlp_dim, num_heads, ')
+  assert message.endswith(
+      '; its keys are: channels_mlp_dim, classifier, drop_path_rate, '
+      'dropout_rate, dtype, head_bias_init, hidden_size, num_layers, '
+      'param_dtype, patch_size, tokens_mlp_dim (a config file switches '
+      'family with configs.common.set_model(config, MODEL_NAME))')
+  with pytest.raises(ValueError, match='the mixer family does not have'):
+    models.create_model_from_config(config, num_classes=2)
+  locked = common.lock(common.set_model(common.get_config(), 'Mixer-B_16'))
+  with pytest.raises(AttributeError, match='tokens_mlp_dimm'):
+    locked.model.tokens_mlp_dimm = 8
+  unlocked = common.set_model(common.get_config(), 'Mixer-B_16')
+  unlocked.model.tokens_mlp_dimm = 8
+  with pytest.raises(ValueError, match=r'does not have: tokens_mlp_dimm;'):
+    models.create_model_from_config(unlocked, num_classes=2)
+
+
+def test_set_model_keeps_a_locked_config_locked():
+  config = common.lock(common.get_config())
+  common.set_model(config, 'Mixer-S_32')
+  assert config.model_name == 'Mixer-S_32'
+  with pytest.raises(AttributeError):
+    config.model.num_heads = 2
+  common.set_model(config, 'ViT-B_16')  # And back: ViT's section again.
+  assert config.model.to_dict() == common.get_config().model.to_dict()
+
+
+@pytest.mark.parametrize('options,message', [
+    (dict(classifier='token'), "unknown classifier 'token'"),
+    (dict(drop_path_rate=1.0), r'drop_path_rate must be in \[0, 1\)')])
+def test_bad_options_are_named(options, message):
+  with pytest.raises(ValueError, match=message):
+    models.param_shapes(tiny_mixer(**options), (IMAGE_SIZE,) * 2)
+
+
+def test_dropout_changes_training_outputs_only():
+  params = data_helpers.numpy_params(tiny_mixer(), IMAGE_SIZE)
+  images = _images()
+  plain = tiny_mixer().apply({'params': params}, images)
+  dropped = tiny_mixer(dropout_rate=0.5)
+  rngs = {'dropout': jax.random.PRNGKey(0)}
+  np.testing.assert_array_equal(
+      dropped.apply({'params': params}, images, rngs=rngs), plain)
+  trained = dropped.apply({'params': params}, images, train=True, rngs=rngs)
+  assert not np.allclose(trained, plain, atol=1e-3)
+  # The default (rate 0) needs no rng in training and changes nothing.
+  np.testing.assert_array_equal(
+      tiny_mixer().apply({'params': params}, images, train=True), plain)
+
+
+def _block_rates(model, params, images):
+  """The drop_path_rate of each MixerBlock that `model` runs."""
+  rates = []
+  def record(next_method, args, kwargs, context):
+    if (isinstance(context.module, mixer.MixerBlock) and
+        context.method_name == '__call__'):
+      rates.append(context.module.drop_path_rate)
+    return next_method(*args, **kwargs)
+  with flax.linen.intercept_methods(record):
+    model.apply({'params': params}, images)
+  return rates
+
+
+def _block_candidates(params, x_NC):
+  """A MixerBlock's output for one example with each of its two branches
+  kept (scaled by 2, for rate 0.5) or dropped: {(token, channel): output}."""
+  norm = lambda name, x: flax.linen.LayerNorm(
+      epsilon=mixer.LAYER_NORM_EPSILON).apply({'params': params[name]}, x)
+  mlp = lambda name, width, x: mixer.MlpBlock(width).apply(
+      {'params': params[name]}, x)
+  token = jnp.swapaxes(mlp('token_mixing', TINY['tokens_mlp_dim'],
+                           jnp.swapaxes(norm('LayerNorm_0', x_NC), 0, 1)),
+                       0, 1)
+  outputs = {}
+  for keep_token in (0, 2):
+    x1_NC = x_NC + keep_token * token
+    channel = mlp('channel_mixing', TINY['channels_mlp_dim'],
+                  norm('LayerNorm_1', x1_NC))
+    for keep_channel in (0, 2):
+      outputs[keep_token > 0, keep_channel > 0] = x1_NC + keep_channel * channel
+  return outputs
+
+
+def test_drop_path_drops_whole_branches_per_example_as_the_vit():
+  model = tiny_mixer(drop_path_rate=0.5, num_layers=3)
+  params = data_helpers.numpy_params(model, IMAGE_SIZE)
+  images = _images(8)
+  # The ViT's linear rule: 0 at the first block, the rate at the last.
+  assert _block_rates(model, params, images) == [0.0, 0.25, 0.5]
+  assert list(stochastic_depth.rates(0.5, 3)) == [0.0, 0.25, 0.5]
+  # Evaluation is unaffected.
+  np.testing.assert_array_equal(
+      model.apply({'params': params}, images),
+      tiny_mixer(num_layers=3).apply({'params': params}, images))
+  # In training each example keeps each branch (scaled by 1 / (1 - 0.5)) or
+  # drops it whole.
+  block = mixer.MixerBlock(TINY['tokens_mlp_dim'], TINY['channels_mlp_dim'],
+                           drop_path_rate=0.5)
+  block_params = params['MixerBlock_2']
+  x_BNC = jnp.asarray(np.random.default_rng(0).standard_normal(
+      (16, NUM_TOKENS, TINY['hidden_size'])), jnp.float32)
+  trained = block.apply({'params': block_params}, x_BNC, train=True,
+                        rngs={'dropout': jax.random.PRNGKey(1)})
+  seen = set()
+  for example in range(16):
+    candidates = _block_candidates(block_params, x_BNC[example])
+    matches = [kept for kept, output in candidates.items()
+               if np.allclose(trained[example], output, atol=1e-5)]
+    assert len(matches) == 1, (example, matches)
+    seen.add(matches[0])
+  assert {kept[0] for kept in seen} == {kept[1] for kept in seen} == {
+      True, False}
+
+
+def test_unpooled_classifier_keeps_every_token():
+  params = data_helpers.numpy_params(tiny_mixer(), IMAGE_SIZE)
+  images = _images()
+  unpooled = tiny_mixer(classifier='unpooled')
+  logits_BNK = unpooled.apply({'params': params}, images)
+  assert logits_BNK.shape == (2, NUM_TOKENS, NUM_CLASSES)
+  # The same parameters; pooling the per-token logits gives the 'gap' ones.
+  np.testing.assert_allclose(
+      logits_BNK.mean(axis=1), tiny_mixer().apply({'params': params}, images),
+      rtol=1e-5, atol=1e-5)
+  family = mixer_family.FAMILY
+  assert family.pools_features(tiny_mixer())
+  assert not family.pools_features(unpooled)
+  _, inside = models.apply_with_intermediates(unpooled, params, images)
+  assert inside['pre_logits'].shape == (2, NUM_TOKENS, TINY['hidden_size'])
 
 
 # --- The paths every family shares, for real -------------------------------
@@ -356,18 +524,17 @@ def image_folder(tmp_path_factory):
 
 
 def _train_config(data_dir):
-  config = common.get_config()
+  config = common.set_model(common.get_config(), 'Mixer-S_16')
   config.update(dict(
-      model_name='Mixer-S_16', dataset='imagefolder', data_dir=data_dir,
+      dataset='imagefolder', data_dir=data_dir,
       image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
       batch_size=8, eval_batch_size=8, shuffle_buffer=16, total_steps=1,
       warmup_steps=0, optimizer='adam', lr=1e-2, weight_decay=0.1,
       log_every=1, eval_every=1, checkpoint_every=1))
-  # The config offers patch size, hidden size and depth; both MLP widths
-  # stay S/16's (256 and 2048).
-  config.model.patch_size = TINY['patch_size']
-  config.model.hidden_size = TINY['hidden_size']
-  config.model.num_layers = TINY['num_layers']
+  # Every architecture key, both MLP widths included; dropout and stochastic
+  # depth on (training runs them, the export does not store them).
+  config.model.update(TINY)
+  config.model.update(dropout_rate=0.1, drop_path_rate=0.1)
   return common.lock(config)
 
 
@@ -377,10 +544,8 @@ def test_trains_exports_loads_and_predicts(image_folder, tmp_path):
   record = loop.train_and_evaluate(_train_config(data_dir), str(workdir))
   assert record['num_examples'] == NUM_CLASSES * 3
 
-  overrides = {k: TINY[k] for k in ('patch_size', 'hidden_size',
-                                    'num_layers')}
-  trained = tiny_mixer(**overrides, tokens_mlp_dim=256,
-                       channels_mlp_dim=2048)
+  overrides = TINY
+  trained = tiny_mixer()
   flat = npz.read_npz(workdir / 'model.npz')
   expected = flax.traverse_util.flatten_dict(
       models.param_shapes(trained, (IMAGE_SIZE,) * 2), sep='/')

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -62,6 +63,13 @@ class ToyFamily(family.ModelFamily):
   def variants(self) -> Mapping[str, Tuple[int, int]]:
     return {'Toy-S_4': (4, 8), 'Toy-M_4': (4, 16)}
 
+  def default_config(self):
+    model = ml_collections.ConfigDict()
+    model.dtype = 'float32'  # Matmul operand dtype.
+    model.patch_size = ml_collections.FieldReference(None, int)  # Patch side.
+    model.hidden_size = ml_collections.FieldReference(None, int)  # Width.
+    return model
+
   def create(self, name, num_classes, **overrides):
     patch_size, hidden_size = self.variants[name]
     fields = dict(patch_size=patch_size, hidden_size=hidden_size)
@@ -100,9 +108,9 @@ def image_folder(tmp_path_factory):
 
 
 def _config(data_dir):
-  config = common.get_config()
+  config = common.set_model(common.get_config(), 'Toy-S_4')
   config.update(dict(
-      model_name='Toy-S_4', dataset='imagefolder', data_dir=data_dir,
+      dataset='imagefolder', data_dir=data_dir,
       image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
       batch_size=8, eval_batch_size=8, shuffle_buffer=16, total_steps=1,
       warmup_steps=0, optimizer='adam', lr=1e-2, weight_decay=0.1,
@@ -201,10 +209,42 @@ def test_features_and_fine_tuning_go_through_the_family(toy_family,
 
 
 def test_a_config_builds_the_family_model_with_its_settings(toy_family):
-  config = common.get_config()
-  config.model_name = 'Toy-M_4'
+  config = common.set_model(common.get_config(), 'Toy-M_4')
+  assert sorted(config.model.keys()) == ['dtype', 'hidden_size', 'patch_size']
   config.model.dtype = 'bfloat16'
   config.model.hidden_size = 12  # An architecture override.
   model = models.create_model_from_config(config, num_classes=4)
   assert (model.num_classes, model.patch_size, model.hidden_size,
           model.dtype) == (4, 4, 12, jnp.bfloat16)
+
+
+def test_another_familys_keys_are_refused_in_one_line(toy_family):
+  config = common.get_config()  # ViT's section.
+  config.model_name = 'Toy-M_4'
+  with pytest.raises(ValueError) as error:
+    models.check_model_config(config)
+  message = str(error.value)
+  assert '\n' not in message
+  assert message.startswith(
+      'config.model has keys the toy family does not have: activation, '
+      'attention, attention_dropout_rate, classifier, ')
+  assert '; its keys are: dtype, hidden_size, patch_size (' in message
+  with pytest.raises(ValueError, match='the toy family does not have'):
+    models.create_model_from_config(config, num_classes=2)
+
+
+def test_a_declared_key_the_module_lacks_is_refused(toy_family, monkeypatch):
+  """Every key is a module attribute or handled: none is dropped."""
+  section = toy_family.default_config()
+  section.num_heads = 2
+  monkeypatch.setattr(ToyFamily, 'default_config', lambda self: section)
+  with pytest.raises(ValueError, match="the toy family's config key "
+                     "'num_heads' is no PatchMeanNet attribute"):
+    toy_family.create_from_config('Toy-S_4', section, num_classes=2)
+
+
+def test_program_flags_cover_a_registered_familys_variant_keys(toy_family):
+  keys = models.variant_keys()
+  assert keys['hidden_size'].families == ('vit', 'mixer', 'toy')
+  assert keys['tokens_mlp_dim'] == models.VariantKey(int, ('mixer',))
+  assert keys['resnet_units'] == models.VariantKey(tuple, ('vit',))

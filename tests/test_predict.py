@@ -201,6 +201,46 @@ def test_cli_resnet_units_flag_loads_a_hybrid_with_changed_stages(
     assert error.startswith('error: ') and message in error, error
 
 
+def test_cli_mixer_flags_load_a_mixer_with_changed_mlp_widths(
+    files, tmp_path, capsys):
+  # A Mixer trained with config.model.tokens_mlp_dim and channels_mlp_dim
+  # changed on Mixer-S_16, saved without a sidecar.
+  overrides = dict(patch_size=16, hidden_size=16, num_layers=1,
+                   tokens_mlp_dim=6, channels_mlp_dim=10)
+  model = models.create_model('Mixer-S_16', num_classes=3, **overrides)
+  params = helpers.random_params(model, 32)
+  path = str(tmp_path / 'mixer.npz')
+  pretrained.save_npz(params, path)
+  flags_of = lambda tokens_mlp_dim: [
+      f'--checkpoint={path}', '--model=Mixer-S_16', '--top_k=1',
+      *(f'--{key}={value}' for key, value in overrides.items()
+        if key != 'tokens_mlp_dim'),
+      f'--tokens_mlp_dim={tokens_mlp_dim}', f'--logits_out={tmp_path}/l.npy',
+      files['images'][0]]
+  _cli(flags_of(6))
+  pixels = preprocess.load_image(files['images'][0], 32)[None]
+  np.testing.assert_allclose(
+      np.load(f'{tmp_path}/l.npy'),
+      pretrained.predict_logits(model, params, pixels), rtol=1e-5,
+      atol=1e-6)
+  capsys.readouterr()
+  with pytest.raises(SystemExit):
+    _cli(flags_of(7))
+  error = capsys.readouterr().err
+  assert error.startswith('error: ') and (
+      'tokens mlp dim 6 but Mixer-S_16 has 7' in error), error
+
+
+def test_override_flags_name_their_families():
+  flag_values = flags.FlagValues()
+  predict.define_flags(flag_values)
+  for name, family in (('tokens_mlp_dim', 'mixer models'),
+                       ('num_heads', 'vit models'),
+                       ('num_layers', 'vit and mixer models'),
+                       ('resnet_units', 'vit models')):
+    assert flag_values[name].help.startswith(family), name
+
+
 @pytest.mark.parametrize('case,args,message', [
     ('missing checkpoint', ['--checkpoint=/nonexistent/m.npz'],
      'does not exist'),

@@ -13,6 +13,7 @@ from tests import helpers
 from tests import numpy_vit
 from vit_jax import models
 from vit_jax.models import posemb
+from vit_jax.models import stochastic_depth
 from vit_jax.weights import pretrained
 from vit_jax.models import vit
 from vit_jax.models import vit_family
@@ -216,8 +217,8 @@ def test_sincos2d_has_no_parameter_and_runs_at_any_resolution():
 # -------------------------------------------------------- stochastic depth --
 
 def test_drop_path_rates_grow_linearly_from_zero():
-  np.testing.assert_allclose(vit.drop_path_rates(0.3, 4), [0, .1, .2, .3])
-  assert vit.drop_path_rates(0.3, 1) == (0.0,)
+  np.testing.assert_allclose(stochastic_depth.rates(0.3, 4), [0, .1, .2, .3])
+  assert stochastic_depth.rates(0.3, 1) == (0.0,)
 
 
 def test_unrolled_blocks_get_the_linear_rates():

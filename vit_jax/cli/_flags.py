@@ -11,7 +11,8 @@ runs. Every program reports USER_ERRORS in one line (`exit_on_user_error`).
 `vit_jax.cli.predict`, `visualize` and `fewshot` take a checkpoint (any
 source `vit_jax.weights.pretrained.load` reads) and optionally a resolution and a
 model name the file must fit, with the architecture overrides it was
-trained with (`define_model_flags`).
+trained with (`define_model_flags`): one flag per variant key of the
+registered families (`vit_jax.models.variant_keys`).
 """
 
 import sys
@@ -20,16 +21,12 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 from absl import app
 from absl import flags
 
+from vit_jax import models
 from vit_jax.cli import _process
-from vit_jax.models import vit_family
 
 # Flags defined here belong to the program whose define_flags asks for them:
 # its --help lists them as its own.
 flags.disclaim_key_flags()
-
-# The architecture keys that `config.model` can override; a checkpoint
-# trained with overrides and loaded under a variant name needs the same ones.
-ARCHITECTURE_FLAGS = vit_family.ARCHITECTURE_KEYS
 
 # What a user can fix by changing the command line, the config or the
 # machine, in every program: reported in one line, not traced. ValueError
@@ -89,38 +86,39 @@ def define_model_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       '(the architecture is read off the file).')
   define(flags.DEFINE_integer, 'image_size', None,
          'Resolution; default: the checkpoint\'s native one.')
-  for name in ARCHITECTURE_FLAGS:
-    define(flags.DEFINE_integer, name, None,
-           f'With --model: the variant\'s {name} as config.model.{name} '
-           'changed it in training; without: checked against the file.')
-  define(flags.DEFINE_string, 'resnet_units', None,
-         'With --model: a hybrid\'s units per ResNet stage, comma-separated '
-         '(e.g. 1), as config.model.resnet_units changed them in training; '
-         'an empty value is the root only.')
+  for name, key in models.variant_keys().items():
+    kind, form = flags.DEFINE_integer, ''
+    if key.value_type is tuple:
+      kind, form = flags.DEFINE_string, ' (comma-separated, e.g. 3,4,9)'
+    define(kind, name, None,
+           f'{" and ".join(key.families)} models: with --model, the '
+           f'variant\'s {name}{form} as config.model.{name} changed it in '
+           'training; without, checked against the file.')
 
 
 def architecture_overrides(flag_values: flags.FlagValues = flags.FLAGS
                            ) -> Dict[str, Any]:
-  """The architecture flags that were set, as create_model overrides."""
-  overrides = {name: flag_values[name].value for name in ARCHITECTURE_FLAGS
-               if flag_values[name].value is not None}
-  units = flag_values['resnet_units'].value
-  if units is not None:
-    overrides['resnet_units'] = parse_resnet_units(units)
+  """The variant-key flags that were set, as create_model overrides."""
+  overrides = {}
+  for name, key in models.variant_keys().items():
+    value = flag_values[name].value if name in flag_values else None
+    if value is not None and key.value_type is tuple:
+      value = parse_int_tuple(name, value)
+    if value is not None:
+      overrides[name] = value
   return overrides
 
 
-def parse_resnet_units(text: str) -> Tuple[int, ...]:
-  """'3,4,9' -> (3, 4, 9); '' -> () (the root only).
+def parse_int_tuple(name: str, text: str) -> Tuple[int, ...]:
+  """--name's '3,4,9' -> (3, 4, 9); '' -> () (e.g. a hybrid's root only).
 
   Raises:
     ValueError: an entry that is not a positive integer.
   """
   entries = [entry.strip() for entry in text.split(',') if entry.strip()]
   if not all(entry.isdigit() and int(entry) > 0 for entry in entries):
-    raise ValueError(f'--resnet_units={text!r}: give positive unit counts '
-                     'per ResNet stage separated by commas, e.g. 3,4,9 (or '
-                     'an empty value for the root only)')
+    raise ValueError(f'--{name}={text!r}: give positive integers separated '
+                     'by commas, e.g. 3,4,9 (or an empty value for none)')
   return tuple(int(entry) for entry in entries)
 
 

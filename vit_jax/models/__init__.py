@@ -5,24 +5,30 @@ its intermediates; this module finds the family of a name, a built model or
 a checkpoint, and offers the same verbs for all of them:
 
   create_model(name, num_classes=1000, **overrides)  any registered variant
+  model_config(name)                                 its family's config.model
+  check_model_config(config)                         config.model's keys
   create_model_from_config(config, num_classes)      config.model_name/model
+  variant_keys()                                     every family's overrides
   init_params / param_shapes / count_params
   apply_with_intermediates(model, params, images, ...)  features, attention
   without_head(model, params)                        the features model
   patch_pixels(model)                                input pixels per token
 
 Built in: ViT and R+ViT hybrids (`vit_family`) and MLP-Mixer
-(`mixer_family`). Another family is one module implementing
-`family.ModelFamily` and a `register(...)` call; registering is explicit,
+(`mixer_family`), listed in `_FAMILIES`. Another family is one module
+implementing `family.ModelFamily` (its config section included) and one
+line: an entry there, or a `register(...)` call; registering is explicit,
 never a side effect of importing a module.
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from vit_jax.weights import npz
 from vit_jax.models import family as family_lib
@@ -128,10 +134,51 @@ def create_model(name: str, num_classes: Optional[int] = 1000,
   return model_family.create(canonical, num_classes, **overrides)
 
 
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """The `config.model` section of `name`'s family, at its defaults (the
+  family's `default_config`: every key it takes)."""
+  return resolve(name)[0].default_config()
+
+
+def check_model_config(config) -> None:
+  """Raises ValueError, in one line, when `config.model_name` is unknown or
+  `config.model` has a key its family does not take."""
+  model_family, _ = resolve(config.model_name)
+  model_family.check_config(config.model)
+
+
 def create_model_from_config(config, num_classes: int) -> nn.Module:
-  """The model of `config.model_name` with `config.model`'s settings."""
+  """The model of `config.model_name` with `config.model`'s settings.
+
+  Raises:
+    ValueError: as `check_model_config`.
+  """
   model_family, canonical = resolve(config.model_name)
   return model_family.create_from_config(canonical, config.model, num_classes)
+
+
+class VariantKey(NamedTuple):
+  """A variant key of the registered families (see `variant_keys`)."""
+  value_type: type  # int, or tuple for a sequence of ints.
+  families: Tuple[str, ...]  # Names of the families that take it.
+
+
+def variant_keys() -> Dict[str, VariantKey]:
+  """Every registered family's variant keys (`ModelFamily.variant_keys`),
+  in registration order, with their type (from the family's config
+  section) and the families that take them: the overrides that load a file
+  trained with a changed architecture."""
+  keys = {}
+  for model_family in _FAMILIES:
+    section = model_family.default_config()
+    for key in model_family.variant_keys:
+      if key in keys:
+        keys[key] = keys[key]._replace(
+            families=keys[key].families + (model_family.name,))
+      else:
+        keys[key] = VariantKey(section.get_ref(key).get_type(),
+                               (model_family.name,))
+  return keys
 
 
 def effective_patch_pixels(name: str) -> int:

@@ -1,13 +1,15 @@
 """What a model family tells the rest of the library.
 
-A family (ViT with its R+ViT hybrids; MLP-Mixer or timm's variants next) owns
-everything that depends on its parameter tree: its named variants, how a model
-is built from a name, from a config or from a checkpoint's arrays, its released
+A family (ViT with its R+ViT hybrids, MLP-Mixer) owns everything that depends
+on its module and its parameter tree: its named variants, its config section
+(`config.model`: every key, its default and what it means), how a model is
+built from a name, from a config or from a checkpoint's arrays, its released
 `.npz` key layout, what it computes along the way (intermediates), its
 features (the model without its head) and the pixel normalisation its weights
 expect. Training, `pretrained`, the programs and the evaluators only call these
-methods, so they never name a family's parameter paths, and a new family is one
-module implementing `ModelFamily` plus `vit_jax.models.register`.
+methods, so they never name a family's keys or parameter paths, and a new
+family is one module implementing `ModelFamily` plus one
+`vit_jax.models.register` line.
 
 Shape letters: B batch, H/W image height/width, C classes, F features.
 """
@@ -19,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type
 import flax
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 
 from vit_jax.models import precision
@@ -74,11 +77,11 @@ class ModelFamily(abc.ABC):
       ndim >= 2 (a class token, a position embedding): the 'kernels'
       weight-decay mask leaves them out.
     architecture_keys: `config.model` keys that override a variant's
-      architecture (None keeps the variant's); the programs offer the same
-      keys as flags, for files trained with overrides.
+      architecture (None keeps the variant's), all integers.
     variant_keys: every `config.model` key whose None keeps the variant's
       value: the architecture keys and any that is not an integer (a
-      hybrid's `resnet_units`, which the programs take as their own flag).
+      hybrid's `resnet_units`). The programs offer them as flags, for
+      files trained with overrides (`vit_jax.cli._flags`).
     unstored_fields: module attributes a sidecar leaves out (see
       `stored_kwargs`): how a model is run or trained (dtypes, dropout, the
       attention implementation), not what its weights compute.
@@ -113,12 +116,40 @@ class ModelFamily(abc.ABC):
     """Builds variant `name` (canonical) with a `num_classes` head (0/None:
     features), any module attribute overridden by `overrides`."""
 
+  @abc.abstractmethod
+  def default_config(self) -> ml_collections.ConfigDict:
+    """The family's `config.model` section: every key, at its default.
+
+    A fresh ConfigDict each call. Each key is a module attribute, a variant
+    key (a None FieldReference of its type: None keeps the variant's value)
+    or 'dtype' ('auto' allowed); `create_from_config` takes nothing else.
+    """
+
+  def check_config(self, model_config) -> None:
+    """Raises ValueError, in one line, naming the keys of a `config.model`
+    section that are not this family's (a misspelt key, or another
+    family's left by changing `config.model_name` alone)."""
+    own = sorted(self.default_config().keys())
+    foreign = sorted(set(model_config.keys()) - set(own))
+    if foreign:
+      raise ValueError(
+          f'config.model has keys the {self.name} family does not have: '
+          f'{", ".join(foreign)}; its keys are: {", ".join(own)} (a config '
+          'file switches family with configs.common.set_model(config, '
+          'MODEL_NAME))')
+
   def create_from_config(self, name: str, model_config,
                          num_classes: int) -> nn.Module:
     """Builds variant `name` from a config's `model` section (see
-    configs/common.py): its architecture keys that are set, plus every key
-    the module has as an attribute. `dtype: 'auto'` becomes the fastest
-    operand dtype of the backend (`vit_jax.models.precision`)."""
+    `default_config`): its variant keys that are set and every other key as
+    the module attribute of that name; `dtype: 'auto'` becomes the fastest
+    operand dtype of the backend (`vit_jax.models.precision`).
+
+    Raises:
+      ValueError: a key that is not the family's (`check_config`), or one
+        the family declares but its module lacks.
+    """
+    self.check_config(model_config)
     fields = {field.name for field in dataclasses.fields(self.module_type)}
     overrides = {}
     for key, value in model_config.items():
@@ -126,8 +157,12 @@ class ModelFamily(abc.ABC):
         continue  # The variant's own value.
       if key == 'dtype':
         value = precision.resolve_dtype(value)
-      if key in fields:
-        overrides[key] = value
+      if key not in fields:
+        raise ValueError(
+            f'the {self.name} family\'s config key {key!r} is no '
+            f'{self.module_type.__name__} attribute: fix its '
+            '`default_config` or `create_from_config`')
+      overrides[key] = value
     return self.create(name, num_classes, **overrides)
 
   def create_described(self, facts: CheckpointFacts,

@@ -7,7 +7,9 @@ with bias), `MixerBlock_{i}` each holding `LayerNorm_0`, `token_mixing`,
 `LayerNorm_1` and `channel_mixing` (MLPs of `Dense_0` -> tanh-GELU ->
 `Dense_1`), `pre_head_layer_norm`, global average pooling over the tokens and
 a zero-initialised `head`. LayerNorm epsilon is 1e-6. The released models
-have no dropout, class token or position embedding.
+have no class token or position embedding, and train without dropout or
+stochastic depth: both options are off by default (they add no parameters),
+so the default model is the released one, logit for logit.
 
 Mixed precision as in `vit_jax.models.layers`: `dtype` is the operand dtype of the
 matmuls and the convolution, whose products come out in float32; LayerNorm,
@@ -23,12 +25,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_jax.models import layers
+from vit_jax.models import stochastic_depth
 
 Dtype = Any
 
 LAYER_NORM_EPSILON = 1e-6
 # Logical names of the (B, N, C) activation axes, as in the ViT (sharding).
 ACTIVATION_AXES = ('batch', 'tokens', 'embed')
+# 'gap': the mean of the tokens (the released models); 'unpooled': every
+# token (B, N, C), through the head when there is one (dense tasks).
+CLASSIFIERS = ('gap', 'unpooled')
 
 
 def _layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
@@ -39,23 +45,28 @@ def _layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
 
 class MlpBlock(nn.Module):
   """Dense(mlp_dim) -> tanh-GELU -> Dense(back to the input width), acting
-  on the last axis. Flax's default initialisers, as released."""
+  on the last axis, with dropout after the GELU and the output as in the
+  ViT's MLP. Flax's default initialisers, as released."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, *, train: bool = False):
     dense = lambda features, name: nn.Dense(
         features, dtype=self.dtype, param_dtype=self.param_dtype,
         dot_general=layers.dot_general(self.dtype), name=name)
     y = dense(self.mlp_dim, 'Dense_0')(x)
     y = nn.gelu(y, approximate=True)
-    return dense(x.shape[-1], 'Dense_1')(y)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = dense(x.shape[-1], 'Dense_1')(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
 class MixerBlock(nn.Module):
-  """x + TokenMLP(LN(x) over tokens), then x + ChannelMLP(LN(x)).
+  """x + TokenMLP(LN(x) over tokens), then x + ChannelMLP(LN(x)); each
+  branch goes through stochastic depth at `drop_path_rate`.
 
   The token-mixing MLP runs on the transposed (B, C, N) array, so its
   `Dense_0` kernel is (N, T): its shape fixes the number of tokens.
@@ -64,19 +75,24 @@ class MixerBlock(nn.Module):
   channels_mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x_BNC):
+  def __call__(self, x_BNC, *, train: bool = False):
+    mlp = lambda width, name: MlpBlock(
+        width, self.dtype, self.param_dtype, self.dropout_rate, name=name)
+    branch = lambda y: stochastic_depth.drop_path(
+        self, y, self.drop_path_rate, train)
     # A no-op unless the caller maps logical axes to a mesh (vit_jax.sharding).
     x_BNC = nn.with_logical_constraint(x_BNC, ACTIVATION_AXES)
     y_BNC = _layer_norm('LayerNorm_0', self.param_dtype)(x_BNC)
-    y_BCN = MlpBlock(self.tokens_mlp_dim, self.dtype, self.param_dtype,
-                     name='token_mixing')(jnp.swapaxes(y_BNC, 1, 2))
-    x_BNC = x_BNC + jnp.swapaxes(y_BCN, 1, 2)
+    y_BCN = mlp(self.tokens_mlp_dim, 'token_mixing')(
+        jnp.swapaxes(y_BNC, 1, 2), train=train)
+    x_BNC = x_BNC + branch(jnp.swapaxes(y_BCN, 1, 2))
     y_BNC = _layer_norm('LayerNorm_1', self.param_dtype)(x_BNC)
-    y_BNC = MlpBlock(self.channels_mlp_dim, self.dtype, self.param_dtype,
-                     name='channel_mixing')(y_BNC)
-    return x_BNC + y_BNC
+    y_BNC = mlp(self.channels_mlp_dim, 'channel_mixing')(y_BNC, train=train)
+    return x_BNC + branch(y_BNC)
 
 
 class MlpMixer(nn.Module):
@@ -90,10 +106,17 @@ class MlpMixer(nn.Module):
     num_layers: number of MixerBlocks.
     tokens_mlp_dim: hidden width T of the token-mixing MLPs.
     channels_mlp_dim: hidden width S of the channel-mixing MLPs.
+    classifier: one of CLASSIFIERS: 'gap' pools the tokens (released);
+      'unpooled' keeps every token.
     head_bias_init: constant init of the head bias (e.g. negative for
       sigmoid pre-training; 0 for fine-tuning).
     dtype: operand dtype of matmuls and the convolution.
     param_dtype: parameter storage dtype.
+    dropout_rate: dropout after the GELU and the output of every MLP, in
+      training (uses the 'dropout' rng).
+    drop_path_rate: stochastic depth of the token- and channel-mixing
+      branches, growing linearly from 0 at the first block to this at the
+      last, as the ViT's (`vit_jax.models.stochastic_depth`). In [0, 1).
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -101,9 +124,19 @@ class MlpMixer(nn.Module):
   num_layers: int
   tokens_mlp_dim: int
   channels_mlp_dim: int
+  classifier: str = 'gap'
   head_bias_init: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+
+  def check_options(self) -> None:
+    """Raises ValueError naming the field of an unknown or bad option."""
+    if self.classifier not in CLASSIFIERS:
+      raise ValueError(f'unknown classifier {self.classifier!r}; expected '
+                       f'one of {CLASSIFIERS}')
+    stochastic_depth.check_rate(self.drop_path_rate)
 
   @nn.compact
   def __call__(self, images_BHWC, *, train: bool = False,
@@ -112,16 +145,17 @@ class MlpMixer(nn.Module):
 
     Args:
       images_BHWC: float images, NHWC, normalised to [-1, 1].
-      train: accepted for the common training interface; the model has no
-        dropout, so it computes the same in training and evaluation.
+      train: enables dropout and stochastic depth (needs a 'dropout' rng
+        when either is on).
       capture_block_outputs: sow every block's output (B, N, C) into
         'intermediates' as 'block_outputs'.
 
     Returns:
-      Logits (B, num_classes), or the pooled features (B, C) when
-      num_classes is 0/None. The features are always sown as 'features'.
+      Logits (B, num_classes) ((B, N, num_classes) 'unpooled'), or the
+      features (B, C) ((B, N, C)) when num_classes is 0/None. The features
+      are always sown as 'features'.
     """
-    del train
+    self.check_options()
     x = nn.Conv(self.hidden_size, tuple(self.patch_size),
                 strides=tuple(self.patch_size), padding='VALID',
                 dtype=self.dtype, param_dtype=self.param_dtype,
@@ -129,19 +163,21 @@ class MlpMixer(nn.Module):
                 name='stem')(images_BHWC)
     batch, rows, cols, channels = x.shape
     x_BNC = jnp.reshape(x, (batch, rows * cols, channels))  # Row-major.
+    rates = stochastic_depth.rates(self.drop_path_rate, self.num_layers)
     for layer in range(self.num_layers):
       x_BNC = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim,
-                         self.dtype, self.param_dtype,
-                         name=f'MixerBlock_{layer}')(x_BNC)
+                         self.dtype, self.param_dtype, self.dropout_rate,
+                         rates[layer], name=f'MixerBlock_{layer}')(
+                             x_BNC, train=train)
       if capture_block_outputs:
         self.sow('intermediates', 'block_outputs', x_BNC)
     x_BNC = _layer_norm('pre_head_layer_norm', self.param_dtype)(x_BNC)
-    features_BC = jnp.mean(x_BNC, axis=1)
-    self.sow('intermediates', 'features', features_BC)
+    features = jnp.mean(x_BNC, axis=1) if self.classifier == 'gap' else x_BNC
+    self.sow('intermediates', 'features', features)
     if not self.num_classes:
-      return features_BC
+      return features
     return nn.Dense(
         self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.zeros,
         bias_init=nn.initializers.constant(self.head_bias_init),
-        dot_general=layers.dot_general(self.dtype), name='head')(features_BC)
+        dot_general=layers.dot_general(self.dtype), name='head')(features)

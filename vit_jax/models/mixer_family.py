@@ -29,6 +29,7 @@ import math
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vit_jax.weights import npz
@@ -109,12 +110,32 @@ class MixerFamily(family.ModelFamily):
   # exempt beyond what the 'kernels' mask already leaves out.
   no_weight_decay = ()
   architecture_keys = ARCHITECTURE_KEYS
-  # The head's init value matters for training only.
-  unstored_fields = ('dtype', 'param_dtype', 'head_bias_init')
+  # Training settings: evaluation computes the same without them.
+  unstored_fields = ('dtype', 'param_dtype', 'head_bias_init', 'dropout_rate',
+                     'drop_path_rate')
 
   @property
   def variants(self) -> Mapping[str, Variant]:
     return VARIANTS
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    """See `family.ModelFamily.default_config`; the defaults are the
+    released model."""
+    model = ml_collections.ConfigDict()
+    no_int = lambda: ml_collections.FieldReference(None, int)
+    model.classifier = 'gap'  # gap (mean of the tokens, released) | unpooled (every token).
+    model.dropout_rate = 0.0  # Dropout after every MLP's GELU and output.
+    model.drop_path_rate = 0.0  # Stochastic depth at the last block (0 at the first, linear between).
+    model.head_bias_init = 0.0  # Head bias init: -10 with sigmoid pre-training.
+    model.dtype = 'float32'  # Matmul operand dtype: float32 | bfloat16 | auto (bf16 where the hardware multiplies it natively; accumulation is always float32).
+    model.param_dtype = 'float32'  # Parameter storage dtype.
+    # Architecture overrides of the named variant (None keeps the variant's).
+    model.patch_size = no_int()  # Patch side in pixels.
+    model.hidden_size = no_int()  # Channels C of every token.
+    model.num_layers = no_int()  # Mixer blocks.
+    model.tokens_mlp_dim = no_int()  # Hidden width of the token-mixing MLPs.
+    model.channels_mlp_dim = no_int()  # Hidden width of the channel-mixing MLPs.
+    return model
 
   def canonical_name(self, name: str) -> Optional[str]:
     candidate = name.strip().replace('/', '_')
@@ -223,6 +244,9 @@ class MixerFamily(family.ModelFamily):
     if block_outputs:
       result['block_outputs'] = list(sown.get('block_outputs', ()))
     return outputs, result
+
+  def pools_features(self, model: mixer.MlpMixer) -> bool:
+    return model.classifier == 'gap'
 
   # --- Analyses ------------------------------------------------------------
 

@@ -35,11 +35,11 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax.models import layers
 from vit_jax.models import posemb
 from vit_jax.models import resnet
+from vit_jax.models import stochastic_depth
 
 Dtype = Any
 
@@ -82,28 +82,6 @@ def layer_norm(name: str, param_dtype: Dtype,
   # Statistics and output in float32 whatever the compute dtype (see layers).
   return nn.LayerNorm(epsilon=epsilon, dtype=jnp.float32,
                       param_dtype=param_dtype, name=name)
-
-
-def drop_path_rates(rate: float, num_layers: int) -> Tuple[float, ...]:
-  """Stochastic-depth rate of each block: linear from 0 at the first block
-  to `rate` at the last (Huang et al. 2016, the linear decay rule)."""
-  return tuple(float(r) for r in np.linspace(0.0, rate, num_layers))
-
-
-def drop_path(module: nn.Module, y, rate, train: bool):
-  """Stochastic depth on one residual branch (Huang et al. 2016).
-
-  In training each example's branch `y` is kept with probability 1 - rate
-  and then scaled by 1 / (1 - rate), so its expectation is `y`; at
-  evaluation it is `y`. Draws from the module's 'dropout' rng stream.
-  `rate` may be a traced scalar (the scanned encoder's per-layer rate).
-  """
-  if not train or (isinstance(rate, (int, float)) and rate == 0):
-    return y
-  keep = 1.0 - rate
-  mask_B = jax.random.bernoulli(module.make_rng('dropout'), keep,
-                                (y.shape[0],) + (1,) * (y.ndim - 1))
-  return y * jnp.where(mask_B, 1.0 / keep, 0.0).astype(y.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -275,7 +253,7 @@ class EncoderBlock(nn.Module):
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, self.param_dtype,
                      name=f'LayerScale_{index}')(y)
-    return drop_path(self, y, rate, self.train)
+    return stochastic_depth.drop_path(self, y, rate, self.train)
 
 
 class ScanStepBlock(EncoderBlock):
@@ -399,7 +377,7 @@ class Encoder(nn.Module):
         qkv_bias=self.qkv_bias, activation=self.activation,
         layer_norm_epsilon=self.layer_norm_epsilon,
         layer_scale_init=self.layer_scale_init)
-    rates = drop_path_rates(self.drop_path_rate, self.num_layers)
+    rates = stochastic_depth.rates(self.drop_path_rate, self.num_layers)
     if self.scan_layers:
       if capture_attention or capture_block_outputs:
         raise ValueError('a scanned encoder cannot capture per-layer '
@@ -493,9 +471,9 @@ class VisionTransformer(nn.Module):
     drop_path_rate: stochastic depth (Huang et al. 2016, "Deep Networks
       with Stochastic Depth"): in training each example's attention and MLP
       branch is dropped with a rate growing linearly from 0 at the first
-      block to this at the last (`drop_path_rates`), and scaled by 1 / (1 -
-      rate) when kept; evaluation is unaffected. Uses the 'dropout' rng.
-      In [0, 1).
+      block to this at the last (`stochastic_depth.rates`), and scaled by
+      1 / (1 - rate) when kept; evaluation is unaffected. Uses the
+      'dropout' rng. In [0, 1).
     posemb: one of POSEMB_KINDS. 'learned' (the released models);
       'sincos2d': the fixed 2-D sin-cos embedding of the patch grid at any
       resolution (`posemb.sincos_2d`; Beyer et al. 2022, "Better plain ViT
@@ -566,9 +544,7 @@ class VisionTransformer(nn.Module):
     check_choice('classifier', self.classifier, CLASSIFIERS)
     check_choice('posemb', self.posemb, POSEMB_KINDS)
     check_choice('activation', self.activation, tuple(ACTIVATIONS))
-    if not 0 <= self.drop_path_rate < 1:
-      raise ValueError(f'drop_path_rate must be in [0, 1), got '
-                       f'{self.drop_path_rate}')
+    stochastic_depth.check_rate(self.drop_path_rate)
     if int(self.num_register_tokens) != self.num_register_tokens or (
         self.num_register_tokens < 0):
       raise ValueError(f'num_register_tokens must be an integer >= 0, got '

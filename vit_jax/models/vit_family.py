@@ -37,6 +37,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vit_jax.weights import npz
@@ -357,6 +358,42 @@ class VitFamily(family.ModelFamily):
   @property
   def variants(self) -> Mapping[str, Variant]:
     return VARIANTS
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    """See `family.ModelFamily.default_config`; the defaults are the
+    released model."""
+    model = ml_collections.ConfigDict()
+    no_int = lambda: ml_collections.FieldReference(None, int)
+    model.classifier = 'token'  # token | gap | unpooled | token_unpooled | map.
+    model.representation_size = no_int()  # pre_logits width; None: no pre_logits.
+    model.dropout_rate = 0.0  # Dropout after pos-emb, attention out, GELU, MLP out.
+    model.attention_dropout_rate = 0.0  # Dropout on attention probabilities.
+    model.head_bias_init = 0.0  # Head bias init: -10 with sigmoid pre-training.
+    model.dtype = 'float32'  # Matmul operand dtype: float32 | bfloat16 | auto (bf16 where the hardware multiplies it natively; accumulation is always float32).
+    model.param_dtype = 'float32'  # Parameter storage dtype.
+    # Architecture overrides of the named variant (None keeps the variant's).
+    model.patch_size = no_int()  # Patch side in stem-output pixels.
+    model.hidden_size = no_int()  # Token width D.
+    model.mlp_dim = no_int()  # MLP hidden width.
+    model.num_heads = no_int()  # Attention heads.
+    model.num_layers = no_int()  # Encoder blocks.
+    model.resnet_units = ml_collections.FieldReference(None, tuple)  # Hybrids: bottleneck units per ResNet stage, e.g. '(1,)'; () the root only; None the variant's.
+    model.scan_layers = False  # One nn.scan over the blocks: compiles once, params stacked (npz unchanged).
+    model.remat_policy = 'none'  # Recompute in backward: none | full | dots | dots_no_batch.
+    model.attention = 'auto'  # auto (einsum on CPU, fused elsewhere) | fused | einsum.
+    # Options of the follow-up papers (vit.VisionTransformer); the defaults are the released model.
+    model.drop_path_rate = 0.0  # Stochastic depth at the last block (0 at the first, linear between).
+    model.posemb = 'learned'  # learned | sincos2d (fixed) | none.
+    model.posemb_covers_prefix = True  # False: learned posemb on patch tokens only (timm no_embed_class).
+    model.num_register_tokens = 0  # Register tokens after the class token.
+    model.distillation = False  # DeiT distillation token and second head (classifier token).
+    model.layer_scale_init = ml_collections.FieldReference(None, float)  # LayerScale init; None: no LayerScale.
+    model.pre_norm = False  # LayerNorm before the blocks (CLIP).
+    model.fc_norm = False  # Final LayerNorm after pooling instead of before.
+    model.qkv_bias = True  # Biases of the query/key/value projections.
+    model.layer_norm_epsilon = 1e-6  # Every LayerNorm's epsilon (CLIP: 1e-5).
+    model.activation = 'gelu_tanh'  # MLP nonlinearity: gelu_tanh | gelu_erf | quick_gelu.
+    return model
 
   def canonical_name(self, name: str) -> Optional[str]:
     if name in VARIANTS:

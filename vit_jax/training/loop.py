@@ -280,6 +280,7 @@ def _check_image_size(config) -> None:
 
 
 def _validate(config):
+  models.check_model_config(config)
   _check_counts(config)
   _check_image_size(config)
   # Built here only to check them before anything runs.
