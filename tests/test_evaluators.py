@@ -28,7 +28,7 @@ from vit_jax.data import pipeline
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax.training import loop
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.evaluators import imagenet
 from vit_jax.evaluators import linear_fewshot
 
@@ -143,7 +143,7 @@ def _mesh():
 
 def _read_eval(**overrides):
   """(source, split) -> eval batches, with `_config`'s data settings."""
-  return functools.partial(from_config.eval_batches, _config(**overrides))
+  return run_spec.data_spec(_config(**overrides)).eval_batches
 
 
 def _extra_eval(name, imagenet_dir, model=None):
@@ -277,7 +277,7 @@ def _fewshot_config(folder, **overrides):
 
 def _fewshot_evaluator(config, model, mesh, shardings=None):
   return linear_fewshot.FewShotEvaluator(
-      model, mesh, functools.partial(from_config.eval_batches, config),
+      model, mesh, run_spec.data_spec(config).eval_batches,
       dataset='imagefolder', data_dir=config.data_dir, train_split='train',
       test_split='test', shots=(1, 2), seeds=(0, 1), val_per_class=2,
       params_shardings=shardings)
@@ -286,8 +286,8 @@ def _fewshot_evaluator(config, model, mesh, shardings=None):
 def _direct_features(config, model, params, split):
   """pre_logits of every real example of `split`, straight from the model."""
   features, labels = [], []
-  source = from_config.data_source(config)
-  for batch in from_config.eval_batches(config, source, split):
+  source = run_spec.data_spec(config).source()
+  for batch in run_spec.data_spec(config).eval_batches(source, split):
     _, inside = models.apply_with_intermediates(model, params, batch['image'])
     real = batch['mask'] > 0
     features.append(np.asarray(inside['pre_logits'])[real])
@@ -343,8 +343,8 @@ def test_from_config_lists_every_evaluator_with_its_cadence_and_params(
                            fewshot_every=3)
   config.model.update(dict(helpers.TINY_VIT))
   setup = loop.make_setup(config, FEWSHOT_CLASSES)
-  source = from_config.data_source(config)
-  read_eval = functools.partial(from_config.eval_batches, config)
+  source = run_spec.data_spec(config).source()
+  read_eval = run_spec.data_spec(config).eval_batches
   evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
   assert [(e.name, e.every, e.params_field, e.record) for e in evals] == [
       ('eval', 5, 'params', 'eval'), ('ema_eval', 5, 'ema_params', 'eval'),

@@ -24,7 +24,7 @@ from vit_jax.weights import pretrained
 from vit_jax import sharding
 from vit_jax.training import steps
 from vit_jax.training import loop
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.training import checkpoints as train_checkpoints
 
 IMAGE_SIZE = 16
@@ -153,7 +153,7 @@ def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
   model, params = loaded.model, loaded.params
   config = _config(image_folder)
   images, labels = [], []
-  for batch in from_config.eval_batches(config, from_config.data_source(config)):
+  for batch in run_spec.data_spec(config).eval_batches(run_spec.data_spec(config).source()):
     keep = batch['mask'] > 0
     images.append(batch['image'][keep])
     labels.append(batch['label'][keep])
@@ -317,8 +317,7 @@ def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
   def eval_loss(normalization):
     """The export's loss on the test split normalised so."""
     losses = []
-    for batch in from_config.eval_batches(
-        config, from_config.data_source(config), normalization=normalization):
+    for batch in run_spec.data_spec(config).eval_batches(run_spec.data_spec(config).source(), normalization=normalization):
       keep = batch['mask'] > 0
       logits = pretrained.predict_logits(tuned.model, tuned.params,
                                          batch['image'][keep])

@@ -10,9 +10,9 @@ Per batch, as the recipes do (AugReg, Steiner et al. 2021; DeiT, Touvron et
 al. 2021): one `lam ~ Beta(alpha, alpha)`, applied with probability
 `mix_prob`; with both on, CutMix is chosen with probability `mix_switch_prob`
 (DeiT: Mixup 0.8, CutMix 1.0, switch 0.5). AugReg's "Mixup p" is the Beta
-alpha. The partner of example i is example i - 1 (the batch rolled by one), so every
-example is used once as the partner; under a data-sharded batch XLA moves
-only the boundary rows between devices.
+alpha. The partner of example i is example i - 1 (the batch rolled by one),
+so every example is used once as the partner; under a data-sharded batch XLA
+moves only the boundary rows between devices.
 
 Labels leave as (B, C) distributions that sum to 1, which the step's
 softmax and sigmoid cross-entropies (with label smoothing) accept.

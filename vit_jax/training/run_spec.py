@@ -7,7 +7,8 @@ defined beside the module that consumes it and checked once on construction
 key's name in every spec, so an error names the key to fix. Below the
 training loop no module reads the config; `from_config` runs before the
 workdir is created, with the checks that span concerns (batch sizes against
-devices, the image size against the model's patches).
+devices, the image size against the model's patches). `data_spec(config)`,
+`optim_spec(config)` etc. build one spec, for tools that need only it.
 """
 
 import dataclasses
@@ -20,7 +21,7 @@ from vit_jax import evaluators
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax.data import preprocess
-from vit_jax.data import spec as data_spec
+from vit_jax.data import spec as dataspec
 from vit_jax.evaluators import imagenet
 from vit_jax.evaluators import linear_fewshot
 from vit_jax.training import mixing
@@ -62,7 +63,7 @@ class RunSpec:
   posemb_resize: str
   export_npz: bool
   config_json: str
-  data: data_spec.DataSpec
+  data: dataspec.DataSpec
   optim: optim.OptimSpec
   step: steps.StepSpec
   mix: mixing.MixSpec
@@ -81,16 +82,13 @@ class RunSpec:
 
 
 def augmentation(config) -> preprocess.Augmentation:
-  return preprocess.Augmentation(
-      train_augment=config.train_augment, random_flip=config.random_flip,
-      crop_padding=config.crop_padding,
-      randaug_layers=config.randaug_layers,
-      randaug_magnitude=config.randaug_magnitude,
-      random_erasing=config.random_erasing)
+  """The per-example training augmentation of `config`."""
+  return preprocess.Augmentation(**_keys(config, preprocess.Augmentation))
 
 
-def data(config) -> data_spec.DataSpec:
-  return data_spec.DataSpec(
+def data_spec(config) -> dataspec.DataSpec:
+  """What the run reads, and how."""
+  return dataspec.DataSpec(
       dataset=config.dataset, data_dir=config.data_dir,
       train_split=config.train_split, eval_split=config.eval_split,
       label_map=config.label_map, num_classes=config.num_classes,
@@ -100,25 +98,30 @@ def data(config) -> data_spec.DataSpec:
       prefetch=config.prefetch, augmentation=augmentation(config))
 
 
-def optimizer(config) -> optim.OptimSpec:
+def optim_spec(config) -> optim.OptimSpec:
+  """The optimiser and its learning-rate schedule."""
   return optim.OptimSpec(**_keys(config, optim.OptimSpec))
 
 
-def step(config) -> steps.StepSpec:
+def step_spec(config) -> steps.StepSpec:
+  """The train step's loss, accumulation and EMA."""
   return steps.StepSpec(**_keys(config, steps.StepSpec))
 
 
-def mix(config) -> mixing.MixSpec:
+def mix_spec(config) -> mixing.MixSpec:
+  """The batch-level augmentation (Mixup / CutMix)."""
   return mixing.MixSpec(**_keys(config, mixing.MixSpec))
 
 
-def mesh(config) -> sharding.MeshSpec:
+def mesh_spec(config) -> sharding.MeshSpec:
+  """The device mesh and the train state's shardings."""
   return sharding.MeshSpec(
       mesh_model_axis=config.mesh_model_axis, fsdp=config.fsdp,
       sharding_rules=tuple(tuple(rule) for rule in config.sharding_rules))
 
 
-def evals(config) -> evaluators.EvalSpec:
+def eval_spec(config) -> evaluators.EvalSpec:
+  """The evaluations; the data_dirs left None fall back to config.data_dir."""
   fewshot = linear_fewshot.FewshotSpec(
       fewshot_every=config.fewshot_every,
       fewshot_dataset=config.fewshot_dataset,
@@ -164,8 +167,9 @@ def from_config(config, num_devices: Optional[int] = None) -> RunSpec:
       pretrained_path=config.pretrained_path,
       posemb_resize=config.posemb_resize, export_npz=config.export_npz,
       config_json=config.to_json_best_effort(indent=2, sort_keys=True),
-      data=data(config), optim=optimizer(config), step=step(config),
-      mix=mix(config), mesh=mesh(config), evals=evals(config))
+      data=data_spec(config), optim=optim_spec(config),
+      step=step_spec(config), mix=mix_spec(config), mesh=mesh_spec(config),
+      evals=eval_spec(config))
   _check_batches(spec, num_devices or jax.device_count())
   _check_image_size(spec)
   return spec
