@@ -8,7 +8,6 @@ would open the real prepared datasets. A stand-in model whose prediction is
 the image's dominant colour channel makes every accuracy known in advance.
 """
 
-import functools
 import json
 import os
 
