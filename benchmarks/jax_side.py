@@ -197,11 +197,11 @@ def build_step(model_name: str, image_size: int, num_classes: int, mode: str,
   return step, info
 
 
-def build_config_step(config: Any, num_classes: int, mode: str,
+def build_config_step(spec: train_lib.RunSpec, num_classes: int, mode: str,
                       images_np: np.ndarray, labels_np: np.ndarray):
-  """Builds and compiles the training loop's own step for `config`.
+  """Builds and compiles the training loop's own step for a config's `spec`.
 
-  Training times `train.make_setup(config, ...).train_step`, the very step
+  Training times `train.make_setup(spec, ...).train_step`, the very step
   `vit_jax.main` runs (the config's optimizer, loss, mixing, dtype and
   sharding); inference times the config's model on the eval path.
 
@@ -209,7 +209,7 @@ def build_config_step(config: Any, num_classes: int, mode: str,
     (step, info) as `build_step`; 'every_token_flops' equals 'flops' (no
     other framework is compared).
   """
-  setup = train_lib.make_setup(config, num_classes)
+  setup = train_lib.make_setup(spec, num_classes)
   state = setup.init_state(jax.random.PRNGKey(0))
   batch = sharding.global_batch(
       {'image': images_np, 'label': labels_np}, setup.mesh)

@@ -31,6 +31,7 @@ from vit_jax import models
 from vit_jax.models import precision
 from vit_jax import sharding
 from vit_jax.training import loop
+from vit_jax.training import run_spec
 
 GIB = 2**30
 # Images per device per micro-batch that the automatic choice stays under.
@@ -167,14 +168,8 @@ def compiled_step_memory(train_step, state_in, batch_in) -> Dict[str, Any]:
 
 
 def _images_per_device(config, data_devices: int) -> int:
-  """Rows of one micro-batch on one device; raises if they do not split."""
-  micro_batch = config.batch_size // config.grad_accum_steps
-  if config.batch_size % config.grad_accum_steps or micro_batch % data_devices:
-    raise ValueError(
-        f'batch_size {config.batch_size} / grad_accum_steps '
-        f'{config.grad_accum_steps} does not give a micro-batch that splits '
-        f'over {data_devices} devices')
-  return micro_batch // data_devices
+  """Rows of one micro-batch on one device (`run_spec` checked they split)."""
+  return config.batch_size // config.grad_accum_steps // data_devices
 
 
 def _num_tokens(model, image_size: int) -> int:
@@ -219,7 +214,8 @@ def measure(config, num_classes: int, num_devices: int,
       f'--num_devices={num_devices} (it asks XLA:CPU for that many devices '
       'before jax starts)')
   start = time.perf_counter()
-  setup = loop.make_setup(config, num_classes, devices=devices)
+  spec = run_spec.from_config(config, num_devices=num_devices)
+  setup = loop.make_setup(spec, num_classes, devices=devices)
   state_shapes = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   setup_s = time.perf_counter() - start
   data_devices = setup.mesh.shape[sharding.DATA_AXIS]

@@ -33,7 +33,7 @@ import numpy as np
 from vit_jax import models
 from vit_jax.models import precision
 from vit_jax import sharding
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from benchmarks import jax_side
 from vit_jax.cli import _host_memory
 
@@ -212,15 +212,15 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
                                      config.image_size)
     dtype = precision.resolve_dtype(config.model.dtype)
     attention = config.model.attention
+    spec = run_spec.from_config(config)
     # The head training would build: config.num_classes or the dataset's.
-    num_classes = from_config.num_classes(config,
-                                         from_config.data_source(config))
+    num_classes = spec.data.resolve_num_classes(spec.data.source())
   jnp_dtype = jnp.dtype(dtype)
   mesh = _mesh(host_devices, batch_size)
   images, labels = synthetic_batch(batch_size, image_size, num_classes)
   name = models.canonical_name(model)
   if config is not None:
-    step, info = jax_side.build_config_step(config, num_classes, mode,
+    step, info = jax_side.build_config_step(spec, num_classes, mode,
                                             images, labels)
   else:
     step, info = jax_side.build_step(

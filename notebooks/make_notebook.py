@@ -56,7 +56,7 @@ from vit_jax.analysis import measures
 from vit_jax import models
 from vit_jax.weights import pretrained
 from vit_jax.training import loop as train
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.analysis import plots
 from vit_jax.data.datasets import fashion_mnist_local
 
@@ -184,8 +184,8 @@ config = common.lock(config)
 
 # The first evaluation batch, without the padding rows (mask 0) that fill up
 # the last batch of a split.
-eval_batch = next(iter(from_config.eval_batches(
-    config, from_config.data_source(config))))
+data = run_spec.data_spec(config)
+eval_batch = next(iter(data.eval_batches(data.source())))
 real = eval_batch['mask'] > 0
 eval_images, eval_labels = eval_batch['image'][real], eval_batch['label'][real]
 fig, axes = plt.subplots(1, 8, figsize=(10, 1.8))

@@ -8,7 +8,6 @@ would open the real prepared datasets. A stand-in model whose prediction is
 the image's dominant colour channel makes every accuracy known in advance.
 """
 
-import functools
 import json
 import os
 
@@ -28,7 +27,7 @@ from vit_jax.data import pipeline
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax.training import loop
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.evaluators import imagenet
 from vit_jax.evaluators import linear_fewshot
 
@@ -143,7 +142,7 @@ def _mesh():
 
 def _read_eval(**overrides):
   """(source, split) -> eval batches, with `_config`'s data settings."""
-  return functools.partial(from_config.eval_batches, _config(**overrides))
+  return run_spec.data_spec(_config(**overrides)).eval_batches
 
 
 def _extra_eval(name, imagenet_dir, model=None):
@@ -206,16 +205,47 @@ def test_imagenet_v2_is_evaluated_like_the_main_eval_set(imagenet_dir):
 def test_extra_evals_need_a_1000_class_model(imagenet_dir):
   with pytest.raises(ValueError, match='1000 classes but the model has 10'):
     _extra_eval('imagenet_v2', imagenet_dir, DominantChannel(num_classes=10))
-  with pytest.raises(ValueError, match="unknown 'imagenet_a'"):
-    _extra_eval('imagenet_a', imagenet_dir)
 
 
 def test_extra_eval_names_accept_the_command_line_form():
   # --config.extra_evals=a,b arrives as the one-element tuple ('a,b',).
-  config = _config(extra_evals=('imagenet2012_real, imagenet_v2',))
-  assert imagenet.extra_eval_names(config) == ['imagenet2012_real',
-                                               'imagenet_v2']
-  assert imagenet.extra_eval_names(_config()) == []
+  spec = run_spec.eval_spec(
+      _config(extra_evals=('imagenet2012_real, imagenet_v2',)))
+  assert spec.extra_evals == ('imagenet2012_real', 'imagenet_v2')
+  assert run_spec.eval_spec(_config()).extra_evals == ()
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(extra_evals=('imagenet_a',)),
+     "config.extra_evals has unknown 'imagenet_a'; known: "
+     "['imagenet2012_real', 'imagenet_v2']."),
+    (dict(eval_every=-1),
+     'config.eval_every must be >= 0 (0: only at the last step), got -1'),
+    (dict(fewshot_every=-1),
+     'config.fewshot_every must be >= 0 (0 turns it off), got -1'),
+    (dict(fewshot_every=2, fewshot_val_per_class=0),
+     'config.fewshot_val_per_class must be >= 1 (it chooses l2) and '
+     'config.fewshot_shots non-empty.'),
+])
+def test_eval_spec_rejects_a_bad_value_in_one_line(overrides, message):
+  with pytest.raises(ValueError) as error:
+    run_spec.eval_spec(_config(**overrides))
+  assert str(error.value) == message
+
+
+def test_fewshot_is_checked_only_when_it_runs():
+  spec = run_spec.eval_spec(_config(fewshot_every=0, fewshot_shots=()))
+  assert spec.fewshot.fewshot_every == 0
+
+
+def test_eval_data_dirs_fall_back_to_the_data_dir():
+  spec = run_spec.eval_spec(_config(data_dir='/data'))
+  assert (spec.extra_evals_data_dir, spec.fewshot.fewshot_data_dir) == (
+      '/data', '/data')
+  spec = run_spec.eval_spec(_config(data_dir='/data', fewshot_data_dir='/f',
+                                    extra_evals_data_dir='/e'))
+  assert (spec.extra_evals_data_dir, spec.fewshot.fewshot_data_dir) == (
+      '/e', '/f')
 
 
 def _tiny_train_config(data_dir, **overrides):
@@ -277,17 +307,20 @@ def _fewshot_config(folder, **overrides):
 
 def _fewshot_evaluator(config, model, mesh, shardings=None):
   return linear_fewshot.FewShotEvaluator(
-      model, mesh, functools.partial(from_config.eval_batches, config),
-      dataset='imagefolder', data_dir=config.data_dir, train_split='train',
-      test_split='test', shots=(1, 2), seeds=(0, 1), val_per_class=2,
+      model, mesh, run_spec.data_spec(config).eval_batches,
+      linear_fewshot.FewshotSpec(
+          fewshot_dataset='imagefolder', fewshot_data_dir=config.data_dir,
+          fewshot_train_split='train', fewshot_test_split='test',
+          fewshot_shots=(1, 2), fewshot_seeds=(0, 1),
+          fewshot_val_per_class=2),
       params_shardings=shardings)
 
 
 def _direct_features(config, model, params, split):
   """pre_logits of every real example of `split`, straight from the model."""
   features, labels = [], []
-  source = from_config.data_source(config)
-  for batch in from_config.eval_batches(config, source, split):
+  data = run_spec.data_spec(config)
+  for batch in data.eval_batches(data.source(), split):
     _, inside = models.apply_with_intermediates(model, params, batch['image'])
     real = batch['mask'] > 0
     features.append(np.asarray(inside['pre_logits'])[real])
@@ -337,15 +370,17 @@ def test_fewshot_needs_pooled_features(folder):
 # --- The builder --------------------------------------------------------------
 
 
-def test_from_config_lists_every_evaluator_with_its_cadence_and_params(
+def test_make_evaluators_lists_every_evaluator_with_its_cadence_and_params(
     folder):
   config = _fewshot_config(folder, eval_every=5, ema_decay=0.5,
                            fewshot_every=3)
   config.model.update(dict(helpers.TINY_VIT))
-  setup = loop.make_setup(config, FEWSHOT_CLASSES)
-  source = from_config.data_source(config)
-  read_eval = functools.partial(from_config.eval_batches, config)
-  evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
+  spec = run_spec.from_config(config)
+  setup = loop.make_setup(spec, FEWSHOT_CLASSES)
+  source = spec.data.source()
+  read_eval = spec.data.eval_batches
+  evals = evaluators.make_evaluators(spec.evals, setup, read_eval(source),
+                                     read_eval)
   assert [(e.name, e.every, e.params_field, e.record) for e in evals] == [
       ('eval', 5, 'params', 'eval'), ('ema_eval', 5, 'ema_params', 'eval'),
       ('fewshot', 3, 'params', 'fewshot')]

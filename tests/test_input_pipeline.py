@@ -1,7 +1,8 @@
 """Tests of vit_jax.data.pipeline and the fashion_mnist_local builder.
 
 The pipeline is called with explicit arguments; the tests of what a config
-selects (dataset, classes, splits) go through `vit_jax.training.loop`'s adapter.
+selects (dataset, classes, splits) go through its DataSpec
+(`vit_jax.training.run_spec.data_spec`).
 
 All data is generated here: a tiny TFDS builder whose images carry their own
 example id, Fashion-MNIST idx files with a few dozen examples, and
@@ -20,7 +21,7 @@ from configs import common
 from vit_jax.data import pipeline as input_pipeline
 from vit_jax.data import sources
 from vit_jax.models import family
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.data.datasets import fashion_mnist_local
 
 TINY_SPLITS = {'train': 37, 'test': 23}  # Not multiples of any batch size.
@@ -70,14 +71,14 @@ def tiny_data_dir(tmp_path_factory):
   return data_dir
 
 
-def _config(**overrides):
-  """An experiment config reading the tiny dataset (for `train`'s adapter)."""
+def _data(**overrides):
+  """The DataSpec of an experiment config reading the tiny dataset."""
   config = common.get_config()
   config.update(dict(
       dataset='vit_jax_tiny_images', image_size=TINY_SIZE, batch_size=8,
       eval_batch_size=8, shuffle_buffer=100, prefetch=1,
       train_augment='resize', random_flip=False), **overrides)
-  return config
+  return run_spec.data_spec(config)
 
 
 def _source(data_dir):
@@ -90,7 +91,8 @@ def _train_batches(source, *, batch_size=8, crop='resize', flip=False,
   """get_train_iterator on the train split, the tiny images' settings."""
   return input_pipeline.get_train_iterator(
       source, 'train', image_size=TINY_SIZE, batch_size=batch_size,
-      augmentation=input_pipeline.Augmentation(crop=crop, flip=flip),
+      augmentation=input_pipeline.Augmentation(train_augment=crop,
+                                               random_flip=flip),
       seed=seed, shuffle_buffer=100, cache=cache, prefetch=1, **options)
 
 
@@ -100,8 +102,8 @@ def _augmented_batches(source, **options):
 
 # Every optional augmentation on, sized for the 6 px images.
 STRONG = input_pipeline.Augmentation(
-    crop='pad_crop', flip=True, crop_padding=1, randaug_layers=2,
-    randaug_magnitude=15.0, random_erasing=0.5)
+    train_augment='pad_crop', random_flip=True, crop_padding=1,
+    randaug_layers=2, randaug_magnitude=15.0, random_erasing=0.5)
 
 
 def _strong_batches(source, **options):
@@ -125,33 +127,31 @@ def _take(iterator, n):
 
 def test_split_sizes_and_classes(tiny_data_dir):
   source = _source(tiny_data_dir)
-  assert from_config.num_classes(_config(), source) == 5
+  assert _data().resolve_num_classes(source) == 5
   assert (source.num_examples('train'), source.num_examples('test')) == (37,
                                                                          23)
 
 
 def test_unknown_dataset_is_named(tmp_path):
   with pytest.raises(ValueError, match="'no_such_dataset_x'.*not a registered"):
-    from_config.data_source(
-        _config(dataset='no_such_dataset_x', data_dir=str(tmp_path)))
+    _data(dataset='no_such_dataset_x', data_dir=str(tmp_path)).source()
 
 
 def test_missing_data_dir_is_named(tmp_path):
   missing = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='nowhere.*does not exist'):
-    from_config.data_source(_config(data_dir=missing))
+    _data(data_dir=missing).source()
 
 
 def test_unprepared_dataset_says_how_to_build_it(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match='not prepared.*tfds build vit_jax_tiny_images'):
-    from_config.data_source(_config(data_dir=str(tmp_path)))
+    _data(data_dir=str(tmp_path)).source()
 
 
 def test_missing_split_is_named(tiny_data_dir):
   with pytest.raises(ValueError, match="'validation' does not exist"):
-    from_config.data_source(_config(data_dir=tiny_data_dir,
-                                    eval_split='validation'))
+    _data(data_dir=tiny_data_dir, eval_split='validation').source()
 
 
 def test_batch_not_divisible_by_processes(tiny_data_dir):
@@ -162,7 +162,7 @@ def test_batch_not_divisible_by_processes(tiny_data_dir):
 
 def test_num_classes_smaller_than_dataset_rejected(tiny_data_dir):
   with pytest.raises(ValueError, match='has 5 classes'):
-    from_config.num_classes(_config(num_classes=3), _source(tiny_data_dir))
+    _data(num_classes=3).resolve_num_classes(_source(tiny_data_dir))
 
 
 # --- Evaluation ---------------------------------------------------------------
@@ -271,17 +271,18 @@ def test_start_step_resumes_the_same_stream_with_every_augmentation(
 
 def test_config_augmentation_keys_reach_the_pipeline(tiny_data_dir):
   source = _source(tiny_data_dir)
-  config = _config(data_dir=tiny_data_dir, train_augment='pad_crop',
-                   random_flip=True, crop_padding=1, randaug_layers=2,
-                   randaug_magnitude=15.0, random_erasing=0.5)
-  for a, b in zip(_take(from_config.train_batches(config, source), 2),
+  data = _data(data_dir=tiny_data_dir, train_augment='pad_crop',
+               random_flip=True, crop_padding=1, randaug_layers=2,
+               randaug_magnitude=15.0, random_erasing=0.5)
+  for a, b in zip(_take(data.train_batches(source), 2),
                   _take(_strong_batches(source), 2)):
     np.testing.assert_array_equal(a['image'], b['image'])
 
 
 @pytest.mark.parametrize('fields,key', [
-    (dict(crop='mixup'), 'config.train_augment'),
-    (dict(crop='inception_crop', crop_padding=4), 'config.crop_padding'),
+    (dict(train_augment='mixup'), 'config.train_augment'),
+    (dict(train_augment='inception_crop', crop_padding=4),
+     'config.crop_padding'),
     (dict(randaug_layers=2, randaug_magnitude=-5.0),
      'config.randaug_magnitude'),
     (dict(random_erasing=1.25), 'config.random_erasing'),
@@ -291,11 +292,24 @@ def test_bad_augmentation_fails_on_construction_naming_the_key(fields, key):
     input_pipeline.Augmentation(**fields)
 
 
-def test_bad_augmentation_config_fails_in_train_batches(tiny_data_dir):
-  with pytest.raises(ValueError, match='config.random_erasing'):
-    from_config.train_batches(
-        _config(data_dir=tiny_data_dir, random_erasing=-1.0),
-        _source(tiny_data_dir))
+def test_bad_augmentation_config_fails_in_the_data_spec():
+  with pytest.raises(ValueError, match=r'^config\.random_erasing=-1\.0 is a '
+                     r'probability: use a value in \[0, 1\]\.$'):
+    _data(random_erasing=-1.0)
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(batch_size=0), 'config.batch_size must be >= 1, got 0'),
+    (dict(image_size=0), 'config.image_size must be >= 1, got 0'),
+    (dict(num_classes=0), 'config.num_classes must be >= 1 or None'),
+    (dict(cache='sometimes'), "config.cache='sometimes' is unknown; use "
+     "'auto', 'true' or 'false'."),
+])
+def test_data_spec_rejects_a_bad_value_in_one_line(overrides, message):
+  with pytest.raises(ValueError) as error:
+    _data(**overrides)
+  assert str(error.value).startswith(message)
+  assert '\n' not in str(error.value)
 
 
 def test_cache_setting_does_not_change_the_data(tiny_data_dir):
@@ -358,18 +372,18 @@ def _write_fashion_mnist(directory, sizes=(('train', 40), ('t10k', 15))):
 def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch):
   idx = _write_fashion_mnist(str(tmp_path / 'idx'))
   monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'idx'))
-  config = _config(dataset='fashion_mnist_local',
-                   data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
-                   eval_batch_size=4)
-  source = from_config.data_source(config)
-  assert (from_config.num_classes(config, source), source.num_examples('train'),
+  data = _data(dataset='fashion_mnist_local',
+               data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
+               eval_batch_size=4)
+  source = data.source()
+  assert (data.resolve_num_classes(source), source.num_examples('train'),
           source.num_examples('test')) == (10, 40, 15)
-  builder = tfds.builder('fashion_mnist_local', data_dir=config.data_dir)
+  builder = tfds.builder('fashion_mnist_local', data_dir=data.data_dir)
   assert builder.info.features['label'].names[0] == 'T-shirt/top'
   assert builder.info.features['label'].names[9] == 'Ankle boot'
   # Decoded PNGs reproduce the idx pixels exactly, as 3 equal channels.
   images, labels = idx['test']
-  batches = list(from_config.eval_batches(config, source))
+  batches = list(data.eval_batches(source))
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.sum() == 15 and len(mask) == 16
   got = np.concatenate([b['image'] for b in batches])[mask == 1]
@@ -388,8 +402,8 @@ def test_fashion_mnist_missing_idx_dir_says_how_to_install(tmp_path,
   monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'no_idx'))
   with pytest.raises(FileNotFoundError,
                      match='apt-get install dataset-fashion-mnist'):
-    from_config.data_source(_config(dataset='fashion_mnist_local',
-                                    data_dir=str(tmp_path / 'tfds')))
+    _data(dataset='fashion_mnist_local',
+          data_dir=str(tmp_path / 'tfds')).source()
 
 
 def test_idx_parser_rejects_wrong_magic_and_truncation(tmp_path):
@@ -454,12 +468,12 @@ def _write_image_folder(root):
 
 def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
   _write_image_folder(str(tmp_path))
-  config = _config(dataset='imagefolder', data_dir=str(tmp_path),
-                   image_size=8, eval_batch_size=4)
-  source = from_config.data_source(config)
-  assert (from_config.num_classes(config, source), source.num_examples('train'),
+  data = _data(dataset='imagefolder', data_dir=str(tmp_path),
+               image_size=8, eval_batch_size=4)
+  source = data.source()
+  assert (data.resolve_num_classes(source), source.num_examples('train'),
           source.num_examples('test')) == (3, 7, 7)
-  batches = list(from_config.eval_batches(config, source))
+  batches = list(data.eval_batches(source))
   mask = np.concatenate([b['mask'] for b in batches])
   assert len(mask) == 8 and mask.sum() == 7
   labels = np.concatenate([b['label'] for b in batches])[mask == 1]
@@ -468,18 +482,18 @@ def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
   colour_channel = images.mean(axis=(1, 2)).argmax(axis=-1)
   # Dog (green) -> 0, bird (blue) -> 1, cat (red) -> 2.
   np.testing.assert_array_equal(colour_channel, np.array([1, 2, 0])[labels])
-  batch = next(from_config.train_batches(config, source))
+  batch = next(data.train_batches(source))
   assert batch['image'].shape == (8, 8, 8, 3)
 
 
 def test_image_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    from_config.data_source(
-        _config(dataset='imagefolder', data_dir=str(tmp_path / 'absent')))
+    _data(dataset='imagefolder',
+          data_dir=str(tmp_path / 'absent')).source()
   _write_image_folder(str(tmp_path))
   with pytest.raises(ValueError, match="'val' does not exist"):
-    from_config.data_source(_config(
-        dataset='imagefolder', data_dir=str(tmp_path), eval_split='val'))
+    _data(dataset='imagefolder', data_dir=str(tmp_path),
+          eval_split='val').source()
 
 
 def _truncated_jpeg(path):
@@ -499,8 +513,7 @@ def test_image_folder_undecodable_files_are_named_before_training(tmp_path):
   (test_dir / 'bird' / 'text.png').write_text('not an image')
   (test_dir / 'Dog' / 'empty.jpeg').write_bytes(b'')
   with pytest.raises(ValueError) as error:
-    from_config.data_source(
-        _config(dataset='imagefolder', data_dir=str(tmp_path)))
+    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
   bad = sorted(str(test_dir / name) for name in
                ('cat/cut.jpg', 'bird/text.png', 'Dog/empty.jpeg'))
   assert str(error.value) == (
@@ -515,8 +528,7 @@ def test_image_folder_error_lists_the_first_few_undecodable_files(tmp_path):
   for path in bad:
     path.write_text('not an image')
   with pytest.raises(ValueError, match=r"^7 of 14 files in '.*/train' ") as e:
-    from_config.data_source(
-        _config(dataset='imagefolder', data_dir=str(tmp_path)))
+    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
   message = str(e.value)
   assert [str(path) in message for path in bad] == [True] * 5 + [False] * 2
   assert message.endswith(', ... (2 more); remove or replace them.')

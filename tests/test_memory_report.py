@@ -12,6 +12,7 @@ from tests import helpers
 from benchmarks import memory_measure
 from benchmarks import memory_report
 from vit_jax.training import loop
+from vit_jax.training import run_spec
 
 _NUM_DEVICES = 8
 _NUM_CLASSES = 10
@@ -49,16 +50,18 @@ def fsdp_none():
 
 def _state_bytes(fsdp, num_devices=_NUM_DEVICES):
   """memory_measure.state_bytes_per_device, without compiling a step."""
-  setup = loop.make_setup(_tiny_config(fsdp=fsdp), _NUM_CLASSES,
-                          devices=jax.devices()[:num_devices])
+  devices = jax.devices()[:num_devices]
+  spec = run_spec.from_config(_tiny_config(fsdp=fsdp),
+                              num_devices=num_devices)
+  setup = loop.make_setup(spec, _NUM_CLASSES, devices=devices)
   state = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   return memory_measure.state_bytes_per_device(state, setup.state_shardings)
 
 
 def _param_shapes():
   """Every param shape of the tiny model, from an independent init."""
-  setup = loop.make_setup(_tiny_config(), _NUM_CLASSES,
-                          devices=jax.devices()[:1])
+  spec = run_spec.from_config(_tiny_config(), num_devices=1)
+  setup = loop.make_setup(spec, _NUM_CLASSES, devices=jax.devices()[:1])
   state = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   return [x.shape for x in jax.tree_util.tree_leaves(state.params)]
 
@@ -154,13 +157,13 @@ def test_format_report_gives_a_verdict_and_the_caveat(fsdp_full):
 
 def test_command_line_makes_its_own_device_count():
   # This process has 8 devices; the command asks for 16 before jax starts.
-  # A micro-batch of 64 / 3 rows cannot split over them: the error, raised
-  # after the mesh is built and before anything compiles, names the 16.
+  # A batch of 40 rows cannot split over them: the error, raised by the
+  # config's checks before anything compiles, names the 16.
   result = subprocess.run(
       [sys.executable, '-m', 'benchmarks.memory_report', '--model=Ti/16',
-       '--num_devices=16', '--image_size=32', '--batch_size=64',
-       '--grad_accum_steps=3', '--num_classes=10'],
+       '--num_devices=16', '--image_size=32', '--batch_size=40',
+       '--grad_accum_steps=1', '--num_classes=10'],
       capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 1, result.stderr[-2000:]
-  assert 'over 16 devices' in result.stderr
+  assert 'over 16 data-parallel devices' in result.stderr
   assert 'Traceback' not in result.stderr

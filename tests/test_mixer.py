@@ -320,7 +320,7 @@ def test_weight_decay_mask_decays_kernels_only():
   model = tiny_mixer(num_classes=2, num_layers=1)
   params = models.param_shapes(model, (IMAGE_SIZE,) * 2)
   mask = optim.weight_decay_mask(
-      common.get_config(), models.family_of(model).no_weight_decay)(params)
+      'kernels', models.family_of(model).no_weight_decay)(params)
   dense = {'kernel': True, 'bias': False}
   norm = {'scale': False, 'bias': False}
   assert mask == {

@@ -37,7 +37,7 @@ def _partner_weight(mixed, batch):
 
 def test_nothing_to_mix_gives_no_function():
   assert mixing.make_mix_fn(mixing.MixSpec(), NUM_CLASSES) is None
-  assert mixing.make_mix_fn(mixing.MixSpec(mixup_alpha=0.2, prob=0.0),
+  assert mixing.make_mix_fn(mixing.MixSpec(mixup_alpha=0.2, mix_prob=0.0),
                             NUM_CLASSES) is None
 
 
@@ -90,17 +90,18 @@ def test_cutmix_box_area_follows_lam_away_from_the_border():
                                       jnp.float32(1.0)))
 
 
-def test_prob_zero_or_unlucky_batches_pass_through_exactly():
+def test_mix_prob_zero_or_unlucky_batches_pass_through_exactly():
   batch = _batch()
-  spec = mixing.MixSpec(mixup_alpha=1.0, cutmix_alpha=1.0, prob=1e-9)
+  spec = mixing.MixSpec(mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=1e-9)
   mixed = _mix(spec, 0, batch)
   np.testing.assert_array_equal(mixed['image'], batch['image'])
   np.testing.assert_array_equal(
       mixed['label'], jax.nn.one_hot(batch['label'], NUM_CLASSES))
 
 
-def test_switch_prob_picks_both_methods_and_the_key_decides():
-  spec = mixing.MixSpec(mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=0.5)
+def test_mix_switch_prob_picks_both_methods_and_the_key_decides():
+  spec = mixing.MixSpec(mixup_alpha=1.0, cutmix_alpha=1.0,
+                        mix_switch_prob=0.5)
   kinds = set()
   for seed in range(16):
     images = np.asarray(_mix(spec, seed)['image'])
@@ -124,16 +125,21 @@ def test_soft_labels_of_a_mixed_batch_train_through_the_step():
     step = jax.jit(functools.partial(
         steps.train_step, model=model, optimizer=optimizer,
         learning_rate=lambda _: 0.1, loss=loss, label_smoothing=0.1,
-        accum_steps=2, ema_decay=0.0, mix_batch=mix))
+        grad_accum_steps=2, ema_decay=0.0, mix_batch=mix))
     new_state, metrics = step(state, _batch(8))
     assert np.isfinite(float(metrics['loss']))
     assert int(new_state.step) == 1
 
 
-@pytest.mark.parametrize('field, value', [('mixup_alpha', -1.0),
-                                          ('cutmix_alpha', -0.1),
-                                          ('prob', 1.5),
-                                          ('switch_prob', -0.5)])
-def test_bad_settings_name_their_config_key(field, value):
-  with pytest.raises(ValueError, match=field):
+@pytest.mark.parametrize('field, value, message', [
+    ('mixup_alpha', -1.0,
+     'config.mixup_alpha must be >= 0 (0 turns it off), got -1.0'),
+    ('cutmix_alpha', -0.1,
+     'config.cutmix_alpha must be >= 0 (0 turns it off), got -0.1'),
+    ('mix_prob', 1.5, 'config.mix_prob must be in [0, 1], got 1.5'),
+    ('mix_switch_prob', -0.5,
+     'config.mix_switch_prob must be in [0, 1], got -0.5')])
+def test_bad_settings_name_their_config_key(field, value, message):
+  with pytest.raises(ValueError) as error:
     mixing.MixSpec(**{field: value})
+  assert str(error.value) == message

@@ -132,8 +132,7 @@ def test_names_resolve_to_their_family_and_clashes_are_refused(toy_family):
 def test_weight_decay_mask_follows_the_family(toy_family):
   model = models.create_model('Toy-S_4', num_classes=2)
   params = models.init_params(model, jax.random.PRNGKey(0), (8, 8))
-  config = common.get_config()
-  mask = optim.weight_decay_mask(config, toy_family.no_weight_decay)(params)
+  mask = optim.weight_decay_mask('kernels', toy_family.no_weight_decay)(params)
   assert mask == {'toy_embed': {'kernel': True, 'bias': False},
                   'offset': False, 'head': {'kernel': True, 'bias': False}}
 

@@ -27,6 +27,8 @@ def test_scale_pixels_is_exact_affine_map_to_minus_one_one():
 
 IMAGENET = family.Preprocessing(mean=(123.675, 116.28, 103.53),
                                 std=(58.395, 57.12, 57.375))
+# No random step: the training transform is the evaluation one.
+PLAIN = preprocess.Augmentation(train_augment='resize', random_flip=False)
 
 
 def test_scale_pixels_applies_a_per_channel_mean_and_std():
@@ -47,8 +49,8 @@ def test_train_eval_and_file_transforms_use_the_normalization(tmp_path):
   Image.fromarray(image).save(path)
   expected = preprocess.scale_pixels(tf.constant(image), IMAGENET).numpy()
   train = preprocess.train_preprocess(
-      tf.constant(image), 6, tf.constant([0, 0]), augment='resize',
-      flip=False, normalization=IMAGENET)
+      tf.constant(image), 6, tf.constant([0, 0]), PLAIN,
+      normalization=IMAGENET)
   np.testing.assert_array_equal(train, expected)
   np.testing.assert_array_equal(
       preprocess.eval_preprocess(tf.constant(image), 6, IMAGENET), expected)
@@ -117,8 +119,9 @@ def test_random_flip_is_identity_or_mirror_and_both_happen():
 @pytest.mark.parametrize('augment', ['inception_crop', 'resize'])
 def test_train_preprocess_range_shape_and_grey(augment):
   grey = tf.constant(_random_image(20, 20, channels=1))
-  out = preprocess.train_preprocess(grey, 12, tf.constant([5, 7]),
-                                    augment=augment).numpy()
+  out = preprocess.train_preprocess(
+      grey, 12, tf.constant([5, 7]),
+      preprocess.Augmentation(train_augment=augment)).numpy()
   assert out.shape == (12, 12, 3) and out.dtype == np.float32
   assert out.min() >= -1.0 and out.max() <= 1.0
   np.testing.assert_array_equal(out[..., 0], out[..., 2])
@@ -126,15 +129,8 @@ def test_train_preprocess_range_shape_and_grey(augment):
 
 def test_train_preprocess_without_augmentation_matches_eval():
   image = tf.constant(_random_image(9, 9))
-  train = preprocess.train_preprocess(image, 9, tf.constant([0, 0]),
-                                      augment='resize', flip=False)
+  train = preprocess.train_preprocess(image, 9, tf.constant([0, 0]), PLAIN)
   np.testing.assert_array_equal(train, preprocess.eval_preprocess(image, 9))
-
-
-def test_train_preprocess_rejects_unknown_augment():
-  with pytest.raises(ValueError, match='train_augment'):
-    preprocess.train_preprocess(tf.zeros([4, 4, 3], tf.uint8), 4,
-                                tf.constant([0, 0]), augment='mixup')
 
 
 def test_load_image_png_exact_values(tmp_path):
@@ -268,7 +264,8 @@ def test_train_preprocess_with_new_options_off_is_unchanged(augment):
   for s in range(8):
     seed = tf.constant([s, 11], tf.int64)
     np.testing.assert_array_equal(
-        preprocess.train_preprocess(image, 12, seed, augment=augment),
+        preprocess.train_preprocess(
+            image, 12, seed, preprocess.Augmentation(train_augment=augment)),
         _old_train_preprocess(image, 12, seed, augment, flip=True))
 
 
@@ -284,17 +281,21 @@ def test_train_preprocess_order_crop_flip_randaug_normalise_erase():
   expected = preprocess.random_erasing(
       preprocess.scale_pixels(expected, IMAGENET), 0.5, erasing_seed)
   out = preprocess.train_preprocess(
-      image, 16, seed, augment='pad_crop', crop_padding=2, randaug_layers=2,
-      randaug_magnitude=15, random_erasing_prob=0.5, normalization=IMAGENET)
+      image, 16, seed, preprocess.Augmentation(
+          train_augment='pad_crop', crop_padding=2, randaug_layers=2,
+          randaug_magnitude=15, random_erasing=0.5),
+      normalization=IMAGENET)
   np.testing.assert_array_equal(out, expected)
 
 
 def test_train_preprocess_new_options_range_shape_and_determinism():
   grey = tf.constant(_random_image(28, 28, channels=1))
-  options = dict(augment='pad_crop', crop_padding=4, randaug_layers=2,
-                 randaug_magnitude=10)
+  augmentation = preprocess.Augmentation(
+      train_augment='pad_crop', crop_padding=4, randaug_layers=2,
+      randaug_magnitude=10)
   outs = [preprocess.train_preprocess(grey, 28, tf.constant([0, s]),
-                                      **options).numpy() for s in (1, 1, 2)]
+                                      augmentation).numpy()
+          for s in (1, 1, 2)]
   assert outs[0].shape == (28, 28, 3) and outs[0].dtype == np.float32
   assert outs[0].min() >= -1.0 and outs[0].max() <= 1.0
   np.testing.assert_array_equal(outs[0], outs[1])
@@ -307,16 +308,24 @@ def test_to_uint8_rounds_and_clips():
                                 [0, 0, 0, 2, 255, 255])
 
 
-@pytest.mark.parametrize('options,key', [
-    (dict(augment='cutmix'), 'config.train_augment'),
-    (dict(augment='resize', crop_padding=4), 'config.crop_padding'),
-    (dict(augment='pad_crop', crop_padding=-1), 'config.crop_padding'),
-    (dict(randaug_layers=-2), 'config.randaug_layers'),
-    (dict(randaug_layers=2, randaug_magnitude=-1), 'config.randaug_magnitude'),
-    (dict(random_erasing_prob=1.5), 'config.random_erasing'),
-    (dict(random_erasing_prob=-0.1), 'config.random_erasing'),
+@pytest.mark.parametrize('options,message', [
+    (dict(train_augment='cutmix'),
+     "config.train_augment='cutmix' is unknown; use one of ('inception_crop',"
+     " 'resize', 'pad_crop')."),
+    (dict(train_augment='resize', crop_padding=4),
+     "config.crop_padding=4 only applies to train_augment='pad_crop', not "
+     "'resize'; set it to 0."),
+    (dict(train_augment='pad_crop', crop_padding=-1),
+     'config.crop_padding=-1 must be an int >= 0.'),
+    (dict(randaug_layers=-2), 'config.randaug_layers=-2 must be an int >= 0.'),
+    (dict(randaug_layers=2, randaug_magnitude=-1),
+     'config.randaug_magnitude=-1 must be >= 0.'),
+    (dict(random_erasing=1.5),
+     'config.random_erasing=1.5 is a probability: use a value in [0, 1].'),
+    (dict(random_erasing=-0.1),
+     'config.random_erasing=-0.1 is a probability: use a value in [0, 1].'),
 ])
-def test_train_preprocess_rejects_bad_options_naming_the_key(options, key):
-  with pytest.raises(ValueError, match=key):
-    preprocess.train_preprocess(tf.zeros([4, 4, 3], tf.uint8), 4,
-                                tf.constant([0, 0]), **options)
+def test_augmentation_rejects_a_bad_option_in_one_line(options, message):
+  with pytest.raises(ValueError) as error:
+    preprocess.Augmentation(**options)
+  assert str(error.value) == message

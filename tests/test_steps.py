@@ -50,7 +50,7 @@ def test_a_label_distribution_is_the_mixture_of_its_losses():
         0.5 * loss_fn(logits_BC, other_B), rtol=1e-6)
 
 
-def _state_and_step(accum_steps=1, mix_batch=None):
+def _state_and_step(grad_accum_steps=1, mix_batch=None):
   model = helpers.tiny_model(num_classes=NUM_CLASSES, dropout_rate=0.1)
   optimizer = optax.adam(1e-2)
   params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
@@ -61,7 +61,7 @@ def _state_and_step(accum_steps=1, mix_batch=None):
   step = jax.jit(functools.partial(
       steps.train_step, model=model, optimizer=optimizer,
       learning_rate=lambda step: 1e-2, loss='softmax_xent',
-      label_smoothing=0.0, accum_steps=accum_steps, ema_decay=0.0,
+      label_smoothing=0.0, grad_accum_steps=grad_accum_steps, ema_decay=0.0,
       mix_batch=mix_batch))
   return state, step
 
@@ -108,10 +108,24 @@ def test_a_hook_giving_one_hot_labels_gives_the_integer_label_update():
     return {**batch, 'label': jax.nn.one_hot(batch['label'], NUM_CLASSES)}
 
   batch = _batch()
-  state, plain_step = _state_and_step(accum_steps=2)
-  _, soft_step = _state_and_step(accum_steps=2, mix_batch=one_hot)
+  state, plain_step = _state_and_step(grad_accum_steps=2)
+  _, soft_step = _state_and_step(grad_accum_steps=2, mix_batch=one_hot)
   soft, soft_metrics = soft_step(state, batch)
   plain, plain_metrics = plain_step(state, batch)
   np.testing.assert_allclose(soft_metrics['loss'], plain_metrics['loss'],
                              rtol=1e-6)
   _assert_trees_close(soft.params, plain.params, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(loss='hinge'), "config.loss='hinge' is unknown; expected one of "
+     'softmax_xent, sigmoid_xent'),
+    (dict(label_smoothing=1.0), 'config.label_smoothing must be in [0, 1), '
+     'got 1.0'),
+    (dict(ema_decay=-0.5), 'config.ema_decay must be in [0, 1), got -0.5'),
+    (dict(grad_accum_steps=0), 'config.grad_accum_steps must be >= 1, got 0'),
+])
+def test_step_spec_rejects_a_bad_value_in_one_line(overrides, message):
+  with pytest.raises(ValueError) as error:
+    steps.StepSpec(**overrides)
+  assert str(error.value) == message

@@ -24,7 +24,7 @@ from vit_jax.weights import pretrained
 from vit_jax import sharding
 from vit_jax.training import steps
 from vit_jax.training import loop
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.training import checkpoints as train_checkpoints
 
 IMAGE_SIZE = 16
@@ -96,7 +96,8 @@ def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
   assert elapsed[0] > 0 and elapsed == sorted(elapsed)
   # The logged lr is the one applied: warm-up step 0 already uses lr > 0.
   lrs = [r['train_lr'] for r in records if 'train_lr' in r]
-  schedule = optim.learning_rate_schedule(_config(image_folder))
+  schedule = optim.learning_rate_schedule(
+      run_spec.optim_spec(_config(image_folder)))
   np.testing.assert_allclose(lrs, [schedule(s) for s in range(4)], rtol=1e-6)
   assert lrs[0] == pytest.approx(1e-3)
 
@@ -151,9 +152,9 @@ def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
   loaded = pretrained.load(os.path.join(workdir, 'model.npz'), 'Ti/16',
                            **helpers.TINY_VIT)
   model, params = loaded.model, loaded.params
-  config = _config(image_folder)
+  data = run_spec.data_spec(_config(image_folder))
   images, labels = [], []
-  for batch in from_config.eval_batches(config, from_config.data_source(config)):
+  for batch in data.eval_batches(data.source()):
     keep = batch['mask'] > 0
     images.append(batch['image'][keep])
     labels.append(batch['label'][keep])
@@ -211,7 +212,8 @@ def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path,
 
 
 def _one_step(config, devices, batch):
-  setup = loop.make_setup(config, len(CLASSES), devices=devices)
+  spec = run_spec.from_config(config, num_devices=len(devices))
+  setup = loop.make_setup(spec, len(CLASSES), devices=devices)
   state = setup.init_state(jax.random.PRNGKey(0))
   state, metrics = setup.train_step(
       state, sharding.global_batch(batch, setup.mesh))
@@ -249,8 +251,8 @@ def test_fsdp_step_equals_replicated_step(image_folder):
 
 
 def test_fsdp_shards_parameters_over_the_data_axis(image_folder):
-  config = _config(image_folder, fsdp=True)
-  setup = loop.make_setup(config, len(CLASSES))
+  spec = run_spec.from_config(_config(image_folder, fsdp=True))
+  setup = loop.make_setup(spec, len(CLASSES))
   state = setup.init_state(jax.random.PRNGKey(0))
   kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0'][
       'Dense_0']['kernel']  # (32, 64): 64 splits over 8 devices.
@@ -308,7 +310,7 @@ def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
   pretrained.save_npz(helpers.random_params(source, IMAGE_SIZE), path,
                       model=source, preprocessing=imagenet)
   config = _config(image_folder, pretrained_path=path, total_steps=2)
-  assert loop.preprocessing(config, source) == imagenet
+  assert loop.preprocessing(config.pretrained_path, source) == imagenet
   workdir = str(tmp_path / 'run')
   record = loop.train_and_evaluate(config, workdir)
   tuned = pretrained.load(os.path.join(workdir, 'model.npz'))
@@ -317,8 +319,9 @@ def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
   def eval_loss(normalization):
     """The export's loss on the test split normalised so."""
     losses = []
-    for batch in from_config.eval_batches(
-        config, from_config.data_source(config), normalization=normalization):
+    data = run_spec.data_spec(config)
+    for batch in data.eval_batches(data.source(),
+                                   normalization=normalization):
       keep = batch['mask'] > 0
       logits = pretrained.predict_logits(tuned.model, tuned.params,
                                          batch['image'][keep])
@@ -416,13 +419,30 @@ def test_scanned_rematerialised_run_fine_tunes_and_exports_per_block(
 
 
 @pytest.mark.parametrize('overrides,message', [
-    ({'total_steps': 0}, 'config.total_steps must be >= 1, got 0'),
+    ({'total_steps': 0, 'warmup_steps': 0},
+     'config.total_steps must be >= 1, got 0'),
     ({'keep_checkpoints': 0}, 'config.keep_checkpoints must be >= 1'),
     ({'eval_batch_size': 0}, 'config.eval_batch_size must be >= 1'),
-    ({'warmup_steps': -1}, 'config.warmup_steps must be >= 0'),
+    ({'warmup_steps': -1}, 'config.warmup_steps (-1) must be in [0, '),
     ({'image_size': IMAGE_SIZE + 2},
      f'image_size {IMAGE_SIZE + 2} is not a multiple of the model\'s 4x4'),
     ({'eval_batch_size': 12}, 'eval_batch_size 12 does not split over 8'),
+    # One bad value of each spec: checked before the workdir exists.
+    ({'random_erasing': 1.5}, 'config.random_erasing=1.5 is a probability'),
+    ({'cache': 'maybe'}, "config.cache='maybe' is unknown"),
+    ({'optimizer': 'lamb'}, "config.optimizer='lamb' is unknown"),
+    ({'loss': 'hinge'}, "config.loss='hinge' is unknown"),
+    ({'mix_prob': 2.0}, 'config.mix_prob must be in [0, 1], got 2.0'),
+    ({'mesh_model_axis': 0}, 'config.mesh_model_axis must be >= 1, got 0'),
+    ({'sharding_rules': (('Dense_0/kernel',),)},
+     "config.sharding_rules has ('Dense_0/kernel',)"),
+    ({'eval_every': -1}, 'config.eval_every must be >= 0'),
+    ({'extra_evals': ('imagenet_a',)},
+     "config.extra_evals has unknown 'imagenet_a'"),
+    ({'fewshot_every': 2, 'fewshot_shots': ()},
+     'config.fewshot_val_per_class must be >= 1 (it chooses l2) and '
+     'config.fewshot_shots non-empty.'),
+    ({'log_every': -1}, 'config.log_every must be >= 0'),
 ])
 def test_bad_configs_fail_before_anything_is_written(image_folder, tmp_path,
                                                     overrides, message):

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from configs import common
 from configs import vtab as vtab_configs
 from vit_jax.data import sources
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.data import label_maps
 
 
@@ -187,12 +187,12 @@ def _dsprites_config(data_dir, task='dsprites_location'):
 
 
 def test_label_map_applies_in_training_and_evaluation(dsprites_dir):
-  config = _dsprites_config(dsprites_dir)
-  source = from_config.data_source(config)
-  assert (from_config.num_classes(config, source),
-          source.num_examples(config.train_split),
-          source.num_examples(config.eval_split)) == (16, 12, 8)
-  batches = list(from_config.eval_batches(config, source))
+  data = run_spec.data_spec(_dsprites_config(dsprites_dir))
+  source = data.source()
+  assert (data.resolve_num_classes(source),
+          source.num_examples(data.train_split),
+          source.num_examples(data.eval_split)) == (16, 12, 8)
+  batches = list(data.eval_batches(source))
   labels = np.concatenate([b['label'] for b in batches])
   images = np.concatenate([b['image'] for b in batches])
   ids = _example_ids(images)
@@ -201,7 +201,7 @@ def test_label_map_applies_in_training_and_evaluation(dsprites_dir):
   # 0/1 pixels became 0/255, then [-1, 1]; one channel became three.
   assert set(np.unique(images)) == {-1.0, 1.0}
   np.testing.assert_array_equal(images[..., 0], images[..., 2])
-  train_batch = next(from_config.train_batches(config, source))
+  train_batch = next(data.train_batches(source))
   np.testing.assert_array_equal(
       train_batch['label'],
       [_x_position(i) // 2 for i in _example_ids(train_batch['image'])])
@@ -211,7 +211,8 @@ def test_label_map_class_count_stands_when_the_config_gives_none(
     dsprites_dir):
   config = _dsprites_config(dsprites_dir, 'dsprites_orientation')
   config.num_classes = None
-  assert from_config.num_classes(config, from_config.data_source(config)) == 16
+  data = run_spec.data_spec(config)
+  assert data.resolve_num_classes(data.source()) == 16
 
 
 def test_label_map_reading_absent_features_fails_clearly(dsprites_dir):

@@ -54,7 +54,8 @@ def test_an_unwritable_workdir_is_named(tmp_path):
 def test_record_run_writes_the_config_and_the_parameter_table(tmp_path):
   config = common.get_config()
   params = {'head': {'kernel': jnp.zeros((3, 5)), 'bias': jnp.zeros(5)}}
-  line = workdir.record_run(tmp_path, config, params)
+  line = workdir.record_run(
+      tmp_path, config.to_json_best_effort(indent=2, sort_keys=True), params)
   assert line.startswith('20 parameters; ')
   recorded = json.loads((tmp_path / workdir.CONFIG_NAME).read_text())
   assert recorded['batch_size'] == config.batch_size

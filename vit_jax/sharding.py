@@ -3,10 +3,10 @@
 The mesh has two axes, 'data' and 'model'. Batches are split over 'data'.
 Every array of the train state (params, optimizer state, EMA) is placed by
 the same rule, applied to its path and shape:
-  1. the first of `config.sharding_rules` (regex, PartitionSpec tuple) whose
+  1. the first of `sharding_rules` (regex, PartitionSpec tuple) whose
      regex is found in the path, e.g. ('MlpBlock_0/Dense_0/kernel',
      (None, 'model'));
-  2. else, with `config.fsdp`, its largest dimension divisible by the 'data'
+  2. else, with `fsdp`, its largest dimension divisible by the 'data'
      axis is split over 'data' (FSDP/ZeRO-3: XLA gathers for the matmuls);
   3. else it is replicated.
 The model code knows nothing of devices: it names the axes of its
@@ -14,11 +14,14 @@ activations ('batch', 'tokens', 'embed', see vit_jax.models.vit), and
 ACTIVATION_RULES map them onto the mesh while a step is traced. Without the
 constraint, a scanned encoder with FSDP params lets the partitioner replicate
 the activations: every device would compute the whole batch.
+`MeshSpec` holds these settings (config.mesh_model_axis, fsdp,
+sharding_rules).
 """
 
 import contextlib
+import dataclasses
 import re
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -28,6 +31,44 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 DATA_AXIS, MODEL_AXIS = 'data', 'model'
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """How a run spreads over devices: the config keys of the same names,
+  checked once on construction.
+
+  Attributes:
+    mesh_model_axis: devices on the 'model' axis; the rest form 'data'.
+    fsdp: split the train state over 'data' (rule 2 of the module
+      docstring).
+    sharding_rules: ((path regex, PartitionSpec tuple), ...), tried first.
+  """
+  mesh_model_axis: int = 1
+  fsdp: bool = False
+  sharding_rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
+
+  def __post_init__(self):
+    if self.mesh_model_axis < 1:
+      raise ValueError(f'config.mesh_model_axis must be >= 1, got '
+                       f'{self.mesh_model_axis}')
+    for rule in self.sharding_rules:
+      if len(rule) != 2:
+        raise ValueError(f'config.sharding_rules has {rule!r}; each rule is '
+                         '(path regex, PartitionSpec tuple)')
+      try:
+        re.compile(rule[0])
+      except re.error as e:
+        raise ValueError(f'config.sharding_rules has the regex {rule[0]!r}, '
+                         f'which does not compile ({e})') from None
+
+  def make_mesh(self, devices=None) -> jax.sharding.Mesh:
+    """The (data, model) mesh of `devices` (default: all of all processes)."""
+    return make_mesh(self.mesh_model_axis, devices)
+
+  def tree_shardings(self, tree_shapes: Any, mesh) -> Any:
+    """NamedShardings of a tree of arrays by this spec's rules."""
+    return tree_shardings(tree_shapes, mesh, self.sharding_rules, self.fsdp)
 
 
 # Logical activation axes -> mesh axes.

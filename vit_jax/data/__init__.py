@@ -6,7 +6,7 @@ become batches.
   preprocess     decode, resize, crop and normalise one image
   randaugment    RandAugment's ops (AugReg)
   label_maps     labels derived from other features (VTAB's tasks)
-  from_config    a config's data settings -> sources and pipelines
+  spec           DataSpec: a run's data settings -> its source and batches
   datasets/      TFDS builders of local data (Debian's Fashion-MNIST)
 
 TensorFlow serves this package; building, loading and running models do not

@@ -2,8 +2,8 @@
 
 Sources: any prepared TFDS image-classification dataset or an image folder,
 never downloaded; see `vit_jax.data.sources`. Every function takes what it
-reads explicitly (a source, a split, sizes, seeds); `vit_jax.training.loop` maps the
-experiment config onto these arguments.
+reads explicitly (a source, a split, sizes, seeds); `vit_jax.data.spec`'s
+DataSpec holds a run's settings and calls them.
 
 Public API:
   get_train_iterator(source, split, *, image_size, batch_size, augmentation,
@@ -41,7 +41,6 @@ their estimated size is under about 1 GB (Fashion-MNIST: 47 MB, CIFAR:
 every epoch still gets fresh crops, flips, RandAugment ops and erasings.
 """
 
-import dataclasses
 import os
 from typing import Optional
 
@@ -57,37 +56,8 @@ CACHE_AUTO_MAX_BYTES = 1 << 30
 _INPUT_THREADS = max(1, (os.cpu_count() or 2) // 2)
 
 
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-  """The per-example training augmentation (`preprocess.train_preprocess`).
-
-  The defaults are the ViT fine-tuning augmentation; the other options are
-  off until set. Invalid values raise ValueError on construction, naming
-  their config key.
-
-  Attributes:
-    crop: 'inception_crop' (a random area and aspect ratio, resized),
-      'resize' (the whole image) or 'pad_crop' (resize, pad with black,
-      random crop back: the small-image recipe).
-    flip: flip left-right at random.
-    crop_padding: pixels of padding on each side for 'pad_crop'.
-    randaug_layers: RandAugment ops per image (`vit_jax.data.randaugment`); 0: off.
-    randaug_magnitude: their shared magnitude, 0..10 scale (AugReg: 10-20).
-    random_erasing: probability of erasing a random rectangle with noise
-      after normalisation (DeiT: 0.25); 0: off.
-  """
-  crop: str = 'inception_crop'
-  flip: bool = True
-  crop_padding: int = 0
-  randaug_layers: int = 0
-  randaug_magnitude: float = 10.0
-  random_erasing: float = 0.0
-
-  def __post_init__(self):
-    preprocess.check_train_options(self.crop, self.crop_padding,
-                                   self.randaug_layers,
-                                   self.randaug_magnitude,
-                                   self.random_erasing)
+# The per-example augmentation, an argument of `make_train_dataset`.
+Augmentation = preprocess.Augmentation
 
 
 def local_batch_size(global_batch_size, process_count=None):
@@ -109,16 +79,27 @@ def local_batch_size(global_batch_size, process_count=None):
   return global_batch_size // process_count
 
 
-def _should_cache(cache, source, split):
+def cache_setting(cache) -> str:
+  """'auto', 'true' or 'false' for a `cache` argument (config.cache).
+
+  Raises:
+    ValueError: any other value.
+  """
   setting = str(cache).lower()
-  if setting in ('true', '1'):
-    return True
-  if setting in ('false', '0', 'none'):
-    return False
+  for name, spellings in (('true', ('true', '1')),
+                          ('false', ('false', '0', 'none')),
+                          ('auto', ('auto',))):
+    if setting in spellings:
+      return name
+  raise ValueError(f"config.cache={cache!r} is unknown; use 'auto', 'true' "
+                   "or 'false'.")
+
+
+def _should_cache(cache, source, split):
+  setting = cache_setting(cache)
   if setting == 'auto':
     return source.decoded_bytes(split) < CACHE_AUTO_MAX_BYTES
-  raise ValueError(f"cache={cache!r} (config.cache); use 'auto', 'true' or "
-                   "'false'.")
+  return setting == 'true'
 
 
 def _options():
@@ -225,12 +206,8 @@ def make_train_dataset(source, split, *, image_size: int, batch_size: int,
   def augment(position, example):
     example_seed = tf.stack([tf.constant(augment_key, tf.int64), position])
     image = preprocess.train_preprocess(
-        example['image'], image_size, example_seed,
-        augment=augmentation.crop, flip=augmentation.flip,
-        normalization=normalization, crop_padding=augmentation.crop_padding,
-        randaug_layers=augmentation.randaug_layers,
-        randaug_magnitude=augmentation.randaug_magnitude,
-        random_erasing_prob=augmentation.random_erasing)
+        example['image'], image_size, example_seed, augmentation,
+        normalization)
     return _to_model_input(image, example['label'], 1)
 
   start_epoch, offset = divmod(start_step * batch, num_local)

@@ -23,6 +23,7 @@ every optional step off, the training transform is exactly the one before
 they existed: each step draws from its own sub-seed.
 """
 
+import dataclasses
 import math
 import re
 
@@ -262,88 +263,94 @@ def _erasing_size(shape, area_draws, ratio_draws, area_range,
           tf.where(found, widths[first], 0))
 
 
-def check_train_options(augment='inception_crop', crop_padding=0,
-                        randaug_layers=0, randaug_magnitude=10.0,
-                        random_erasing_prob=0.0):
-  """Raises ValueError naming the config key of an invalid training option.
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """The per-example training augmentation (`train_preprocess`).
 
-  Args: as `train_preprocess`.
+  The defaults are the ViT fine-tuning augmentation; the other options are
+  off until set. The fields are the config keys of the same names, checked
+  here once: an invalid value raises ValueError on construction.
 
-  Raises:
-    ValueError: an unknown crop mode, padding without 'pad_crop', a negative
-      padding, layer count or magnitude, or a probability outside [0, 1].
+  Attributes:
+    train_augment: 'inception_crop' (a random area and aspect ratio,
+      resized), 'resize' (the whole image) or 'pad_crop' (resize, pad with
+      black, random crop back: the small-image recipe).
+    random_flip: flip left-right at random.
+    crop_padding: pixels of padding on each side for 'pad_crop'.
+    randaug_layers: RandAugment ops per image (`vit_jax.data.randaugment`);
+      0: off.
+    randaug_magnitude: their shared magnitude, 0..10 scale (AugReg: 10-20).
+    random_erasing: probability of erasing a random rectangle with noise
+      after normalisation (DeiT: 0.25); 0: off.
   """
-  if augment not in CROP_MODES:
-    raise ValueError(f'Unknown train_augment {augment!r} '
-                     f'(config.train_augment); use one of {CROP_MODES}.')
-  _check_int('crop_padding', crop_padding)
-  if crop_padding and augment != 'pad_crop':
-    raise ValueError(
-        f'crop_padding={crop_padding} (config.crop_padding) only applies to '
-        f"train_augment='pad_crop', not {augment!r}; set it to 0.")
-  _check_int('randaug_layers', randaug_layers)
-  if not randaug_magnitude >= 0:  # Also rejects NaN.
-    raise ValueError(f'randaug_magnitude={randaug_magnitude!r} '
-                     '(config.randaug_magnitude) must be >= 0.')
-  if not 0 <= random_erasing_prob <= 1:
-    raise ValueError(f'random_erasing={random_erasing_prob!r} '
-                     '(config.random_erasing) is a probability: use a value '
-                     'in [0, 1].')
+  train_augment: str = 'inception_crop'
+  random_flip: bool = True
+  crop_padding: int = 0
+  randaug_layers: int = 0
+  randaug_magnitude: float = 10.0
+  random_erasing: float = 0.0
+
+  def __post_init__(self):
+    if self.train_augment not in CROP_MODES:
+      raise ValueError(f'config.train_augment={self.train_augment!r} is '
+                       f'unknown; use one of {CROP_MODES}.')
+    _check_int('crop_padding', self.crop_padding)
+    if self.crop_padding and self.train_augment != 'pad_crop':
+      raise ValueError(
+          f'config.crop_padding={self.crop_padding} only applies to '
+          f"train_augment='pad_crop', not {self.train_augment!r}; set it "
+          'to 0.')
+    _check_int('randaug_layers', self.randaug_layers)
+    if not self.randaug_magnitude >= 0:  # Also rejects NaN.
+      raise ValueError(f'config.randaug_magnitude='
+                       f'{self.randaug_magnitude!r} must be >= 0.')
+    if not 0 <= self.random_erasing <= 1:
+      raise ValueError(f'config.random_erasing={self.random_erasing!r} is a '
+                       'probability: use a value in [0, 1].')
 
 
 def _check_int(key, value):
   if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ValueError(f'{key}={value!r} (config.{key}) must be an int >= 0.')
+    raise ValueError(f'config.{key}={value!r} must be an int >= 0.')
 
 
-def train_preprocess(image, image_size, seed, *, augment='inception_crop',
-                     flip=True, normalization=None, crop_padding=0,
-                     randaug_layers=0, randaug_magnitude=10.0,
-                     random_erasing_prob=0.0):
+def train_preprocess(image, image_size, seed,
+                     augmentation: Augmentation = Augmentation(),
+                     normalization=None):
   """The training transform of one image.
 
   Order (module docstring): crop, flip, RandAugment, normalise, erase. The
-  defaults give the transform of the ViT fine-tuning code.
+  default augmentation gives the transform of the ViT fine-tuning code.
 
   Args:
     image: uint8 tensor (H, W, 1 or 3).
     image_size: output side in pixels.
     seed: int tensor (2,); the same seed gives the same augmentation.
-    augment: 'inception_crop' (random crop, then resize), 'resize', or
-      'pad_crop' (resize, pad `crop_padding` black pixels, random crop).
-    flip: whether to flip left-right at random.
+    augmentation: the steps and their settings (checked on construction).
     normalization: the pixel normalisation (`scale_pixels`).
-    crop_padding: the padding of 'pad_crop', in pixels.
-    randaug_layers: RandAugment ops per image; 0 turns it off.
-    randaug_magnitude: their magnitude (`vit_jax.data.randaugment`).
-    random_erasing_prob: probability of erasing a rectangle; 0 turns it off.
 
   Returns:
     float32 tensor (image_size, image_size, 3), normalised.
-
-  Raises:
-    ValueError: an invalid option (`check_train_options`).
   """
-  check_train_options(augment, crop_padding, randaug_layers,
-                      randaug_magnitude, random_erasing_prob)
   # The first two sub-seeds are those of a 2-way split (Philox is counter
   # based), so crops and flips are unchanged by the steps added after them.
   crop_seed, flip_seed, randaug_seed, erasing_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=4))
   image = to_rgb(image)
-  if augment == 'inception_crop':
+  if augmentation.train_augment == 'inception_crop':
     image = inception_crop(image, image_size, crop_seed)
-  elif augment == 'pad_crop':
-    image = pad_crop(image, image_size, crop_padding, crop_seed)
+  elif augmentation.train_augment == 'pad_crop':
+    image = pad_crop(image, image_size, augmentation.crop_padding, crop_seed)
   else:
     image = resize(image, image_size)
-  if flip:
+  if augmentation.random_flip:
     image = random_flip(image, flip_seed)
-  if randaug_layers:
+  if augmentation.randaug_layers:
     image = randaugment.randaugment(to_uint8(image), randaug_seed,
-                                    randaug_layers, randaug_magnitude)
+                                    augmentation.randaug_layers,
+                                    augmentation.randaug_magnitude)
   image = scale_pixels(image, normalization)
-  return random_erasing(image, random_erasing_prob, erasing_seed)
+  return random_erasing(image, augmentation.random_erasing, erasing_seed)
 
 
 def eval_preprocess(image, image_size, normalization=None):

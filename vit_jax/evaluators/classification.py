@@ -41,16 +41,24 @@ def make_evaluator(name: str, *, every: int, step: common.BatchStep,
       params_field=params_field)
 
 
-def from_config(config, setup: Any,
-                batches: Iterable[Any]) -> List[common.Evaluator]:
-  """The main evaluation of a `train.Setup` on `batches` (the eval split)."""
+def make_evaluators(setup: Any, batches: Iterable[Any], *, loss: str,
+                    every: int, ema: bool) -> List[common.Evaluator]:
+  """The main evaluation of a `loop.Setup` on `batches` (the eval split).
+
+  Args:
+    setup: the model, mesh and state shardings.
+    batches: the eval split's batches, re-iterable.
+    loss: the training loss, reported.
+    every: cadence in steps (`common.Evaluator`).
+    ema: also evaluate the EMA params ('ema_eval').
+  """
   # One jitted step for both: the EMA params are sharded like the params.
-  step = eval_step_on_mesh(setup.model, config.loss, setup.mesh,
+  step = eval_step_on_mesh(setup.model, loss, setup.mesh,
                            setup.state_shardings.params)
-  evaluators = [make_evaluator(MAIN, every=config.eval_every, step=step,
+  evaluators = [make_evaluator(MAIN, every=every, step=step,
                                batches=batches, mesh=setup.mesh)]
-  if config.ema_decay:
+  if ema:
     evaluators.append(make_evaluator(
-        'ema_eval', every=config.eval_every, step=step, batches=batches,
+        'ema_eval', every=every, step=step, batches=batches,
         mesh=setup.mesh, prefix='ema_', params_field='ema_params'))
   return evaluators

@@ -15,7 +15,7 @@ join the main evaluation's record at its cadence (config.eval_every).
 """
 
 import functools
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -116,9 +116,6 @@ def make_extra_eval(name: str, *, model: nn.Module, mesh: jax.sharding.Mesh,
     every: cadence in steps (`common.Evaluator`).
     params_shardings: the params' shardings (None: replicated).
   """
-  if name not in EXTRA_EVALS:
-    raise ValueError(f'config.extra_evals has unknown {name!r}; known: '
-                     f'{sorted(EXTRA_EVALS)}.')
   prefix, split = EXTRA_EVALS[name]
   if name == IMAGENET_V2:
     source = sources.make_source(name, data_dir, (split,))
@@ -137,22 +134,38 @@ def make_extra_eval(name: str, *, model: nn.Module, mesh: jax.sharding.Mesh,
       to_metrics=functools.partial(real_labels_record, prefix=prefix))
 
 
-def extra_eval_names(config) -> List[str]:
-  """config.extra_evals as a list of names.
+def extra_eval_names(entries: Sequence[str]) -> Tuple[str, ...]:
+  """config.extra_evals as a tuple of names.
 
   Entries may hold comma-separated names, which is what the command line
   `--config.extra_evals=imagenet2012_real,imagenet_v2` gives.
   """
-  return [name.strip() for entry in config.extra_evals
-          for name in entry.split(',') if name.strip()]
+  return tuple(name.strip() for entry in entries
+               for name in entry.split(',') if name.strip())
 
 
-def from_config(config, setup: Any,
-                read_eval: common.ReadEval) -> List[common.Evaluator]:
-  """Every set of config.extra_evals for a `train.Setup`."""
+def check_names(names: Sequence[str]) -> None:
+  """Raises ValueError for a name that is not a key of EXTRA_EVALS."""
+  for name in names:
+    if name not in EXTRA_EVALS:
+      raise ValueError(f'config.extra_evals has unknown {name!r}; known: '
+                       f'{sorted(EXTRA_EVALS)}.')
+
+
+def make_evaluators(names: Sequence[str], setup: Any,
+                    read_eval: common.ReadEval, *, data_dir: Optional[str],
+                    loss: str, every: int) -> List[common.Evaluator]:
+  """The evaluations of `names` (EXTRA_EVALS keys) for a `loop.Setup`.
+
+  Args:
+    names: checked names (`check_names`).
+    setup: the model, mesh and state shardings.
+    read_eval: reads the eval batches of a (source, split).
+    data_dir: the TFDS data_dir of the ImageNet sets.
+    loss: the training loss (ImageNet-v2 reports it).
+    every: cadence in steps, the main evaluation's.
+  """
   return [make_extra_eval(
       name, model=setup.model, mesh=setup.mesh, read_eval=read_eval,
-      data_dir=config.extra_evals_data_dir or config.data_dir,
-      loss=config.loss, every=config.eval_every,
-      params_shardings=setup.state_shardings.params)
-          for name in extra_eval_names(config)]
+      data_dir=data_dir, loss=loss, every=every,
+      params_shardings=setup.state_shardings.params) for name in names]

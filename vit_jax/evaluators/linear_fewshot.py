@@ -3,15 +3,16 @@
 The 'fewshot' evaluator (record 'fewshot', every config.fewshot_every steps;
 none when it is 0) extracts the trained params' pre-logits features of a
 training pool and a test split of config.fewshot_dataset and fits them per
-`vit_jax.evaluators.fewshot_ridge`. Metrics: fewshot_{k}shot_top1 per shot count k (mean
-over config.fewshot_seeds).
+`vit_jax.evaluators.fewshot_ridge`. Metrics: fewshot_{k}shot_top1 per shot
+count k (mean over config.fewshot_seeds). `FewshotSpec` holds these settings.
 
 `FeatureExtractor` is the one feature extraction of the library: the
 evaluator runs it on the training mesh, `vit_jax.cli.fewshot` on one device.
 """
 
+import dataclasses
 import functools
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from absl import logging
 import flax.linen as nn
@@ -111,6 +112,42 @@ def _class_ids(labels: np.ndarray) -> np.ndarray:
   return labels.astype(np.int64)
 
 
+@dataclasses.dataclass(frozen=True)
+class FewshotSpec:
+  """The few-shot evaluation: the config keys of the same names
+  (configs/common.py), checked once on construction.
+
+  Attributes:
+    fewshot_every: cadence in steps (`common.Evaluator`); 0: no evaluator.
+    fewshot_dataset: TFDS name or 'imagefolder'.
+    fewshot_data_dir: its data_dir (the config's None means config.data_dir,
+      resolved by `vit_jax.training.run_spec`).
+    fewshot_train_split: the pool the shots and l2-validation examples come
+      from.
+    fewshot_test_split: the held-out examples.
+    fewshot_shots: examples per class, as in `fewshot_ridge.evaluate_fewshot`.
+    fewshot_seeds: as in `fewshot_ridge.evaluate_fewshot`.
+    fewshot_val_per_class: as in `fewshot_ridge.evaluate_fewshot`; >= 1.
+  """
+  fewshot_every: int = 0
+  fewshot_dataset: str = 'fashion_mnist_local'
+  fewshot_data_dir: Optional[str] = None
+  fewshot_train_split: str = 'train[:10000]'
+  fewshot_test_split: str = 'test'
+  fewshot_shots: Tuple[int, ...] = (1, 5, 10, 25)
+  fewshot_seeds: Tuple[int, ...] = (0,)
+  fewshot_val_per_class: int = 10
+
+  def __post_init__(self):
+    if self.fewshot_every < 0:
+      raise ValueError(f'config.fewshot_every must be >= 0 (0 turns it off), '
+                       f'got {self.fewshot_every}')
+    if self.fewshot_every and (self.fewshot_val_per_class < 1
+                               or not self.fewshot_shots):
+      raise ValueError('config.fewshot_val_per_class must be >= 1 (it '
+                       'chooses l2) and config.fewshot_shots non-empty.')
+
+
 class FewShotEvaluator:
   """Few-shot linear evaluation of the pre-logits of the params.
 
@@ -122,40 +159,30 @@ class FewShotEvaluator:
   params_field = 'params'
 
   def __init__(self, model: nn.Module, mesh: jax.sharding.Mesh,
-               read_eval: common.ReadEval, *, dataset: str,
-               data_dir: Optional[str], train_split: str, test_split: str,
-               shots: Sequence[int], seeds: Sequence[int],
-               val_per_class: int, every: int = 0,
+               read_eval: common.ReadEval, spec: FewshotSpec,
                params_shardings: Any = None):
-    """Opens both splits of `dataset` and jits the extractor.
+    """Opens both splits of the spec's dataset and jits the extractor.
 
     Args:
       model: the model being trained; its classifier must pool the tokens
         ('token' or 'gap').
       mesh: the training mesh.
       read_eval: reads the eval batches of a (source, split).
-      dataset: TFDS name or 'imagefolder'.
-      data_dir: its data_dir.
-      train_split: the pool the shots and l2-validation examples come from.
-      test_split: the held-out examples.
-      shots: examples per class, as in `fewshot.evaluate_fewshot`.
-      seeds: as in `fewshot.evaluate_fewshot`.
-      val_per_class: as in `fewshot.evaluate_fewshot`; >= 1.
-      every: cadence in steps (`common.Evaluator`).
+      spec: what to evaluate on, and how often.
       params_shardings: the params' shardings (None: replicated).
     """
     if not models.family_of(model).pools_features(model):
       raise ValueError('few-shot evaluation needs pooled features; this '
                        "model's are per token (use a 'token' or 'gap' "
                        'classifier, or set config.fewshot_every=0).')
-    if val_per_class < 1 or not shots:
-      raise ValueError('config.fewshot_val_per_class must be >= 1 (it '
-                       'chooses l2) and config.fewshot_shots non-empty.')
-    self.every = every
-    self._dataset = dataset
-    self._protocol = dict(shots=tuple(shots), seeds=tuple(seeds),
-                          val_per_class=val_per_class)
-    source = sources.make_source(dataset, data_dir,
+    self.every = spec.fewshot_every
+    self._dataset = spec.fewshot_dataset
+    self._protocol = dict(shots=tuple(spec.fewshot_shots),
+                          seeds=tuple(spec.fewshot_seeds),
+                          val_per_class=spec.fewshot_val_per_class)
+    train_split, test_split = (spec.fewshot_train_split,
+                               spec.fewshot_test_split)
+    source = sources.make_source(spec.fewshot_dataset, spec.fewshot_data_dir,
                                  (train_split, test_split))
     self._train_batches = read_eval(source, train_split)
     self._test_batches = read_eval(source, test_split)
@@ -176,17 +203,10 @@ class FewShotEvaluator:
             for shots, result in sorted(results.items())}
 
 
-def from_config(config, setup: Any,
-                read_eval: common.ReadEval) -> List[common.Evaluator]:
-  """The evaluator for a `train.Setup`; none when config.fewshot_every=0."""
-  if not config.fewshot_every:
+def make_evaluators(spec: FewshotSpec, setup: Any,
+                    read_eval: common.ReadEval) -> List[common.Evaluator]:
+  """The evaluator for a `loop.Setup`; none when spec.fewshot_every=0."""
+  if not spec.fewshot_every:
     return []
-  return [FewShotEvaluator(
-      setup.model, setup.mesh, read_eval, dataset=config.fewshot_dataset,
-      data_dir=config.fewshot_data_dir or config.data_dir,
-      train_split=config.fewshot_train_split,
-      test_split=config.fewshot_test_split, shots=config.fewshot_shots,
-      seeds=config.fewshot_seeds,
-      val_per_class=config.fewshot_val_per_class,
-      every=config.fewshot_every,
-      params_shardings=setup.state_shardings.params)]
+  return [FewShotEvaluator(setup.model, setup.mesh, read_eval, spec,
+                           params_shardings=setup.state_shardings.params)]

@@ -1,5 +1,6 @@
 """Training a model from a config: `loop.train_and_evaluate(config, workdir)`.
 
+  run_spec       the config, read once into one checked spec per concern
   loop           set-up, restore, the step loop, evaluations, export
   steps          the pure train / eval steps and the TrainState
   optim          optimiser, schedule and weight-decay mask

@@ -1,8 +1,9 @@
-"""Training and evaluation: setup, model, shard, restore, loop (the data
-adapters are `vit_jax.data.from_config`).
+"""Training and evaluation: setup, model, shard, restore, loop.
 
 `train_and_evaluate(config, workdir)` is the whole job; vit_jax.main only
-parses flags. Everything here is importable by tests and notebooks.
+parses flags. The config is read once, into a `run_spec.RunSpec` (one
+checked spec per concern); everything below takes the specs. Everything
+here is importable by tests and notebooks.
 """
 
 import dataclasses
@@ -29,12 +30,10 @@ from vit_jax.weights import pretrained
 from vit_jax import sharding
 from vit_jax.training import steps
 from vit_jax.training import checkpoints as train_checkpoints
-from vit_jax.data import from_config
+from vit_jax.training import run_spec
 from vit_jax.training import workdir as workdir_lib
 
-def build_model(config, num_classes: int):
-  """The model of `config.model_name` with `config.model`'s settings."""
-  return models.create_model_from_config(config, num_classes)
+RunSpec = run_spec.RunSpec
 
 
 def is_due(step: int, every: int, total_steps: int) -> bool:
@@ -65,16 +64,18 @@ class Setup:
   init_state: Callable[[jax.Array], steps.TrainState]
 
 
-def make_setup(config, num_classes: int, devices=None) -> Setup:
+def make_setup(spec: RunSpec, num_classes: int, devices=None) -> Setup:
   """Model, optimizer, mesh and the jitted steps with explicit shardings.
 
   `devices` defaults to all devices of all processes.
   """
-  model = build_model(config, num_classes)
+  model = run_spec.build_model(spec, num_classes)
   optimizer = optim.make_optimizer(
-      config, no_weight_decay=models.family_of(model).no_weight_decay)
-  mesh = sharding.make_mesh(config.mesh_model_axis, devices)
-  images = jnp.zeros((1, config.image_size, config.image_size, 3))
+      spec.optim, no_weight_decay=models.family_of(model).no_weight_decay)
+  mesh = spec.mesh.make_mesh(devices)
+  size = spec.data.image_size
+  images = jnp.zeros((1, size, size, 3))
+  step = spec.step
 
   def init_state(rng):
     params_rng, dropout_rng = jax.random.split(rng)
@@ -82,20 +83,19 @@ def make_setup(config, num_classes: int, devices=None) -> Setup:
     return steps.TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         opt_state=optimizer.init(params),
-        ema_params=params if config.ema_decay else {}, rng=dropout_rng)
+        ema_params=params if step.ema_decay else {}, rng=dropout_rng)
 
   state_shapes = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-  state_shardings = sharding.tree_shardings(
-      state_shapes, mesh, tuple(config.sharding_rules), config.fsdp)
+  state_shardings = spec.mesh.tree_shardings(state_shapes, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   train_step = jax.jit(
       functools.partial(
           steps.train_step, model=model, optimizer=optimizer,
-          learning_rate=optim.learning_rate_schedule(config),
-          loss=config.loss, label_smoothing=config.label_smoothing,
-          accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
-          mix_batch=mixing.make_mix_fn(mix_spec(config), num_classes)),
+          learning_rate=optim.learning_rate_schedule(spec.optim),
+          loss=step.loss, label_smoothing=step.label_smoothing,
+          grad_accum_steps=step.grad_accum_steps, ema_decay=step.ema_decay,
+          mix_batch=mixing.make_mix_fn(spec.mix, num_classes)),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated),
       donate_argnums=0)
@@ -104,17 +104,9 @@ def make_setup(config, num_classes: int, devices=None) -> Setup:
   return Setup(model, mesh, state_shardings, bind(train_step), bind(init))
 
 
-def mix_spec(config) -> mixing.MixSpec:
-  """The batch-level augmentation of the config (Mixup / CutMix)."""
-  return mixing.MixSpec(mixup_alpha=config.mixup_alpha,
-                        cutmix_alpha=config.cutmix_alpha,
-                        prob=config.mix_prob,
-                        switch_prob=config.mix_switch_prob)
-
-
-def initial_state(config, setup: Setup, checkpointer):
+def initial_state(spec: RunSpec, setup: Setup, checkpointer):
   """Restores the newest intact checkpoint, or initialises (from a released
-  .npz when `config.pretrained_path` is set)."""
+  .npz when `spec.pretrained_path` is set)."""
   abstract = sharding.abstract_arrays(
       setup.init_state.eval_shape(jax.random.PRNGKey(0)),
       setup.state_shardings)
@@ -123,30 +115,31 @@ def initial_state(config, setup: Setup, checkpointer):
     state, step = restored
     logging.info('Resuming from step %d', step)
     return state
-  state = setup.init_state(jax.random.PRNGKey(config.seed))
-  if config.pretrained_path:
-    state = _load_pretrained(config, setup, state)
+  state = setup.init_state(jax.random.PRNGKey(spec.seed))
+  if spec.pretrained_path:
+    state = _load_pretrained(spec, setup, state)
   return state
 
 
-def preprocessing(config, model: nn.Module) -> models.Preprocessing:
+def preprocessing(pretrained_path: Optional[str],
+                  model: nn.Module) -> models.Preprocessing:
   """The pixel normalisation to train and evaluate with: the one the
-  weights of `config.pretrained_path` expect when fine-tuning from them
-  (their sidecar's or hub config's), else the model family's."""
-  if config.pretrained_path:
-    return pretrained.load_preprocessing(config.pretrained_path, model)
+  weights of `pretrained_path` expect when fine-tuning from them (their
+  sidecar's or hub config's), else the model family's."""
+  if pretrained_path:
+    return pretrained.load_preprocessing(pretrained_path, model)
   return models.family_of(model).preprocessing
 
 
-def _load_pretrained(config, setup: Setup, state):
+def _load_pretrained(spec: RunSpec, setup: Setup, state):
+  size = spec.data.image_size
   params = pretrained.load_for_fine_tuning(
-      config.pretrained_path, setup.model, jax.device_get(state.params),
-      image_size=(config.image_size, config.image_size),
-      method=config.posemb_resize)
+      spec.pretrained_path, setup.model, jax.device_get(state.params),
+      image_size=(size, size), method=spec.posemb_resize)
   params = jax.device_put(params, setup.state_shardings.params)
-  logging.info('Loaded %s for fine-tuning', config.pretrained_path)
+  logging.info('Loaded %s for fine-tuning', spec.pretrained_path)
   return state.replace(params=params,
-                       ema_params=params if config.ema_decay else {})
+                       ema_params=params if spec.step.ema_decay else {})
 
 
 # ----------------------------------------------------------------------------
@@ -183,12 +176,12 @@ def host_params(params):
   return multihost_utils.process_allgather(params, tiled=True)
 
 
-def class_names(config, source, num_classes: int
+def class_names(label_map: Optional[str], source, num_classes: int
                 ) -> Optional[Tuple[str, ...]]:
   """The dataset's class names when they name every output of the head,
-  else None (labels made by a label map, a head larger than the dataset's
+  else None (labels made by `label_map`, a head larger than the dataset's
   class count)."""
-  if config.label_map:
+  if label_map:
     return None
   names = getattr(source, 'class_names', None)  # An image folder's.
   if names is None and isinstance(source, sources.TfdsSource):
@@ -255,56 +248,15 @@ def _check_finite(metrics, step, checkpointer):
         f'last checkpoint is at step {checkpointer.latest_step()}.')
 
 
-def _check_counts(config) -> None:
-  """Counts that must be positive, named by their config key."""
-  for key in ('total_steps', 'batch_size', 'eval_batch_size',
-              'grad_accum_steps', 'keep_checkpoints', 'image_size'):
-    if config[key] < 1:
-      raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
-  # 0: only at the last step.
-  for key in ('warmup_steps', 'log_every', 'eval_every', 'checkpoint_every'):
-    if config[key] < 0:
-      raise ValueError(f'config.{key} must be >= 0, got {config[key]}')
-
-
-def _check_image_size(config) -> None:
-  """An image size the patches do not tile would train on a crop only."""
-  model = models.create_model_from_config(config, num_classes=1)
-  patch_h, patch_w = models.patch_pixels(model)
-  if config.image_size % patch_h or config.image_size % patch_w:
-    raise ValueError(
-        f'config.image_size {config.image_size} is not a multiple of the '
-        f'model\'s {patch_h}x{patch_w}-pixel patches (patch size times the '
-        'stem\'s stride): the rest of each image would be dropped; choose a '
-        'multiple')
-
-
-def _validate(config):
+def _validate(config) -> RunSpec:
+  """Every check of the config, before the workdir is touched."""
   models.check_model_config(config)
-  _check_counts(config)
-  _check_image_size(config)
-  # Built here only to check them before anything runs.
-  from_config.augmentation(config)
-  mix_spec(config)
-  if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f'batch_size {config.batch_size} is not divisible by '
-                     f'grad_accum_steps {config.grad_accum_steps}')
-  data_devices = jax.device_count() // config.mesh_model_axis
-  micro_batch = config.batch_size // config.grad_accum_steps
-  if micro_batch % data_devices:
-    raise ValueError(
-        f'the micro-batch of {micro_batch} examples (batch_size / '
-        f'grad_accum_steps) does not split over {data_devices} data-parallel '
-        'devices; choose a multiple')
-  if config.eval_batch_size % data_devices:
-    raise ValueError(
-        f'config.eval_batch_size {config.eval_batch_size} does not split '
-        f'over {data_devices} data-parallel devices; choose a multiple')
+  return run_spec.from_config(config)
 
 
-def _run_steps(config, setup: Setup, state, start_step: int, batches, evals,
-               checkpointer, log: metrics_log.MetricsLog):
-  """Steps `start_step + 1` to `config.total_steps`, with their logging,
+def _run_steps(spec: RunSpec, setup: Setup, state, start_step: int, batches,
+               evals, checkpointer, log: metrics_log.MetricsLog):
+  """Steps `start_step + 1` to `spec.total_steps`, with their logging,
   checkpoints and evaluations.
 
   Pending checkpoint writes finish whatever ends the loop: a failing step or
@@ -315,27 +267,28 @@ def _run_steps(config, setup: Setup, state, start_step: int, batches, evals,
   Returns:
     (the final state, the last main evaluation record or None).
   """
-  progress = Progress(start_step, config.total_steps, config.batch_size)
+  total_steps = spec.total_steps
+  progress = Progress(start_step, total_steps, spec.data.batch_size)
   history, record = [], None
   try:
     with preemption.StopRequest() as stop:
-      for step in range(start_step + 1, config.total_steps + 1):
+      for step in range(start_step + 1, total_steps + 1):
         checkpointer.check_saves(step - 1)
         batch = sharding.global_batch(next(batches), setup.mesh)
         state, metrics = setup.train_step(state, batch)
         history.append(metrics)
-        if is_due(step, config.log_every, config.total_steps):
+        if is_due(step, spec.log_every, total_steps):
           train_metrics = _mean_metrics(history)
           history = []
           _check_finite(train_metrics, step, checkpointer)
           train_metrics.update(progress.report(step, train_metrics))
           log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
         # Saved before the evaluations: one that fails loses no training.
-        saved = is_due(step, config.checkpoint_every, config.total_steps)
+        saved = is_due(step, spec.checkpoint_every, total_steps)
         if saved:
           checkpointer.save(state, step)
         for name, values in run_evaluators(evals, state, step,
-                                           config.total_steps).items():
+                                           total_steps).items():
           logging.info('step %d %s: %s', step, name, values)
           log.write(step, values)
           if name == evaluators.MAIN_RECORD:
@@ -354,53 +307,55 @@ def train_and_evaluate(config, workdir) -> Optional[Dict[str, float]]:
   """Trains per `config`, evaluating, checkpointing and exporting to workdir.
 
   Everything that can be checked is, before the workdir is touched: the
-  config, the data and the model.
+  config (`run_spec.from_config`), the data and the model.
 
   Returns:
     The last record of the main evaluation ('eval': the main eval set, its
     EMA and extra variants), None if none ran.
   """
   run_start = time.time()
-  _validate(config)
-  source = from_config.data_source(config)
-  setup = make_setup(config, from_config.num_classes(config, source))
+  spec = _validate(config)
+  source = spec.data.source()
+  setup = make_setup(spec, spec.data.resolve_num_classes(source))
   with workdir_lib.claim(workdir):
-    return _train(config, epath.Path(workdir), source, setup, run_start)
+    return _train(spec, epath.Path(workdir), source, setup, run_start)
 
 
-def _train(config, workdir: epath.Path, source, setup: Setup,
+def _train(spec: RunSpec, workdir: epath.Path, source, setup: Setup,
            run_start: float) -> Optional[Dict[str, float]]:
   """`train_and_evaluate` in a claimed workdir."""
   checkpointer = train_checkpoints.Checkpointer(workdir,
-                                                config.keep_checkpoints)
-  state = initial_state(config, setup, checkpointer)
+                                                spec.keep_checkpoints)
+  state = initial_state(spec, setup, checkpointer)
   start_step = int(jax.device_get(state.step))
-  if start_step < config.total_steps:
+  if start_step < spec.total_steps:
     checkpointer.check_space(state)
-  logging.info('%s: %s', config.model_name,
-               workdir_lib.record_run(workdir, config, state.params))
+  recorded = workdir_lib.record_run(workdir, spec.config_json, state.params)
+  logging.info('%s: %s', spec.model_name, recorded)
 
   log = metrics_log.MetricsLog(workdir, start_time=run_start)
   log.drop_after(start_step)
-  normalization = preprocessing(config, setup.model)
-  batches = from_config.train_batches(
-      config, source, normalization=normalization, start_step=start_step)
-  read_eval = functools.partial(from_config.eval_batches, config,
+  normalization = preprocessing(spec.pretrained_path, setup.model)
+  batches = spec.data.train_batches(source, normalization=normalization,
+                                    start_step=start_step)
+  read_eval = functools.partial(spec.data.eval_batches,
                                 normalization=normalization)
-  evals = evaluators.from_config(config, setup, read_eval(source), read_eval)
-  state, record = _run_steps(config, setup, state, start_step, batches, evals,
+  evals = evaluators.make_evaluators(spec.evals, setup, read_eval(source),
+                                     read_eval)
+  state, record = _run_steps(spec, setup, state, start_step, batches, evals,
                              checkpointer, log)
-  if record is None and start_step >= config.total_steps:
+  if record is None and start_step >= spec.total_steps:
     # A finished run started again: report its accuracy, log nothing twice.
     record = _evaluate_main(evals, state)
     logging.info('Already trained to step %d; evaluation: %s', start_step,
                  record)
   log.flush()
-  if config.export_npz:
+  if spec.export_npz:
     exported = export_npz(
-        state, workdir, config.ema_decay > 0, model=setup.model,
-        image_size=config.image_size, normalization=normalization,
-        names=class_names(config, source, setup.model.num_classes))
+        state, workdir, spec.step.ema_decay > 0, model=setup.model,
+        image_size=spec.data.image_size, normalization=normalization,
+        names=class_names(spec.data.label_map, source,
+                          setup.model.num_classes))
     for name, path in exported.items():
       logging.info('Exported %s (released .npz layout) to %s', name, path)
   log.close()

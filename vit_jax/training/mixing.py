@@ -7,12 +7,12 @@ Strong Classifiers with Localizable Features") pastes a box of the partner
 instead, and the label weight of the partner is the pasted area exactly.
 
 Per batch, as the recipes do (AugReg, Steiner et al. 2021; DeiT, Touvron et
-al. 2021): one `lam ~ Beta(alpha, alpha)`, applied with probability `prob`;
-with both on, CutMix is chosen with probability `switch_prob` (DeiT: Mixup
-0.8, CutMix 1.0, switch 0.5). AugReg's "Mixup p" is the Beta alpha. The
-partner of example i is example i - 1 (the batch rolled by one), so every
-example is used once as the partner; under a data-sharded batch XLA moves
-only the boundary rows between devices.
+al. 2021): one `lam ~ Beta(alpha, alpha)`, applied with probability
+`mix_prob`; with both on, CutMix is chosen with probability `mix_switch_prob`
+(DeiT: Mixup 0.8, CutMix 1.0, switch 0.5). AugReg's "Mixup p" is the Beta
+alpha. The partner of example i is example i - 1 (the batch rolled by one),
+so every example is used once as the partner; under a data-sharded batch XLA
+moves only the boundary rows between devices.
 
 Labels leave as (B, C) distributions that sum to 1, which the step's
 softmax and sigmoid cross-entropies (with label smoothing) accept.
@@ -30,25 +30,27 @@ from vit_jax.training import steps
 
 @dataclasses.dataclass(frozen=True)
 class MixSpec:
-  """What to mix. alpha 0 turns a method off; both off: no mixing."""
+  """What to mix: the config keys of the same names, checked once on
+  construction. alpha 0 turns a method off; both off: no mixing."""
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
-  prob: float = 1.0  # Chance that a batch is mixed at all.
-  switch_prob: float = 0.5  # With both on: chance of CutMix over Mixup.
+  mix_prob: float = 1.0  # Chance that a batch is mixed at all.
+  mix_switch_prob: float = 0.5  # With both on: chance of CutMix over Mixup.
 
   def __post_init__(self):
-    for name in ('mixup_alpha', 'cutmix_alpha'):
-      if getattr(self, name) < 0:
-        raise ValueError(f'config.{name} must be >= 0 (0 turns it off), got '
-                         f'{getattr(self, name)}')
-    for name in ('prob', 'switch_prob'):
-      if not 0 <= getattr(self, name) <= 1:
-        raise ValueError(f'config.mix_{name} must be in [0, 1], got '
-                         f'{getattr(self, name)}')
+    for key in ('mixup_alpha', 'cutmix_alpha'):
+      if getattr(self, key) < 0:
+        raise ValueError(f'config.{key} must be >= 0 (0 turns it off), got '
+                         f'{getattr(self, key)}')
+    for key in ('mix_prob', 'mix_switch_prob'):
+      if not 0 <= getattr(self, key) <= 1:
+        raise ValueError(f'config.{key} must be in [0, 1], got '
+                         f'{getattr(self, key)}')
 
   @property
   def enabled(self) -> bool:
-    return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
+    return ((self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+            and self.mix_prob > 0)
 
 
 def partner(x: jax.Array) -> jax.Array:
@@ -94,7 +96,7 @@ def make_mix_fn(spec: MixSpec, num_classes: int) -> Optional[steps.MixFn]:
 
   It takes {'image': (B, H, W, 3), 'label': (B,) ids or (B, C)} and a key and
   returns the batch with mixed images and (B, C) float32 labels. Unmixed
-  batches (probability 1 - prob) get exact one-hot labels.
+  batches (probability 1 - mix_prob) get exact one-hot labels.
   """
   if not spec.enabled:
     return None
@@ -107,7 +109,7 @@ def make_mix_fn(spec: MixSpec, num_classes: int) -> Optional[steps.MixFn]:
     alpha = jnp.where(use_cutmix, spec.cutmix_alpha, spec.mixup_alpha)
     lam = jax.random.beta(lam_key, alpha, alpha)
     # No mixing: lam = 1 gives back the batch (and an empty CutMix box).
-    lam = jnp.where(jax.random.uniform(apply_key) < spec.prob, lam, 1.0)
+    lam = jnp.where(jax.random.uniform(apply_key) < spec.mix_prob, lam, 1.0)
     box = cutmix_box(box_key, images.shape[1], images.shape[2], lam)
     mixed_images, mixed_targets = jax.lax.cond(
         use_cutmix, lambda: cutmix(images, targets, box),
@@ -119,5 +121,5 @@ def make_mix_fn(spec: MixSpec, num_classes: int) -> Optional[steps.MixFn]:
 
 def _chooses_cutmix(spec: MixSpec, key: jax.Array) -> jax.Array:
   if spec.mixup_alpha > 0 and spec.cutmix_alpha > 0:
-    return jax.random.uniform(key) < spec.switch_prob
+    return jax.random.uniform(key) < spec.mix_switch_prob
   return jnp.asarray(spec.cutmix_alpha > 0)

@@ -8,6 +8,7 @@ Labels are integer class ids (B,) or, after a batch-level augmentation such
 as Mixup (the train step's `mix_batch` hook), label distributions (B, C).
 """
 
+import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -24,6 +25,35 @@ Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
 # (batch, key) -> batch: a batch-level augmentation (Mixup, CutMix).
 MixFn = Callable[[Batch, jax.Array], Batch]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """The train step's settings: the config keys of the same names,
+  checked once on construction.
+
+  Attributes:
+    loss: one of LOSSES.
+    label_smoothing: in [0, 1).
+    grad_accum_steps: micro-batches per step, >= 1.
+    ema_decay: the params' EMA decay, in [0, 1); 0: no EMA.
+  """
+  loss: str = 'softmax_xent'
+  label_smoothing: float = 0.0
+  grad_accum_steps: int = 1
+  ema_decay: float = 0.0
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f'config.loss={self.loss!r} is unknown; expected one '
+                       f'of {", ".join(LOSSES)}')
+    for key in ('label_smoothing', 'ema_decay'):
+      if not 0 <= getattr(self, key) < 1:
+        raise ValueError(f'config.{key} must be in [0, 1), got '
+                         f'{getattr(self, key)}')
+    if self.grad_accum_steps < 1:
+      raise ValueError(f'config.grad_accum_steps must be >= 1, got '
+                       f'{self.grad_accum_steps}')
 
 
 @flax.struct.dataclass
@@ -83,13 +113,15 @@ def _micro_batches(x, accum_steps: int):
 def train_step(state: TrainState, batch: Batch, *, model,
                optimizer: optax.GradientTransformation,
                learning_rate: Callable[[Any], Any], loss: str,
-               label_smoothing: float, accum_steps: int, ema_decay: float,
+               label_smoothing: float, grad_accum_steps: int,
+               ema_decay: float,
                mix_batch: Optional[MixFn] = None
                ) -> Tuple[TrainState, Metrics]:
   """One update on `batch` ({'image': (B,H,W,3), 'label': (B,) or (B, C)}).
 
-  With accum_steps > 1 the batch is split into micro-batches whose gradients
-  are averaged inside the step: the update equals the one-batch update.
+  With grad_accum_steps > 1 the batch is split into micro-batches whose
+  gradients are averaged inside the step: the update equals the one-batch
+  update.
   `mix_batch(batch, key)`, when given, transforms the whole batch before the
   loss (e.g. Mixup, returning (B, C) labels); its key is the step's own, from
   a stream apart from dropout's, so dropout is the same with or without it.
@@ -107,7 +139,7 @@ def train_step(state: TrainState, batch: Batch, *, model,
                                      label_smoothing=label_smoothing))
 
   grad_fn = jax.value_and_grad(loss_fn)
-  if accum_steps == 1:
+  if grad_accum_steps == 1:
     loss_value, grads = grad_fn(state.params, batch['image'], batch['label'],
                                 step_rng)
   else:
@@ -119,11 +151,11 @@ def train_step(state: TrainState, batch: Batch, *, model,
 
     zeros = (jnp.zeros((), jnp.float32),
              jax.tree_util.tree_map(jnp.zeros_like, state.params))
-    micro = (jnp.arange(accum_steps),
-             _micro_batches(batch['image'], accum_steps),
-             _micro_batches(batch['label'], accum_steps))
+    micro = (jnp.arange(grad_accum_steps),
+             _micro_batches(batch['image'], grad_accum_steps),
+             _micro_batches(batch['label'], grad_accum_steps))
     (loss_value, grads), _ = jax.lax.scan(accumulate, zeros, micro)
-    loss_value, grads = jax.tree_util.tree_map(lambda x: x / accum_steps,
+    loss_value, grads = jax.tree_util.tree_map(lambda x: x / grad_accum_steps,
                                                (loss_value, grads))
 
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

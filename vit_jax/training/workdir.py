@@ -86,16 +86,21 @@ def claim(workdir) -> Claim:
   return Claim(lock_file)
 
 
-def record_run(workdir, config, params: Any) -> str:
+def record_run(workdir, config_json: str, params: Any) -> str:
   """Writes `config.json` and `parameters.txt` (process 0) and returns the
-  line that says so, with the parameter count, for the log."""
+  line that says so, with the parameter count, for the log.
+
+  Args:
+    workdir: the run's directory.
+    config_json: the run's config as JSON (`run_spec.RunSpec.config_json`).
+    params: the parameters, tabled.
+  """
   workdir = epath.Path(workdir)
   # Every process computes the table: its mean and std columns are
   # computations over the global arrays, in which all processes take part.
   table = parameter_overview.get_parameter_overview(params)
   if jax.process_index() == 0:
-    atomic.write_text(workdir / CONFIG_NAME, config.to_json_best_effort(
-        indent=2, sort_keys=True) + '\n')
+    atomic.write_text(workdir / CONFIG_NAME, config_json + '\n')
     atomic.write_text(workdir / PARAMETERS_NAME, table + '\n')
   count = parameter_overview.count_parameters(params)
   return (f'{count:,} parameters; config and parameter table in '
