@@ -41,6 +41,7 @@ from vit_jax.weights import sidecar as sidecar_lib
 
 Params = npz.Params
 
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
   """A checkpoint ready to run (what `load` returns).

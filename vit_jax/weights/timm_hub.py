@@ -1,4 +1,4 @@
-"""timm's ViT checkpoints (Hugging Face hub layout) as our VisionTransformer.
+"""timm checkpoints (Hugging Face hub layout) as a model family's tree.
 
 timm (Wightman, "PyTorch Image Models", github.com/huggingface/
 pytorch-image-models) publishes its ViTs on the Hugging Face hub as a
