@@ -1,7 +1,8 @@
-"""timm hub checkpoints (`timm_hub.read`, which maps the arrays through
-`timm_layout`): every family against the independent NumPy timm forward pass
-(tests/numpy_timm.py), what config.json says, the errors for the timm
-features we lack, and hf-hub: ids through a local hub cache.
+"""timm hub checkpoints (`timm_hub.read`, which maps the arrays through the
+ViT family's timm layout, `vit_jax.models.vit_timm`): every family against
+the independent NumPy timm forward pass (tests/numpy_timm.py), what
+config.json says, the errors for the timm features we lack, and hf-hub: ids
+through a local hub cache.
 `TestAgainstTimm` repeats the families with timm itself (skipped where torch
 or timm is not installed)."""
 

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vit_jax.weights import npz
 from vit_jax.models import family as family_lib
 from vit_jax.models import mixer_family
 from vit_jax.models import vit_family
 
 ModelFamily = family_lib.ModelFamily
+CheckpointMismatchError = family_lib.CheckpointMismatchError
 Preprocessing = family_lib.Preprocessing
 count_params = family_lib.count_params
 
@@ -115,7 +115,7 @@ def family_of_checkpoint(flat: Mapping[str, Any]) -> ModelFamily:
     if candidate.recognises(flat):
       return candidate
   tops = sorted({key.split('/')[0] for key in flat})
-  raise npz.CheckpointMismatchError(
+  raise family_lib.CheckpointMismatchError(
       f'no model family recognises a checkpoint with top-level parameters '
       f'{tops[:20]}; known families: {[f.name for f in _FAMILIES]}')
 

@@ -60,6 +60,58 @@ class CheckpointFacts:
   native_grid: Optional[Tuple[int, int]] = None
 
 
+class CheckpointMismatchError(ValueError):
+  """The checkpoint's parameters do not fit the model."""
+
+
+class ForeignLayout(abc.ABC):
+  """Another library's parameter layout of a family's models (timm's state
+  dict, as timm's `checkpoint_filter_fn` reads ours), mapped to the family's
+  tree. A family lists its layouts in `ModelFamily.foreign_layouts`, under
+  the name of the weight format whose container holds them
+  (`vit_jax.weights.formats`): that format reads the files, asks each
+  family's layout of its name whether it `recognises` them, and checks the
+  tree `to_params` returns against `ModelFamily.build(model_kwargs)`.
+
+  Attributes:
+    describes: which checkpoints it reads, for messages (e.g. "timm's
+      VisionTransformer: arrays with patch_embed.proj").
+  """
+  describes: str
+
+  @abc.abstractmethod
+  def recognises(self, config: Mapping[str, Any],
+                 arrays: FlatParams) -> bool:
+    """Whether a checkpoint is of this family.
+
+    Args:
+      config: the description the container holds beside the arrays (timm's
+        config.json).
+      arrays: the library's keys -> float32 arrays.
+    """
+
+  @abc.abstractmethod
+  def to_params(self, config: Mapping[str, Any], arrays: FlatParams,
+                image_size: Tuple[int, int]) -> Tuple[Params, Dict[str, Any]]:
+    """The arrays as the family's tree, and the model they fit.
+
+    Args:
+      config: as in `recognises`.
+      arrays: as in `recognises`.
+      image_size: the native (H, W) the container says the weights are for.
+
+    Returns:
+      (params, model_kwargs): the nested float32 tree and the module
+      attributes of the model that computes what the library's does
+      (num_classes, None without a head; the architecture; every option
+      that differs from its default).
+
+    Raises:
+      CheckpointMismatchError: an array is missing, left over, or of a
+        shape or combination the family does not implement.
+    """
+
+
 class ModelFamily(abc.ABC):
   """One family of models; see the module docstring.
 
@@ -85,6 +137,9 @@ class ModelFamily(abc.ABC):
     unstored_fields: module attributes a sidecar leaves out (see
       `stored_kwargs`): how a model is run or trained (dtypes, dropout, the
       attention implementation), not what its weights compute.
+    foreign_layouts: other libraries' layouts of the family's weights, by
+      the name of the weight format that reads them (e.g. 'timm'); see
+      `ForeignLayout`.
   """
   name: str
   module_type: Type[nn.Module]
@@ -94,6 +149,7 @@ class ModelFamily(abc.ABC):
   no_weight_decay: Tuple[str, ...] = ()
   architecture_keys: Tuple[str, ...] = ()
   unstored_fields: Tuple[str, ...] = ('dtype', 'param_dtype')
+  foreign_layouts: Mapping[str, ForeignLayout] = {}
 
   @property
   def variant_keys(self) -> Tuple[str, ...]:

@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax.weights import npz
 from vit_jax.models import family
 from vit_jax.models import mixer
 
@@ -172,7 +171,7 @@ class MixerFamily(family.ModelFamily):
     root of the token count (None if it is not square)."""
     for required in (_STEM, _FINAL_NORM):
       if required not in params:
-        raise npz.CheckpointMismatchError(
+        raise family.CheckpointMismatchError(
             f'the checkpoint has no {required!r} parameters: not an '
             'MLP-Mixer checkpoint')
     stem_kernel = params[_STEM]['kernel']

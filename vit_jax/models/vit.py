@@ -52,6 +52,10 @@ ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'einsum')
 # Classifiers that prepend a learned class token at index 0.
 TOKEN_CLASSIFIERS = ('token', 'token_unpooled')
 POSEMB_KINDS = ('learned', 'sincos2d', 'none')
+# The `layer_scale_init` of a model built to load LayerScale weights (read
+# off a file, ours or timm's): the loaded scales replace it, so any value
+# builds the same tree.
+LOADED_LAYER_SCALE_INIT = 1.0
 # The MLP's nonlinearity. The released models use the tanh approximation of
 # GELU (Hendrycks and Gimpel 2016); timm's ports the exact (erf) one; OpenAI's
 # CLIP (Radford et al. 2021) the sigmoid approximation x * sigmoid(1.702 x).

@@ -25,8 +25,9 @@ MLP width, depth (encoder blocks, scanned or not), ResNet units per stage
 `Transformer/pre_norm`, `fc_norm`, `MAPHead_0`, q/k/v biases, and a
 position embedding over the patch tokens only. Options without parameters
 (activation, layer_norm_epsilon, posemb 'sincos2d' vs 'none') are not in
-the arrays: our exports store them in a sidecar (`vit_jax.weights.sidecar`); for
-other files pass them when loading.
+the arrays: our exports store them in a sidecar (`vit_jax.weights.sidecar`);
+for other files pass them when loading. timm's layout of the same models is
+`vit_timm` (the family's `foreign_layouts`).
 """
 
 import dataclasses
@@ -40,10 +41,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax.weights import npz
 from vit_jax.models import posemb
 from vit_jax.models import family
 from vit_jax.models import vit
+from vit_jax.models import vit_timm
 
 Params = family.Params
 
@@ -236,9 +237,8 @@ def _posemb_layout(params: Params):
   return options, posemb.square_grid(num_embeddings - num_prefix)
 
 
-# `describe` reports a file's LayerScale by this init value: the loaded
-# scales replace it, so any value builds the same tree.
-LOADED_LAYER_SCALE_INIT = 1.0
+# `describe` reports a file's LayerScale by this init value (see vit.py).
+LOADED_LAYER_SCALE_INIT = vit.LOADED_LAYER_SCALE_INIT
 
 
 def _first_block(encoder: Params) -> Params:
@@ -354,6 +354,8 @@ class VitFamily(family.ModelFamily):
                      'attention_dropout_rate', 'drop_path_rate',
                      'head_bias_init', 'scan_layers', 'remat_policy',
                      'attention')
+  # timm's ViT state dicts (hub directories and ids): vit_timm.py.
+  foreign_layouts = {'timm': vit_timm.LAYOUT}
 
   @property
   def variants(self) -> Mapping[str, Variant]:
@@ -461,7 +463,7 @@ class VitFamily(family.ModelFamily):
     learned one)."""
     for required in ('embedding', _ENCODER):
       if required not in params:
-        raise npz.CheckpointMismatchError(
+        raise family.CheckpointMismatchError(
             f'the checkpoint has no {required!r} parameters: not a ViT '
             'checkpoint')
     posemb_options, grid = _posemb_layout(params)

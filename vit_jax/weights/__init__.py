@@ -1,11 +1,30 @@
 """Weights: the files a model is built from (a run's train state is a
 checkpoint, `vit_jax.training.checkpoints`).
 
+  from vit_jax import weights
+  loaded = weights.load('imagenet21k+imagenet2012/ViT-B_16')  # or a path
+  mean, std = loaded.preprocessing.mean, loaded.preprocessing.std
+  logits = loaded.model.apply({'params': loaded.params},
+                              (pixels_BHWC - mean) / std, train=False)
+  weights.save_npz(loaded.params, 'model.npz', model=loaded.model)
+
+The modules:
   pretrained     load / save / load_for_fine_tuning: any source -> a model
+  formats        the weight formats, and which one a source is
   npz            the released `.npz` container
   sidecar        what our own `.npz` files say about their model
   zoo            the released Google files by name, fetched and cached
   timm_hub       timm / Hugging Face hub directories and ids
-  timm_recipe    a timm config -> the architecture it names
-  timm_layout    timm's ViT keys -> our parameter tree
+A family's timm key layout is the family's (`vit_jax.models.vit_timm`).
 """
+
+from vit_jax.models import family as _family
+from vit_jax.weights import pretrained as _pretrained
+
+CheckpointMismatchError = _family.CheckpointMismatchError
+LoadedModel = _pretrained.LoadedModel
+load = _pretrained.load
+load_for_fine_tuning = _pretrained.load_for_fine_tuning
+load_params = _pretrained.load_params
+load_preprocessing = _pretrained.load_preprocessing
+save_npz = _pretrained.save_npz

@@ -1,11 +1,11 @@
-"""The `.npz` checkpoint container: read, write, merge strictly.
+"""The `.npz` checkpoint container: read and write.
 
 What every family's released files share: arrays keyed by parameter paths
 joined with '/', possibly under a 'params/' or 'opt/target/' prefix, float32
 or bfloat16 (sometimes stored as 2-byte numpy void). Which keys a family
 writes, and its legacy variations, are the family's business
-(`vit_jax.models.family.ModelFamily.from_released`); `vit_jax.weights.pretrained`
-puts the two together.
+(`vit_jax.models.family.ModelFamily.from_released`); the `npz` weight
+format (`vit_jax.weights.formats`) puts the two together.
 
 Files are opened through etils.epath (the file layer of TFDS and orbax), so
 local paths, gs:// and other fsspec/gfile paths all work where reachable.
@@ -13,27 +13,25 @@ Archives are never unpickled, and writes are atomic.
 """
 
 import io
-import re
 import zipfile
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping
 
 from etils import epath
-import flax
 import ml_dtypes
 import numpy as np
 
 from vit_jax import atomic
+from vit_jax.models import family
+from vit_jax.models import merge
 
 Params = Dict[str, Any]
 FlatParams = Dict[str, np.ndarray]
 
 _PREFIXES = ('opt/target/', 'params/')
-# Lists in error messages are cut here; the count is always given.
-_MAX_LISTED = 20
 
-
-class CheckpointMismatchError(ValueError):
-  """The checkpoint's parameters do not fit the model."""
+# Defined beside the families (which raise them too); kept here for callers.
+CheckpointMismatchError = family.CheckpointMismatchError
+merge_strict = merge.merge_strict
 
 
 def read_npz(path) -> FlatParams:
@@ -83,52 +81,3 @@ def write_npz(flat: Mapping[str, np.ndarray], path) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
   atomic.write_bytes(path, buffer.getvalue())  # Overwrites an older export.
-
-
-def merge_strict(init_params: Params, loaded_params: Params, *,
-                 dont_load: Sequence[str] = ()) -> Params:
-  """Returns `loaded_params` checked key by key against `init_params`.
-
-  Args:
-    init_params: the model's freshly initialised parameters (the reference
-      for the key set and shapes).
-    loaded_params: parameters read from a checkpoint, in the model's layout.
-    dont_load: regular expressions (re.fullmatch on '/'-joined keys); matching
-      keys keep their init value, and matching checkpoint keys are dropped.
-
-  Raises:
-    CheckpointMismatchError: listing missing keys, unexpected keys and shape
-      mismatches, with how to proceed.
-  """
-  init = flax.traverse_util.flatten_dict(flax.core.unfreeze(init_params),
-                                         sep='/')
-  loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded_params),
-                                           sep='/')
-  skip = lambda key: any(re.fullmatch(p, key) for p in dont_load)
-  missing = sorted(k for k in init if k not in loaded and not skip(k))
-  extra = sorted(k for k in loaded if k not in init and not skip(k))
-  mismatched = sorted(
-      f'{k}: checkpoint {tuple(loaded[k].shape)} vs model '
-      f'{tuple(init[k].shape)}'
-      for k in init
-      if k in loaded and not skip(k) and loaded[k].shape != init[k].shape)
-  if missing or extra or mismatched:
-    raise CheckpointMismatchError(_mismatch_message(missing, extra, mismatched))
-  merged = {k: (init[k] if skip(k) else loaded[k]) for k in init}
-  return flax.traverse_util.unflatten_dict(merged, sep='/')
-
-
-def _mismatch_message(missing, extra, mismatched) -> str:
-  lines = ['the checkpoint does not match the model.']
-  for title, keys in (('missing from the checkpoint', missing),
-                      ('not in the model', extra),
-                      ('shape mismatch', mismatched)):
-    if keys:
-      lines.append(f'  {len(keys)} {title}:')
-      lines += [f'    {k}' for k in keys[:_MAX_LISTED]]
-      if len(keys) > _MAX_LISTED:
-        lines.append(f'    ... and {len(keys) - _MAX_LISTED} more')
-  lines.append('Is it the right model name / classifier for this file? To '
-               'keep the model\'s own values for chosen keys, pass their '
-               'patterns as dont_load (e.g. "head/.*").')
-  return '\n'.join(lines)

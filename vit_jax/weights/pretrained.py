@@ -1,4 +1,4 @@
-"""Checkpoint files and models, through the model's family.
+"""Weights and models: load, save, fine-tune, through the model's family.
 
   load(source, model_name=None, ...)   a ready-to-run model (LoadedModel)
   load_for_fine_tuning(source, model, init_params, ...)  a backbone for a
@@ -9,38 +9,37 @@
                                        layout, with a sidecar
 
 A source is a released-layout `.npz` (a local or remote path), a timm
-checkpoint ('hf-hub:ORG/NAME' or a directory holding config.json:
-`vit_jax.weights.timm_hub`) or the name of a released file (`vit_jax.weights.zoo`
-downloads it once into its cache); `_resolve_source` tells them apart.
+checkpoint ('hf-hub:ORG/NAME' or a directory holding config.json) or the
+name of a released file; the weight format that recognises it
+(`vit_jax.weights.formats`) reads it into its family's tree.
 
-The family of an `.npz` is the registered one that recognises its keys; its
-`describe` reads the architecture off the arrays (widths, depth, heads, patch
-size, head, the options that add parameters, native resolution). What
-arrays cannot say (options without parameters, the resolution of a model
-without a learned position embedding, the pixel normalisation, the class
-names) comes from the sidecar our exports write beside them
-(`vit_jax.weights.sidecar`) or from a hub checkpoint's config; the arrays win for
-shapes, and a contradiction is an error. A model name is optional: given, the
-file must fit it. Used by training, predict, visualize and few-shot.
+The family's `describe` reads the architecture off the arrays (widths,
+depth, heads, patch size, head, the options that add parameters, native
+resolution). What arrays cannot say (options without parameters, the
+resolution of a model without a learned position embedding, the pixel
+normalisation, the class names) comes from what the format stores beside
+them: the sidecar our exports write (`vit_jax.weights.sidecar`), a hub
+checkpoint's config; the arrays win for shapes, and a contradiction is an
+error. A model name is optional: given, the file must fit it. Used by
+training, predict, visualize and few-shot.
 """
 
 import dataclasses
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
-from etils import epath
 import flax
 import flax.linen as nn
 import jax
 import numpy as np
 
 from vit_jax import models
+from vit_jax.models import family
+from vit_jax.models import merge
+from vit_jax.weights import formats
 from vit_jax.weights import npz
 from vit_jax.weights import sidecar as sidecar_lib
-from vit_jax.models import family
 
 Params = npz.Params
-
-_NPZ, _TIMM = 'npz', 'timm'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,81 +61,6 @@ class LoadedModel:
   class_names: Optional[Tuple[str, ...]] = None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Checkpoint:
-  """A source read: its arrays as our tree and what is stored beside them.
-
-  Attributes:
-    name: the path or hub id, for messages.
-    model_family: the family whose layout the arrays have.
-    params: the arrays, as the family's nested tree.
-    stored: the sidecar or hub config's description, or None.
-    stored_in: where `stored` comes from, for messages.
-  """
-  name: str
-  model_family: family.ModelFamily
-  params: Params
-  stored: Optional[sidecar_lib.Sidecar]
-  stored_in: str
-
-
-def _resolve_source(source) -> Tuple[str, Any]:
-  """(_NPZ, path) or (_TIMM, source): the reader `source` needs. An existing
-  file is an `.npz`; a released name becomes the path of its download.
-
-  Raises:
-    FileNotFoundError: `source` is none of these.
-  """
-  if epath.Path(source).is_file():
-    return _NPZ, source
-  # Imported here: the hub reader and the downloader bring network and
-  # safetensors code that an .npz never needs.
-  from vit_jax.weights import timm_hub  # pylint: disable=g-import-not-at-top
-  if timm_hub.is_timm_source(str(source)):
-    return _TIMM, str(source)
-  from vit_jax.weights import zoo  # pylint: disable=g-import-not-at-top
-  if zoo.is_released_name(str(source)):
-    return _NPZ, zoo.fetch(str(source))
-  raise FileNotFoundError(
-      f'checkpoint {source} does not exist: give an .npz file, a timm '
-      'checkpoint (hf-hub:ORG/NAME or a directory with config.json) or the '
-      'name of a released file')
-
-
-def _read_checkpoint(source) -> _Checkpoint:
-  """Reads `source` (see `_resolve_source`) with its stored description."""
-  kind, location = _resolve_source(source)
-  if kind == _NPZ:
-    return _read_npz(location)
-  from vit_jax.weights import timm_hub  # pylint: disable=g-import-not-at-top
-  hub = timm_hub.read(location)
-  flat = flax.traverse_util.flatten_dict(hub.params, sep='/')
-  model_family = models.family_of_checkpoint(flat)
-  stored = sidecar_lib.Sidecar(
-      family=model_family.name, model_kwargs=dict(hub.model_kwargs),
-      image_size=sidecar_lib.as_pair(hub.image_size),
-      preprocessing=hub.preprocessing,
-      class_names=(None if hub.class_names is None else
-                   tuple(hub.class_names)))
-  return _Checkpoint(location, model_family, hub.params, stored,
-                     f'the config of {location}')
-
-
-def _read_npz(path) -> _Checkpoint:
-  """An `.npz` and its sidecar, which must be of the arrays' family."""
-  flat = npz.read_npz(path)
-  model_family = models.family_of_checkpoint(flat)
-  stored = sidecar_lib.read(path)
-  stored_in = str(sidecar_lib.path_for(path))
-  if stored is not None and stored.family != model_family.name:
-    raise npz.CheckpointMismatchError(
-        f'{stored_in} describes a {stored.family} model but {path} holds '
-        f'{model_family.name} arrays: it belongs to other weights; delete '
-        'it or export the model again')
-  return _Checkpoint(str(path), model_family,
-                     model_family.from_released(flat), stored, stored_in)
-
-
 def load_params(path) -> Params:
   """Reads any released layout of any registered family into our nested
   parameter tree (float32)."""
@@ -150,7 +74,8 @@ def save_npz(params: Params, path, *, model: Optional[nn.Module] = None,
              image_size: Optional[Any] = None) -> None:
   """Writes `params` (our tree, of any registered family) in its family's
   released layout, atomically; with `model`, also its sidecar
-  (`vit_jax.weights.sidecar`): what `load` then needs no model name or flags for.
+  (`vit_jax.weights.sidecar`): what `load` then needs no model name or flags
+  for.
 
   Args:
     params: the parameters.
@@ -199,8 +124,8 @@ def _sidecar_of(params: Params, path, model_family: family.ModelFamily,
       image_size=sidecar_lib.as_pair(image_size),
       preprocessing=preprocessing or model_family.preprocessing,
       class_names=None if class_names is None else tuple(class_names))
-  checkpoint = _Checkpoint(str(path), model_family, params, stored,
-                           'the description given')
+  checkpoint = formats.Weights(str(path), model_family, params, stored,
+                               'the description given')
   _check_stored(checkpoint, model_family.describe(params))
   _check_class_names(checkpoint, getattr(model, 'num_classes', None))
   return stored
@@ -214,8 +139,8 @@ def load(source, model_name: Optional[str] = None, *,
 
   Args:
     source: a released-layout `.npz` (local or remote), a timm checkpoint
-      ('hf-hub:ORG/NAME' or a directory with config.json) or a released
-      name (see the module docstring).
+      ('hf-hub:ORG/NAME' or a directory with config.json), a released
+      name, or a source of any registered format (`formats`).
     model_name: optional: a variant name (e.g. 'ViT-B_16' or 'B/16') the
       file must fit; its architecture is then the variant's with the
       overrides, checked against the arrays.
@@ -237,7 +162,7 @@ def load(source, model_name: Optional[str] = None, *,
     ValueError: no resolution is known and `image_size` is None, or it is
       not a multiple of the patch size.
   """
-  checkpoint = _read_checkpoint(source)
+  checkpoint = formats.read(source)
   model_family = checkpoint.model_family
   facts = model_family.describe(checkpoint.params)
   _check_stored(checkpoint, facts)
@@ -248,7 +173,7 @@ def load(source, model_name: Optional[str] = None, *,
   shapes = models.param_shapes(model, size)
   loaded = model_family.adapt_resolution(checkpoint.params, model, shapes,
                                          size, posemb_method)
-  params = npz.merge_strict(shapes, model_family.match_layout(loaded, shapes))
+  params = merge.merge_strict(shapes, model_family.match_layout(loaded, shapes))
   stored = checkpoint.stored
   return LoadedModel(
       model=model, params=jax.tree_util.tree_map(np.asarray, params),
@@ -258,7 +183,7 @@ def load(source, model_name: Optional[str] = None, *,
       class_names=_check_class_names(checkpoint, model.num_classes))
 
 
-def _build_model(checkpoint: _Checkpoint, facts: family.CheckpointFacts,
+def _build_model(checkpoint: formats.Weights, facts: family.CheckpointFacts,
                  model_name: Optional[str],
                  model_overrides: Mapping[str, Any]) -> nn.Module:
   """In rising precedence: the architecture (the arrays', or the named
@@ -278,14 +203,14 @@ def _build_model(checkpoint: _Checkpoint, facts: family.CheckpointFacts,
     return checkpoint.model_family.create_described(facts, **kwargs)
   named_family, canonical = models.resolve(model_name)
   if named_family is not checkpoint.model_family:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'{checkpoint.name} holds {checkpoint.model_family.name} arrays but '
         f'{model_name} is a {named_family.name} model: is --model right for '
         'this file?')
   return named_family.create(canonical, **kwargs)
 
 
-def _check_stored(checkpoint: _Checkpoint,
+def _check_stored(checkpoint: formats.Weights,
                   facts: family.CheckpointFacts) -> None:
   """Raises CheckpointMismatchError when what is stored beside the arrays
   contradicts what they show."""
@@ -298,7 +223,7 @@ def _check_stored(checkpoint: _Checkpoint,
       if key in from_arrays and checkpoint.model_family.contradicts(
           key, from_arrays[key], value)]
   if conflicts:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'the arrays of {checkpoint.name} contradict {checkpoint.stored_in}: '
         f'they have {"; ".join(conflicts)}. The description belongs to '
         'other weights: delete it or export the model again')
@@ -316,16 +241,16 @@ def _check_fit(name: str, model_name: Optional[str], model: nn.Module,
   if model_name is not None:
     detail = '; '.join(f'{key.replace("_", " ")} {value} but {model_name} '
                        f'has {built}' for key, value, built in differences)
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'{name} has {detail}: is --model right for this file?')
   detail = '; '.join(f'{key.replace("_", " ")} {value} but {key}={built!r} '
                      'was asked for' for key, value, built in differences)
-  raise npz.CheckpointMismatchError(
+  raise family.CheckpointMismatchError(
       f'{name} has {detail}: its architecture is read off its arrays; drop '
       'the override')
 
 
-def _run_size(checkpoint: _Checkpoint, model: nn.Module,
+def _run_size(checkpoint: formats.Weights, model: nn.Module,
               facts: family.CheckpointFacts, image_size: Optional[int],
               model_name: Optional[str]) -> int:
   """`image_size`, else the native one (the arrays', else the stored one).
@@ -339,7 +264,7 @@ def _run_size(checkpoint: _Checkpoint, model: nn.Module,
             (facts.native_grid[0] * patch_h, facts.native_grid[1] * patch_w))
   stored = checkpoint.stored and checkpoint.stored.image_size
   if native and stored and tuple(stored) != native:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'the position embedding of {checkpoint.name} is for '
         f'{native[0]}x{native[1]}-pixel images but {checkpoint.stored_in} '
         f'says {stored[0]}x{stored[1]}: delete it or export the model again')
@@ -358,7 +283,7 @@ def _run_size(checkpoint: _Checkpoint, model: nn.Module,
   return image_size
 
 
-def _check_class_names(checkpoint: _Checkpoint,
+def _check_class_names(checkpoint: formats.Weights,
                        num_classes: Optional[int]
                        ) -> Optional[Tuple[str, ...]]:
   """The stored class names, checked against the head's class count."""
@@ -366,7 +291,7 @@ def _check_class_names(checkpoint: _Checkpoint,
   if names is None:
     return None
   if len(names) != (num_classes or 0):
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'{checkpoint.stored_in} names {len(names)} classes but '
         f'{checkpoint.name} has {num_classes or "no"} outputs: delete it or '
         'export the model again')
@@ -387,7 +312,7 @@ def load_for_fine_tuning(source, model, init_params: Params, *,
   with `method`.
   """
   model_family = models.family_of(model)
-  loaded = dict(_read_checkpoint(source).params)
+  loaded = dict(formats.read(source).params)
   for name in model_family.head_names:
     loaded.pop(name, None)
   for name in model_family.droppable_for_fine_tuning:
@@ -397,7 +322,7 @@ def load_for_fine_tuning(source, model, init_params: Params, *,
                                          tuple(image_size), method)
   loaded = model_family.match_layout(loaded, init_params)
   head_patterns = tuple(f'{name}/.*' for name in model_family.head_names)
-  return npz.merge_strict(init_params, loaded,
+  return merge.merge_strict(init_params, loaded,
                           dont_load=(*head_patterns, *dont_load))
 
 
@@ -405,12 +330,7 @@ def load_preprocessing(source, model: nn.Module) -> family.Preprocessing:
   """The pixel normalisation the weights of `source` expect: what is stored
   beside them, else the default of `model`'s family (the family they must
   have to fine-tune `model`). Only the description is read, not the arrays."""
-  kind, location = _resolve_source(source)
-  if kind == _TIMM:
-    from vit_jax.weights import timm_hub  # pylint: disable=g-import-not-at-top
-    return timm_hub.read_preprocessing(location)
-  stored = sidecar_lib.read(location)
-  return ((stored and stored.preprocessing) or
+  return (formats.find(source).read_preprocessing(source) or
           models.family_of(model).preprocessing)
 
 

@@ -13,7 +13,7 @@ before; the original code and timm ignore it.
 
 The file (version 1), tuples written as lists:
 
-  {"format": "vit_jax.weights.sidecar", "version": 1,
+  {"format": "vit_jax.sidecar", "version": 1,
    "family": "vit",                          # the registered family's name
    "model": {"classifier": "token", ...},    # the module's attributes
    "image_size": [224, 224],                 # trained at, or null
@@ -21,9 +21,9 @@ The file (version 1), tuples written as lists:
                      "std": [127.5, 127.5, 127.5]},  # uint8 units, or null
    "class_names": ["tench", ...]}            # or null
 
-The same description comes from a hub checkpoint's config.json
-(`pretrained` builds a `Sidecar` from it): it is what is stored beside the
-arrays, whatever stored it.
+The same description comes from a hub checkpoint's config.json (the timm
+format in `formats` builds a `Sidecar` from it): it is what is stored beside
+the arrays, whatever stored it.
 """
 
 import dataclasses

@@ -1,12 +1,12 @@
-"""timm's ViT checkpoints (Hugging Face hub layout) as our VisionTransformer.
+"""timm checkpoints (Hugging Face hub layout) as a model family's tree.
 
 timm (Wightman, "PyTorch Image Models", github.com/huggingface/
 pytorch-image-models) publishes its ViTs on the Hugging Face hub as a
 directory of `config.json` (`architecture`, `num_classes`, `global_pool`,
 optional `model_args` and `label_names`, and `pretrained_cfg` with
 `input_size`, `mean`, `std`) and `model.safetensors` (the PyTorch state
-dict). `read` turns one into our parameter tree and the
-`vit.VisionTransformer` attributes that compute the same function:
+dict). `read` turns one into our parameter tree and the module attributes
+that compute the same function:
 
   ckpt = timm_hub.read('hf-hub:timm/vit_base_patch16_224.augreg_in1k')
   model = vit.VisionTransformer(**ckpt.model_kwargs)
@@ -17,11 +17,14 @@ gives timm's output on the same pixels (NCHW there): its logits, or without
 a head its pooled features (what timm gives with num_classes=0).
 
 This module finds and reads the files (hub ids through huggingface_hub,
-local directories) and takes the image size, preprocessing and class names
-from config.json; what the arrays and the architecture name mean, and which
-timm features are errors, is `vit_jax.weights.timm_layout`. timm's
-`dynamic_img_size` / `dynamic_img_pad` change nothing at the native size
-(`image_size`), the only size the position embedding is stored for.
+local directories), takes the image size, preprocessing and class names from
+config.json, and checks the tree against the model it describes. What the
+arrays and the architecture name mean, and which timm features are errors,
+is the business of the model family: the registered family whose
+`foreign_layouts['timm']` recognises the checkpoint maps it (the ViT's is
+`vit_jax.models.vit_timm`). timm's `dynamic_img_size` / `dynamic_img_pad`
+change nothing at the native size (`image_size`), the only size the position
+embedding is stored for.
 Pickled `pytorch_model.bin` files are never loaded: unpickling runs code.
 """
 
@@ -38,10 +41,9 @@ import ml_dtypes
 import numpy as np
 import safetensors
 
-from vit_jax.weights import npz
-from vit_jax.weights import timm_layout
-from vit_jax.weights import timm_recipe
+from vit_jax import models
 from vit_jax.models import family
+from vit_jax.models import merge
 
 Params = family.Params
 
@@ -49,6 +51,8 @@ HF_HUB_PREFIX = 'hf-hub:'
 CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'
 PICKLE_FILE = 'pytorch_model.bin'
+# The name families list their timm layouts under (`foreign_layouts`).
+LAYOUT = 'timm'
 
 
 
@@ -59,16 +63,18 @@ class TimmCheckpoint:
   Attributes:
     architecture: timm's model name from config.json, e.g.
       'vit_base_patch16_224'.
-    params: our nested parameter tree for `vit.VisionTransformer`, float32.
-    model_kwargs: the `vit.VisionTransformer` attributes of the exact model:
-      num_classes (None without a head), patch_size, hidden_size, num_layers,
-      num_heads, mlp_dim, classifier, and every option that differs from
-      its default.
+    model_family: the family whose timm layout the arrays have.
+    params: our nested parameter tree for the family's module, float32.
+    model_kwargs: the module attributes of the exact model (for a ViT:
+      num_classes (None without a head), patch_size, hidden_size,
+      num_layers, num_heads, mlp_dim, classifier, and every option that
+      differs from its default).
     image_size: the native (H, W), pretrained_cfg's input_size.
     preprocessing: pretrained_cfg's mean and std in 0-255 pixel units.
     class_names: config.json's label_names, or None.
   """
   architecture: str
+  model_family: family.ModelFamily
   params: Params
   model_kwargs: Dict[str, Any]
   image_size: Tuple[int, int]
@@ -102,8 +108,8 @@ def read(source) -> TimmCheckpoint:
     FileNotFoundError: a file is missing, only a pickle is there, or the
       hub cannot be reached and the cache lacks the files.
     ValueError: config.json is malformed.
-    npz.CheckpointMismatchError: the arrays use a timm feature our model
-      lacks, or do not form a timm ViT.
+    family.CheckpointMismatchError: no registered family reads the arrays,
+      or they use a timm feature its model lacks.
   """
   if _is_hub_id(source):
     config_path, weights_path = _hub_files(source)
@@ -227,7 +233,7 @@ def _read_safetensors(path) -> Dict[str, np.ndarray]:
   for key, view in views:
     dtype = _DTYPES.get(view['dtype'])
     if dtype is None:
-      raise npz.CheckpointMismatchError(
+      raise family.CheckpointMismatchError(
           f'{path}: array {key!r} has dtype {view["dtype"]}; timm ViT '
           'weights are floating point')
     arrays[key] = np.frombuffer(view['data'], dtype).reshape(
@@ -268,7 +274,7 @@ def _class_names(config: Mapping[str, Any],
     names = [by_index.get(index, str(index)) for index in range(count)]
   names = tuple(str(name) for name in names)
   if num_classes and len(names) != num_classes:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'config.json has {len(names)} label_names for {num_classes} classes')
   return names
 
@@ -278,11 +284,38 @@ def _class_names(config: Mapping[str, Any],
 def _convert(config: Mapping[str, Any],
              timm_arrays: Mapping[str, np.ndarray]) -> TimmCheckpoint:
   """config.json and the state dict -> a TimmCheckpoint (see `read`)."""
-  recipe = timm_recipe.recipe(config, timm_arrays)
+  model_family, layout = _layout_of(config, timm_arrays)
   image_size = _image_size(config['pretrained_cfg'])
-  params, model_kwargs = timm_layout.to_vit(recipe, timm_arrays, image_size)
+  params, model_kwargs = layout.to_params(config, timm_arrays, image_size)
+  # Checked here for every family: a block unlike the others, for one,
+  # fails here.
+  shapes = models.param_shapes(model_family.build(model_kwargs), image_size)
   return TimmCheckpoint(
-      architecture=config['architecture'], params=params,
-      model_kwargs=model_kwargs, image_size=image_size,
+      architecture=config['architecture'], model_family=model_family,
+      params=merge.merge_strict(shapes, params), model_kwargs=model_kwargs,
+      image_size=image_size,
       preprocessing=_preprocessing(config['pretrained_cfg']),
       class_names=_class_names(config, model_kwargs['num_classes']))
+
+
+def _layout_of(config: Mapping[str, Any],
+               timm_arrays: Mapping[str, np.ndarray]
+               ) -> Tuple[family.ModelFamily, family.ForeignLayout]:
+  """The first registered family whose timm layout recognises the
+  checkpoint, with that layout.
+
+  Raises:
+    family.CheckpointMismatchError: none does; the message says what each
+      reads.
+  """
+  layouts = [(model_family, model_family.foreign_layouts[LAYOUT])
+             for model_family in models.families()
+             if LAYOUT in model_family.foreign_layouts]
+  for model_family, layout in layouts:
+    if layout.recognises(config, timm_arrays):
+      return model_family, layout
+  known = '; '.join(f'{model_family.name}: {layout.describes}'
+                    for model_family, layout in layouts)
+  raise family.CheckpointMismatchError(
+      f'timm architecture {config["architecture"]!r} is of no model family '
+      f'vit_jax reads from timm ({known})')

@@ -39,11 +39,14 @@ What the arrays show is read off them: width, depth, patch, MLP width, the
 prefix tokens, LayerScale, q/k/v biases, the pre-norm, fc_norm, the MAP head
 and the heads. What they cannot show (attention heads, the GELU variant, the
 LayerNorm epsilon, the pooling) comes from config.json's `model_args` first,
-else from the architecture name (`vit_jax.weights.timm_recipe`, which also refuses,
-by name, the timm features our model lacks: qk-norm, gated MLPs, rotary
-embeddings, ...). Every array is used or the mapping fails naming it. The
-result is checked key by key and shape by shape against the model it is
-for.
+else from the architecture name (`vit_jax.models.vit_timm_recipe`, which also
+refuses, by name, the timm features our model lacks: qk-norm, gated MLPs,
+rotary embeddings, ...). Every array is used or the mapping fails naming it; the
+reader of timm's files (`vit_jax.weights.timm_hub`) checks the result key by
+key and shape by shape against the model it is for.
+
+`LAYOUT` is the ViT family's `foreign_layouts['timm']`: timm's other
+families get their own layout beside their family, not in the reader.
 """
 
 import dataclasses
@@ -52,12 +55,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import flax
 import numpy as np
 
-from vit_jax import models
-from vit_jax.weights import npz
-from vit_jax.weights import timm_recipe
 from vit_jax.models import family
 from vit_jax.models import vit
-from vit_jax.models import vit_family
+from vit_jax.models import vit_timm_recipe as timm_recipe
 
 
 # ---------------------------------------------------------------- mapping --
@@ -76,7 +76,7 @@ class _Arrays:
 
   def take(self, key: str) -> np.ndarray:
     if key not in self._arrays:
-      raise npz.CheckpointMismatchError(
+      raise family.CheckpointMismatchError(
           f'the checkpoint has no {key!r}, which a timm ViT of its shape has')
     return self._arrays.pop(key)
 
@@ -89,7 +89,7 @@ class _Arrays:
       listed = ', '.join(left[:_MAX_LISTED])
       more = f' and {len(left) - _MAX_LISTED} more' if len(left) > (
           _MAX_LISTED) else ''
-      raise npz.CheckpointMismatchError(
+      raise family.CheckpointMismatchError(
           f'{len(left)} timm keys fit no part of vit_jax\'s ViT: {listed}'
           f'{more} (a timm feature vit_jax does not implement?)')
 
@@ -118,7 +118,7 @@ def _mlp(arrays: _Arrays, out, timm: str, ours: str) -> int:
   kernel_DM = _dense(arrays, out, f'{timm}.fc1', f'{ours}/Dense_0')
   kernel_MD = _dense(arrays, out, f'{timm}.fc2', f'{ours}/Dense_1')
   if kernel_DM.shape[1] != kernel_MD.shape[0]:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'{timm}.fc1 has {kernel_DM.shape[1]} outputs but fc2 '
         f'{kernel_MD.shape[0]} inputs: a gated MLP (SwiGLUPacked), which '
         'vit_jax does not implement')
@@ -149,7 +149,7 @@ def _split_heads(arrays: _Arrays, out, timm: str, ours: str,
   bias = arrays.take_optional(f'{timm}.bias')
   width = weight_OI.shape[1]
   if weight_OI.shape[0] != len(names) * width:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'{timm}.weight is {weight_OI.shape}: attention {weight_OI.shape[0]}'
         f' wide for {width}-wide tokens (attn_head_dim), which vit_jax does '
         'not implement')
@@ -182,7 +182,7 @@ def _map_head(arrays: _Arrays, out, num_heads: int) -> int:
   """attn_pool (AttentionPoolLatent) -> MAPHead_0; its MLP width."""
   latent = arrays.take('attn_pool.latent')  # (1, latent_len, D)
   if latent.shape[1] != 1:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'attn_pool has {latent.shape[1]} latent queries; vit_jax\'s MAP head '
         'has one')
   width = latent.shape[-1]
@@ -203,60 +203,7 @@ def _map_head(arrays: _Arrays, out, num_heads: int) -> int:
   return _mlp(arrays, out, 'attn_pool.mlp', 'MAPHead_0/MlpBlock_0')
 
 
-def _checked_heads(recipe: timm_recipe.Recipe, width: int) -> int:
-  if recipe.num_heads is None:
-    raise ValueError(
-        f'cannot tell the attention heads of timm architecture '
-        f'{recipe.architecture!r} ({width} wide): add "model_args": '
-        '{"num_heads": ...} to its config.json')
-  if width % recipe.num_heads:
-    raise npz.CheckpointMismatchError(
-        f'{recipe.architecture}: width {width} is not divisible by '
-        f'{recipe.num_heads} heads; set "model_args": {{"num_heads": ...}} '
-        'in its config.json')
-  return int(recipe.num_heads)
-
-
-# ---------------------------------------------------- pooling and options --
-
-_POOLING_WE_LACK = ('avgmax', 'max', 'prr')
-
-
-def _classifier(recipe: timm_recipe.Recipe, *, has_cls: bool, num_prefix: int,
-                has_map: bool, distilled: bool) -> str:
-  """timm's global_pool (config.json, else what the arrays hold) -> ours."""
-  pool = recipe.global_pool
-  if pool is None:
-    pool = 'map' if has_map else 'token' if has_cls else 'avg'
-  if pool in _POOLING_WE_LACK:
-    raise npz.CheckpointMismatchError(
-        f'global_pool {pool!r} is a pooling vit_jax does not implement (it '
-        "has 'token', 'avg', 'map' and '')")
-  problem = None
-  if (pool == 'map') != has_map:
-    problem = 'attn_pool arrays without global_pool \'map\', or the reverse'
-  elif distilled and pool != 'token':
-    problem = 'a distillation token needs global_pool \'token\''
-  elif pool == 'token' and not has_cls:
-    problem = "global_pool 'token' without a class token"
-  elif pool in ('avg', 'map') and has_cls:
-    problem = (f'global_pool {pool!r} beside a class token (vit_jax\'s '
-               "'gap' and 'map' classifiers have none)")
-  elif pool == 'avg' and num_prefix and recipe.pool_include_prefix:
-    problem = 'average pooling that includes the register tokens'
-  elif pool == 'map' and num_prefix and not recipe.pool_include_prefix:
-    problem = ('attention pooling of the patch tokens only, beside register '
-               "tokens (vit_jax's MAP head attends to every token)")
-  elif pool not in ('token', 'avg', 'map', ''):
-    problem = f'unknown global_pool {pool!r}'
-  if problem:
-    raise npz.CheckpointMismatchError(f'{problem}: vit_jax does not '
-                                      'implement it')
-  if pool == '':
-    return 'token_unpooled' if has_cls else 'unpooled'
-  return {'token': 'token', 'avg': 'gap', 'map': 'map'}[pool]
-
-
+# ---------------------------------------------- position embedding options --
 
 def _posemb_options(pos_embed, *, grid: Tuple[int, int],
                     num_prefix: int) -> Dict[str, Any]:
@@ -269,7 +216,7 @@ def _posemb_options(pos_embed, *, grid: Tuple[int, int],
     return {}
   if pos_embed.shape[1] == patches:
     return {'posemb_covers_prefix': False}
-  raise npz.CheckpointMismatchError(
+  raise family.CheckpointMismatchError(
       f'pos_embed has {pos_embed.shape[1]} positions, but the native '
       f'{grid[0]}x{grid[1]} patch grid has {patches} (+ {num_prefix} prefix '
       'tokens): is pretrained_cfg input_size right?')
@@ -277,7 +224,7 @@ def _posemb_options(pos_embed, *, grid: Tuple[int, int],
 
 def _grid(image_size, patch_size) -> Tuple[int, int]:
   if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'input_size {image_size} is not a multiple of the patch size '
         f'{patch_size}')
   return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
@@ -303,7 +250,7 @@ def _embedding(arrays: _Arrays, out) -> Tuple[int, Tuple[int, int]]:
   weight_DCPP = arrays.take('patch_embed.proj.weight')
   width, channels = weight_DCPP.shape[:2]
   if channels != 3:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'patch_embed takes {channels} input channels; vit_jax takes RGB')
   out['embedding/kernel'] = weight_DCPP.transpose(2, 3, 1, 0)
   # CLIP towers (pre_norm) have no patch-embedding bias.
@@ -320,7 +267,7 @@ def _prefix_tokens(arrays: _Arrays, out) -> _Tokens:
   tokens = _Tokens('cls' in out, 'dist_token' in out,
                    int(out['reg_token'].shape[1]) if 'reg_token' in out else 0)
   if tokens.distilled and tokens.num_registers:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         "register tokens beside a distillation token (timm's distilled "
         'model ignores them): vit_jax does not implement it')
   return tokens
@@ -334,8 +281,8 @@ def _encoder(arrays: _Arrays, out, num_heads: int) -> Tuple[int, set]:
   while arrays.has(f'blocks.{num_layers}.norm1.weight'):
     num_layers += 1
   if not num_layers:
-    raise npz.CheckpointMismatchError('the checkpoint has no blocks.0: not a '
-                                      'timm ViT')
+    raise family.CheckpointMismatchError(
+        'the checkpoint has no blocks.0: not a timm ViT')
   return num_layers, {_block(arrays, out, layer, num_heads)
                       for layer in range(num_layers)}
 
@@ -344,11 +291,11 @@ def _final_norm(arrays: _Arrays, out, tokens: _Tokens) -> bool:
   """`norm` (every token) or `fc_norm` (after pooling); returns fc_norm."""
   fc_norm = arrays.has('fc_norm.weight')
   if fc_norm == arrays.has('norm.weight'):
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         'the checkpoint has neither or both of `norm` and `fc_norm` '
         '(final_norm=False?): vit_jax needs exactly one final LayerNorm')
   if fc_norm and tokens.distilled:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         "fc_norm with a distillation token (timm's distilled head skips "
         'it): vit_jax does not implement it')
   _norm(arrays, out, 'fc_norm' if fc_norm else 'norm',
@@ -380,14 +327,16 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
     (params, model_kwargs): the nested float32 tree and the
     `vit.VisionTransformer` attributes (num_classes, None without a head,
     the sizes, classifier, and every option that differs from its default).
+    The tree is not yet checked against that model (the reader of the files
+    does it, `family.ForeignLayout`).
 
   Raises:
-    npz.CheckpointMismatchError: an array is missing, left over, or of a
+    family.CheckpointMismatchError: an array is missing, left over, or of a
       shape or combination vit_jax does not implement.
   """
   arrays, out = _Arrays(timm_arrays), {}
   width, patch_size = _embedding(arrays, out)
-  num_heads = _checked_heads(recipe, width)
+  num_heads = timm_recipe.num_heads(recipe, width)
   tokens = _prefix_tokens(arrays, out)
   pos_embed = arrays.take_optional('pos_embed')
   if pos_embed is not None:
@@ -398,7 +347,7 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
   if has_map:
     mlp_dims.add(_map_head(arrays, out, num_heads))
   if len(mlp_dims) != 1:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'MLP widths differ between blocks: {sorted(mlp_dims)}')
   num_classes = _classifier_heads(arrays, out, tokens)
   arrays.check_all_taken()
@@ -408,11 +357,14 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
   model_kwargs = dict(
       num_classes=num_classes, patch_size=patch_size, hidden_size=width,
       num_layers=num_layers, num_heads=num_heads, mlp_dim=int(mlp_dims.pop()),
-      classifier=_classifier(recipe, has_cls=tokens.has_cls,
+      classifier=timm_recipe.classifier(recipe, has_cls=tokens.has_cls,
                              num_prefix=tokens.count, has_map=has_map,
                              distilled=tokens.distilled),
       **options)
-  return _checked_tree(out, model_kwargs, image_size), model_kwargs
+  tree = flax.traverse_util.unflatten_dict(
+      {key: np.ascontiguousarray(value, np.float32)
+       for key, value in out.items()}, sep='/')
+  return tree, model_kwargs
 
 
 def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
@@ -428,7 +380,7 @@ def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
       distillation=tokens.distilled,
       pre_norm='Transformer/pre_norm/scale' in out, fc_norm=fc_norm,
       qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
-      layer_scale_init=(vit_family.LOADED_LAYER_SCALE_INIT
+      layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
                         if f'{block}/LayerScale_0/scale' in out else None),
       **posemb)
   defaults = {field.name: field.default
@@ -437,13 +389,25 @@ def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
           if value != defaults[key]}
 
 
-def _checked_tree(flat: Dict[str, np.ndarray], model_kwargs: Dict[str, Any],
-                  image_size: Tuple[int, int]) -> family.Params:
-  """The nested tree, checked key by key and shape by shape against the
-  model it is for (a block unlike the others, for one, fails here)."""
-  tree = flax.traverse_util.unflatten_dict(
-      {key: np.ascontiguousarray(value, np.float32)
-       for key, value in flat.items()}, sep='/')
-  shapes = models.param_shapes(vit.VisionTransformer(**model_kwargs),
-                               image_size)
-  return npz.merge_strict(shapes, tree)
+class TimmLayout(family.ForeignLayout):
+  """timm's ViT state dict (see the module docstring)."""
+  describes = ("timm's VisionTransformer and its DeiT, CLIP, SigLIP, DINOv2 "
+               '... towers: arrays with patch_embed.proj')
+
+  def recognises(self, config: Mapping[str, Any],
+                 arrays: family.FlatParams) -> bool:
+    """timm's ViTs embed patches with `PatchEmbed` (`patch_embed.proj`);
+    those with a feature our model lacks are recognised too, so that
+    `to_params` names the feature."""
+    del config
+    return 'patch_embed.proj.weight' in arrays
+
+  def to_params(self, config: Mapping[str, Any], arrays: family.FlatParams,
+                image_size: Tuple[int, int]
+                ) -> Tuple[family.Params, Dict[str, Any]]:
+    """See `family.ForeignLayout.to_params`; `config` is timm's config.json
+    (its architecture name and model_args)."""
+    return to_vit(timm_recipe.recipe(config, arrays), arrays, image_size)
+
+
+LAYOUT = TimmLayout()

@@ -7,7 +7,7 @@ state dict; they come from `model_args` first, else from the tables below
 (facts of timm 1.0's model definitions in timm/models/vision_transformer.py
 and deit.py). Features of timm's ViTs that `vit.VisionTransformer` lacks
 (qk-norm, gated MLPs, rotary embeddings, ...) are refused here, by name,
-before any key is mapped (`vit_jax.weights.timm_layout`).
+before any key is mapped (`vit_jax.models.vit_timm`).
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from vit_jax.weights import npz
+from vit_jax.models import family
 
 
 # ------------------------------------ what the arrays cannot say (tables) --
@@ -97,7 +97,7 @@ def _check_model_args(model_args: Mapping[str, Any]) -> None:
     if key in _MODEL_ARGS_SHOWN or key in _MODEL_ARGS_READ or (
         value in _MODEL_ARGS_DEFAULTS.get(key, ())):
       continue
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'config.json model_args {key}={value!r}: a timm option vit_jax does '
         'not implement')
 
@@ -107,7 +107,7 @@ def _activation(name: str, model_args: Mapping[str, Any]) -> str:
     return _by_name(_ACTIVATIONS_BY_NAME, name, _DEFAULT_ACTIVATION)
   activation = _ACT_LAYERS.get(str(model_args['act_layer']))
   if activation is None:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'config.json model_args act_layer={model_args["act_layer"]!r}: '
         f'vit_jax implements {sorted(_ACT_LAYERS)}')
   return activation
@@ -117,7 +117,7 @@ def _epsilon(name: str, model_args: Mapping[str, Any]) -> float:
   if 'norm_layer' not in model_args:
     return _CLIP_EPSILON if '_clip_' in name else _DEFAULT_EPSILON
   if str(model_args['norm_layer']).lower() not in _NORM_LAYERS:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'config.json model_args norm_layer={model_args["norm_layer"]!r}: '
         'vit_jax implements LayerNorm only')
   return _DEFAULT_EPSILON
@@ -136,14 +136,14 @@ def recipe(config: Mapping[str, Any],
     The recipe for `to_vit`.
 
   Raises:
-    npz.CheckpointMismatchError: a feature, architecture or model_args
+    family.CheckpointMismatchError: a feature, architecture or model_args
       option vit_jax does not implement.
   """
   _check_features(timm_arrays)
   name = config['architecture'].split('.')[0]
   feature = _by_name(_UNSUPPORTED_ARCHITECTURES, name, None)
   if feature:
-    raise npz.CheckpointMismatchError(
+    raise family.CheckpointMismatchError(
         f'timm architecture {name!r} uses {feature}, which vit_jax does not '
         'implement')
   model_args = config.get('model_args') or {}
@@ -155,6 +155,72 @@ def recipe(config: Mapping[str, Any],
       layer_norm_epsilon=_epsilon(name, model_args),
       global_pool=model_args.get('global_pool', config.get('global_pool')),
       pool_include_prefix=bool(model_args.get('pool_include_prefix', False)))
+
+
+# ------------------------------------------------ heads and pooling --
+
+def num_heads(recipe: Recipe, width: int) -> int:
+  """The recipe's attention heads, checked against the arrays' width.
+
+  Raises:
+    ValueError: the recipe does not know them.
+    family.CheckpointMismatchError: they do not divide the width.
+  """
+  if recipe.num_heads is None:
+    raise ValueError(
+        f'cannot tell the attention heads of timm architecture '
+        f'{recipe.architecture!r} ({width} wide): add "model_args": '
+        '{"num_heads": ...} to its config.json')
+  if width % recipe.num_heads:
+    raise family.CheckpointMismatchError(
+        f'{recipe.architecture}: width {width} is not divisible by '
+        f'{recipe.num_heads} heads; set "model_args": {{"num_heads": ...}} '
+        'in its config.json')
+  return int(recipe.num_heads)
+
+
+_POOLING_WE_LACK = ('avgmax', 'max', 'prr')
+
+
+def classifier(recipe: Recipe, *, has_cls: bool, num_prefix: int,
+               has_map: bool, distilled: bool) -> str:
+  """timm's global_pool (config.json, else what the arrays hold) -> our
+  `classifier`, given which prefix tokens and head the arrays hold.
+
+  Raises:
+    family.CheckpointMismatchError: a pooling vit_jax does not implement,
+      or one the arrays contradict.
+  """
+  pool = recipe.global_pool
+  if pool is None:
+    pool = 'map' if has_map else 'token' if has_cls else 'avg'
+  if pool in _POOLING_WE_LACK:
+    raise family.CheckpointMismatchError(
+        f'global_pool {pool!r} is a pooling vit_jax does not implement (it '
+        "has 'token', 'avg', 'map' and '')")
+  problem = None
+  if (pool == 'map') != has_map:
+    problem = 'attn_pool arrays without global_pool \'map\', or the reverse'
+  elif distilled and pool != 'token':
+    problem = 'a distillation token needs global_pool \'token\''
+  elif pool == 'token' and not has_cls:
+    problem = "global_pool 'token' without a class token"
+  elif pool in ('avg', 'map') and has_cls:
+    problem = (f'global_pool {pool!r} beside a class token (vit_jax\'s '
+               "'gap' and 'map' classifiers have none)")
+  elif pool == 'avg' and num_prefix and recipe.pool_include_prefix:
+    problem = 'average pooling that includes the register tokens'
+  elif pool == 'map' and num_prefix and not recipe.pool_include_prefix:
+    problem = ('attention pooling of the patch tokens only, beside register '
+               "tokens (vit_jax's MAP head attends to every token)")
+  elif pool not in ('token', 'avg', 'map', ''):
+    problem = f'unknown global_pool {pool!r}'
+  if problem:
+    raise family.CheckpointMismatchError(
+        f'{problem}: vit_jax does not implement it')
+  if pool == '':
+    return 'token_unpooled' if has_cls else 'unpooled'
+  return {'token': 'token', 'avg': 'gap', 'map': 'map'}[pool]
 
 
 # --------------------------------------------------------------- features --
@@ -183,6 +249,6 @@ def _check_features(arrays: Mapping[str, np.ndarray]) -> None:
   for pattern, feature in _UNSUPPORTED_KEYS:
     keys = sorted(key for key in arrays if re.search(pattern, key))
     if keys:
-      raise npz.CheckpointMismatchError(
+      raise family.CheckpointMismatchError(
           f'the checkpoint uses {feature} (e.g. {keys[0]!r}), which vit_jax '
           'does not implement')
