@@ -1,7 +1,7 @@
 """Evaluations the training loop runs, behind one protocol.
 
 An evaluator (`common.Evaluator`) has a `name`, a cadence `every` (in steps:
-`train.is_due`), the `params_field` of the TrainState it evaluates ('params'
+`vit_jax.training.loop.is_due`), the `params_field` of the TrainState it evaluates ('params'
 or 'ema_params'), the metrics.jsonl `record` its metrics join, and
 `evaluate(params) -> {metric name: value}`. `make_evaluators(spec, ...)`
 builds the list the loop runs, in this order:

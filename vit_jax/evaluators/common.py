@@ -31,7 +31,7 @@ class Evaluator(Protocol):
   Attributes:
     name: unique, e.g. 'eval', 'ema_eval', 'imagenet_v2', 'fewshot'.
     every: cadence in steps: it runs every `every` steps and at the last
-      step (`train.is_due`; 0: at the last step only).
+      step (`vit_jax.training.loop.is_due`; 0: at the last step only).
     params_field: the `steps.TrainState` field it evaluates: 'params' or
       'ema_params'.
     record: the metrics.jsonl record its metrics join: the metrics of the

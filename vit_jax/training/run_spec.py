@@ -28,6 +28,7 @@ from vit_jax.training import mixing
 from vit_jax.training import optim
 from vit_jax.training import steps
 
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """A training run: the loop's own settings and one spec per concern.
