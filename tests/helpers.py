@@ -1,9 +1,15 @@
 """Small shared builders for the tests: tiny models and random parameters."""
 
+import os
+
 import jax
 import numpy as np
 
 from vit_jax import models
+
+# The repository root: the working directory of the repository's commands
+# (`python -m vit_jax.main --config=configs/...`, `python -m benchmarks.X`).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A ViT small enough to run in milliseconds: 16x16 inputs, 4x4 patches.
 TINY_VIT = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=2,

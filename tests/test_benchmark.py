@@ -15,6 +15,7 @@ from vit_jax import sharding
 from benchmarks import benchmark
 from benchmarks import jax_side
 from benchmarks import protocol
+from tests import helpers
 
 # A one-layer ViT-Ti at 32 px: compiles in seconds.
 _TINY = dict(model='ViT-Ti_16', batch_size=2, image_size=32, num_classes=10,
@@ -136,7 +137,7 @@ def test_timm_train_step_updates_the_weights():
 def test_package_does_not_import_torch():
   code = ('import sys, benchmarks.benchmark; '
           'sys.exit("torch" in sys.modules)')
-  assert subprocess.run([sys.executable, '-c', code],
+  assert subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO,
                         check=False).returncode == 0
 
 
@@ -152,7 +153,7 @@ def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
       [sys.executable, '-m', 'benchmarks.benchmark', '--model=ViT-Ti_16',
        '--batch_size=2', '--image_size=32', '--num_classes=10', '--steps=2',
        '--mode=train', '--dtype=bfloat16', f'--json_out={out}'],
-      check=True, capture_output=True)
+      cwd=helpers.REPO, check=True, capture_output=True)
   result = json.loads(out.read_text())
   assert (result['model'], result['mode'], result['dtype']) == (
       'ViT-Ti_16', 'train', 'bfloat16')

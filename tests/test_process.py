@@ -19,6 +19,7 @@ from benchmarks import memory_report
 from vit_jax.cli import _process
 from vit_jax.models import vit
 from vit_jax.models import vit_family
+from tests import helpers
 
 
 def _installed(*names):
@@ -108,12 +109,22 @@ def test_flags_choose_from_the_lists_the_code_checks():
 
 @pytest.mark.parametrize('program, flag', [
     ('vit_jax.main', '--workdir'), ('vit_jax.cli.predict', '--top_k'),
-    ('vit_jax.cli.visualize', '--out_dir'),
+    ('vit_jax.cli.visualize', '--out_dir')])
+def test_programs_start_from_any_directory(tmp_path, program, flag):
+  _check_help(program, flag, cwd=tmp_path)
+
+
+@pytest.mark.parametrize('program, flag', [
     ('benchmarks.benchmark', '--host_devices'),
     ('benchmarks.memory_report', '--num_devices')])
-def test_programs_start_from_any_directory(tmp_path, program, flag):
+def test_tools_start_from_the_repository_root(program, flag):
+  """benchmarks/ is not installed: its commands run from the repository."""
+  _check_help(program, flag, cwd=helpers.REPO)
+
+
+def _check_help(program, flag, cwd):
   result = subprocess.run([sys.executable, '-m', program, '--helpshort'],
-                          cwd=tmp_path, capture_output=True, text=True,
+                          cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False)
   # absl's help exits with status 1; what matters is that it got that far.
   assert 'Traceback' not in result.stderr, result.stderr[-2000:]
