@@ -184,8 +184,9 @@ def _floor_violations(module: str, target: str) -> List[str]:
 
 def test_the_walk_finds_library_and_programs():
   graph = import_graph(PACKAGE)
-  assert {'vit_jax.training.loop', 'vit_jax.models', 'vit_jax.models.vit_family',
-          'vit_jax.weights.npz', 'vit_jax.export.to_onnx'} <= set(graph)
+  assert {'vit_jax.training.loop', 'vit_jax.models',
+          'vit_jax.models.vit_family', 'vit_jax.weights.npz',
+          'vit_jax.export.to_onnx'} <= set(graph)
   assert not any(is_program(name) for name in graph)
   programs = set(find_modules(PACKAGE)) - set(graph)
   assert {'vit_jax.main', 'vit_jax.cli.predict', 'vit_jax.cli._flags',
