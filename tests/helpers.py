@@ -1,10 +1,12 @@
-"""Small shared builders for the tests: tiny models and random parameters."""
+"""Small shared builders for the tests: tiny models, random parameters and
+the tiny training config."""
 
 import os
 
 import jax
 import numpy as np
 
+from configs import common
 from vit_jax import models
 
 # The repository root: the working directory of the repository's commands
@@ -28,6 +30,50 @@ def tiny_hybrid(num_classes=10, **overrides):
                 patch_size=1, resnet_units=(1, 1))
   return models.create_model('R50+ViT-B_16', num_classes=num_classes,
                              **{**fields, **overrides})
+
+
+# A run small enough for a test: a few steps on an image folder, evaluated at
+# the end and checkpointed half-way (`shrink`).
+TINY_RUN = dict(
+    dataset='imagefolder', image_size=TINY_IMAGE_SIZE, batch_size=8,
+    eval_batch_size=8, shuffle_buffer=64, total_steps=4, warmup_steps=1,
+    log_every=1, eval_every=4, checkpoint_every=2)
+# One step, evaluated and checkpointed: a run that only has to go through.
+ONE_STEP = dict(total_steps=1, warmup_steps=0, eval_every=1,
+                checkpoint_every=1)
+# The training recipe of `tiny_config`: no augmentation to wait for, Adam.
+TINY_RECIPE = dict(train_augment='resize', random_flip=False,
+                   optimizer='adam', lr=1e-3)
+
+
+def shrink(config, data_dir, **overrides):
+  """Makes any experiment config a tiny run on the image folder `data_dir`.
+
+  Args:
+    config: an experiment config (configs/*.py); changed in place.
+    data_dir: the image folder (`data_helpers.write_image_folder`).
+    **overrides: config keys over `TINY_RUN`; `'model.KEY'` sets config.model
+      (pass them as `**{'model.dropout_rate': 0.1}`). The model is `TINY_VIT`
+      unless `model_name` is overridden: another family's fields differ.
+
+  Returns:
+    `config`; a locked one stays locked, so a misspelt override fails.
+  """
+  if 'model_name' not in overrides:
+    config.model.update(TINY_VIT)
+  config.update(dict(TINY_RUN, data_dir=data_dir))
+  for key, value in overrides.items():
+    target = config.model if key.startswith('model.') else config
+    target[key.removeprefix('model.')] = value
+  return config
+
+
+def tiny_config(data_dir, **overrides):
+  """configs/common.py's config as a tiny run of `TINY_RECIPE` (`shrink`),
+  locked against misspelt keys."""
+  config = common.get_config()
+  config.update(TINY_RECIPE)
+  return common.lock(shrink(config, data_dir, **overrides))
 
 
 def random_params(model, image_size, seed=0, scale=0.3):

@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks.benchmark on a one-layer model (no timing claims)."""
+"""Smoke tests of benchmarks.benchmark on a one-layer model (no timing
+claims)."""
 
 import dataclasses
 import importlib.util

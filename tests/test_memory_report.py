@@ -1,4 +1,5 @@
-"""benchmarks.memory_report on a tiny ViT over the 8 fake devices of conftest."""
+"""benchmarks.memory_report on a tiny ViT over the 8 fake devices of
+conftest."""
 
 import json
 import subprocess
@@ -160,7 +161,8 @@ def test_command_line_makes_its_own_device_count():
       [sys.executable, '-m', 'benchmarks.memory_report', '--model=Ti/16',
        '--num_devices=16', '--image_size=32', '--batch_size=64',
        '--grad_accum_steps=3', '--num_classes=10'],
-      cwd=helpers.REPO, capture_output=True, text=True, timeout=120, check=False)
+      cwd=helpers.REPO, capture_output=True, text=True, timeout=120,
+      check=False)
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'over 16 devices' in result.stderr
   assert 'Traceback' not in result.stderr

@@ -12,6 +12,7 @@ import pytest
 
 from configs import common
 from tests import data_helpers
+from tests import helpers
 from tests import numpy_mixer
 from vit_jax import models
 from vit_jax.weights import npz
@@ -356,19 +357,13 @@ def image_folder(tmp_path_factory):
 
 
 def _train_config(data_dir):
-  config = common.get_config()
-  config.update(dict(
-      model_name='Mixer-S_16', dataset='imagefolder', data_dir=data_dir,
-      image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
-      batch_size=8, eval_batch_size=8, shuffle_buffer=16, total_steps=1,
-      warmup_steps=0, optimizer='adam', lr=1e-2, weight_decay=0.1,
-      log_every=1, eval_every=1, checkpoint_every=1))
   # The config offers patch size, hidden size and depth; both MLP widths
   # stay S/16's (256 and 2048).
-  config.model.patch_size = TINY['patch_size']
-  config.model.hidden_size = TINY['hidden_size']
-  config.model.num_layers = TINY['num_layers']
-  return common.lock(config)
+  return helpers.tiny_config(
+      data_dir, model_name='Mixer-S_16', **helpers.ONE_STEP,
+      shuffle_buffer=16, lr=1e-2, weight_decay=0.1,
+      **{f'model.{key}': TINY[key]
+         for key in ('patch_size', 'hidden_size', 'num_layers')})
 
 
 def test_trains_exports_loads_and_predicts(image_folder, tmp_path):
