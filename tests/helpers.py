@@ -91,3 +91,20 @@ def random_images(batch, image_size, seed=0):
   rng = np.random.default_rng(seed)
   return rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(
       np.float32)
+
+
+def assert_trees_close(actual, expected, **tolerance):
+  """The same tree (nesting, keys, leaf count) with close leaves.
+
+  Args:
+    actual: the tree under test.
+    expected: the tree it should equal.
+    **tolerance: rtol / atol of `np.testing.assert_allclose`.
+  """
+  assert (jax.tree_util.tree_structure(actual)
+          == jax.tree_util.tree_structure(expected))
+  leaves, _ = jax.tree_util.tree_flatten_with_path(expected)
+  for (path, want), got in zip(leaves, jax.tree_util.tree_leaves(actual),
+                               strict=True):
+    np.testing.assert_allclose(got, want, err_msg=jax.tree_util.keystr(path),
+                               **tolerance)

@@ -83,7 +83,8 @@ def _assert_same_metrics(got, want):
     assert sorted(b) == sorted(a), a['step']
   for key in ('train_loss', 'train_grad_norm', 'top1_accuracy', 'loss',
               'num_examples'):
-    pairs = [(a[key], b[key]) for a, b in zip(want, got) if key in a]
+    pairs = [(a[key], b[key]) for a, b in zip(want, got, strict=True)
+             if key in a]
     assert pairs, f'{key} was never logged'
     wanted, values = zip(*pairs)
     np.testing.assert_allclose(values, wanted, rtol=1e-5, err_msg=key)
@@ -119,7 +120,7 @@ def test_two_processes_match_one_process(image_folder, tmp_path):
           cwd=helpers.REPO, env=_env(4), stdout=subprocess.PIPE,
           stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in processes]
-  for process, (_, stderr) in zip(processes, outputs):
+  for process, (_, stderr) in zip(processes, outputs, strict=True):
     assert process.returncode == 0, stderr[-3000:]
   assert 'Process 1 of 2; 4 local / 8 global devices' in outputs[1][1]
 

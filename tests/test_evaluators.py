@@ -173,7 +173,7 @@ def test_real_label_sets_arrive_multi_hot_and_padding_is_masked(imagenet_dir):
   np.testing.assert_array_equal(mask, [1] * 7 + [0])
   assert real.shape == (8, NUM_CLASSES) and real.dtype == np.float32
   got = sorted((int(label), tuple(np.flatnonzero(row)))
-               for label, row in zip(labels[:7], real[:7]))
+               for label, row in zip(labels[:7], real[:7], strict=True))
   assert got == sorted((c, tuple(sorted(r))) for c, r in REAL_EXAMPLES)
   assert not real[7].any()
 

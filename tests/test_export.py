@@ -162,7 +162,7 @@ def test_readme_deploy_section_runs_as_written(tmp_path, monkeypatch):
   expected = _predict_logits(checkpoint, paths, tmp_path)
   namespace = _run_snippet(load_images, {})
   files = (export.SAVED_MODEL, export.ONNX, export.TFLITE)
-  for name, code in zip(files, runtimes):
+  for name, code in zip(files, runtimes, strict=True):
     scope = _run_snippet(code, dict(namespace))
     assert export.relative_error(scope['logits'], expected) <= (
         export.TOLERANCE[name]), name

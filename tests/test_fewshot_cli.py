@@ -91,7 +91,7 @@ def _assert_close(actual, expected, where='results'):
       _assert_close(actual[key], expected[key], f'{where}[{key!r}]')
   elif isinstance(expected, list):
     assert len(actual) == len(expected), where
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
       _assert_close(a, e, f'{where}[{i}]')
   elif expected is None:
     assert actual is None, where

@@ -106,13 +106,14 @@ def floor_of(module: str) -> str:
   return parts[1] if len(parts) > 1 else ''
 
 
-def import_graph(package_dir: pathlib.Path) -> Dict[str, Set[str]]:
-  """Library module -> the modules of ours that importing it runs: the ones
-  it names and the __init__ of their packages."""
+def import_graph(package_dir: pathlib.Path,
+                 programs: bool = False) -> Dict[str, Set[str]]:
+  """Library module (and program, if `programs`) -> the modules of ours that
+  importing it runs: the ones it names and the __init__ of their packages."""
   modules = find_modules(package_dir)
   graph = {}
   for module, path in modules.items():
-    if is_program(module):
+    if is_program(module) and not programs:
       continue
     named = named_modules(imported_names(module, path), set(modules))
     # Its own packages' __init__ already runs (or ran) before it; one it
@@ -180,6 +181,99 @@ def _floor_violations(module: str, target: str) -> List[str]:
     return []
   return [f'{module} imports {target}: {floor} may import only '
           f'{sorted(allowed - {floor})}']
+
+
+def _marked_slow(node: ast.AST) -> bool:
+  """Whether a function or `pytestmark = ...` carries `pytest.mark.slow`."""
+  marks = (node.decorator_list if isinstance(node, ast.FunctionDef)
+           else [node.value])
+  return any(isinstance(n, ast.Attribute) and n.attr == 'slow'
+             for mark in marks for n in ast.walk(mark))
+
+
+def has_fast_tests(path: pathlib.Path) -> bool:
+  """Whether a test file has a test the fast tier (-m "not slow") runs."""
+  body = ast.parse(path.read_text(), str(path)).body
+  if any(isinstance(node, ast.Assign) and _marked_slow(node) and any(
+      getattr(t, 'id', None) == 'pytestmark' for t in node.targets)
+         for node in body):
+    return False
+  return any(isinstance(node, ast.FunctionDef)
+             and node.name.startswith('test_') and not _marked_slow(node)
+             for node in body)
+
+
+def reached_by_fast_tests(package_dir: pathlib.Path,
+                          tests_dir: pathlib.Path) -> Set[str]:
+  """The modules that the fast tier's test files load: what they import
+  (through the test helpers too) and the programs they name as strings
+  (`python -m vit_jax.cli.predict`; a package named runs its __main__),
+  closed over the modules' own imports."""
+  modules = find_modules(package_dir)
+  graph = import_graph(package_dir, programs=True)
+  test_files = {f'tests.{path.stem}': path
+                for path in tests_dir.glob('*.py')}
+  todo = [name for name, path in test_files.items()
+          if path.name.startswith('test_') and has_fast_tests(path)]
+  seen, reached = set(todo), set()
+  while todo:
+    path = test_files[todo.pop()]
+    names = imported_names(f'tests.{path.stem}', path)
+    helpers_used = (names | {n.rpartition('.')[0] for n in names}) & set(
+        test_files)
+    todo.extend(helpers_used - seen)
+    seen |= helpers_used
+    reached |= named_modules(
+        {n for n in names if n.split('.')[0] == package_dir.name},
+        set(modules))
+    strings = {node.value for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Constant) and node.value in modules}
+    reached |= strings | {f'{name}.__main__' for name in strings
+                          if f'{name}.__main__' in modules}
+  todo = list(reached)
+  while todo:
+    module = todo.pop()
+    loaded = graph[module] | _enclosing_packages(module) & set(modules)
+    todo.extend(loaded - reached)
+    reached |= loaded
+  return reached
+
+
+def test_the_fast_tier_reaches_every_module():
+  """`pytest -m "not slow"` loads every module of the package."""
+  tests_dir = pathlib.Path(__file__).resolve().parent
+  missing = set(find_modules(PACKAGE)) - reached_by_fast_tests(
+      PACKAGE, tests_dir)
+  assert not missing, (
+      f'no fast test reaches {sorted(missing)}: add one, or leave one test '
+      'of the module unmarked')
+
+
+def test_the_fast_tier_check_sees_slow_marks(tmp_path):
+  package_dir = _write_tree(tmp_path, {
+      'models/vit.py': 'from vit_jax.models import layers\n',
+      'models/layers.py': '', 'cli/predict.py': '', 'export/__main__.py': '',
+      'data/sources.py': '', 'training/loop.py': ''})
+  tests_dir = tmp_path / 'tests'
+  tests_dir.mkdir()
+  (tests_dir / 'helpers.py').write_text('from vit_jax.data import sources\n')
+  (tests_dir / 'test_a.py').write_text(
+      'import pytest\nfrom vit_jax.models import vit\nfrom tests import '
+      'helpers\n\n@pytest.mark.slow\ndef test_slow():\n  pass\n\n'
+      'def test_fast():\n  run("vit_jax.cli.predict", "vit_jax.export")\n')
+  (tests_dir / 'test_b.py').write_text(
+      'import pytest\nfrom vit_jax.training import loop\n\n'
+      'pytestmark = pytest.mark.slow\n\ndef test_b():\n  pass\n')
+  assert reached_by_fast_tests(package_dir, tests_dir) == {
+      'vit_jax', 'vit_jax.models', 'vit_jax.models.vit',
+      'vit_jax.models.layers', 'vit_jax.data', 'vit_jax.data.sources',
+      'vit_jax.cli', 'vit_jax.cli.predict', 'vit_jax.export',
+      'vit_jax.export.__main__'}
+  (tests_dir / 'test_a.py').write_text(
+      'import pytest\nfrom vit_jax.models import vit\n\n'
+      '@pytest.mark.slow\ndef test_slow():\n  pass\n')
+  assert 'vit_jax.models.vit' not in reached_by_fast_tests(package_dir,
+                                                           tests_dir)
 
 
 def test_the_walk_finds_library_and_programs():

@@ -72,3 +72,16 @@ def test_a_bad_value_found_at_run_time_is_one_line(tmp_path):
   assert errors == ["error: unknown dtype 'float17': choose one of ('auto', "
                     "'float32', 'bfloat16')"]
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_missing_data_dir_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       f'--workdir={tmp_path}', '--config.dataset=imagefolder',
+       f'--config.data_dir={tmp_path}/nope'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines()
+            if not line.startswith('I')]  # absl's INFO lines.
+  assert len(errors) == 1 and errors[0].startswith('error: '), errors
+  assert 'nope' in errors[0]

@@ -284,9 +284,8 @@ def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   # (the key bias gradient, for one, is zero up to rounding).
   scale = max(float(np.abs(g).max())
               for g in jax.tree_util.tree_leaves(grads_loop))
-  for a, b in zip(jax.tree_util.tree_leaves(grads_scan),
-                  jax.tree_util.tree_leaves(grads_loop)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+  helpers.assert_trees_close(grads_scan, grads_loop, rtol=1e-4,
+                             atol=1e-6 * scale)
 
 
 def _mlp_input_shapes(model, params, images, **kwargs):
