@@ -53,6 +53,7 @@ def train():
                                 host_devices=1, **_TINY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode,dtype', [('inference', 'float32'),
                                         ('train', 'bfloat16')])
 def test_fields_positive_and_consistent(request, mode, dtype):
@@ -69,6 +70,7 @@ def test_train_counts_backward_flops(inference, train):
   assert train['params'] == inference['params']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('host_devices', [1, 2])
 def test_every_token_flops_add_the_last_blocks_other_tokens(host_devices):
   # timm is rated on every_token_flops: our token-head step skips the last
@@ -97,6 +99,7 @@ def test_rejects_short_warmup_and_indivisible_batch():
                            **dict(_TINY, batch_size=3))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ('torch', 'timm')),
     reason='the optional torch and timm are not installed')
@@ -118,6 +121,7 @@ def test_compare_with_timm():
   assert 'ours/timm' in benchmark.format_result(result)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ('torch', 'timm')),
     reason='the optional torch and timm are not installed')
@@ -135,6 +139,7 @@ def test_timm_train_step_updates_the_weights():
   assert not (step._model.head.weight == head).all()  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_package_does_not_import_torch():
   code = ('import sys, benchmarks.benchmark; '
           'sys.exit("torch" in sys.modules)')
@@ -148,6 +153,7 @@ def test_default_host_devices_split_only_float32_inference():
   assert benchmark.default_host_devices('inference', 'float32', 7) == 1
 
 
+@pytest.mark.slow
 def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
   out = tmp_path / 'bench.json'
   subprocess.run(
@@ -164,6 +170,7 @@ def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
       sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc')
 
 
+@pytest.mark.slow
 def test_a_config_is_timed_with_the_training_loops_own_step(tmp_path):
   from configs import default  # pylint: disable=g-import-not-at-top
   from tests import data_helpers  # pylint: disable=g-import-not-at-top

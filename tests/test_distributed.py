@@ -20,6 +20,8 @@ import pytest
 
 from tests import helpers
 
+pytestmark = pytest.mark.slow  # Three training runs in subprocesses.
+
 TRAIN_EXAMPLES, TEST_EXAMPLES = 24, 15
 
 

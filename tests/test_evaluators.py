@@ -223,6 +223,7 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_training_logs_the_extra_evals_with_their_prefixes(imagenet_dir,
                                                            tmp_path):
   # The main eval set is ImageNet-v2 itself, so v2_* must equal it exactly.
@@ -310,6 +311,7 @@ def test_fewshot_evaluator_equals_the_library_on_sharded_params(folder):
   assert got['fewshot_2shot_top1'] > 1 / FEWSHOT_CLASSES  # Colours separate.
 
 
+@pytest.mark.slow
 def test_fewshot_runs_at_its_cadence_during_training(folder, tmp_path):
   config = helpers.tiny_config(
       folder, **_FEWSHOT, fewshot_every=3, prefetch=1, shuffle_buffer=16,

@@ -93,6 +93,7 @@ def _checkpoint(family, tmp_path):
 
 # DINOv2-style timm model with a head: register tokens, LayerScale, a
 # position embedding over the patches only, average pooling and fc_norm.
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['released', 'hybrid', 'mixer',
                                     'gap_fc_norm_registers'])
 def test_each_file_gives_predicts_logits_in_its_runtime(family, tmp_path,
@@ -124,6 +125,7 @@ def _deploy_blocks():
   return re.findall(r'```(\w+)\n(.*?)```', section, re.S)
 
 
+@pytest.mark.slow
 def test_readme_deploy_section_runs_as_written(tmp_path, monkeypatch):
   blocks = _deploy_blocks()
   commands = [code for language, code in blocks if language == 'sh']
@@ -261,6 +263,7 @@ def test_large_onnx_weights_go_beside_the_graph(tmp_path, monkeypatch):
       export.reference_logits(loaded, images)) <= export.TOLERANCE[export.ONNX]
 
 
+@pytest.mark.slow
 def test_the_library_imports_no_converter_or_runtime():
   code = ('import sys, vit_jax.export; print(sorted(m for m in ('
           '"jax2onnx", "onnx", "onnxruntime", "ai_edge_litert") '

@@ -418,6 +418,7 @@ def test_png_encoder_round_trips(tmp_path):
   np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(fashion_mnist_local.DEFAULT_DIR),
                     reason='dataset-fashion-mnist is not installed')
 def test_real_fashion_mnist_test_split():

@@ -191,31 +191,40 @@ def _marked_slow(node: ast.AST) -> bool:
              for mark in marks for n in ast.walk(mark))
 
 
-def has_fast_tests(path: pathlib.Path) -> bool:
-  """Whether a test file has a test the fast tier (-m "not slow") runs."""
+def fast_tests(path: pathlib.Path) -> List[ast.FunctionDef]:
+  """The tests of a file that the fast tier (-m "not slow") runs."""
   body = ast.parse(path.read_text(), str(path)).body
   if any(isinstance(node, ast.Assign) and _marked_slow(node) and any(
       getattr(t, 'id', None) == 'pytestmark' for t in node.targets)
          for node in body):
-    return False
-  return any(isinstance(node, ast.FunctionDef)
-             and node.name.startswith('test_') and not _marked_slow(node)
-             for node in body)
+    return []
+  return [node for node in body if isinstance(node, ast.FunctionDef)
+          and node.name.startswith('test_') and not _marked_slow(node)]
 
 
 def reached_by_fast_tests(package_dir: pathlib.Path,
                           tests_dir: pathlib.Path) -> Set[str]:
-  """The modules that the fast tier's test files load: what they import
-  (through the test helpers too) and the programs they name as strings
+  """The modules that the fast tier loads: what its test files import
+  (through the test helpers too) and the programs its tests name as strings
   (`python -m vit_jax.cli.predict`; a package named runs its __main__),
   closed over the modules' own imports."""
   modules = find_modules(package_dir)
   graph = import_graph(package_dir, programs=True)
   test_files = {f'tests.{path.stem}': path
                 for path in tests_dir.glob('*.py')}
+  reached = set()
+  for path in test_files.values():
+    # A program a fast test runs: named in the test or its parameters.
+    strings = {node.value for test in (fast_tests(path)
+                                       if path.name.startswith('test_')
+                                       else [])
+               for node in ast.walk(test)
+               if isinstance(node, ast.Constant) and node.value in modules}
+    reached |= strings | {f'{name}.__main__' for name in strings
+                          if f'{name}.__main__' in modules}
   todo = [name for name, path in test_files.items()
-          if path.name.startswith('test_') and has_fast_tests(path)]
-  seen, reached = set(todo), set()
+          if path.name.startswith('test_') and fast_tests(path)]
+  seen = set(todo)
   while todo:
     path = test_files[todo.pop()]
     names = imported_names(f'tests.{path.stem}', path)
@@ -226,10 +235,6 @@ def reached_by_fast_tests(package_dir: pathlib.Path,
     reached |= named_modules(
         {n for n in names if n.split('.')[0] == package_dir.name},
         set(modules))
-    strings = {node.value for node in ast.walk(ast.parse(path.read_text()))
-               if isinstance(node, ast.Constant) and node.value in modules}
-    reached |= strings | {f'{name}.__main__' for name in strings
-                          if f'{name}.__main__' in modules}
   todo = list(reached)
   while todo:
     module = todo.pop()
@@ -260,7 +265,8 @@ def test_the_fast_tier_check_sees_slow_marks(tmp_path):
   (tests_dir / 'test_a.py').write_text(
       'import pytest\nfrom vit_jax.models import vit\nfrom tests import '
       'helpers\n\n@pytest.mark.slow\ndef test_slow():\n  pass\n\n'
-      'def test_fast():\n  run("vit_jax.cli.predict", "vit_jax.export")\n')
+      'def test_fast():\n  run("vit_jax.cli.predict", "vit_jax.export")\n\n'
+      '@pytest.mark.slow\ndef test_slow_program():\n  run("vit_jax.main")\n')
   (tests_dir / 'test_b.py').write_text(
       'import pytest\nfrom vit_jax.training import loop\n\n'
       'pytestmark = pytest.mark.slow\n\ndef test_b():\n  pass\n')

@@ -60,6 +60,7 @@ def test_arguments_to_a_config_without_any_are_one_line(capsys, monkeypatch,
                   'arguments but 1 was given')
 
 
+@pytest.mark.slow
 def test_a_bad_value_found_at_run_time_is_one_line(tmp_path):
   # The dtype is checked by the run, after the flags: the same one line.
   result = subprocess.run(
@@ -74,6 +75,7 @@ def test_a_bad_value_found_at_run_time_is_one_line(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_a_missing_data_dir_is_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',

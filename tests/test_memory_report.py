@@ -88,6 +88,7 @@ def test_state_bytes_equal_a_hand_computation(fsdp):
       state[k] for k in ('params', 'opt_state', 'ema_params', 'other'))
 
 
+@pytest.mark.slow
 def test_fsdp_holds_less_per_device_than_replication(fsdp_full):
   fsdp, whole = fsdp_full['state_bytes'], _state_bytes(fsdp=False)
   assert fsdp == _state_bytes(fsdp=True)
@@ -96,6 +97,7 @@ def test_fsdp_holds_less_per_device_than_replication(fsdp_full):
   assert whole['params'] == 4 * fsdp_full['params']
 
 
+@pytest.mark.slow
 def test_compiled_analysis_is_present_and_consistent(fsdp_full):
   step = fsdp_full['step_bytes']
   for key in ('argument', 'output', 'temp', 'peak'):
@@ -118,6 +120,7 @@ def test_compiled_analysis_is_present_and_consistent(fsdp_full):
   json.dumps(fsdp_full)
 
 
+@pytest.mark.slow
 def test_full_remat_needs_no_more_temp_than_none(fsdp_full, fsdp_none):
   assert fsdp_full['step_bytes']['temp'] <= fsdp_none['step_bytes']['temp']
 
@@ -146,6 +149,7 @@ def test_auto_grad_accum_steps_rejects_an_unsplittable_batch():
     memory_measure.auto_grad_accum_steps(100, 8)
 
 
+@pytest.mark.slow
 def test_format_report_gives_a_verdict_and_the_caveat(fsdp_full):
   text = memory_report.format_report(fsdp_full)
   assert 'verdict: FITS in 16 GiB' in text
@@ -153,6 +157,7 @@ def test_format_report_gives_a_verdict_and_the_caveat(fsdp_full):
   assert 'train state, exact' in text
 
 
+@pytest.mark.slow
 def test_command_line_makes_its_own_device_count():
   # This process has 8 devices; the command asks for 16 before jax starts.
   # A micro-batch of 64 / 3 rows cannot split over them: the error, raised

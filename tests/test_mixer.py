@@ -366,6 +366,7 @@ def _train_config(data_dir):
          for key in ('patch_size', 'hidden_size', 'num_layers')})
 
 
+@pytest.mark.slow
 def test_trains_exports_loads_and_predicts(image_folder, tmp_path):
   data_dir, written = image_folder
   workdir = tmp_path / 'run'

@@ -126,6 +126,7 @@ def test_weight_decay_mask_follows_the_family(toy_family):
                   'offset': False, 'head': {'kernel': True, 'bias': False}}
 
 
+@pytest.mark.slow
 def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
                                                       image_folder, tmp_path):
   data_dir, written = image_folder

@@ -76,6 +76,7 @@ def test_jax_platforms_decides_before_any_plugin(no_plugins, platforms,
   assert _process.runs_on_cpu() == on_cpu
 
 
+@pytest.mark.slow
 def test_use_cpu_devices_replaces_an_earlier_count_and_platform():
   # A fresh process: this one's backend has started with its 8 devices.
   code = ('from vit_jax.cli import _process; '
@@ -109,11 +110,12 @@ def test_flags_choose_from_the_lists_the_code_checks():
 
 @pytest.mark.parametrize('program, flag', [
     ('vit_jax.main', '--workdir'), ('vit_jax.cli.predict', '--top_k'),
-    ('vit_jax.cli.visualize', '--out_dir')])
+    ('vit_jax.cli.visualize', '--out_dir'), ('vit_jax.export', '--out')])
 def test_programs_start_from_any_directory(tmp_path, program, flag):
   _check_help(program, flag, cwd=tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('program, flag', [
     ('benchmarks.benchmark', '--host_devices'),
     ('benchmarks.memory_report', '--num_devices')])

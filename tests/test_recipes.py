@@ -93,6 +93,7 @@ def test_deit_follows_touvron_et_al(size, model):
   assert config.warmup_steps == 5 * (1_281_167 // 1024)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('get_config, arg', [
     (vit_i1k_plain.get_config, '90ep'),
     (augreg.get_config, 'ViT-B_16,strong2,do=0.1,sd=0.1'),

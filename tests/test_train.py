@@ -58,6 +58,7 @@ def _train_losses(workdir):
           if 'train_loss' in r}
 
 
+@pytest.mark.slow
 def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
                                                              tmp_path):
   workdir = str(tmp_path / 'run')
@@ -107,6 +108,7 @@ def test_run_evaluators_runs_the_due_ones_on_their_params_by_record():
   assert list(run(6)) == ['eval', 'other']  # In the evaluators' order.
 
 
+@pytest.mark.slow
 def test_a_finished_run_started_again_reports_without_logging_twice(
     image_folder, tmp_path):
   workdir = str(tmp_path / 'run')
@@ -117,6 +119,7 @@ def test_a_finished_run_started_again_reports_without_logging_twice(
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == lines
 
 
+@pytest.mark.slow
 def test_relative_workdir_checkpoints(image_folder, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   loop.train_and_evaluate(helpers.tiny_config(image_folder), 'runs/relative')
@@ -124,6 +127,7 @@ def test_relative_workdir_checkpoints(image_folder, tmp_path, monkeypatch):
       '2', '4']
 
 
+@pytest.mark.slow
 def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
                                                                tmp_path):
   workdir = str(tmp_path / 'run')
@@ -162,6 +166,7 @@ def _flip_a_byte_of_the_largest_file(directory):
     f.write(bytes([byte[0] ^ 0xFF]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('last_checkpoint', ['never written', 'damaged'])
 def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path,
                                                      caplog, last_checkpoint):
@@ -250,6 +255,7 @@ def test_gradient_accumulation_equals_one_big_batch(image_folder):
   helpers.assert_trees_close(accumulated, big, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ema_params_are_evaluated_and_exported(image_folder, tmp_path):
   workdir = str(tmp_path / 'run')
   record = loop.train_and_evaluate(
@@ -261,6 +267,7 @@ def test_ema_params_are_evaluated_and_exported(image_folder, tmp_path):
                          final['embedding']['kernel'])
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
                                                                tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
@@ -277,6 +284,7 @@ def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
       1, 1 + 16, 32)
 
 
+@pytest.mark.slow
 def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
                                                        tmp_path):
   source = helpers.tiny_model(num_classes=7)
@@ -327,6 +335,7 @@ def test_a_disk_without_room_for_a_checkpoint_stops_before_training(
   assert not (workdir / 'metrics.jsonl').exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run(image_folder, tmp_path):
   with pytest.raises(FloatingPointError, match='training loss is nan'):
     loop.train_and_evaluate(
@@ -334,6 +343,7 @@ def test_non_finite_loss_stops_the_run(image_folder, tmp_path):
         str(tmp_path / 'run'))
 
 
+@pytest.mark.slow
 def test_scanned_rematerialised_run_fine_tunes_and_exports_per_block(
     image_folder, tmp_path):
   source = helpers.tiny_model(num_classes=7)
@@ -371,6 +381,7 @@ def test_bad_configs_fail_before_anything_is_written(image_folder, tmp_path,
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_a_failing_evaluation_loses_no_training(image_folder, tmp_path,
                                                 monkeypatch):
   def failing_evaluators(evals, state, step, total_steps):
@@ -387,6 +398,7 @@ def test_a_failing_evaluation_loses_no_training(image_folder, tmp_path,
   assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_its_step_and_resuming_repeats_the_run(
     image_folder, tmp_path, monkeypatch, signum):
