@@ -5,7 +5,7 @@ The environment must be set before jax or tensorflow is imported anywhere.
 Two tiers: `pytest tests` runs everything (CI: .ci/run); the fast tier,
 `pytest -m "not slow" tests` (or `bash scripts/run_tests.sh --fast`), leaves
 out the tests marked `@pytest.mark.slow` and still reaches every module
-(tests/test_layout.py checks that).
+(tests/test_fast_tier.py checks that).
 """
 
 import os
