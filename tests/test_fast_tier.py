@@ -16,11 +16,14 @@ PACKAGE = TESTS.parent / 'vit_jax'
 
 
 def _marked_slow(node: ast.AST) -> bool:
-  """Whether a function or `pytestmark = ...` carries `pytest.mark.slow`."""
-  marks = (node.decorator_list if isinstance(node, ast.FunctionDef)
-           else [node.value])
-  return any(isinstance(n, ast.Attribute) and n.attr == 'slow'
-             for mark in marks for n in ast.walk(mark))
+  """Whether a function or `pytestmark = ...` carries `pytest.mark.slow`
+  (a test with only some parameters marked slow still runs in the tier)."""
+  if isinstance(node, ast.FunctionDef):
+    marks = node.decorator_list
+  else:  # pytestmark = ... or marks=...
+    marks = getattr(node.value, 'elts', [node.value])
+  return any(isinstance(mark, ast.Attribute) and mark.attr == 'slow'
+             for mark in marks)
 
 
 def fast_tests(path: pathlib.Path) -> List[ast.FunctionDef]:
@@ -32,6 +35,18 @@ def fast_tests(path: pathlib.Path) -> List[ast.FunctionDef]:
     return []
   return [node for node in body if isinstance(node, ast.FunctionDef)
           and node.name.startswith('test_') and not _marked_slow(node)]
+
+
+def _fast_strings(node: ast.AST) -> Set[str]:
+  """The string constants under `node`, bar those of parameters marked slow
+  (`pytest.param(..., marks=pytest.mark.slow)`)."""
+  if isinstance(node, ast.Call) and any(
+      keyword.arg == 'marks' and _marked_slow(keyword)
+      for keyword in node.keywords):
+    return set()
+  if isinstance(node, ast.Constant) and isinstance(node.value, str):
+    return {node.value}
+  return set().union(*map(_fast_strings, ast.iter_child_nodes(node)))
 
 
 def reached_by_fast_tests(package_dir: pathlib.Path,
@@ -46,12 +61,11 @@ def reached_by_fast_tests(package_dir: pathlib.Path,
                 for path in tests_dir.glob('*.py')}
   reached = set()
   for path in test_files.values():
+    if not path.name.startswith('test_'):
+      continue
     # A program a fast test runs: named in the test or its parameters.
-    strings = {node.value for test in (fast_tests(path)
-                                       if path.name.startswith('test_')
-                                       else [])
-               for node in ast.walk(test)
-               if isinstance(node, ast.Constant) and node.value in modules}
+    strings = set().union(*map(_fast_strings, fast_tests(path))) & set(
+        modules)
     reached |= strings | {f'{name}.__main__' for name in strings
                           if f'{name}.__main__' in modules}
   todo = [name for name, path in test_files.items()
@@ -89,8 +103,9 @@ def test_the_fast_tier_reaches_every_module():
 def test_the_fast_tier_check_sees_slow_marks(tmp_path):
   package_dir = graph_lib.write_tree(tmp_path, {
       'models/vit.py': 'from vit_jax.models import layers\n',
-      'models/layers.py': '', 'cli/predict.py': '', 'export/__main__.py': '',
-      'data/sources.py': '', 'training/loop.py': ''})
+      'models/layers.py': '', 'cli/predict.py': '', 'cli/visualize.py': '',
+      'export/__main__.py': '', 'main.py': '', 'data/sources.py': '',
+      'training/loop.py': ''})
   tests_dir = tmp_path / 'tests'
   tests_dir.mkdir()
   (tests_dir / 'helpers.py').write_text('from vit_jax.data import sources\n')
@@ -98,10 +113,13 @@ def test_the_fast_tier_check_sees_slow_marks(tmp_path):
       'import pytest\nfrom vit_jax.models import vit\nfrom tests import '
       'helpers\n\n@pytest.mark.slow\ndef test_slow():\n  pass\n\n'
       'def test_fast():\n  run("vit_jax.cli.predict", "vit_jax.export")\n\n'
-      '@pytest.mark.slow\ndef test_slow_program():\n  run("vit_jax.main")\n')
+      '@pytest.mark.slow\ndef test_slow_program():\n  run("vit_jax.main")\n'
+      '\n@pytest.mark.parametrize("program", [pytest.param(\n'
+      '    "vit_jax.cli.visualize", marks=pytest.mark.slow), "x"])\n'
+      'def test_partly_slow(program):\n  run(program)\n')
   (tests_dir / 'test_b.py').write_text(
       'import pytest\nfrom vit_jax.training import loop\n\n'
-      'pytestmark = pytest.mark.slow\n\ndef test_b():\n  pass\n')
+      'pytestmark = [pytest.mark.slow]\n\ndef test_b():\n  pass\n')
   assert reached_by_fast_tests(package_dir, tests_dir) == {
       'vit_jax', 'vit_jax.models', 'vit_jax.models.vit',
       'vit_jax.models.layers', 'vit_jax.data', 'vit_jax.data.sources',
