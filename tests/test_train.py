@@ -212,6 +212,7 @@ def _batch(size, seed=0):
           'label': rng.integers(0, len(CLASSES), size).astype(np.int32)}
 
 
+@pytest.mark.slow
 def test_eight_device_step_equals_one_device_step(image_folder):
   batch = _batch(16)
   config = helpers.tiny_config(image_folder, batch_size=16)
@@ -221,6 +222,7 @@ def test_eight_device_step_equals_one_device_step(image_folder):
   helpers.assert_trees_close(params8, params1, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fsdp_step_equals_replicated_step(image_folder):
   batch = _batch(16)
   replicated, _ = _one_step(helpers.tiny_config(image_folder, batch_size=16),
@@ -241,6 +243,7 @@ def test_fsdp_shards_parameters_over_the_data_axis(image_folder):
   assert kernel.addressable_shards[0].data.shape == (32, 8)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(image_folder):
   batch = _batch(32)
   big, metrics_big = _one_step(
