@@ -63,6 +63,7 @@ def test_fields_positive_and_consistent(request, mode, dtype):
   assert (result['mode'], result['dtype']) == (mode, dtype)
 
 
+@pytest.mark.slow
 def test_train_counts_backward_flops(inference, train):
   # Forward + backward is about 3x the forward pass (whose FLOPs, counted
   # per device, must have been scaled by the 2 devices).

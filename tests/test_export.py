@@ -246,6 +246,7 @@ def test_a_model_without_head_is_refused(tmp_path):
   assert not os.path.exists(tmp_path / 'out')
 
 
+@pytest.mark.slow
 def test_large_onnx_weights_go_beside_the_graph(tmp_path, monkeypatch):
   monkeypatch.setattr(to_onnx, 'INLINE_WEIGHTS_LIMIT', 0)
   model = models.create_model(

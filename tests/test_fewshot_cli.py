@@ -99,6 +99,7 @@ def _assert_close(actual, expected, where='results'):
     np.testing.assert_allclose(actual, expected, rtol=1e-6, err_msg=where)
 
 
+@pytest.mark.slow
 def test_cli_results_equal_evaluate_fewshot_on_direct_features(
     setup, tmp_path, capsys):
   _cli(_args(setup, tmp_path))

@@ -111,6 +111,7 @@ def _cpu_has_bf16_matmul_instructions():
   return bool(flags & {'avx512_bf16', 'amx_bf16', 'bf16'})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _cpu_has_bf16_matmul_instructions(),
                     reason='checked only where XLA:CPU has bf16 matrix '
                     'instructions to use; elsewhere it may upcast by design')
@@ -234,6 +235,7 @@ def test_flax_conv_hook_tiles_plain_convs_and_leaves_the_rest_to_xla():
                                plain.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_vit_training_gradient_has_no_convolution_on_cpu():
   # XLA:CPU would run a bf16 patch embedding in float32; tiled, it is a
   # bf16 product (conftest runs the tests on the CPU backend).

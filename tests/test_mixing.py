@@ -99,6 +99,7 @@ def test_prob_zero_or_unlucky_batches_pass_through_exactly():
       mixed['label'], jax.nn.one_hot(batch['label'], NUM_CLASSES))
 
 
+@pytest.mark.slow
 def test_switch_prob_picks_both_methods_and_the_key_decides():
   spec = mixing.MixSpec(mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=0.5)
   kinds = set()
@@ -110,6 +111,7 @@ def test_switch_prob_picks_both_methods_and_the_key_decides():
   assert kinds == {'mixup', 'cutmix'}
 
 
+@pytest.mark.slow
 def test_soft_labels_of_a_mixed_batch_train_through_the_step():
   """The hook runs inside the jitted step with both losses and smoothing."""
   model = helpers.tiny_model(num_classes=NUM_CLASSES)

@@ -79,6 +79,7 @@ def _reverse_labels(batch, rng):
   return {**batch, 'label': batch['label'][::-1]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('accum_steps', [1, 2])
 def test_mix_batch_updates_as_the_step_on_the_transformed_batch(accum_steps):
   batch = _batch()
@@ -97,6 +98,7 @@ def test_mix_batch_updates_as_the_step_on_the_transformed_batch(accum_steps):
                          plain.params['head']['kernel'])
 
 
+@pytest.mark.slow
 def test_a_hook_giving_one_hot_labels_gives_the_integer_label_update():
 
   def one_hot(batch, rng):

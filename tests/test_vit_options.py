@@ -85,6 +85,7 @@ def _model_and_params(options, seed=0):
   return model, helpers.random_params(model, SIZE, seed=seed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', sorted(OPTION_CASES))
 def test_option_matches_numpy_reference(case):
   model, params = _model_and_params(OPTION_CASES[case])
@@ -235,6 +236,7 @@ def test_unrolled_blocks_get_the_linear_rates():
   np.testing.assert_allclose(rates, [0, .1, .2, .3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan_layers', [False, True])
 def test_stochastic_depth_is_the_identity_at_evaluation(scan_layers):
   plain = helpers.tiny_model(scan_layers=scan_layers)
@@ -261,6 +263,7 @@ def _zero(params, *path):
   return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kept_branch', ['attention', 'mlp'])
 def test_a_dropped_branch_is_unbiased(kept_branch):
   # With the other branch zeroed a block is x + mask * branch(x) / keep.
@@ -296,6 +299,7 @@ def test_a_dropped_branch_is_unbiased(kept_branch):
       rate * (1 - rate) / draws)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan_layers', [False, True])
 def test_training_drops_each_layers_branches_at_its_rate(scan_layers):
   # Three blocks, rate 0.5: layer rates (0, 0.25, 0.5). Each example of a
@@ -419,6 +423,7 @@ EXPORT_CASES = ('DeiT-III', 'DINOv2 registers', 'DeiT distilled', 'CLIP',
                 'fc_norm token', 'map fused attention')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', EXPORT_CASES)
 def test_each_option_survives_export_and_load(tmp_path, case):
   options = OPTION_CASES[case]
@@ -498,6 +503,7 @@ def test_family_counts_every_prefix_token():
     assert FAMILY.num_prefix_tokens(helpers.tiny_model(**options)) == count
 
 
+@pytest.mark.slow
 def test_family_position_embedding_is_laid_out_as_the_tokens():
   _, params = _model_and_params(dict(num_register_tokens=2,
                                      posemb_covers_prefix=False))
@@ -514,6 +520,7 @@ def test_family_position_embedding_is_laid_out_as_the_tokens():
   assert FAMILY.position_embedding(fixed) is None
 
 
+@pytest.mark.slow
 def test_distilled_features_model_drops_both_heads():
   model, params = _model_and_params(dict(distillation=True))
   features_model, features_params = models.without_head(model, params)
