@@ -58,6 +58,7 @@ def test_mixup_blends_images_and_labels_by_the_same_weight(seed):
       mixed['image'])[:, :1, :1, :1])  # Still constant: a blend, no box.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', range(6))
 def test_cutmix_label_weight_equals_the_pasted_area(seed):
   batch = _batch()

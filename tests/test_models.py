@@ -40,6 +40,7 @@ def test_every_variant_has_a_pinned_parameter_count():
   assert sorted(models.VARIANTS) == sorted(EXPECTED_PARAMS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(EXPECTED_PARAMS))
 def test_parameter_count(name):
   shapes = models.param_shapes(models.create_model(name), (224, 224))

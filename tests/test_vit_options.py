@@ -95,6 +95,7 @@ def test_option_matches_numpy_reference(case):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('options,baseline', [
     (dict(posemb='sincos2d'), dict(posemb='none')),
     (dict(activation='gelu_erf'), dict()),
@@ -393,6 +394,7 @@ def test_map_head_keeps_big_visions_names_in_the_file():
   assert 'cls' not in released
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', sorted(OPTION_CASES))
 def test_released_layout_round_trips(case):
   _, params = _model_and_params(OPTION_CASES[case])
