@@ -138,9 +138,9 @@ def test_a_sidecar_contradicting_the_arrays_is_refused(exported, edit,
 
 @pytest.mark.parametrize('text, message', [
     ('{not json', 'is not valid JSON'),
-    ('[]', 'is not a vit_jax.weights.sidecar file'),
+    ('[]', 'is not a vit_jax.sidecar file'),
     (json.dumps({'format': 'vit_jax.sidecar', 'version': 2}),
-     'is vit_jax.weights.sidecar version 2; this code reads version 1'),
+     'is vit_jax.sidecar version 2; this code reads version 1'),
     (json.dumps({'format': 'vit_jax.sidecar', 'version': 1, 'family': 'vit'}),
      'lacks model, image_size, preprocessing, class_names'),
 ])

@@ -13,7 +13,7 @@ before; the original code and timm ignore it.
 
 The file (version 1), tuples written as lists:
 
-  {"format": "vit_jax.weights.sidecar", "version": 1,
+  {"format": "vit_jax.sidecar", "version": 1,
    "family": "vit",                          # the registered family's name
    "model": {"classifier": "token", ...},    # the module's attributes
    "image_size": [224, 224],                 # trained at, or null
