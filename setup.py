@@ -17,10 +17,10 @@ setuptools.setup(
     version='0.1.0',
     description='Vision Transformer (ViT) and R+ViT hybrids in JAX/Flax: '
     'released checkpoints, pre-training, fine-tuning and analysis.',
-    # configs/ too: the programs and the config files themselves import
-    # `configs.common`, from any working directory.
-    packages=setuptools.find_packages(
-        include=['vit_jax', 'vit_jax.*', 'configs']),
+    # Only vit_jax: the repository's configs/ and benchmarks/ are run from
+    # the repository root (`python -m` puts the working directory on
+    # sys.path), so no other top-level name lands in site-packages.
+    packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*']),
     python_requires='>=3.10',
     install_requires=[
         'absl-py>=2.1,<3',

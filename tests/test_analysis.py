@@ -212,6 +212,7 @@ def test_filter_components_reject_too_many():
 # End to end on a tiny random ViT.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('classifier', ['token', 'gap'])
 def test_tiny_vit_end_to_end(classifier):
   model = models.create_model('Ti/16', num_classes=10, num_layers=2,

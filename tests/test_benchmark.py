@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks.benchmark on a one-layer model (no timing claims)."""
+"""Smoke tests of benchmarks.benchmark on a one-layer model (no timing
+claims)."""
 
 import dataclasses
 import importlib.util
@@ -15,6 +16,7 @@ from vit_jax import sharding
 from benchmarks import benchmark
 from benchmarks import jax_side
 from benchmarks import protocol
+from tests import helpers
 
 # A one-layer ViT-Ti at 32 px: compiles in seconds.
 _TINY = dict(model='ViT-Ti_16', batch_size=2, image_size=32, num_classes=10,
@@ -51,6 +53,7 @@ def train():
                                 host_devices=1, **_TINY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode,dtype', [('inference', 'float32'),
                                         ('train', 'bfloat16')])
 def test_fields_positive_and_consistent(request, mode, dtype):
@@ -60,6 +63,7 @@ def test_fields_positive_and_consistent(request, mode, dtype):
   assert (result['mode'], result['dtype']) == (mode, dtype)
 
 
+@pytest.mark.slow
 def test_train_counts_backward_flops(inference, train):
   # Forward + backward is about 3x the forward pass (whose FLOPs, counted
   # per device, must have been scaled by the 2 devices).
@@ -67,6 +71,7 @@ def test_train_counts_backward_flops(inference, train):
   assert train['params'] == inference['params']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('host_devices', [1, 2])
 def test_every_token_flops_add_the_last_blocks_other_tokens(host_devices):
   # timm is rated on every_token_flops: our token-head step skips the last
@@ -95,6 +100,7 @@ def test_rejects_short_warmup_and_indivisible_batch():
                            **dict(_TINY, batch_size=3))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ('torch', 'timm')),
     reason='the optional torch and timm are not installed')
@@ -116,6 +122,7 @@ def test_compare_with_timm():
   assert 'ours/timm' in benchmark.format_result(result)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ('torch', 'timm')),
     reason='the optional torch and timm are not installed')
@@ -133,10 +140,11 @@ def test_timm_train_step_updates_the_weights():
   assert not (step._model.head.weight == head).all()  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_package_does_not_import_torch():
   code = ('import sys, benchmarks.benchmark; '
           'sys.exit("torch" in sys.modules)')
-  assert subprocess.run([sys.executable, '-c', code],
+  assert subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO,
                         check=False).returncode == 0
 
 
@@ -146,13 +154,14 @@ def test_default_host_devices_split_only_float32_inference():
   assert benchmark.default_host_devices('inference', 'float32', 7) == 1
 
 
+@pytest.mark.slow
 def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
   out = tmp_path / 'bench.json'
   subprocess.run(
       [sys.executable, '-m', 'benchmarks.benchmark', '--model=ViT-Ti_16',
        '--batch_size=2', '--image_size=32', '--num_classes=10', '--steps=2',
        '--mode=train', '--dtype=bfloat16', f'--json_out={out}'],
-      check=True, capture_output=True)
+      cwd=helpers.REPO, check=True, capture_output=True)
   result = json.loads(out.read_text())
   assert (result['model'], result['mode'], result['dtype']) == (
       'ViT-Ti_16', 'train', 'bfloat16')
@@ -162,6 +171,7 @@ def test_command_line_writes_json_and_keeps_freed_memory(tmp_path):
       sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc')
 
 
+@pytest.mark.slow
 def test_a_config_is_timed_with_the_training_loops_own_step(tmp_path):
   from configs import default  # pylint: disable=g-import-not-at-top
   from tests import data_helpers  # pylint: disable=g-import-not-at-top

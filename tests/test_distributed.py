@@ -18,7 +18,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import helpers
+
+pytestmark = pytest.mark.slow  # Three training runs in subprocesses.
+
 TRAIN_EXAMPLES, TEST_EXAMPLES = 24, 15
 
 
@@ -54,9 +57,8 @@ def _command(data_dir, workdir):
       shuffle_buffer=64, train_augment='resize', crop_padding=0,
       random_flip=False,
       model_name='ViT-Ti_16', cpu_devices=1,  # The devices XLA_FLAGS gives.
-      **{'model.hidden_size': 32, 'model.mlp_dim': 64, 'model.num_heads': 2,
-         'model.num_layers': 2, 'model.patch_size': 4,
-         'model.dtype': 'float32'})
+      **{f'model.{key}': value for key, value in helpers.TINY_VIT.items()},
+      **{'model.dtype': 'float32'})
   # The pure-ViT config: the default one's ResNet unit would stay on.
   return [sys.executable, '-m', 'vit_jax.main',
           '--config=configs/fashion_mnist_vit.py', f'--workdir={workdir}'
@@ -75,9 +77,24 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
+def _assert_same_metrics(got, want):
+  """The same records: steps, keys, and the values of the training and
+  evaluation metrics (each logged at least once)."""
+  assert [r['step'] for r in got] == [r['step'] for r in want]
+  for a, b in zip(want, got, strict=True):
+    assert sorted(b) == sorted(a), a['step']
+  for key in ('train_loss', 'train_grad_norm', 'top1_accuracy', 'loss',
+              'num_examples'):
+    pairs = [(a[key], b[key]) for a, b in zip(want, got, strict=True)
+             if key in a]
+    assert pairs, f'{key} was never logged'
+    wanted, values = zip(*pairs)
+    np.testing.assert_allclose(values, wanted, rtol=1e-5, err_msg=key)
+
+
 def test_two_processes_match_one_process(image_folder, tmp_path):
   single = str(tmp_path / 'single')
-  result = subprocess.run(_command(image_folder, single), cwd=REPO,
+  result = subprocess.run(_command(image_folder, single), cwd=helpers.REPO,
                           env=_env(8), capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -89,12 +106,11 @@ def test_two_processes_match_one_process(image_folder, tmp_path):
   from_config = str(tmp_path / 'from_config')
   result = subprocess.run(
       _command(image_folder, from_config) + ['--config.cpu_devices=8'],
-      cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=600)
+      cwd=helpers.REPO, env=_env(1), capture_output=True, text=True,
+      timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert '8 local / 8 global devices' in result.stderr
-  for a, b in zip(_records(single), _records(from_config)):
-    assert a['step'] == b['step']
-    np.testing.assert_allclose(b.get('loss', 0), a.get('loss', 0), rtol=1e-5)
+  _assert_same_metrics(_records(from_config), _records(single))
 
   multi = str(tmp_path / 'multi')
   port = _free_port()
@@ -103,22 +119,15 @@ def test_two_processes_match_one_process(image_folder, tmp_path):
           _command(image_folder, multi) + [
               f'--coordinator_address=127.0.0.1:{port}',
               '--num_processes=2', f'--process_id={i}'],
-          cwd=REPO, env=_env(4), stdout=subprocess.PIPE,
+          cwd=helpers.REPO, env=_env(4), stdout=subprocess.PIPE,
           stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in processes]
-  for process, (_, stderr) in zip(processes, outputs):
+  for process, (_, stderr) in zip(processes, outputs, strict=True):
     assert process.returncode == 0, stderr[-3000:]
   assert 'Process 1 of 2; 4 local / 8 global devices' in outputs[1][1]
 
-  single_records, multi_records = _records(single), _records(multi)
   # Written once: one record per step, not one per process.
-  assert [r['step'] for r in multi_records] == [
-      r['step'] for r in single_records]
-  for a, b in zip(single_records, multi_records):
-    for key in ('train_loss', 'train_grad_norm', 'top1_accuracy', 'loss',
-                'num_examples'):
-      if key in a:
-        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+  _assert_same_metrics(_records(multi), _records(single))
   assert sorted(os.listdir(os.path.join(multi, 'checkpoints'))) == ['5']
   single_params = np.load(os.path.join(single, 'model.npz'))
   multi_params = np.load(os.path.join(multi, 'model.npz'))

@@ -172,7 +172,7 @@ def test_real_label_sets_arrive_multi_hot_and_padding_is_masked(imagenet_dir):
   np.testing.assert_array_equal(mask, [1] * 7 + [0])
   assert real.shape == (8, NUM_CLASSES) and real.dtype == np.float32
   got = sorted((int(label), tuple(np.flatnonzero(row)))
-               for label, row in zip(labels[:7], real[:7]))
+               for label, row in zip(labels[:7], real[:7], strict=True))
   assert got == sorted((c, tuple(sorted(r))) for c, r in REAL_EXAMPLES)
   assert not real[7].any()
 
@@ -248,28 +248,20 @@ def test_eval_data_dirs_fall_back_to_the_data_dir():
       '/e', '/f')
 
 
-def _tiny_train_config(data_dir, **overrides):
-  config = common.get_config()
-  config.update(dict(
-      image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
-      batch_size=8, eval_batch_size=8, shuffle_buffer=16, prefetch=1,
-      total_steps=2, warmup_steps=1, optimizer='adam', lr=1e-3, log_every=1,
-      eval_every=2, checkpoint_every=2, data_dir=data_dir, **overrides))
-  config.model.update(dict(helpers.TINY_VIT))
-  return common.lock(config)
-
-
 def _records(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_training_logs_the_extra_evals_with_their_prefixes(imagenet_dir,
                                                            tmp_path):
   # The main eval set is ImageNet-v2 itself, so v2_* must equal it exactly.
-  config = _tiny_train_config(
+  config = helpers.tiny_config(
       imagenet_dir, dataset='imagenet_v2', train_split='test',
-      eval_split='test', extra_evals=('imagenet2012_real', 'imagenet_v2'))
+      eval_split='test', extra_evals=('imagenet2012_real', 'imagenet_v2'),
+      image_size=IMAGE_SIZE, shuffle_buffer=16, prefetch=1, total_steps=2,
+      eval_every=2)
   record = loop.train_and_evaluate(config, str(tmp_path))
   for key in ('top1_accuracy', 'top5_accuracy', 'loss', 'num_examples'):
     assert record[f'v2_{key}'] == pytest.approx(record[key], rel=1e-6)
@@ -293,14 +285,19 @@ def folder(tmp_path_factory):
   return root
 
 
+# Few-shot on the folder's own splits: 1 and 2 shots, 2 seeds.
+_FEWSHOT = dict(
+    fewshot_dataset='imagefolder', fewshot_train_split='train',
+    fewshot_test_split='test', fewshot_shots=(1, 2), fewshot_seeds=(0, 1),
+    fewshot_val_per_class=2)
+
+
 def _fewshot_config(folder, **overrides):
   config = common.get_config()
   config.update(dict(
       dataset='imagefolder', data_dir=folder,
       image_size=helpers.TINY_IMAGE_SIZE, eval_batch_size=8, prefetch=1,
-      fewshot_dataset='imagefolder', fewshot_train_split='train',
-      fewshot_test_split='test',
-      fewshot_shots=(1, 2), fewshot_seeds=(0, 1), fewshot_val_per_class=2))
+      **_FEWSHOT))
   config.update(overrides)
   return common.lock(config)
 
@@ -347,13 +344,11 @@ def test_fewshot_evaluator_equals_the_library_on_sharded_params(folder):
   assert got['fewshot_2shot_top1'] > 1 / FEWSHOT_CLASSES  # Colours separate.
 
 
+@pytest.mark.slow
 def test_fewshot_runs_at_its_cadence_during_training(folder, tmp_path):
-  config = _fewshot_config(
-      folder, train_augment='resize',
-      random_flip=False, batch_size=8, shuffle_buffer=16, total_steps=4,
-      warmup_steps=1, optimizer='adam', lr=1e-3, log_every=4, eval_every=4,
-      checkpoint_every=4, fewshot_every=3)
-  config.model.update(dict(helpers.TINY_VIT))
+  config = helpers.tiny_config(
+      folder, **_FEWSHOT, fewshot_every=3, prefetch=1, shuffle_buffer=16,
+      log_every=4, checkpoint_every=4)
   loop.train_and_evaluate(config, str(tmp_path))
   logged = [r for r in _records(str(tmp_path)) if 'fewshot_1shot_top1' in r]
   assert [r['step'] for r in logged] == [3, 4]  # Every 3 steps and the end.

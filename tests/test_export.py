@@ -94,6 +94,7 @@ def _checkpoint(family, tmp_path):
 
 # DINOv2-style timm model with a head: register tokens, LayerScale, a
 # position embedding over the patches only, average pooling and fc_norm.
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['released', 'hybrid', 'mixer',
                                     'gap_fc_norm_registers'])
 def test_each_file_gives_predicts_logits_in_its_runtime(family, tmp_path,
@@ -123,6 +124,7 @@ def _deploy_blocks():
     return re.findall(r'```(\w+)\n(.*?)```', f.read(), re.S)
 
 
+@pytest.mark.slow
 def test_deploy_doc_runs_as_written(tmp_path, monkeypatch):
   blocks = _deploy_blocks()
   commands = [code for language, code in blocks if language == 'sh']
@@ -161,7 +163,7 @@ def test_deploy_doc_runs_as_written(tmp_path, monkeypatch):
   expected = _predict_logits(checkpoint, paths, tmp_path)
   namespace = _run_snippet(load_images, {})
   files = (export.SAVED_MODEL, export.ONNX, export.TFLITE)
-  for name, code in zip(files, runtimes):
+  for name, code in zip(files, runtimes, strict=True):
     scope = _run_snippet(code, dict(namespace))
     assert serving.relative_error(scope['logits'], expected) <= (
         export.TOLERANCE[name]), name
@@ -243,6 +245,7 @@ def test_a_model_without_head_is_refused(tmp_path):
   assert not os.path.exists(tmp_path / 'out')
 
 
+@pytest.mark.slow
 def test_large_onnx_weights_go_beside_the_graph(tmp_path, monkeypatch):
   monkeypatch.setattr(to_onnx, 'INLINE_WEIGHTS_LIMIT', 0)
   model = models.create_model(
@@ -261,6 +264,7 @@ def test_large_onnx_weights_go_beside_the_graph(tmp_path, monkeypatch):
       serving.reference_logits(loaded, images)) <= export.TOLERANCE[export.ONNX]
 
 
+@pytest.mark.slow
 def test_the_library_imports_no_converter_or_runtime():
   code = ('import sys, vit_jax.export; print(sorted(m for m in ('
           '"jax2onnx", "onnx", "onnxruntime", "ai_edge_litert") '

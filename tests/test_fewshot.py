@@ -132,6 +132,7 @@ def test_too_few_examples_for_shots_and_validation_raises():
 # Feature extraction.
 
 
+@pytest.mark.slow
 def test_extract_features_drops_padding_and_keeps_every_real_example():
   model = models.create_model('Ti/16', num_classes=10, num_layers=2,
                               hidden_size=32, mlp_dim=64, num_heads=2)

@@ -91,7 +91,7 @@ def _assert_close(actual, expected, where='results'):
       _assert_close(actual[key], expected[key], f'{where}[{key!r}]')
   elif isinstance(expected, list):
     assert len(actual) == len(expected), where
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
       _assert_close(a, e, f'{where}[{i}]')
   elif expected is None:
     assert actual is None, where
@@ -99,6 +99,7 @@ def _assert_close(actual, expected, where='results'):
     np.testing.assert_allclose(actual, expected, rtol=1e-6, err_msg=where)
 
 
+@pytest.mark.slow
 def test_cli_results_equal_evaluate_fewshot_on_direct_features(
     setup, tmp_path, capsys):
   _cli(_args(setup, tmp_path))
@@ -191,6 +192,7 @@ def test_bad_input_exits_with_status_1_and_a_message(setup, tmp_path, capsys,
   assert error.startswith('error: ') and message in error
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_and_exits_with_status_0(setup, tmp_path):
   process = subprocess.run(
       [sys.executable, '-m', 'vit_jax.cli.fewshot',

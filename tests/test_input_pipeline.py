@@ -227,7 +227,7 @@ def test_same_seed_same_batches_other_seed_other_order(tiny_data_dir):
   source = _source(tiny_data_dir)
   first = _take(_augmented_batches(source), 6)
   again = _take(_augmented_batches(source), 6)
-  for a, b in zip(first, again):
+  for a, b in zip(first, again, strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
   other = _take(_augmented_batches(source, seed=1), 6)
@@ -249,7 +249,7 @@ def test_start_step_resumes_the_same_stream(tiny_data_dir, start_step):
   source = _source(tiny_data_dir)
   reference = _take(_augmented_batches(source), start_step + 2)
   resumed = _take(_augmented_batches(source, start_step=start_step), 2)
-  for a, b in zip(reference[start_step:], resumed):
+  for a, b in zip(reference[start_step:], resumed, strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
 
@@ -260,7 +260,7 @@ def test_start_step_resumes_the_same_stream_with_every_augmentation(
   source = _source(tiny_data_dir)
   reference = _take(_strong_batches(source), start_step + 2)
   resumed = _take(_strong_batches(source, start_step=start_step), 2)
-  for a, b in zip(reference[start_step:], resumed):
+  for a, b in zip(reference[start_step:], resumed, strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['label'], b['label'])
   # The options are really on: the images are not those of plain resizing.
@@ -275,7 +275,7 @@ def test_config_augmentation_keys_reach_the_pipeline(tiny_data_dir):
                random_flip=True, crop_padding=1, randaug_layers=2,
                randaug_magnitude=15.0, random_erasing=0.5)
   for a, b in zip(_take(data.train_batches(source), 2),
-                  _take(_strong_batches(source), 2)):
+                  _take(_strong_batches(source), 2), strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
 
 
@@ -317,7 +317,7 @@ def test_cache_setting_does_not_change_the_data(tiny_data_dir):
   batches = {}
   for cache in ('true', 'false'):
     batches[cache] = _take(_train_batches(source, cache=cache), 3)
-  for a, b in zip(batches['true'], batches['false']):
+  for a, b in zip(batches['true'], batches['false'], strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
   with pytest.raises(ValueError, match='config.cache'):
     next(_train_batches(source, cache='sometimes'))
@@ -337,7 +337,7 @@ def test_normalization_reaches_train_and_eval_batches(tiny_data_dir):
            (list(_eval_batches(source)),
             list(_eval_batches(source, normalization=normalization)))]
   for default, normalized in pairs:
-    for a, b in zip(default, normalized):
+    for a, b in zip(default, normalized, strict=True):
       real = a['mask'] > 0
       np.testing.assert_allclose(b['image'][real], renormalized(
           a['image'][real]), rtol=1e-5, atol=1e-4)
@@ -432,6 +432,7 @@ def test_png_encoder_round_trips(tmp_path):
   np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(fashion_mnist_local.DEFAULT_DIR),
                     reason='dataset-fashion-mnist is not installed')
 def test_real_fashion_mnist_test_split():

@@ -79,7 +79,7 @@ def test_float32_operands_keep_float32_gradients():
                   argnums=(0, 1))(lhs, rhs)
   plain = jax.grad(lambda a, b: lax.dot_general(a, b, dims).sum(),
                    argnums=(0, 1))(lhs, rhs)
-  for got, want in zip(ours, plain):
+  for got, want in zip(ours, plain, strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -111,6 +111,7 @@ def _cpu_has_bf16_matmul_instructions():
   return bool(flags & {'avx512_bf16', 'amx_bf16', 'bf16'})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _cpu_has_bf16_matmul_instructions(),
                     reason='checked only where XLA:CPU has bf16 matrix '
                     'instructions to use; elsewhere it may upcast by design')
@@ -164,13 +165,13 @@ def test_without_bf16_gradients_the_gradient_is_jaxs_own(
                                                 bf16_gradients=False))
   rounded = grads(lambda a, b: layers.mixed_dot_general(a, b, dims))
   for got in (switched_off, einsum_off):
-    for g, want in zip(got, plain):
+    for g, want in zip(got, plain, strict=True):
       np.testing.assert_array_equal(np.asarray(g, np.float32),
                                     np.asarray(want, np.float32))
   # The CPU default differs from it: its cotangent is rounded to bf16.
   assert any(not np.array_equal(np.asarray(g, np.float32),
                                 np.asarray(w, np.float32))
-             for g, w in zip(rounded, plain))
+             for g, w in zip(rounded, plain, strict=True))
 
 
 # (input shape, kernel shape, strides, padding): a patch embedding whose
@@ -206,7 +207,8 @@ def test_bf16_conv_equals_xlas_convolution(x_shape, kernel_shape, strides,
   np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5)
   cotangent = jnp.asarray(rng.normal(size=ours.shape), jnp.float32)
   # Ours rounds the cotangent to bf16 before the products (mixed_dot_general).
-  for got, expected in zip(ours_vjp(cotangent), want_vjp(cotangent)):
+  for got, expected in zip(ours_vjp(cotangent), want_vjp(cotangent),
+                           strict=True):
     np.testing.assert_allclose(np.asarray(got, np.float32), expected,
                                rtol=2e-2, atol=2e-2 * np.abs(expected).max())
 
@@ -233,6 +235,7 @@ def test_flax_conv_hook_tiles_plain_convs_and_leaves_the_rest_to_xla():
                                plain.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_vit_training_gradient_has_no_convolution_on_cpu():
   # XLA:CPU would run a bf16 patch embedding in float32; tiled, it is a
   # bf16 product (conftest runs the tests on the CPU backend).

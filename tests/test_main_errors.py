@@ -60,6 +60,7 @@ def test_arguments_to_a_config_without_any_are_one_line(capsys, monkeypatch,
                   'arguments but 1 was given')
 
 
+@pytest.mark.slow
 def test_a_bad_value_found_at_run_time_is_one_line(tmp_path):
   # The dtype is checked by the run, after the flags: the same one line.
   result = subprocess.run(
@@ -84,6 +85,7 @@ def test_a_misspelt_mixer_key_is_one_line(capsys, monkeypatch, tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
   # configs/default.py's config.model holds ViT keys: naming a Mixer alone
   # is refused before the workdir exists.
@@ -100,3 +102,17 @@ def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
       'activation, attention, ')
   assert '; its keys are: channels_mlp_dim, classifier, ' in errors[0]
   assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
+def test_a_missing_data_dir_is_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       f'--workdir={tmp_path}', '--config.dataset=imagefolder',
+       f'--config.data_dir={tmp_path}/nope'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines()
+            if not line.startswith('I')]  # absl's INFO lines.
+  assert len(errors) == 1 and errors[0].startswith('error: '), errors
+  assert 'nope' in errors[0]

@@ -1,4 +1,5 @@
-"""benchmarks.memory_report on a tiny ViT over the 8 fake devices of conftest."""
+"""benchmarks.memory_report on a tiny ViT over the 8 fake devices of
+conftest."""
 
 import json
 import subprocess
@@ -90,6 +91,7 @@ def test_state_bytes_equal_a_hand_computation(fsdp):
       state[k] for k in ('params', 'opt_state', 'ema_params', 'other'))
 
 
+@pytest.mark.slow
 def test_fsdp_holds_less_per_device_than_replication(fsdp_full):
   fsdp, whole = fsdp_full['state_bytes'], _state_bytes(fsdp=False)
   assert fsdp == _state_bytes(fsdp=True)
@@ -98,6 +100,7 @@ def test_fsdp_holds_less_per_device_than_replication(fsdp_full):
   assert whole['params'] == 4 * fsdp_full['params']
 
 
+@pytest.mark.slow
 def test_compiled_analysis_is_present_and_consistent(fsdp_full):
   step = fsdp_full['step_bytes']
   for key in ('argument', 'output', 'temp', 'peak'):
@@ -120,6 +123,7 @@ def test_compiled_analysis_is_present_and_consistent(fsdp_full):
   json.dumps(fsdp_full)
 
 
+@pytest.mark.slow
 def test_full_remat_needs_no_more_temp_than_none(fsdp_full, fsdp_none):
   assert fsdp_full['step_bytes']['temp'] <= fsdp_none['step_bytes']['temp']
 
@@ -148,6 +152,7 @@ def test_auto_grad_accum_steps_rejects_an_unsplittable_batch():
     memory_measure.auto_grad_accum_steps(100, 8)
 
 
+@pytest.mark.slow
 def test_format_report_gives_a_verdict_and_the_caveat(fsdp_full):
   text = memory_report.format_report(fsdp_full)
   assert 'verdict: FITS in 16 GiB' in text
@@ -155,6 +160,7 @@ def test_format_report_gives_a_verdict_and_the_caveat(fsdp_full):
   assert 'train state, exact' in text
 
 
+@pytest.mark.slow
 def test_command_line_makes_its_own_device_count():
   # This process has 8 devices; the command asks for 16 before jax starts.
   # A batch of 40 rows cannot split over them: the error, raised by the
@@ -163,7 +169,8 @@ def test_command_line_makes_its_own_device_count():
       [sys.executable, '-m', 'benchmarks.memory_report', '--model=Ti/16',
        '--num_devices=16', '--image_size=32', '--batch_size=40',
        '--grad_accum_steps=1', '--num_classes=10'],
-      capture_output=True, text=True, timeout=120, check=False)
+      cwd=helpers.REPO, capture_output=True, text=True, timeout=120,
+      check=False)
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'over 16 data-parallel devices' in result.stderr
   assert 'Traceback' not in result.stderr

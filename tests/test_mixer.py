@@ -12,6 +12,7 @@ import pytest
 
 from configs import common
 from tests import data_helpers
+from tests import helpers
 from tests import numpy_mixer
 from vit_jax import models
 from vit_jax.weights import npz
@@ -524,20 +525,16 @@ def image_folder(tmp_path_factory):
 
 
 def _train_config(data_dir):
-  config = common.set_model(common.get_config(), 'Mixer-S_16')
-  config.update(dict(
-      dataset='imagefolder', data_dir=data_dir,
-      image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
-      batch_size=8, eval_batch_size=8, shuffle_buffer=16, total_steps=1,
-      warmup_steps=0, optimizer='adam', lr=1e-2, weight_decay=0.1,
-      log_every=1, eval_every=1, checkpoint_every=1))
   # Every architecture key, both MLP widths included; dropout and stochastic
   # depth on (training runs them, the export does not store them).
-  config.model.update(TINY)
-  config.model.update(dropout_rate=0.1, drop_path_rate=0.1)
-  return common.lock(config)
+  return helpers.tiny_config(
+      data_dir, model_name='Mixer-S_16', **helpers.ONE_STEP,
+      shuffle_buffer=16, lr=1e-2, weight_decay=0.1,
+      **{f'model.{key}': value for key, value in TINY.items()},
+      **{'model.dropout_rate': 0.1, 'model.drop_path_rate': 0.1})
 
 
+@pytest.mark.slow
 def test_trains_exports_loads_and_predicts(image_folder, tmp_path):
   data_dir, written = image_folder
   workdir = tmp_path / 'run'

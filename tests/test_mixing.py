@@ -58,6 +58,7 @@ def test_mixup_blends_images_and_labels_by_the_same_weight(seed):
       mixed['image'])[:, :1, :1, :1])  # Still constant: a blend, no box.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', range(6))
 def test_cutmix_label_weight_equals_the_pasted_area(seed):
   batch = _batch()
@@ -99,6 +100,7 @@ def test_mix_prob_zero_or_unlucky_batches_pass_through_exactly():
       mixed['label'], jax.nn.one_hot(batch['label'], NUM_CLASSES))
 
 
+@pytest.mark.slow
 def test_mix_switch_prob_picks_both_methods_and_the_key_decides():
   spec = mixing.MixSpec(mixup_alpha=1.0, cutmix_alpha=1.0,
                         mix_switch_prob=0.5)
@@ -111,6 +113,7 @@ def test_mix_switch_prob_picks_both_methods_and_the_key_decides():
   assert kinds == {'mixup', 'cutmix'}
 
 
+@pytest.mark.slow
 def test_soft_labels_of_a_mixed_batch_train_through_the_step():
   """The hook runs inside the jitted step with both losses and smoothing."""
   model = helpers.tiny_model(num_classes=NUM_CLASSES)

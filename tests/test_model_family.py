@@ -14,6 +14,7 @@ import pytest
 
 from configs import common
 from tests import data_helpers
+from tests import helpers
 from vit_jax import models
 from vit_jax.weights import npz
 from vit_jax.training import optim
@@ -108,14 +109,9 @@ def image_folder(tmp_path_factory):
 
 
 def _config(data_dir):
-  config = common.set_model(common.get_config(), 'Toy-S_4')
-  config.update(dict(
-      dataset='imagefolder', data_dir=data_dir,
-      image_size=IMAGE_SIZE, train_augment='resize', random_flip=False,
-      batch_size=8, eval_batch_size=8, shuffle_buffer=16, total_steps=1,
-      warmup_steps=0, optimizer='adam', lr=1e-2, weight_decay=0.1,
-      log_every=1, eval_every=1, checkpoint_every=1))
-  return common.lock(config)
+  return helpers.tiny_config(
+      data_dir, model_name='Toy-S_4', **helpers.ONE_STEP, shuffle_buffer=16,
+      lr=1e-2, weight_decay=0.1)
 
 
 def test_names_resolve_to_their_family_and_clashes_are_refused(toy_family):
@@ -137,6 +133,7 @@ def test_weight_decay_mask_follows_the_family(toy_family):
                   'offset': False, 'head': {'kernel': True, 'bias': False}}
 
 
+@pytest.mark.slow
 def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
                                                       image_folder, tmp_path):
   data_dir, written = image_folder

@@ -40,6 +40,7 @@ def test_every_variant_has_a_pinned_parameter_count():
   assert sorted(models.VARIANTS) == sorted(EXPECTED_PARAMS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(EXPECTED_PARAMS))
 def test_parameter_count(name):
   shapes = models.param_shapes(models.create_model(name), (224, 224))
@@ -147,6 +148,7 @@ def test_vit_matches_numpy_reference(overrides):
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_hybrid_matches_numpy_reference():
   model = helpers.tiny_hybrid()
   params = helpers.random_params(model, 32)
@@ -158,6 +160,7 @@ def test_hybrid_matches_numpy_reference():
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unpooled_classifiers_give_per_token_outputs():
   images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
   for classifier, tokens in (('unpooled', 16), ('token_unpooled', 17)):
@@ -166,6 +169,7 @@ def test_unpooled_classifiers_give_per_token_outputs():
     assert model.apply({'params': params}, images).shape == (2, tokens, 10)
 
 
+@pytest.mark.slow
 def test_non_square_images_give_a_non_square_grid():
   model = helpers.tiny_model()
   params = models.init_params(model, jax.random.PRNGKey(0), (16, 24))
@@ -173,6 +177,7 @@ def test_non_square_images_give_a_non_square_grid():
       1, 1 + 4 * 6, 32)
 
 
+@pytest.mark.slow
 def test_captured_attention_rows_sum_to_one_and_outputs_agree():
   model = helpers.tiny_model()
   params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
@@ -190,6 +195,7 @@ def test_captured_attention_rows_sum_to_one_and_outputs_agree():
   assert inter['pre_logits'].shape == (2, 32)
 
 
+@pytest.mark.slow
 def test_intermediates_of_a_model_with_pre_logits():
   model = helpers.tiny_model(representation_size=24)
   params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
@@ -203,6 +209,7 @@ def test_intermediates_of_a_model_with_pre_logits():
       rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_default_forward_stores_nothing():
   model = helpers.tiny_model()
   params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
@@ -211,6 +218,7 @@ def test_default_forward_stores_nothing():
   assert set(state['intermediates']) == {'features'}
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model = helpers.tiny_model(dropout_rate=0.5, attention_dropout_rate=0.5)
   params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
@@ -222,6 +230,7 @@ def test_dropout_only_in_training():
   assert not np.allclose(apply(0, True), apply(1, True))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32_and_keeps_float32_params():
   model32 = helpers.tiny_model()
   model16 = helpers.tiny_model(dtype=jnp.bfloat16)
@@ -243,6 +252,7 @@ def test_param_dtype_is_plumbed_to_every_layer():
       jnp.dtype(jnp.bfloat16)}
 
 
+@pytest.mark.slow
 def test_initialisation_follows_the_reference():
   model = models.create_model('ViT-S_16', num_classes=5, head_bias_init=-10.0)
   params = models.init_params(model, jax.random.PRNGKey(0), (32, 32))
@@ -262,6 +272,7 @@ def test_initialisation_follows_the_reference():
   assert float(np.abs(query).max()) > 0.95 * limit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('remat_policy', ['none', 'full', 'dots'])
 def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   loop = helpers.tiny_model()
@@ -284,9 +295,8 @@ def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   # (the key bias gradient, for one, is zero up to rounding).
   scale = max(float(np.abs(g).max())
               for g in jax.tree_util.tree_leaves(grads_loop))
-  for a, b in zip(jax.tree_util.tree_leaves(grads_scan),
-                  jax.tree_util.tree_leaves(grads_loop)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+  helpers.assert_trees_close(grads_scan, grads_loop, rtol=1e-4,
+                             atol=1e-6 * scale)
 
 
 def _mlp_input_shapes(model, params, images, **kwargs):
@@ -304,6 +314,7 @@ def _mlp_input_shapes(model, params, images, **kwargs):
   return shapes
 
 
+@pytest.mark.slow
 def test_token_head_computes_the_last_block_for_the_class_token_only():
   # Its value equals the full computation: the NumPy reference and the
   # scanned encoder (which computes every token) tests above check that.
@@ -352,6 +363,7 @@ def test_fused_attention_equals_the_einsum_path():
   assert not auto._use_fused(True, False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan_layers', [False, True])
 def test_model_attention_choice_is_passed_down(scan_layers):
   kwargs = dict(num_classes=3, num_layers=2, hidden_size=32, mlp_dim=64,

@@ -112,6 +112,7 @@ def _check(result):
 FASHION_MNIST = os.path.isdir(fashion_mnist_local.source_dir())
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path):
   # Real Fashion-MNIST where Debian's package is installed, else the
   # generated image folder.
@@ -125,6 +126,7 @@ def test_notebook_runs_top_to_bottom(tmp_path):
   assert f"'dataset': '{expected}'" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST, reason='the full run used the folder')
 def test_notebook_data_cells_also_work_with_a_generated_folder(tmp_path):
   result = _run(tmp_path, _cells_through_the_config(),

@@ -105,6 +105,7 @@ def test_label_count_mismatch_is_explained(files):
     predict.read_labels(files['labels'], 5)
 
 
+@pytest.mark.slow
 def test_cli_success_prints_top_k(files):
   # The real ViT-S/16 has 12 layers; the file has 1, so --model alone fails
   # (next test). Here: a full-depth file through the documented command.
@@ -119,6 +120,7 @@ def test_cli_success_prints_top_k(files):
   assert result.stdout.count('class') == 2 * 3
 
 
+@pytest.mark.slow
 def test_cli_needs_only_the_checkpoint_of_an_export(files, tmp_path, capsys):
   # Our export: its sidecar has the options no array shows, the pixel
   # normalisation and the class names.
@@ -155,6 +157,7 @@ def test_cli_needs_only_the_checkpoint_of_an_export(files, tmp_path, capsys):
   assert not any(name in printed for name in CLASS_NAMES)
 
 
+@pytest.mark.slow
 def test_cli_architecture_flags_load_a_modified_model(files):
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.cli.predict',
@@ -241,6 +244,7 @@ def test_override_flags_name_their_families():
     assert flag_values[name].help.startswith(family), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case,args,message', [
     ('missing checkpoint', ['--checkpoint=/nonexistent/m.npz'],
      'does not exist'),

@@ -87,6 +87,7 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('layout', sorted(LAYOUTS))
 def test_every_layout_loads_to_the_same_params(tmp_path, hybrid_params,
                                                layout):
@@ -199,6 +200,7 @@ def test_resize_to_a_non_square_grid_and_back_from_one():
     posemb.resize(wide, (4, 4), num_prefix_tokens=0)
 
 
+@pytest.mark.slow
 def test_fine_tuning_load_replaces_the_head_and_resizes(tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
   source_params = helpers.random_params(source, 16)
@@ -220,6 +222,7 @@ def test_fine_tuning_load_replaces_the_head_and_resizes(tmp_path):
       params['Transformer']['posembed_input']['pos_embedding'], expected)
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_pre_logits_when_the_model_has_them(tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
   source_params = helpers.random_params(source, 16)
@@ -286,6 +289,7 @@ def test_pretrained_load_with_the_wrong_model_is_explained(tmp_path):
 # --- The architecture from the file ----------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['token', 'gap', 'hybrid', 'scanned'])
 def test_load_reads_the_whole_architecture_off_the_arrays(tmp_path, kind):
   if kind == 'hybrid':

@@ -19,6 +19,7 @@ from benchmarks import memory_report
 from vit_jax.cli import _process
 from vit_jax.models import vit
 from vit_jax.models import vit_family
+from tests import helpers
 
 
 def _installed(*names):
@@ -75,6 +76,7 @@ def test_jax_platforms_decides_before_any_plugin(no_plugins, platforms,
   assert _process.runs_on_cpu() == on_cpu
 
 
+@pytest.mark.slow
 def test_use_cpu_devices_replaces_an_earlier_count_and_platform():
   # A fresh process: this one's backend has started with its 8 devices.
   code = ('from vit_jax.cli import _process; '
@@ -106,14 +108,32 @@ def test_flags_choose_from_the_lists_the_code_checks():
     assert key in flag_values
 
 
+# The others run in-process in their own tests; `python -m vit_jax.export`
+# runs only here in the fast tier.
 @pytest.mark.parametrize('program, flag', [
-    ('vit_jax.main', '--workdir'), ('vit_jax.cli.predict', '--top_k'),
-    ('vit_jax.cli.visualize', '--out_dir'),
+    pytest.param('vit_jax.main', '--workdir', marks=pytest.mark.slow),
+    pytest.param('vit_jax.cli.predict', '--top_k', marks=pytest.mark.slow),
+    pytest.param('vit_jax.cli.visualize', '--out_dir',
+                 marks=pytest.mark.slow),
+    ('vit_jax.export', '--out')])
+def test_programs_start_from_any_directory(tmp_path, program, flag):
+  _check_help(program, flag, cwd=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('program, flag', [
     ('benchmarks.benchmark', '--host_devices'),
     ('benchmarks.memory_report', '--num_devices')])
-def test_programs_start_from_any_directory(tmp_path, program, flag):
-  result = subprocess.run([sys.executable, '-m', program, '--helpshort'],
-                          cwd=tmp_path, capture_output=True, text=True,
+def test_tools_start_from_the_repository_root(program, flag):
+  """benchmarks/ is not installed: its commands run from the repository."""
+  _check_help(program, flag, cwd=helpers.REPO)
+
+
+def _check_help(program, flag, cwd):
+  # --helpfull: the export's flags live in vit_jax.cli.export, not in the
+  # __main__ module that --helpshort lists.
+  result = subprocess.run([sys.executable, '-m', program, '--helpfull'],
+                          cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False)
   # absl's help exits with status 1; what matters is that it got that far.
   assert 'Traceback' not in result.stderr, result.stderr[-2000:]

@@ -307,7 +307,7 @@ def test_randaugment_applies_the_drawn_ops_in_graph_mode():
     seed = tf.constant([7, s], tf.int64)
     indices, op_seeds = randaugment.layer_ops(seed, 2)
     expected = image
-    for index, op_seed in zip(indices.numpy(), op_seeds):
+    for index, op_seed in zip(indices.numpy(), op_seeds, strict=True):
       expected = randaugment.apply_op(expected, randaugment.OPS[index], 13,
                                       op_seed)
       drawn.add(randaugment.OPS[index])

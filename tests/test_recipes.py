@@ -13,10 +13,11 @@ from configs import augreg
 from configs import deit
 from configs import vit_i1k_plain
 from tests import data_helpers
+from tests import helpers
 from vit_jax.training import loop
 
 NUM_CLASSES = 3
-IMAGE_SIZE = 16
+IMAGE_SIZE = helpers.TINY_IMAGE_SIZE
 
 
 @pytest.fixture(scope='module')
@@ -28,15 +29,9 @@ def image_folder(tmp_path_factory):
 
 
 def _one_tiny_step(config, data_dir, workdir):
-  """Trains `config` for one step on the generated folder, model shrunk."""
-  with config.unlocked():
-    config.model.update(patch_size=8, hidden_size=16, mlp_dim=32,
-                        num_heads=2, num_layers=2, dtype='float32')
-    config.update(dataset='imagefolder', data_dir=data_dir,
-                  eval_split='test', image_size=IMAGE_SIZE, batch_size=8,
-                  eval_batch_size=8,
-                  shuffle_buffer=16, total_steps=1, warmup_steps=0,
-                  log_every=1, eval_every=1, checkpoint_every=1)
+  """Trains the recipe `config` for one step of the tiny ViT on the folder."""
+  helpers.shrink(config, data_dir, **helpers.ONE_STEP, eval_split='test',
+                 shuffle_buffer=16, **{'model.dtype': 'float32'})
   return loop.train_and_evaluate(config, workdir)
 
 
@@ -98,6 +93,7 @@ def test_deit_follows_touvron_et_al(size, model):
   assert config.warmup_steps == 5 * (1_281_167 // 1024)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('get_config, arg', [
     (vit_i1k_plain.get_config, '90ep'),
     (augreg.get_config, 'ViT-B_16,strong2,do=0.1,sd=0.1'),

@@ -79,11 +79,7 @@ def _reverse_labels(batch, rng):
   return {**batch, 'label': batch['label'][::-1]}
 
 
-def _assert_trees_close(a, b, **tolerance):
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_allclose(x, y, **tolerance)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize('accum_steps', [1, 2])
 def test_mix_batch_updates_as_the_step_on_the_transformed_batch(accum_steps):
   batch = _batch()
@@ -96,11 +92,13 @@ def test_mix_batch_updates_as_the_step_on_the_transformed_batch(accum_steps):
   # Same data, same dropout: the hook only changes the batch.
   np.testing.assert_allclose(mixed_metrics['loss'],
                              transformed_metrics['loss'], rtol=1e-6)
-  _assert_trees_close(mixed.params, transformed.params, rtol=1e-5, atol=1e-7)
+  helpers.assert_trees_close(mixed.params, transformed.params, rtol=1e-5,
+                             atol=1e-7)
   assert not np.allclose(mixed.params['head']['kernel'],
                          plain.params['head']['kernel'])
 
 
+@pytest.mark.slow
 def test_a_hook_giving_one_hot_labels_gives_the_integer_label_update():
 
   def one_hot(batch, rng):
@@ -114,7 +112,7 @@ def test_a_hook_giving_one_hot_labels_gives_the_integer_label_update():
   plain, plain_metrics = plain_step(state, batch)
   np.testing.assert_allclose(soft_metrics['loss'], plain_metrics['loss'],
                              rtol=1e-6)
-  _assert_trees_close(soft.params, plain.params, rtol=1e-5, atol=1e-7)
+  helpers.assert_trees_close(soft.params, plain.params, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize('overrides, message', [

@@ -49,6 +49,7 @@ def _timm_inputs(spec, pixels_BHWC):
 
 # ------------------------------------------------- families vs reference --
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(FAMILIES))
 def test_family_matches_numpy_timm(tmp_path, name):
   spec = FAMILIES[name]

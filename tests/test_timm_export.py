@@ -28,6 +28,7 @@ def _outputs(loaded, pixels):
                                        _normalised(loaded, pixels)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', EXPORTED)
 def test_export_to_npz_and_back_computes_the_same(name, tmp_path):
   spec = timm_fixtures.FAMILIES[name]

@@ -237,6 +237,7 @@ def test_bad_input_exits_with_status_1_and_a_message(files, tmp_path, capsys,
   assert error.startswith('error: ') and message in error
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_and_exits_with_status_0(files, tmp_path):
   process = subprocess.run(
       [sys.executable, '-m', 'vit_jax.cli.visualize',

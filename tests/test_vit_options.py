@@ -86,6 +86,7 @@ def _model_and_params(options, seed=0):
   return model, helpers.random_params(model, SIZE, seed=seed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', sorted(OPTION_CASES))
 def test_option_matches_numpy_reference(case):
   model, params = _model_and_params(OPTION_CASES[case])
@@ -95,6 +96,7 @@ def test_option_matches_numpy_reference(case):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('options,baseline', [
     (dict(posemb='sincos2d'), dict(posemb='none')),
     (dict(activation='gelu_erf'), dict()),
@@ -236,6 +238,7 @@ def test_unrolled_blocks_get_the_linear_rates():
   np.testing.assert_allclose(rates, [0, .1, .2, .3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan_layers', [False, True])
 def test_stochastic_depth_is_the_identity_at_evaluation(scan_layers):
   plain = helpers.tiny_model(scan_layers=scan_layers)
@@ -262,6 +265,7 @@ def _zero(params, *path):
   return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kept_branch', ['attention', 'mlp'])
 def test_a_dropped_branch_is_unbiased(kept_branch):
   # With the other branch zeroed a block is x + mask * branch(x) / keep.
@@ -297,6 +301,7 @@ def test_a_dropped_branch_is_unbiased(kept_branch):
       rate * (1 - rate) / draws)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan_layers', [False, True])
 def test_training_drops_each_layers_branches_at_its_rate(scan_layers):
   # Three blocks, rate 0.5: layer rates (0, 0.25, 0.5). Each example of a
@@ -390,6 +395,7 @@ def test_map_head_keeps_big_visions_names_in_the_file():
   assert 'cls' not in released
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', sorted(OPTION_CASES))
 def test_released_layout_round_trips(case):
   _, params = _model_and_params(OPTION_CASES[case])
@@ -420,6 +426,7 @@ EXPORT_CASES = ('DeiT-III', 'DINOv2 registers', 'DeiT distilled', 'CLIP',
                 'fc_norm token', 'map fused attention')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', EXPORT_CASES)
 def test_each_option_survives_export_and_load(tmp_path, case):
   options = OPTION_CASES[case]
@@ -499,6 +506,7 @@ def test_family_counts_every_prefix_token():
     assert FAMILY.num_prefix_tokens(helpers.tiny_model(**options)) == count
 
 
+@pytest.mark.slow
 def test_family_position_embedding_is_laid_out_as_the_tokens():
   _, params = _model_and_params(dict(num_register_tokens=2,
                                      posemb_covers_prefix=False))
@@ -515,6 +523,7 @@ def test_family_position_embedding_is_laid_out_as_the_tokens():
   assert FAMILY.position_embedding(fixed) is None
 
 
+@pytest.mark.slow
 def test_distilled_features_model_drops_both_heads():
   model, params = _model_and_params(dict(distillation=True))
   features_model, features_params = models.without_head(model, params)

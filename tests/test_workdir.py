@@ -24,6 +24,7 @@ def test_a_claimed_workdir_is_refused_to_a_second_run(tmp_path):
   workdir.claim(tmp_path / 'run').release()
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, '-c', textwrap.dedent(f"""

@@ -59,7 +59,7 @@ def test_the_list_has_exactly_the_documented_files():
       'R+ViT-Ti_16', 'R26+ViT-S_32', 'R50+ViT-L_32', 'ViT-B_16', 'ViT-B_32',
       'ViT-L_16', 'ViT-S_16', 'ViT-S_32', 'ViT-Ti_16']
   # Each recommended pre-training comes with its ImageNet fine-tune.
-  for pretrain, fine_tuned in zip(augreg[::2], augreg[1::2]):
+  for pretrain, fine_tuned in zip(augreg[::2], augreg[1::2], strict=True):
     assert fine_tuned.name.startswith(pretrain.name + '--imagenet2012-')
     assert (pretrain.resolution, fine_tuned.resolution) == (224, 384)
   assert len(zoo.released()) == 6 + 7 + 18 + 2 + 4

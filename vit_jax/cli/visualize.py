@@ -42,7 +42,6 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
