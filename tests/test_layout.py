@@ -34,14 +34,6 @@ FLOORS = {
     'evaluators': {'models', 'data', 'weights', 'sharding', 'training'},
     'training': {'models', 'data', 'weights', 'sharding', 'evaluators'},
 }
-# Single module edges that break a floor today, each with its reason and the
-# change that removes it.
-ALLOWED_EDGES = {
-    # The families read and write released .npz checkpoints through
-    # weights.npz; the weight-reader registry (issue 23, item 3) moves that
-    # reading into weights/. Delete this entry when it lands.
-    ('models', 'vit_jax.weights.npz'),
-}
 
 
 def floor_of(module: str) -> str:
@@ -79,8 +71,7 @@ def _floor_violations(module: str, target: str) -> List[str]:
   if floor not in FLOORS and floor:
     return [f'{module}: package {floor!r} has no floor in FLOORS']
   allowed = FLOORS.get(floor, set()) | {floor, 'atomic'}
-  if (target_floor in allowed or not target_floor
-      or (floor, target) in ALLOWED_EDGES):
+  if target_floor in allowed or not target_floor:
     return []
   return [f'{module} imports {target}: {floor} may import only '
           f'{sorted(allowed - {floor})}']
@@ -95,12 +86,9 @@ def test_the_walk_finds_library_and_programs():
   programs = set(graph_lib.find_modules(PACKAGE)) - set(graph)
   assert {'vit_jax.main', 'vit_jax.cli.predict', 'vit_jax.cli._flags',
           'vit_jax.export.__main__'} <= programs
-  # An import inside a function counts (the timm reader loads on demand),
-  # and so does the __init__ of a package a module imports from.
-  assert {'vit_jax.weights.timm_hub', 'vit_jax.weights.zoo'} <= graph[
-      'vit_jax.weights.pretrained']
-  assert {'vit_jax.weights.npz', 'vit_jax.weights'} <= graph[
-      'vit_jax.models.vit_family']
+  # The __init__ of another package a module imports from counts too.
+  assert {'vit_jax.weights.timm_hub', 'vit_jax.models.family',
+          'vit_jax.models'} <= graph['vit_jax.weights.formats']
 
 
 def test_the_library_keeps_its_floors():
@@ -111,15 +99,6 @@ def test_every_package_has_a_floor():
   packages = {floor_of(m) for m in graph_lib.find_modules(PACKAGE)} - {''}
   programs = {'main', 'cli'}
   assert packages - programs == set(FLOORS)
-
-
-def test_the_known_exception_is_still_needed():
-  """An allow-list entry nothing uses any more is deleted, not kept."""
-  modules = graph_lib.find_modules(PACKAGE)
-  used = {(floor_of(module), target) for module, path in modules.items()
-          for target in graph_lib.named_modules(
-              graph_lib.imported_names(module, path), set(modules))}
-  assert ALLOWED_EDGES <= used
 
 
 _INSIDE_A_FUNCTION = 'def f():\n  {}\n'
@@ -191,8 +170,7 @@ def test_each_rule_catches_a_violation(tmp_path, files, message):
 
 def test_allowed_imports_are_no_violation(tmp_path):
   package_dir = graph_lib.write_tree(tmp_path, {
-      'models/vit.py': 'from vit_jax import atomic, sharding\n'
-                       'from vit_jax.weights import npz\n',
+      'models/vit.py': 'from vit_jax import atomic, sharding\n',
       'models/__init__.py': 'from vit_jax.models import vit\n',
       'weights/npz.py': 'from vit_jax import atomic\n',
       'weights/pretrained.py': 'from vit_jax import models\n',
