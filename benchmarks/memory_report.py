@@ -38,10 +38,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 
-from vit_jax import models
-from vit_jax.cli import _flags as cli_flags
 from benchmarks import memory_measure
+from vit_jax.cli import _flags as cli_flags
 from vit_jax.cli import _process
+from vit_jax import models
 from vit_jax.models import vit
 
 DEFAULT_NUM_DEVICES = 8

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import jax_side
+from vit_jax.cli import _host_memory
 from vit_jax import models
 from vit_jax.models import precision
 from vit_jax import sharding
 from vit_jax.training import run_spec
-from benchmarks import jax_side
-from vit_jax.cli import _host_memory
 
 # The frameworks `run_benchmark` can compare with.
 COMPARISONS = ('timm',)

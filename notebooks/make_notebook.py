@@ -53,12 +53,12 @@ from PIL import Image
 
 from configs import common
 from vit_jax.analysis import measures
-from vit_jax import models
-from vit_jax.weights import pretrained
-from vit_jax.training import loop as train
-from vit_jax.training import run_spec
 from vit_jax.analysis import plots
 from vit_jax.data.datasets import fashion_mnist_local
+from vit_jax import models
+from vit_jax.training import loop
+from vit_jax.training import run_spec
+from vit_jax.weights import pretrained
 
 WORKDIR = tempfile.mkdtemp(prefix='vit_jax_notebook_')
 print('devices:', jax.devices())
@@ -220,7 +220,7 @@ for label, guesses in zip(eval_labels[:3],
     ('markdown', r'''
 ## 4. Fine-tune
 
-`train.train_and_evaluate` is the whole job `python -m vit_jax.main` runs:
+`loop.train_and_evaluate` is the whole job `python -m vit_jax.main` runs:
 it loads the checkpoint for fine-tuning (a fresh zero head for the dataset's
 classes, the position embedding resized if the resolution differs), trains
 with one jitted step, evaluates every example exactly once, writes orbax
@@ -229,7 +229,7 @@ the released layout.
 '''),
     ('code', r'''
 workdir = os.path.join(WORKDIR, 'fine_tune')
-record = train.train_and_evaluate(config, workdir)
+record = loop.train_and_evaluate(config, workdir)
 print(f"test top-1 {record['top1_accuracy']:.3f} on "
       f"{int(record['num_examples'])} images")
 

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from vit_jax.models import precision
-from vit_jax import sharding
 from benchmarks import benchmark
 from benchmarks import jax_side
 from benchmarks import protocol
 from tests import helpers
+from vit_jax.models import precision
+from vit_jax import sharding
 
 # A one-layer ViT-Ti at 32 px: compiles in seconds.
 _TINY = dict(model='ViT-Ti_16', batch_size=2, image_size=32, num_classes=10,

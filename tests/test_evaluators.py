@@ -21,15 +21,15 @@ import tensorflow_datasets as tfds
 from configs import common
 from tests import data_helpers
 from tests import helpers
+from vit_jax.data import pipeline
 from vit_jax import evaluators
 from vit_jax.evaluators import fewshot_ridge
-from vit_jax.data import pipeline
+from vit_jax.evaluators import imagenet
+from vit_jax.evaluators import linear_fewshot
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax.training import loop
 from vit_jax.training import run_spec
-from vit_jax.evaluators import imagenet
-from vit_jax.evaluators import linear_fewshot
 
 NUM_CLASSES = 1000  # Both ImageNet test sets use the 1000 ImageNet classes.
 IMAGE_SIZE = 8

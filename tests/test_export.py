@@ -20,13 +20,13 @@ import pytest
 
 from tests import helpers
 from tests import timm_fixtures
-from vit_jax import export
-from vit_jax.export import to_onnx
-from vit_jax.export import serving
-from vit_jax import models
-from vit_jax.weights import pretrained
 from vit_jax.cli import export as export_cli
 from vit_jax.cli import predict
+from vit_jax import export
+from vit_jax.export import serving
+from vit_jax.export import to_onnx
+from vit_jax import models
+from vit_jax.weights import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY_DOC = os.path.join(REPO, 'docs', 'deploy.md')

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vit_jax.evaluators import fewshot_ridge
-from vit_jax import models
 from vit_jax.evaluators import linear_fewshot
+from vit_jax import models
 
 
 def _augmented_normal_equations(x, y, l2):

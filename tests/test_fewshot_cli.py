@@ -11,11 +11,11 @@ import pytest
 
 from tests import data_helpers
 from tests import helpers
-from vit_jax.weights import pretrained
-from vit_jax.evaluators import fewshot_ridge
-from vit_jax import models
 from vit_jax.cli import fewshot as fewshot_cli
 from vit_jax.data import preprocess
+from vit_jax.evaluators import fewshot_ridge
+from vit_jax import models
+from vit_jax.weights import pretrained
 
 NUM_CLASSES = 3
 PER_CLASS = {'train': 6, 'test': 3}  # 18 and 9 examples: batches of 8 pad.

@@ -18,11 +18,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import common
+from vit_jax.data.datasets import fashion_mnist_local
 from vit_jax.data import pipeline as input_pipeline
 from vit_jax.data import sources
 from vit_jax.models import family
 from vit_jax.training import run_spec
-from vit_jax.data.datasets import fashion_mnist_local
 
 TINY_SPLITS = {'train': 37, 'test': 23}  # Not multiples of any batch size.
 TINY_SIZE = 6

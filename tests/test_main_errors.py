@@ -8,8 +8,8 @@ import sys
 from absl import flags
 import pytest
 
-from vit_jax import main
 from vit_jax.cli import _flags as cli_flags
+from vit_jax import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from tests import helpers
 from benchmarks import memory_measure
 from benchmarks import memory_report
+from tests import helpers
 from vit_jax.training import loop
 from vit_jax.training import run_spec
 

@@ -14,15 +14,15 @@ from configs import common
 from tests import data_helpers
 from tests import helpers
 from tests import numpy_mixer
-from vit_jax import models
-from vit_jax.weights import npz
-from vit_jax.training import optim
-from vit_jax.weights import pretrained
-from vit_jax.training import loop
 from vit_jax.cli import predict
+from vit_jax import models
 from vit_jax.models import mixer
 from vit_jax.models import mixer_family
 from vit_jax.models import stochastic_depth
+from vit_jax.training import loop
+from vit_jax.training import optim
+from vit_jax.weights import npz
+from vit_jax.weights import pretrained
 
 # Tolstikhin et al. (2021), Table 1: patch, blocks, hidden C, tokens MLP,
 # channels MLP, and the parameter count in millions.

@@ -15,13 +15,13 @@ import pytest
 from configs import common
 from tests import data_helpers
 from tests import helpers
-from vit_jax import models
-from vit_jax.weights import npz
-from vit_jax.training import optim
-from vit_jax.weights import pretrained
-from vit_jax.training import loop
 from vit_jax.cli import predict
+from vit_jax import models
 from vit_jax.models import family
+from vit_jax.training import loop
+from vit_jax.training import optim
+from vit_jax.weights import npz
+from vit_jax.weights import pretrained
 
 IMAGE_SIZE = 16
 NUM_CLASSES = 3

@@ -9,8 +9,8 @@ import pytest
 
 from tests import helpers
 from tests import numpy_vit
-from vit_jax.models import vit_family
 from vit_jax import models
+from vit_jax.models import vit_family
 
 # Exact counts at 224 px, 1000 classes, token head, no pre_logits
 # (the paper's Table 1 architectures). g/14 and G/14 are not in that table; their

@@ -11,12 +11,12 @@ import pytest
 
 from tests import helpers
 from tests import numpy_vit
-from vit_jax.models import vit_family
-from vit_jax.weights import pretrained
-from vit_jax import models
-from vit_jax.models import posemb
 from vit_jax.cli import predict
 from vit_jax.data import preprocess
+from vit_jax import models
+from vit_jax.models import posemb
+from vit_jax.models import vit_family
+from vit_jax.weights import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ViT-S/16 with one block: real patch size, fast enough for a subprocess.

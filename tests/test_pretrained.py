@@ -13,10 +13,10 @@ import pytest
 
 from tests import helpers
 from tests import numpy_vit
-from vit_jax.models import vit_family
-from vit_jax.weights import npz
 from vit_jax import models
 from vit_jax.models import posemb
+from vit_jax.models import vit_family
+from vit_jax.weights import npz
 from vit_jax.weights import pretrained
 
 

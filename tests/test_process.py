@@ -13,13 +13,13 @@ import pytest
 
 from benchmarks import benchmark
 from benchmarks import jax_side
-from benchmarks import protocol
-from vit_jax.cli import _flags as cli_flags
 from benchmarks import memory_report
+from benchmarks import protocol
+from tests import helpers
+from vit_jax.cli import _flags as cli_flags
 from vit_jax.cli import _process
 from vit_jax.models import vit
 from vit_jax.models import vit_family
-from tests import helpers
 
 
 def _installed(*names):

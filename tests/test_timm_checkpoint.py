@@ -16,9 +16,9 @@ import pytest
 
 from tests import numpy_timm
 from tests import timm_fixtures
+from vit_jax.models import vit
 from vit_jax.weights import npz
 from vit_jax.weights import timm_hub
-from vit_jax.models import vit
 
 FAMILIES = timm_fixtures.FAMILIES
 

@@ -14,14 +14,14 @@ import pytest
 
 from tests import helpers
 from vit_jax import models
+from vit_jax import sharding
+from vit_jax.training import checkpoints as train_checkpoints
+from vit_jax.training import loop
 from vit_jax.training import optim
 from vit_jax.training import preemption
-from vit_jax.weights import pretrained
-from vit_jax import sharding
-from vit_jax.training import steps
-from vit_jax.training import loop
 from vit_jax.training import run_spec
-from vit_jax.training import checkpoints as train_checkpoints
+from vit_jax.training import steps
+from vit_jax.weights import pretrained
 
 IMAGE_SIZE = helpers.TINY_IMAGE_SIZE  # The images and the config's.
 CLASSES = ('ankle', 'bag', 'coat')

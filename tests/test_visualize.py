@@ -15,11 +15,11 @@ import pytest
 
 from tests import data_helpers
 from tests import helpers
-from vit_jax.weights import pretrained
-from vit_jax import models
 from vit_jax.analysis import plots
-from vit_jax.data import preprocess
 from vit_jax.cli import visualize
+from vit_jax.data import preprocess
+from vit_jax import models
+from vit_jax.weights import pretrained
 
 IMAGE_SIZE = 32  # A 8x8 grid of the tiny ViT's 4-pixel patches.
 TINY_FLAGS = [f'--{name}={value}' for name, value in helpers.TINY_VIT.items()]

@@ -14,9 +14,9 @@ from tests import numpy_vit
 from vit_jax import models
 from vit_jax.models import posemb
 from vit_jax.models import stochastic_depth
-from vit_jax.weights import pretrained
 from vit_jax.models import vit
 from vit_jax.models import vit_family
+from vit_jax.weights import pretrained
 
 FAMILY = vit_family.FAMILY
 SIZE = helpers.TINY_IMAGE_SIZE

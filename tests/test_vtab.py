@@ -15,9 +15,9 @@ import tensorflow_datasets as tfds
 
 from configs import common
 from configs import vtab as vtab_configs
+from vit_jax.data import label_maps
 from vit_jax.data import sources
 from vit_jax.training import run_spec
-from vit_jax.data import label_maps
 
 
 def _labels(name, examples):

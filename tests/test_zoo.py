@@ -13,10 +13,10 @@ from etils import epath
 import numpy as np
 import pytest
 
+from vit_jax.cli import weights
 from vit_jax import models
 from vit_jax.weights import pretrained
 from vit_jax.weights import zoo
-from vit_jax.cli import weights
 
 README = pathlib.Path(__file__).resolve().parent.parent / 'checkpoints' / (
     'README.md')

@@ -27,9 +27,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax.training import preemption
-from vit_jax.training import loop
 from vit_jax.cli import _flags as cli_flags
+from vit_jax.training import loop
+from vit_jax.training import preemption
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

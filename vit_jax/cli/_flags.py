@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 from absl import app
 from absl import flags
 
-from vit_jax import models
 from vit_jax.cli import _process
+from vit_jax import models
 
 # Flags defined here belong to the program whose define_flags asks for them:
 # its --help lists them as its own.

@@ -29,9 +29,9 @@ if __name__ == '__main__':
 from absl import app
 from absl import flags
 
+from vit_jax.cli import _flags as cli_flags
 from vit_jax import export
 from vit_jax.weights import pretrained
-from vit_jax.cli import _flags as cli_flags
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

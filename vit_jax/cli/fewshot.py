@@ -50,12 +50,12 @@ from absl import flags
 import numpy as np
 
 from vit_jax.cli import _flags as cli_flags
-from vit_jax.evaluators import fewshot_ridge
 from vit_jax.data import pipeline
 from vit_jax.data import sources
+from vit_jax.evaluators import fewshot_ridge
+from vit_jax.evaluators import linear_fewshot
 from vit_jax import models
 from vit_jax.weights import pretrained
-from vit_jax.evaluators import linear_fewshot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

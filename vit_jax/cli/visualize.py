@@ -47,10 +47,10 @@ import jax
 import numpy as np
 
 from vit_jax.analysis import measures
-from vit_jax.cli import _flags as cli_flags
-from vit_jax import models
 from vit_jax.analysis import plots
+from vit_jax.cli import _flags as cli_flags
 from vit_jax.data import preprocess
+from vit_jax import models
 from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

@@ -34,8 +34,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax.data import datasets as local_datasets
-from vit_jax.data import preprocess
 from vit_jax.data import label_maps
+from vit_jax.data import preprocess
 
 
 IMAGEFOLDER = 'imagefolder'

@@ -13,9 +13,9 @@ from typing import Any, Iterable, List
 import flax.linen as nn
 import jax
 
+from vit_jax.evaluators import common
 from vit_jax.training import metrics_log
 from vit_jax.training import steps
-from vit_jax.evaluators import common
 
 MAIN = 'eval'
 

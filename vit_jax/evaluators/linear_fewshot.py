@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.evaluators import fewshot_ridge
 from vit_jax.data import sources
+from vit_jax.evaluators import common
+from vit_jax.evaluators import fewshot_ridge
 from vit_jax import models
 from vit_jax import sharding
-from vit_jax.evaluators import common
 
 
 def features_step(params, batch: Dict[str, jax.Array], *,

@@ -25,9 +25,6 @@ imported when a SavedModel is written or run, jax2onnx, ONNX Runtime and
 LiteRT (the `export` extra) when theirs is.
 """
 
-from vit_jax.export import to_onnx
-from vit_jax.export import to_saved_model
-from vit_jax.export import to_tflite
 from vit_jax.export.bundle import check_out
 from vit_jax.export.bundle import export
 from vit_jax.export.bundle import ExportMismatchError
@@ -37,6 +34,9 @@ from vit_jax.export.bundle import TOLERANCE
 from vit_jax.export.serving import INPUT
 from vit_jax.export.serving import OUTPUT
 from vit_jax.export.serving import serving_function
+from vit_jax.export import to_onnx
+from vit_jax.export import to_saved_model
+from vit_jax.export import to_tflite
 
 SAVED_MODEL = to_saved_model.FILE
 ONNX = to_onnx.FILE

@@ -7,8 +7,8 @@ from vit_jax.cli import _process
 _process.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax.cli import export
 from vit_jax.cli import _flags as cli_flags
+from vit_jax.cli import export
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 export.define_flags()

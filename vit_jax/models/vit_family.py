@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax.models import posemb
 from vit_jax.models import family
+from vit_jax.models import posemb
 from vit_jax.models import vit
 from vit_jax.models import vit_timm
 

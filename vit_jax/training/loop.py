@@ -19,19 +19,19 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax import evaluators
 from vit_jax.data import sources
+from vit_jax import evaluators
+from vit_jax import models
+from vit_jax import sharding
+from vit_jax.training import checkpoints as train_checkpoints
 from vit_jax.training import metrics_log
 from vit_jax.training import mixing
-from vit_jax import models
 from vit_jax.training import optim
 from vit_jax.training import preemption
-from vit_jax.weights import pretrained
-from vit_jax import sharding
-from vit_jax.training import steps
-from vit_jax.training import checkpoints as train_checkpoints
 from vit_jax.training import run_spec
+from vit_jax.training import steps
 from vit_jax.training import workdir as workdir_lib
+from vit_jax.weights import pretrained
 
 RunSpec = run_spec.RunSpec
 

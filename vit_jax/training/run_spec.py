@@ -17,13 +17,13 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from vit_jax import evaluators
-from vit_jax import models
-from vit_jax import sharding
 from vit_jax.data import preprocess
 from vit_jax.data import spec as dataspec
+from vit_jax import evaluators
 from vit_jax.evaluators import imagenet
 from vit_jax.evaluators import linear_fewshot
+from vit_jax import models
+from vit_jax import sharding
 from vit_jax.training import mixing
 from vit_jax.training import optim
 from vit_jax.training import steps
