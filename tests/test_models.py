@@ -11,6 +11,7 @@ from tests import helpers
 from tests import numpy_vit
 from vit_jax import models
 from vit_jax.models import vit_family
+from vit_jax.models import vit_layout
 
 # Exact counts at 224 px, 1000 classes, token head, no pre_logits
 # (the paper's Table 1 architectures). g/14 and G/14 are not in that table; their
@@ -278,7 +279,7 @@ def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   loop = helpers.tiny_model()
   scanned = helpers.tiny_model(scan_layers=True, remat_policy=remat_policy)
   params = helpers.random_params(loop, helpers.TINY_IMAGE_SIZE)
-  stacked = vit_family.stack_blocks(params)
+  stacked = vit_layout.stack_blocks(params)
   assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(
       models.param_shapes(scanned, (16, 16)))
   images = helpers.random_images(2, helpers.TINY_IMAGE_SIZE)
@@ -289,7 +290,7 @@ def test_scanned_and_rematerialised_encoders_equal_the_loop(remat_policy):
   def loss(model, p):
     return jnp.sum(model.apply({'params': p}, images, train=True) ** 2)
 
-  grads_loop = vit_family.stack_blocks(jax.grad(lambda p: loss(loop, p))(params))
+  grads_loop = vit_layout.stack_blocks(jax.grad(lambda p: loss(loop, p))(params))
   grads_scan = jax.grad(lambda p: loss(scanned, p))(stacked)
   # float32 sums in another order: compare on the gradients' overall scale
   # (the key bias gradient, for one, is zero up to rounding).

@@ -16,6 +16,7 @@ from tests import numpy_vit
 from vit_jax import models
 from vit_jax.models import posemb
 from vit_jax.models import vit_family
+from vit_jax.models import vit_layout
 from vit_jax.weights import npz
 from vit_jax.weights import pretrained
 
@@ -397,4 +398,4 @@ def test_a_scanned_model_loads_per_block_files(tmp_path, vit_params):
   shapes = models.param_shapes(scanned, (16, 16))
   merged = npz.merge_strict(shapes, vit_family.FAMILY.match_layout(
       pretrained.load_params(path), like=shapes))
-  _assert_trees_equal(vit_family.unstack_blocks(merged), vit_params, rtol=0)
+  _assert_trees_equal(vit_layout.unstack_blocks(merged), vit_params, rtol=0)

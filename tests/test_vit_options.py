@@ -16,6 +16,7 @@ from vit_jax.models import posemb
 from vit_jax.models import stochastic_depth
 from vit_jax.models import vit
 from vit_jax.models import vit_family
+from vit_jax.models import vit_layout
 from vit_jax.weights import pretrained
 
 FAMILY = vit_family.FAMILY
@@ -245,7 +246,7 @@ def test_stochastic_depth_is_the_identity_at_evaluation(scan_layers):
   dropping = helpers.tiny_model(scan_layers=scan_layers, drop_path_rate=0.5)
   params = helpers.random_params(helpers.tiny_model(), SIZE)
   if scan_layers:
-    params = vit_family.stack_blocks(params)
+    params = vit_layout.stack_blocks(params)
   images = helpers.random_images(2, SIZE)
   for seed in (0, 1):
     np.testing.assert_array_equal(
@@ -325,7 +326,7 @@ def test_training_drops_each_layers_branches_at_its_rate(scan_layers):
   references = np.stack(references)  # (16, C)
 
   if scan_layers:
-    params = vit_family.stack_blocks(params)
+    params = vit_layout.stack_blocks(params)
   logits = np.asarray(model.apply(
       {'params': params}, np.repeat(image, draws, axis=0), train=True,
       rngs={'dropout': jax.random.PRNGKey(0)}))
@@ -400,7 +401,7 @@ def test_map_head_keeps_big_visions_names_in_the_file():
 def test_released_layout_round_trips(case):
   _, params = _model_and_params(OPTION_CASES[case])
   back = FAMILY.from_released(FAMILY.to_released(params))
-  flat, original = _flat(back), _flat(vit_family.unstack_blocks(params))
+  flat, original = _flat(back), _flat(vit_layout.unstack_blocks(params))
   assert sorted(flat) == sorted(original)
   for key in flat:
     np.testing.assert_array_equal(flat[key], original[key], err_msg=key)

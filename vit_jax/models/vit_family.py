@@ -6,37 +6,15 @@ select the same variant. Their architectures are Table 1 of Dosovitskiy et
 al. (2021), plus Ti (Touvron et al. 2021), g/G (Zhai et al. 2022) and the
 hybrids of the released checkpoints.
 
-The released `.npz` layout, all of whose variations are mapped here:
-  * the ViT-paper files number the modules inside an encoder block globally
-    (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3);
-    newer Flax code, and our model, numbers them per type (LayerNorm_0,
-    MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0);
-  * old hybrid files store GroupNorm scale/bias as (1, 1, 1, C);
-  * a scanned encoder (`scan_layers`) keeps one `encoderblock` whose arrays
-    have a leading layer axis; files always hold `encoderblock_{i}`.
-Only the encoder blocks' modules are renumbered: a MAP head keeps
-big_vision's names (`MAPHead_0/MultiHeadDotProductAttention_0`, ...).
-
-`describe` reads the whole architecture back off a tree: patch size (the
-`embedding` kernel), width, heads (the query kernel (D, heads, D/heads)),
-MLP width, depth (encoder blocks, scanned or not), ResNet units per stage
-(`block{s}/unit{u}`), and the options that add or drop parameters:
-`reg_token`, `dist_token` with `head_dist`, `LayerScale_{0,1}`,
-`Transformer/pre_norm`, `fc_norm`, `MAPHead_0`, q/k/v biases, and a
-position embedding over the patch tokens only. Options without parameters
-(activation, layer_norm_epsilon, posemb 'sincos2d' vs 'none') are not in
-the arrays: our exports store them in a sidecar (`vit_jax.weights.sidecar`);
-for other files pass them when loading. timm's layout of the same models is
+The released `.npz` layout and what a tree says about its model (read back
+by `describe`) are `vit_layout`; timm's layout of the same models is
 `vit_timm` (the family's `foreign_layouts`).
 """
 
 import dataclasses
-import math
-import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -44,6 +22,7 @@ import numpy as np
 from vit_jax.models import family
 from vit_jax.models import posemb
 from vit_jax.models import vit
+from vit_jax.models import vit_layout
 from vit_jax.models import vit_timm
 
 Params = family.Params
@@ -113,224 +92,6 @@ def stem_stride(resnet_units: Optional[Sequence[int]]) -> int:
 def posemb_prefix_tokens(model: vit.VisionTransformer) -> int:
   """Prefix tokens the learned position embedding has entries for."""
   return model.num_prefix_tokens if model.posemb_covers_prefix else 0
-
-
-# ------------------------------------------------- released key layout --
-
-_OLD_TO_NEW_BLOCK_NAMES = {
-    'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
-    'LayerNorm_2': 'LayerNorm_1',
-    'MlpBlock_3': 'MlpBlock_0',
-}
-_NEW_TO_OLD_BLOCK_NAMES = {v: k for k, v in _OLD_TO_NEW_BLOCK_NAMES.items()}
-_GROUP_NORM = re.compile(r'(^|/)gn(_root|_proj|\d+)/(scale|bias)$')
-_ENCODER, _STACKED, _BLOCK = 'Transformer', 'encoderblock', 'encoderblock_{}'
-_POS_EMBEDDING = (_ENCODER, 'posembed_input', 'pos_embedding')
-
-
-def _is_block_key(key: str) -> bool:
-  return key.startswith(f'{_ENCODER}/{_STACKED}')
-
-
-def _rename_parts(key: str, names: Mapping[str, str]) -> str:
-  """Renumbers the modules of an encoder block's key; others are kept."""
-  if not _is_block_key(key):
-    return key
-  return '/'.join(names.get(part, part) for part in key.split('/'))
-
-
-def _check_block_numbering(flat: Mapping[str, np.ndarray]) -> None:
-  """Refuses files that mix old and new numbering (they would collide)."""
-  parts = {part for key in flat if _is_block_key(key)
-           for part in key.split('/')}
-  old = parts & set(_OLD_TO_NEW_BLOCK_NAMES)
-  new = parts & set(_NEW_TO_OLD_BLOCK_NAMES)
-  if old and new:
-    raise ValueError(f'checkpoint mixes old ({sorted(old)}) and new '
-                     f'({sorted(new)}) encoder-block module numbering')
-
-
-def normalise_layout(flat: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """Any released layout -> ours: per-type block numbering, GroupNorm
-  params as (C,)."""
-  _check_block_numbering(flat)
-  normalised = {}
-  for key, value in flat.items():
-    if _GROUP_NORM.search(key) and value.ndim == 4:
-      value = value.reshape(-1)  # Old hybrids: (1, 1, 1, C).
-    normalised[_rename_parts(key, _OLD_TO_NEW_BLOCK_NAMES)] = value
-  return normalised
-
-
-def is_stacked(params: Params) -> bool:
-  return _STACKED in params.get(_ENCODER, {})
-
-
-def unstack_blocks(params: Params) -> Params:
-  """A scanned model's `encoderblock` (layer axis first) -> encoderblock_{i}."""
-  if not is_stacked(params):
-    return params
-  encoder = dict(params[_ENCODER])
-  stacked = encoder.pop(_STACKED)
-  num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-  for layer in range(num_layers):
-    encoder[_BLOCK.format(layer)] = jax.tree_util.tree_map(
-        lambda x, i=layer: x[i], stacked)
-  return {**params, _ENCODER: encoder}
-
-
-def stack_blocks(params: Params) -> Params:
-  """encoderblock_{i} -> one `encoderblock` with a leading layer axis."""
-  if is_stacked(params) or _ENCODER not in params:
-    return params
-  encoder = dict(params[_ENCODER])
-  blocks = []
-  while _BLOCK.format(len(blocks)) in encoder:
-    blocks.append(encoder.pop(_BLOCK.format(len(blocks))))
-  if not blocks:
-    return params
-  encoder[_STACKED] = jax.tree_util.tree_map(lambda *x: np.stack(x), *blocks)
-  return {**params, _ENCODER: encoder}
-
-
-def position_embedding(params: Params):
-  """The (1, N, D) learned position embedding of a parameter tree."""
-  node = params
-  for name in _POS_EMBEDDING:
-    node = node[name]
-  return node
-
-
-def _is_square(n: int) -> bool:
-  return n >= 1 and math.isqrt(n)**2 == n
-
-
-def _prefix_tokens_in_tree(params: Params) -> int:
-  reg_token = params.get('reg_token')
-  return (int('cls' in params) + int('dist_token' in params) +
-          (0 if reg_token is None else int(reg_token.shape[1])))
-
-
-def _posemb_layout(params: Params):
-  """(options, native grid) that a learned position embedding shows.
-
-  It covers the prefix tokens when the rest is a square grid, the patch
-  tokens only when it is one itself; both (a few tiny grids) is ambiguous:
-  the options then say nothing and the grid is unknown. A tree without one
-  gives ({}, None): 'sincos2d' and 'none' look alike.
-  """
-  if _POS_EMBEDDING[1] not in params.get(_ENCODER, {}):
-    return {}, None
-  num_embeddings = position_embedding(params).shape[1]
-  num_prefix = _prefix_tokens_in_tree(params)
-  covers = _is_square(num_embeddings - num_prefix)
-  patches_only = num_prefix > 0 and _is_square(num_embeddings)
-  if covers and patches_only:
-    return {'posemb': 'learned'}, None
-  if patches_only:
-    return ({'posemb': 'learned', 'posemb_covers_prefix': False},
-            posemb.square_grid(num_embeddings))
-  options = {'posemb': 'learned'}
-  if num_prefix:
-    options['posemb_covers_prefix'] = True
-  # Raises, as before the options, when no square grid fits.
-  return options, posemb.square_grid(num_embeddings - num_prefix)
-
-
-# `describe` reports a file's LayerScale by this init value (see vit.py).
-LOADED_LAYER_SCALE_INIT = vit.LOADED_LAYER_SCALE_INIT
-
-
-def _first_block(encoder: Params) -> Params:
-  return encoder.get(_BLOCK.format(0), encoder.get(_STACKED, {}))
-
-
-def _num_layers(encoder: Params) -> int:
-  """Encoder blocks: the stacked block's leading axis, or the count of
-  consecutive encoderblock_{i}."""
-  if _STACKED in encoder:
-    return int(jax.tree_util.tree_leaves(encoder[_STACKED])[0].shape[0])
-  layers = 0
-  while _BLOCK.format(layers) in encoder:
-    layers += 1
-  return layers
-
-
-def _resnet_units(params: Params) -> Optional[Tuple[int, ...]]:
-  """Units per ResNet stage of a hybrid's `block{s}/unit{u}` (numbered from
-  1); () for the root alone; None without `conv_root` (a pure ViT)."""
-  if 'conv_root' not in params:
-    return None
-  units = []
-  while f'block{len(units) + 1}' in params:
-    stage = params[f'block{len(units) + 1}']
-    count = 0
-    while f'unit{count + 1}' in stage:
-      count += 1
-    units.append(count)
-  return tuple(units)
-
-
-def _architecture(params: Params) -> Dict[str, Any]:
-  """What the shapes fix, width first (the likeliest difference between a
-  file and a wrong model name). Heads and MLP width come from the first
-  encoder block, or from a MAP head when there is no block; an encoder
-  without either leaves them out."""
-  kernel = params['embedding']['kernel']  # (ph, pw, C, D)
-  architecture = {
-      'hidden_size': int(params['embedding']['bias'].shape[-1]),
-      'patch_size': (int(kernel.shape[0]), int(kernel.shape[1])),
-  }
-  attention_owner = (_first_block(params[_ENCODER]) or
-                     params.get('MAPHead_0', {}))
-  if attention_owner:
-    # A stacked block's kernels have a leading layer axis: count from the end.
-    query = attention_owner['MultiHeadDotProductAttention_0']['query']
-    architecture['num_heads'] = int(query['kernel'].shape[-2])
-    architecture['mlp_dim'] = int(
-        attention_owner['MlpBlock_0']['Dense_0']['kernel'].shape[-1])
-  architecture['num_layers'] = _num_layers(params[_ENCODER])
-  architecture['resnet_units'] = _resnet_units(params)
-  return architecture
-
-
-def _tree_options(params: Params) -> Dict[str, Any]:
-  """The options that add or drop parameters, as a tree shows them."""
-  if 'MAPHead_0' in params:
-    classifier = 'map'
-  else:
-    classifier = 'token' if 'cls' in params else 'gap'
-  reg_token = params.get('reg_token')
-  options = {
-      'classifier': classifier,
-      'distillation': 'dist_token' in params,
-      'num_register_tokens': 0 if reg_token is None else int(
-          reg_token.shape[1]),
-      'pre_norm': 'pre_norm' in params[_ENCODER],
-      'fc_norm': 'fc_norm' in params,
-  }
-  block = _first_block(params[_ENCODER])
-  if block:  # Encoders of at least one block.
-    options['layer_scale_init'] = (LOADED_LAYER_SCALE_INIT
-                                   if 'LayerScale_0' in block else None)
-    query = block.get('MultiHeadDotProductAttention_0', {}).get('query', {})
-    options['qkv_bias'] = 'bias' in query
-  return options
-
-
-def _parameters_of(classifier: str) -> str:
-  """What a classifier adds to the tree: a class token, a MAP head or
-  neither (see `_tree_options`)."""
-  if classifier == 'map':
-    return 'map'
-  return 'token' if classifier in vit.TOKEN_CLASSIFIERS else 'gap'
-
-
-def _with_position_embedding(params: Params, value) -> Params:
-  encoder = dict(params[_ENCODER])
-  encoder[_POS_EMBEDDING[1]] = {
-      **encoder[_POS_EMBEDDING[1]], _POS_EMBEDDING[2]: value}
-  return {**params, _ENCODER: encoder}
 
 
 class VitFamily(family.ModelFamily):
@@ -418,13 +179,15 @@ class VitFamily(family.ModelFamily):
 
   def contradicts(self, key: str, from_arrays: Any, stored: Any) -> bool:
     """LayerScale's init value is not in the arrays (`describe` reports
-    LOADED_LAYER_SCALE_INIT): only its presence can contradict them. Nor do
-    they tell a pooled classifier from its unpooled twin ('token' from
-    'token_unpooled', 'gap' from 'unpooled'). An int patch size is square."""
+    vit.LOADED_LAYER_SCALE_INIT): only its presence can contradict them.
+    Nor do they tell a pooled classifier from its unpooled twin ('token'
+    from 'token_unpooled', 'gap' from 'unpooled'). An int patch size is
+    square."""
     if key == 'layer_scale_init':
       return (from_arrays is None) != (stored is None)
     if key == 'classifier':
-      return _parameters_of(from_arrays) != _parameters_of(stored)
+      return (vit_layout.parameters_of(from_arrays) !=
+              vit_layout.parameters_of(stored))
     if key == 'patch_size' and isinstance(stored, int):
       stored = (stored, stored)
     return super().contradicts(key, from_arrays, stored)
@@ -440,33 +203,36 @@ class VitFamily(family.ModelFamily):
 
   def recognises(self, flat) -> bool:
     tops = {key.split('/')[0] for key in flat}
-    return {'embedding', _ENCODER} <= tops
+    return {'embedding', vit_layout.ENCODER} <= tops
 
   def from_released(self, flat) -> Params:
-    return flax.traverse_util.unflatten_dict(normalise_layout(flat), sep='/')
+    return flax.traverse_util.unflatten_dict(
+        vit_layout.normalise_layout(flat), sep='/')
 
   def to_released(self, params: Params) -> Dict[str, np.ndarray]:
     """The ViT-paper layout: old numbering, one entry per encoder block
     whether or not the model scans them."""
-    flat = super().to_released(unstack_blocks(flax.core.unfreeze(params)))
-    return {_rename_parts(key, _NEW_TO_OLD_BLOCK_NAMES): value
-            for key, value in flat.items()}
+    flat = super().to_released(
+        vit_layout.unstack_blocks(flax.core.unfreeze(params)))
+    return vit_layout.to_old_numbering(flat)
 
   def match_layout(self, params: Params, like: Params) -> Params:
-    return stack_blocks(params) if is_stacked(like) else unstack_blocks(params)
+    if vit_layout.is_stacked(like):
+      return vit_layout.stack_blocks(params)
+    return vit_layout.unstack_blocks(params)
 
   def describe(self, params: Params) -> family.CheckpointFacts:
     """Class count from `head`, representation size from `pre_logits`, the
     classifier ('map' with `MAPHead_0`, 'token' with `cls`, else 'gap'),
-    the options that add parameters, the architecture (see the module
-    docstring) and the grid from the position embedding (None without a
+    the options that add parameters, the architecture (see
+    `vit_layout`) and the grid from the position embedding (None without a
     learned one)."""
-    for required in ('embedding', _ENCODER):
+    for required in ('embedding', vit_layout.ENCODER):
       if required not in params:
         raise family.CheckpointMismatchError(
             f'the checkpoint has no {required!r} parameters: not a ViT '
             'checkpoint')
-    posemb_options, grid = _posemb_layout(params)
+    posemb_options, grid = vit_layout.posemb_layout(params)
     head, pre_logits = params.get('head'), params.get('pre_logits')
     return family.CheckpointFacts(
         model_kwargs={
@@ -474,10 +240,10 @@ class VitFamily(family.ModelFamily):
                             int(head['kernel'].shape[-1])),
             'representation_size': (None if pre_logits is None else
                                     int(pre_logits['kernel'].shape[-1])),
-            **_tree_options(params),
+            **vit_layout.tree_options(params),
             **posemb_options,
         },
-        expected=_architecture(params),
+        expected=vit_layout.architecture_of(params),
         native_grid=grid)
 
   def adapt_resolution(self, params: Params, model: vit.VisionTransformer,
@@ -486,9 +252,9 @@ class VitFamily(family.ModelFamily):
     """Resamples the position embedding to the grid of `image_size`."""
     if model.posemb != 'learned':
       return params  # 'sincos2d' is computed for any grid.
-    embedding = params.get(_ENCODER, {}).get(_POS_EMBEDDING[1], {}).get(
-        _POS_EMBEDDING[2])
-    target = position_embedding(shapes)
+    _, module, name = vit_layout.POS_EMBEDDING
+    embedding = params.get(vit_layout.ENCODER, {}).get(module, {}).get(name)
+    target = vit_layout.position_embedding(shapes)
     if embedding is None or embedding.shape == target.shape:
       return params
     if embedding.shape[-1] != target.shape[-1]:
@@ -498,7 +264,7 @@ class VitFamily(family.ModelFamily):
     resized = posemb.resize(
         embedding, grid, num_prefix_tokens=posemb_prefix_tokens(model),
         method=method)
-    return _with_position_embedding(params, resized)
+    return vit_layout.with_position_embedding(params, resized)
 
   # --- Running -------------------------------------------------------------
 
@@ -510,17 +276,17 @@ class VitFamily(family.ModelFamily):
     layers = sorted({i % model.num_layers for i in attention_layers})
     if model.scan_layers:
       model = model.clone(scan_layers=False)
-      params = unstack_blocks(params)
+      params = vit_layout.unstack_blocks(params)
     outputs, state = model.apply(
         {'params': params}, images_BHWC, train=False,
         capture_attention=layers, capture_block_outputs=block_outputs,
         mutable=['intermediates'])
     sown = state['intermediates']
     result = {'pre_logits': sown['features'][0]}
-    encoder = sown.get(_ENCODER, {})
+    encoder = sown.get(vit_layout.ENCODER, {})
     if layers:
       result['attention_weights'] = {
-          layer: encoder[_BLOCK.format(layer)]
+          layer: encoder[vit_layout.BLOCK.format(layer)]
           ['MultiHeadDotProductAttention_0']['attention_weights'][0]
           for layer in layers}
     if block_outputs:
@@ -540,13 +306,13 @@ class VitFamily(family.ModelFamily):
     """The learned embedding as the tokens receive it: (1, prefix +
     rows*cols, D), zeros for prefix tokens it does not cover; None without
     a learned one."""
-    if _POS_EMBEDDING[1] not in params.get(_ENCODER, {}):
+    if vit_layout.POS_EMBEDDING[1] not in params.get(vit_layout.ENCODER, {}):
       return None
-    embedding_1ND = position_embedding(params)
-    options, _ = _posemb_layout(params)
+    embedding_1ND = vit_layout.position_embedding(params)
+    options, _ = vit_layout.posemb_layout(params)
     if options.get('posemb_covers_prefix', True):
       return embedding_1ND
-    prefix_1PD = np.zeros((1, _prefix_tokens_in_tree(params),
+    prefix_1PD = np.zeros((1, vit_layout.prefix_tokens_in_tree(params),
                            embedding_1ND.shape[-1]), embedding_1ND.dtype)
     return np.concatenate([prefix_1PD, np.asarray(embedding_1ND)], axis=1)
 
