@@ -41,7 +41,7 @@ from ml_collections import config_flags
 from benchmarks import jax_side
 from benchmarks import protocol
 from vit_jax.cli import _flags as cli_flags
-from vit_jax.models import vit
+from vit_jax.models import vit_blocks
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -65,8 +65,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
          enum_values=protocol.COMPARISONS)
   define(flags.DEFINE_string, 'json_out', None, 'Write the results here.')
   define(flags.DEFINE_enum, 'attention', 'auto',
-         'Attention implementation (vit.MultiHeadAttention).',
-         enum_values=vit.ATTENTION_IMPLEMENTATIONS)
+         'Attention implementation (vit_blocks.MultiHeadAttention).',
+         enum_values=vit_blocks.ATTENTION_IMPLEMENTATIONS)
   config_flags.DEFINE_config_file(
       'config', None, 'An experiment config (with --config.<key>=value '
       'overrides): times its model, batch, image size and dtype with the '

@@ -10,8 +10,9 @@ is compared with. The timm side is `timm_side`; timing both is
 step in timm_side), jitted with the parameters and optimizer state
 donated. FLOPs come from XLA's cost analysis of the compiled step (forward
 + backward for training). Under the token head our last block computes the
-class token alone (see vit.EncoderBlock); timm's computes every token, so
-`every_token_flops` is the FLOPs of our step computing every token too.
+class token alone (see vit_blocks.EncoderBlock); timm's computes every
+token, so `every_token_flops` is the FLOPs of our step computing every token
+too.
 """
 
 import functools
@@ -96,8 +97,8 @@ def _jitted_step(model: Any, train: bool, mesh: jax.sharding.Mesh):
   inference and on ((params, SGD state), images, labels) for training.
 
   `every_token=True` has the last block compute every token, as timm's does
-  (capturing the block outputs turns vit.Encoder's class-token-only block
-  off); it is only lowered, for its FLOPs.
+  (capturing the block outputs turns vit_blocks.Encoder's class-token-only
+  block off); it is only lowered, for its FLOPs.
   """
   replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
@@ -163,7 +164,7 @@ def build_step(model_name: str, image_size: int, num_classes: int, mode: str,
     images_np: (batch, image_size, image_size, 3) float32 images.
     labels_np: (batch,) int32 labels (read only for training).
     overrides: architecture overrides for `models.create_model`.
-    attention: one of vit.ATTENTION_IMPLEMENTATIONS.
+    attention: one of vit_blocks.ATTENTION_IMPLEMENTATIONS.
 
   Returns:
     (step, info): `step()` runs one step to completion; `info` has 'params',

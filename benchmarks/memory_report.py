@@ -42,7 +42,7 @@ from benchmarks import memory_measure
 from vit_jax.cli import _flags as cli_flags
 from vit_jax.cli import _process
 from vit_jax import models
-from vit_jax.models import vit
+from vit_jax.models import vit_blocks
 
 DEFAULT_NUM_DEVICES = 8
 GIB = memory_measure.GIB
@@ -149,7 +149,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
          f'Micro-batches per step; default: the fewest with at most '
          f'{memory_measure.MAX_IMAGES_PER_DEVICE} images per device.')
   define(flags.DEFINE_enum, 'remat_policy', 'full',
-         'config.model.remat_policy.', enum_values=list(vit.REMAT_POLICIES))
+         'config.model.remat_policy.',
+         enum_values=list(vit_blocks.REMAT_POLICIES))
   define(flags.DEFINE_integer, 'image_size', 224, 'Square input size.')
   define(flags.DEFINE_integer, 'num_classes', 21843,
          'Head size (ImageNet-21k: 21843).')

@@ -13,6 +13,7 @@ import pytest
 
 from vit_jax.models import layers
 from vit_jax.models import vit
+from vit_jax.models import vit_blocks
 
 
 def _bf16_exact(x):
@@ -120,7 +121,7 @@ def test_bf16_encoder_block_gradient_keeps_every_product_in_bf16():
   # transposed view; that halves the speed of training. Both the Dense and
   # the attention products must reach the compiled program in bf16. (Tiny
   # products run in float32 whatever their layout: heads of 64 here.)
-  block = vit.EncoderBlock(num_heads=2, mlp_dim=256,
+  block = vit_blocks.EncoderBlock(num_heads=2, mlp_dim=256,
                                   dtype=jnp.bfloat16)
   x = jnp.ones((2, 50, 128), jnp.float32)
   params = block.init(jax.random.PRNGKey(0), x)

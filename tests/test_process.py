@@ -18,7 +18,7 @@ from benchmarks import protocol
 from tests import helpers
 from vit_jax.cli import _flags as cli_flags
 from vit_jax.cli import _process
-from vit_jax.models import vit
+from vit_jax.models import vit_blocks
 from vit_jax.models import vit_family
 
 
@@ -96,12 +96,12 @@ def test_flags_choose_from_the_lists_the_code_checks():
   enum = lambda name: tuple(flag_values[name].parser.enum_values)
   assert enum('mode') == jax_side.MODES
   assert enum('dtype') == jax_side.DTYPES
-  assert enum('attention') == vit.ATTENTION_IMPLEMENTATIONS
+  assert enum('attention') == vit_blocks.ATTENTION_IMPLEMENTATIONS
   assert enum('compare') == protocol.COMPARISONS
   flag_values = flags.FlagValues()
   memory_report.define_flags(flag_values)
   assert set(flag_values['remat_policy'].parser.enum_values) == set(
-      vit.REMAT_POLICIES)
+      vit_blocks.REMAT_POLICIES)
   flag_values = flags.FlagValues()
   cli_flags.define_model_flags(flag_values)
   for key in vit_family.ARCHITECTURE_KEYS:

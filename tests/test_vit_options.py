@@ -14,7 +14,7 @@ from tests import numpy_vit
 from vit_jax import models
 from vit_jax.models import posemb
 from vit_jax.models import stochastic_depth
-from vit_jax.models import vit
+from vit_jax.models import vit_blocks
 from vit_jax.models import vit_family
 from vit_jax.models import vit_layout
 from vit_jax.weights import pretrained
@@ -273,8 +273,8 @@ def test_a_dropped_branch_is_unbiased(kept_branch):
   # Every example is either x or x + branch / keep, and the mean over many
   # examples (independent draws) is the plain block's output.
   rate, draws = 0.3, 4000
-  block = vit.EncoderBlock(num_heads=2, mlp_dim=64, drop_path_rate=rate,
-                           train=True)
+  block = vit_blocks.EncoderBlock(num_heads=2, mlp_dim=64,
+                                  drop_path_rate=rate, train=True)
   x_1ND = np.random.default_rng(0).normal(size=(1, 5, 32)).astype(np.float32)
   params = block.init(jax.random.PRNGKey(0), x_1ND)['params']
   params = (_zero(params, 'MlpBlock_0', 'Dense_1') if kept_branch == 'attention'

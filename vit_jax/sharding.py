@@ -10,8 +10,8 @@ the same rule, applied to its path and shape:
      axis is split over 'data' (FSDP/ZeRO-3: XLA gathers for the matmuls);
   3. else it is replicated.
 The model code knows nothing of devices: it names the axes of its
-activations ('batch', 'tokens', 'embed', see vit_jax.models.vit), and
-ACTIVATION_RULES map them onto the mesh while a step is traced. Without the
+activations ('batch', 'tokens', 'embed', see vit_jax.models.vit_blocks),
+and ACTIVATION_RULES map them onto the mesh while a step is traced. Without the
 constraint, a scanned encoder with FSDP params lets the partitioner replicate
 the activations: every device would compute the whole batch.
 `MeshSpec` holds these settings (config.mesh_model_axis, fsdp,
