@@ -325,6 +325,7 @@ def _direct_features(config, model, params, split):
   return np.concatenate(features), np.concatenate(labels)
 
 
+@pytest.mark.slow
 def test_fewshot_evaluator_equals_the_library_on_sharded_params(folder):
   config = _fewshot_config(folder)
   model = helpers.tiny_model(num_classes=FEWSHOT_CLASSES,

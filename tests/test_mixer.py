@@ -465,6 +465,7 @@ def _block_candidates(params, x_NC):
   return outputs
 
 
+@pytest.mark.slow
 def test_drop_path_drops_whole_branches_per_example_as_the_vit():
   model = tiny_mixer(drop_path_rate=0.5, num_layers=3)
   params = data_helpers.numpy_params(model, IMAGE_SIZE)

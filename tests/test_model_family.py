@@ -175,6 +175,7 @@ def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
     pretrained.load(workdir / 'model.npz', 'Toy-M_4', image_size=IMAGE_SIZE)
 
 
+@pytest.mark.slow
 def test_features_and_fine_tuning_go_through_the_family(toy_family,
                                                         tmp_path):
   source = models.create_model('Toy-S_4', num_classes=5)

@@ -333,6 +333,7 @@ def test_token_head_computes_the_last_block_for_the_class_token_only():
       (2, 16, 32)] * 2
 
 
+@pytest.mark.slow
 def test_scanned_model_keeps_the_released_layout_and_intermediates():
   scanned = helpers.tiny_model(scan_layers=True)
   params = models.init_params(scanned, jax.random.PRNGKey(0), (16, 16))

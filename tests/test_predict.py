@@ -171,6 +171,7 @@ def test_cli_architecture_flags_load_a_modified_model(files):
   np.testing.assert_array_equal(np.load(f'{files["root"]}/l.npy'), expected)
 
 
+@pytest.mark.slow
 def test_cli_resnet_units_flag_loads_a_hybrid_with_changed_stages(
     files, tmp_path, capsys):
   # A hybrid trained with config.model.resnet_units=(1,) on R+ViT-Ti_16

@@ -237,6 +237,7 @@ def test_fine_tuning_keeps_pre_logits_when_the_model_has_them(tmp_path):
                                 source_params['pre_logits']['kernel'])
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_another_model_names_the_mismatch(tmp_path):
   path = tmp_path / 'other.npz'
   pretrained.save_npz(

@@ -101,6 +101,7 @@ def test_a_model_name_is_checked_and_overrides_still_apply(exported):
               'gelu_tanh', jnp.dtype('bfloat16'), 1e-5)
 
 
+@pytest.mark.slow
 def test_a_fixed_position_embedding_and_its_resolution_come_from_it(
     tmp_path):
   model = helpers.tiny_model(posemb='sincos2d', classifier='gap')
@@ -184,6 +185,7 @@ def test_save_refuses_a_description_that_does_not_fit(exported, tmp_path):
   assert not sidecar.path_for(path).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('classifier', ['token_unpooled', 'unpooled'])
 def test_an_unpooled_classifier_comes_from_it(tmp_path, classifier):
   # The arrays of 'token_unpooled' are those of 'token' ('unpooled': 'gap').

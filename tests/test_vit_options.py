@@ -208,6 +208,7 @@ def test_sincos2d_refuses_widths_it_cannot_split(width):
     posemb.sincos_2d((2, 2), width)
 
 
+@pytest.mark.slow
 def test_sincos2d_has_no_parameter_and_runs_at_any_resolution():
   model, params = _model_and_params(dict(posemb='sincos2d', classifier='gap'))
   assert 'posembed_input' not in params['Transformer']
@@ -224,6 +225,7 @@ def test_drop_path_rates_grow_linearly_from_zero():
   assert stochastic_depth.rates(0.3, 1) == (0.0,)
 
 
+@pytest.mark.slow
 def test_unrolled_blocks_get_the_linear_rates():
   model, params = _model_and_params(dict(drop_path_rate=0.3, num_layers=4))
   rates = []
