@@ -8,9 +8,13 @@ optimiser and schedule: 4x4 patches of the 28x28 image make 49 tokens of
 width 64, 6 Mixer blocks with token-mixing MLPs of width 32 and
 channel-mixing MLPs of width 256 (Tolstikhin et al. 2021 keep the same
 ratios: tokens MLP half the width, channels MLP four times), stochastic
-depth 0.1. Every `config.model` key is the Mixer family's
-(`vit_jax/models/mixer_family.py`); this recipe has not been tuned or
-measured.
+depth 0.1 (223,280 parameters). Every `config.model` key is the Mixer
+family's (`vit_jax/models/mixer_family.py`).
+
+Reaches 0.9158 test top-1 in 20.7 minutes (the whole command; 1,000-1,690
+images/s on 2 CPU cores with bf16 instructions, AMD EPYC, 2026-12-06),
+untuned: the first run of this recipe. The run is logged in
+docs/experiments.md#mlp-mixer-on-fashion-mnist.
 """
 
 from configs import common
