@@ -1,7 +1,6 @@
 """The workdir claim: one live run at a time, released however the run ends;
 what a run records beside its checkpoints."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import textwrap
 import jax.numpy as jnp
 import pytest
 
-from configs import common
 from vit_jax.training import workdir
 
 
@@ -52,16 +50,11 @@ def test_an_unwritable_workdir_is_named(tmp_path):
     workdir.claim(tmp_path / 'file' / 'run')
 
 
-def test_record_run_writes_the_config_and_the_parameter_table(tmp_path):
-  config = common.get_config()
+def test_record_run_writes_the_parameter_table(tmp_path):
   params = {'head': {'kernel': jnp.zeros((3, 5)), 'bias': jnp.zeros(5)}}
-  line = workdir.record_run(
-      tmp_path, config.to_json_best_effort(indent=2, sort_keys=True), params)
+  line = workdir.record_run(tmp_path, params)
   assert line.startswith('20 parameters; ')
-  recorded = json.loads((tmp_path / workdir.CONFIG_NAME).read_text())
-  assert recorded['batch_size'] == config.batch_size
-  assert recorded['model']['classifier'] == config.model.classifier
   table = (tmp_path / workdir.PARAMETERS_NAME).read_text()
   assert 'head/kernel' in table and '(3, 5)' in table
   assert sorted(p.name for p in tmp_path.iterdir()) == [
-      workdir.CONFIG_NAME, workdir.PARAMETERS_NAME]
+      workdir.PARAMETERS_NAME]

@@ -48,6 +48,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
          'Number of processes (multi-process).')
   define(flags.DEFINE_integer, 'process_id', None,
          'This process\'s index (multi-process).')
+  define(flags.DEFINE_bool, 'allow_config_change', False,
+         'Resume a --workdir whose run had another config (e.g. a new lr); '
+         'each change is recorded with its step in config_changes.jsonl.')
   define(flags.DEFINE_bool, 'distributed', False,
          'Call jax.distributed.initialize() and let it detect the cluster '
          '(implied by --coordinator_address).')
@@ -92,8 +95,9 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
   start = time.time()
   workdir = flag_values.workdir
   try:
-    record = cli_flags.exit_on_user_error(loop.train_and_evaluate,
-                                          flag_values.config, workdir)
+    record = cli_flags.exit_on_user_error(
+        loop.train_and_evaluate, flag_values.config, workdir,
+        allow_config_change=flag_values.allow_config_change)
   except preemption.Preempted as e:
     print(f'{e} (--workdir={workdir})', file=sys.stderr)
     sys.exit(preemption.EXIT_STATUS[e.signal_name])

@@ -16,7 +16,8 @@ registered families (`vit_jax.models.variant_keys`).
 """
 
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+from typing import (Any, Callable, Dict, List, NoReturn, Optional, Sequence,
+                    Tuple)
 
 from absl import app
 from absl import flags
@@ -186,15 +187,20 @@ def _config_error_message(error: BaseException) -> str:
   return f'--config: {[line for line in lines if line][-1]}'
 
 
-def _exit_with_error(message: str) -> NoReturn:
+def _exit_with_error(message: str, details: Sequence[str] = ()) -> NoReturn:
+  """Prints `details` (lines the message refers to) and then the error line:
+  the last line a failed program prints."""
+  for line in details:
+    print(line, file=sys.stderr)
   print(f'error: {message}', file=sys.stderr)
   sys.exit(1)
 
 
 def exit_on_user_error(function: Callable[..., Any], *args, **kwargs) -> Any:
   """Calls `function`; a USER_ERRORS exception prints `error: ...` to stderr
-  and exits with status 1."""
+  (after its `details` lines, when it has them, e.g.
+  `run_identity.ConfigChangedError`) and exits with status 1."""
   try:
     return function(*args, **kwargs)
   except USER_ERRORS as e:
-    _exit_with_error(str(e))
+    _exit_with_error(str(e), getattr(e, 'details', ()))

@@ -183,6 +183,7 @@ class Checkpointer:
     self._manifest_writer = futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix='checkpoint_manifest')
     self._pending_manifest: Optional[futures.Future] = None
+    self._closed = False
     self._saving_step: Optional[int] = None
     self._manager = ocp.CheckpointManager(
         directory,
@@ -191,6 +192,16 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True,
             create=True))
+
+  @property
+  def directory(self) -> epath.Path:
+    return self._directory
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *unused_exc_info) -> None:
+    self.close()
 
   def step_dir(self, step: int) -> epath.Path:
     """Where orbax keeps `step` (its default step name: the bare number)."""
@@ -296,20 +307,18 @@ class Checkpointer:
     if step < 0:
       raise ValueError(problem or f'no intact checkpoint in {self._directory}'
                        ' (process 0 logs why)')
-    try:
-      state = self._manager.restore(
-          step, args=ocp.args.StandardRestore(abstract_state))
-    except ValueError as e:
-      # The bytes are as written, so a tree or shape mismatch means another
-      # model, optimizer or config wrote this workdir. Anything else (e.g.
-      # storage errors) is orbax's to tell.
-      difference = tree_difference(self._manager.item_metadata(step),
-                                   abstract_state)
-      if difference is None:
-        raise
+    # The bytes are as written, so a tree or shape mismatch means another
+    # model, optimizer or config wrote this workdir. Checked on the metadata
+    # first: a restore that fails leaves orbax's other reads running, whose
+    # tracebacks then bury the error.
+    difference = tree_difference(self._manager.item_metadata(step),
+                                 abstract_state)
+    if difference is not None:
       raise ValueError(
           f'{self.step_dir(step)} holds a checkpoint of a different model or '
-          f'train state ({difference}); use a fresh --workdir') from e
+          f'train state ({difference}); use a fresh --workdir')
+    state = self._manager.restore(
+        step, args=ocp.args.StandardRestore(abstract_state))
     return state, step
 
   def _intact_step_moving_damaged_aside(self, steps) -> Tuple[int, str]:
@@ -353,6 +362,15 @@ class Checkpointer:
     return self.step_dir(step).rename(target)
 
   def close(self) -> None:
+    """Waits for pending writes and stops orbax's threads; again: nothing.
+
+    Every path out of a run must close: an open manager's threads print
+    event-loop tracebacks when the interpreter ends, burying the run's
+    error line.
+    """
+    if self._closed:
+      return
+    self._closed = True
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except

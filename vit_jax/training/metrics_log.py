@@ -1,8 +1,10 @@
 """Where metrics go: TensorBoard (clu writers) and `workdir/metrics.jsonl`.
 
-metrics.jsonl has one JSON object per write, always with 'step' and
-'elapsed_s' (wall seconds since the run started in this process, set-up,
-data preparation and compilation included); evaluation records carry
+metrics.jsonl has one JSON object per write, always with 'step', 'record'
+(what wrote it: 'train', or an evaluator's record such as 'eval') and
+'elapsed_s' (wall seconds the run's processes have worked on it, set-up,
+data preparation and compilation included: a resumed run goes on from the
+last record of the process before it); evaluation records carry
 `top1_accuracy`, `top5_accuracy`, `loss` and `num_examples` (prefixed `ema_`
 for the averaged params). Only process 0 writes.
 """
@@ -10,7 +12,7 @@ for the averaged params). Only process 0 writes.
 import json
 import socket
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from absl import logging
 from clu import metric_writers
@@ -27,7 +29,9 @@ class MetricsLog:
   """Writes scalar records to TensorBoard event files and metrics.jsonl."""
 
   def __init__(self, workdir, start_time: Optional[float] = None):
-    """`start_time` (time.time()) is the zero of 'elapsed_s'; default now."""
+    """`start_time` (time.time()): when this process started on the run
+    (default now); 'elapsed_s' counts from it, plus the time of the
+    processes before it (`drop_after`)."""
     self._start_time = time.time() if start_time is None else start_time
     self._is_writer = jax.process_index() == 0
     self._workdir = epath.Path(workdir)
@@ -35,6 +39,7 @@ class MetricsLog:
     # reads a directory's event files in name (creation time) order.
     self._writer = None
     self.jsonl_path = self._workdir / 'metrics.jsonl'
+    self._earlier_s = 0.0  # Time the processes before this one worked.
 
   @property
   def writer(self) -> metric_writers.MetricWriter:
@@ -45,32 +50,45 @@ class MetricsLog:
                       if self._is_writer else metric_writers.MultiWriter([]))
     return self._writer
 
-  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+  def write(self, step: int, scalars: Mapping[str, Any],
+            record: str = 'train') -> None:
+    """Writes `scalars` of `step` as one `record` line (and to TensorBoard)."""
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     self.writer.write_scalars(step, scalars)
     if self._is_writer:
-      elapsed = round(time.time() - self._start_time, 2)
+      elapsed = round(time.time() - self._start_time + self._earlier_s, 2)
       with self.jsonl_path.open('a') as f:
-        f.write(json.dumps({'step': int(step), 'elapsed_s': elapsed,
-                            **scalars}) + '\n')
+        f.write(json.dumps({'step': int(step), 'record': record,
+                            'elapsed_s': elapsed, **scalars}) + '\n')
 
-  def drop_after(self, step: int) -> None:
+  def drop_after(self, step: int) -> Set[str]:
     """Forgets records past `step`: a resumed run repeats those steps.
 
     metrics.jsonl is replaced atomically (a new file, then a rename), so a
     crash here leaves the old one whole. TensorBoard's event files are
     append-only: a start marker tells TensorBoard to discard their points
-    past `step` (see `_write_start_marker`). Call at the start of every run,
-    before the first write.
+    past `step` (see `_write_start_marker`). 'elapsed_s' goes on from the
+    last record of the processes before (dropped ones included: that time
+    was spent). Call at the start of every run, before the first write.
+
+    Returns:
+      The records already written at `step` (process 0; empty elsewhere):
+      what a resumed run need not repeat.
     """
     if not self._is_writer:
-      return
+      return set()
+    done = set()
     if self.jsonl_path.exists():
-      kept = [line for line, record in read_records(self.jsonl_path)
-              if record['step'] <= step]
+      records = read_records(self.jsonl_path)
+      self._earlier_s = max((record.get('elapsed_s', 0)
+                             for _, record in records), default=0.0)
+      kept = [line for line, record in records if record['step'] <= step]
+      done = {record.get('record') for _, record in records
+              if record['step'] == step}
       atomic.write_text(self.jsonl_path,
                         ''.join(line + '\n' for line in kept))
     _write_start_marker(self._workdir, step + 1)
+    return done
 
   def flush(self) -> None:
     if self._writer is not None:

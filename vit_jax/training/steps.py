@@ -164,11 +164,15 @@ def train_step(state: TrainState, batch: Batch, *, model,
   if ema_decay:
     ema_params = jax.tree_util.tree_map(
         lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
+  grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(params)
   metrics = {
       'loss': loss_value,
-      'grad_norm': optax.tree.norm(grads),
-      'param_norm': optax.tree.norm(params),
+      'grad_norm': grad_norm,
+      'param_norm': param_norm,
       'lr': learning_rate(state.step),
+      # Read only before the state is kept (vit_jax.training.divergence).
+      'finite': (jnp.isfinite(loss_value) & jnp.isfinite(grad_norm) &
+                 jnp.isfinite(param_norm)),
   }
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state, ema_params=ema_params)

@@ -3,8 +3,8 @@
 `claim` creates the workdir, proves it can be written and takes its lock, so
 that two runs never write the same checkpoints and metrics (the second one
 stops before its first step with the first one's process and host).
-`record_run` writes what a run is (`config.json`, `parameters.txt`) beside
-its checkpoints, instead of into the log.
+`record_run` writes the parameter table beside the checkpoints, instead of
+into the log (the config is `run_identity`'s).
 
 The lock is an advisory `flock` on `workdir/.lock`: the kernel releases it
 when its process ends, however it ends (kill -9 included), so a stopped run
@@ -25,7 +25,6 @@ import jax
 from vit_jax import atomic
 
 LOCK_NAME = '.lock'
-CONFIG_NAME = 'config.json'
 PARAMETERS_NAME = 'parameters.txt'
 
 
@@ -86,13 +85,12 @@ def claim(workdir) -> Claim:
   return Claim(lock_file)
 
 
-def record_run(workdir, config_json: str, params: Any) -> str:
-  """Writes `config.json` and `parameters.txt` (process 0) and returns the
-  line that says so, with the parameter count, for the log.
+def record_run(workdir, params: Any) -> str:
+  """Writes `parameters.txt` (process 0) and returns the line that says so,
+  with the parameter count, for the log.
 
   Args:
     workdir: the run's directory.
-    config_json: the run's config as JSON (`run_spec.RunSpec.config_json`).
     params: the parameters, tabled.
   """
   workdir = epath.Path(workdir)
@@ -100,8 +98,7 @@ def record_run(workdir, config_json: str, params: Any) -> str:
   # computations over the global arrays, in which all processes take part.
   table = parameter_overview.get_parameter_overview(params)
   if jax.process_index() == 0:
-    atomic.write_text(workdir / CONFIG_NAME, config_json + '\n')
     atomic.write_text(workdir / PARAMETERS_NAME, table + '\n')
   count = parameter_overview.count_parameters(params)
   return (f'{count:,} parameters; config and parameter table in '
-          f'{workdir / CONFIG_NAME} and {workdir / PARAMETERS_NAME}')
+          f'{workdir / "config.json"} and {workdir / PARAMETERS_NAME}')
