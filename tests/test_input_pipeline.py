@@ -497,6 +497,85 @@ def test_image_folder_errors(tmp_path):
           eval_split='val').source()
 
 
+def _write_classes(root, split, classes, per_class=1):
+  """Writes `per_class` PNGs into root/split/<class>/ for each class."""
+  for name in classes:
+    os.makedirs(root / split / name, exist_ok=True)
+    for i in range(per_class):
+      Image.new('RGB', (10, 8), (10 * i, 0, 0)).save(
+          root / split / name / f'{i}.png')
+
+
+def test_image_folder_classes_come_from_the_training_split(tmp_path):
+  # Training has 3 classes; test lacks 'cat': an evaluation on fewer classes
+  # keeps the training split's label ids (Dog 0, bird 1, eel 2).
+  _write_classes(tmp_path, 'train', ('Dog', 'bird', 'eel'), per_class=2)
+  _write_classes(tmp_path, 'test', ('eel', 'Dog'), per_class=3)
+  data = _data(dataset='imagefolder', data_dir=str(tmp_path),
+               image_size=8, eval_batch_size=8)
+  source = data.source()
+  assert source.class_names == ['Dog', 'bird', 'eel']
+  assert data.resolve_num_classes(source) == 3
+  labels = np.concatenate([b['label'][b['mask'] == 1]
+                           for b in data.eval_batches(source)])
+  assert sorted(labels.tolist()) == [0, 0, 0, 2, 2, 2]
+
+
+def test_image_folder_refuses_a_class_the_training_split_lacks(tmp_path):
+  _write_classes(tmp_path, 'train', ('cat', 'dog'))
+  _write_classes(tmp_path, 'test', ('cat', 'bird', 'ant'))
+  with pytest.raises(ValueError) as error:
+    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
+  assert str(error.value) == (
+      "Split 'test' has class folders that the training split 'train' "
+      f"lacks: 'ant', 'bird' (in {str(tmp_path / 'test')!r}); a model never "
+      'learns a class it is not trained on: add training images of them or '
+      'remove the folders.')
+
+
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_image_folder_refuses_an_empty_class_folder(tmp_path, split):
+  _write_classes(tmp_path, 'train', ('cat', 'dog'))
+  _write_classes(tmp_path, 'test', ('cat', 'dog'))
+  empty = tmp_path / split / 'dog'
+  for image in empty.iterdir():
+    image.unlink()
+  (empty / 'notes.txt').write_text('not an image')  # Not an example either.
+  with pytest.raises(ValueError) as error:
+    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
+  assert str(error.value) == (
+      f'Class folder {str(empty)!r} has no .jpg/.jpeg/.png files; add images '
+      'of the class or remove the folder.')
+
+
+def test_image_folder_refuses_folders_inside_a_class_folder(tmp_path):
+  _write_classes(tmp_path, 'train', ('cat', 'dog'))
+  _write_classes(tmp_path, 'test', ('cat', 'dog'))
+  _write_classes(tmp_path / 'test' / 'dog', 'puppies', ('small', 'tall'))
+  nested = [str(tmp_path / 'test' / 'dog' / 'puppies')]
+  with pytest.raises(ValueError) as error:
+    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
+  assert str(error.value) == (
+      f"Class folder {str(tmp_path / 'test' / 'dog')!r} holds folders: "
+      f'{nested[0]!r}; images are read from class folders only, not from '
+      'folders inside them: move their images up into the class folder or '
+      'remove them.')
+
+
+def test_image_folder_refuses_images_outside_the_class_folders(tmp_path):
+  _write_classes(tmp_path, 'train', ('cat', 'dog'))
+  _write_classes(tmp_path, 'test', ('cat', 'dog'))
+  Image.new('RGB', (10, 8)).save(tmp_path / 'train' / 'stray.JPG',
+                                 format='JPEG')
+  (tmp_path / 'train' / 'README').write_text('ignored: not an image')
+  with pytest.raises(ValueError) as error:
+    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
+  train = tmp_path / 'train'
+  assert str(error.value) == (
+      f"Image {str(train / 'stray.JPG')!r} is outside the class folders of "
+      f"split 'train'; move images into {train}/<class>/.")
+
+
 def _truncated_jpeg(path):
   """A JPEG cut inside its pixel data, as an interrupted copy leaves it."""
   noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)

@@ -13,10 +13,13 @@ top. Sources:
     features instead, and evaluators pass their own example function to keep
     more (e.g. ImageNet-ReaL's label sets).
   * 'imagefolder': `root/<split>/<class>/*.{jpg,jpeg,png}` (any extension
-    case). Class index = position of the class folder's name in the sorted
-    union of the class folders of the splits given. Every file of every
-    split given is decoded when the source is made (`check_images`), so a
-    corrupt file is named before training starts, not at the first
+    case). The classes are the training split's class folders; a class's
+    index is its name's position in their sorted names, in every split.
+    Nothing is dropped unsaid: a class folder the training split lacks, an
+    empty class folder, a folder inside a class folder or an image outside
+    the class folders is an error (other files are ignored). Every file of
+    every split given is decoded when the source is made (`check_images`),
+    so a corrupt file is named before training starts, not at the first
     evaluation minutes in.
 
 Every process reads its own slice of a split (`tfds.even_splits`), so
@@ -26,7 +29,7 @@ the processes' slices partition it.
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -165,9 +168,19 @@ def tfds_builder(name, data_dir):
 
 
 class FolderSource:
-  """Images in `root/<split>/<class>/<file>`, one class per folder."""
+  """Images in `root/<split>/<class>/<file>`, one class per folder.
+
+  The training split's class folders are the classes; see `_list` for what
+  every split is checked for.
+  """
 
   def __init__(self, root, splits):
+    """Reads the classes from the training split's folder.
+
+    Args:
+      root: the image-folder root.
+      splits: split folder names; the first is the training split.
+    """
     if not root:
       raise ValueError("config.dataset='imagefolder' needs config.data_dir "
                        'set to the image-folder root.')
@@ -175,33 +188,54 @@ class FolderSource:
       raise FileNotFoundError(f'data_dir {root!r} (the image-folder root) '
                               'does not exist.')
     self._root = root
-    split_dirs = [os.path.join(root, s) for s in dict.fromkeys(splits)]
-    classes = set()
-    for split_dir in split_dirs:
-      if tf.io.gfile.isdir(split_dir):
-        classes.update(_subdirs(split_dir))
-    self.class_names = sorted(classes)
+    self._train_split = splits[0]
+    self.class_names = sorted(_subdirs(self._split_dir(self._train_split)))
     self.num_classes = len(self.class_names)
     self._files = {}
 
+  def _split_dir(self, split):
+    split_dir = os.path.join(self._root, split)
+    if not tf.io.gfile.isdir(split_dir):
+      raise ValueError(
+          f'Split {split!r} does not exist: no folder {split_dir!r} '
+          f'(found: {sorted(_subdirs(self._root))}); fix '
+          'config.train_split / config.eval_split.')
+    return split_dir
+
   def _list(self, split):
-    """Returns (paths, labels) of a split, in a fixed shuffled order."""
+    """Returns (paths, labels) of a split, in a fixed shuffled order.
+
+    Nothing in a split is dropped unsaid: a class folder the training split
+    lacks (its label would never be trained), a class folder without
+    images, a folder inside a class folder and an image outside the class
+    folders are errors. A split may lack some training classes (an
+    evaluation on fewer classes); its labels are the training split's.
+    """
     if split not in self._files:
-      split_dir = os.path.join(self._root, split)
-      if not tf.io.gfile.isdir(split_dir):
+      split_dir = self._split_dir(split)
+      entries = _entries(split_dir)
+      unknown = sorted(set(entries.dirs) - set(self.class_names))
+      if unknown:
         raise ValueError(
-            f'Split {split!r} does not exist: no folder {split_dir!r} '
-            f'(found: {sorted(_subdirs(self._root))}); fix '
-            'config.train_split / config.eval_split.')
+            f'Split {split!r} has class folders that the training split '
+            f'{self._train_split!r} lacks: {", ".join(map(repr, unknown))} '
+            f'(in {split_dir!r}); a model never learns a class it is not '
+            'trained on: add training images of them or remove the folders.')
+      loose = _images(entries.files)
+      if loose:
+        more = f' ({len(loose):,} in all)' if len(loose) > 1 else ''
+        raise ValueError(
+            f'Image {os.path.join(split_dir, loose[0])!r} is outside the '
+            f'class folders of split {split!r}{more}; move images into '
+            f'{split_dir}/<class>/.')
       paths, labels = [], []
       for label, name in enumerate(self.class_names):
-        class_dir = os.path.join(split_dir, name)
-        if not tf.io.gfile.isdir(class_dir):
+        if name not in entries.dirs:
           continue
-        for f in sorted(tf.io.gfile.listdir(class_dir)):
-          if f.lower().endswith(IMAGE_EXTENSIONS):
-            paths.append(os.path.join(class_dir, f))
-            labels.append(label)
+        class_dir = os.path.join(split_dir, name)
+        files = _class_images(class_dir)
+        paths.extend(files)
+        labels.extend([label] * len(files))
       if not paths:
         raise ValueError(f'No {"/".join(IMAGE_EXTENSIONS)} files found in '
                          f'{split_dir!r}/<class>/.')
@@ -298,9 +332,54 @@ def _undecodable_message(split_dir, num_files, bad):
           'or replace them.')
 
 
+class _Entries(NamedTuple):
+  dirs: List[str]
+  files: List[str]
+
+
+def _entries(path) -> _Entries:
+  """The sorted names of the folders and of the files in `path`.
+
+  A name with an image extension is taken for a file unchecked: a stat per
+  image would cost a request each on remote storage (gs://), and a folder
+  so named fails `check_images` by its name.
+  """
+  dirs, files = [], []
+  for name in sorted(tf.io.gfile.listdir(path)):
+    is_dir = name.endswith('/') or (
+        not name.lower().endswith(IMAGE_EXTENSIONS) and
+        tf.io.gfile.isdir(os.path.join(path, name)))
+    (dirs if is_dir else files).append(name.rstrip('/'))
+  return _Entries(dirs, files)
+
+
 def _subdirs(path):
-  return [d.rstrip('/') for d in tf.io.gfile.listdir(path)
-          if tf.io.gfile.isdir(os.path.join(path, d))]
+  return _entries(path).dirs
+
+
+def _images(names):
+  return [name for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def _class_images(class_dir) -> List[str]:
+  """The sorted image paths of a class folder; raises unless it is flat and
+  holds at least one image (other files, e.g. notes, are not examples)."""
+  entries = _entries(class_dir)
+  if entries.dirs:
+    nested = [repr(os.path.join(class_dir, name))
+              for name in entries.dirs[:_FOLDER_BAD_SHOWN]]
+    if len(entries.dirs) > len(nested):
+      nested.append(f'... ({len(entries.dirs) - len(nested):,} more)')
+    raise ValueError(
+        f'Class folder {class_dir!r} holds folders: {", ".join(nested)}; '
+        'images are read from class folders only, not from folders inside '
+        'them: move their images up into the class folder or remove them.')
+  images = _images(entries.files)
+  if not images:
+    raise ValueError(
+        f'Class folder {class_dir!r} has no {"/".join(IMAGE_EXTENSIONS)} '
+        'files; add images of the class or remove the folder.')
+  return [os.path.join(class_dir, name) for name in images]
 
 
 def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
@@ -311,8 +390,8 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
     dataset: a TFDS name (optionally with config and version, e.g.
       'clevr:3.*.*') or 'imagefolder'.
     data_dir: the TFDS data_dir or the image-folder root.
-    splits: splits that must exist (an image folder's classes are the union
-      of theirs).
+    splits: splits that must exist; the first is the training split (an
+      image folder's classes are its class folders).
     label_map: a key of `vit_jax.data.label_maps.LABEL_MAPS`, or None for the 'label'
       feature.
 
@@ -326,8 +405,11 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
       raise ValueError('config.label_map applies to TFDS datasets only; an '
                        'image folder labels by class folder.')
     source = FolderSource(data_dir, splits)
-    for split in dict.fromkeys(splits):  # Once when train = eval split.
+    splits = dict.fromkeys(splits)  # Once when train = eval split.
+    # Every split's folders are checked before any decoding (minutes).
+    for split in splits:
       source.num_examples(split)  # Raises for a missing or empty split.
+    for split in splits:
       source.check_images(split)
     return source
   mapping = label_map and label_maps.get_label_map(label_map)
