@@ -6,30 +6,28 @@ them; `vit_jax.data.pipeline` builds the training and evaluation pipelines on
 top. Sources:
   * any TFDS dataset read from a data_dir (None: TFDS's default). Nothing is
     ever downloaded: a dataset that is not prepared there is an error that
-    says how to prepare it, except `fashion_mnist_local` (`vit_jax.data.datasets`),
-    which needs no network and is prepared on first use (about 10 s). By
+    says how to prepare it, except `fashion_mnist_local`
+    (`vit_jax.data.datasets`), which needs no network and is prepared on
+    first use (about 10 s; a second process asking meanwhile waits for it,
+    see `_prepare_once`). By
     default an example is its 'image' and 'label' features; a `label_map`
     (`config.label_map`, see `vit_jax.data.label_maps`) derives them from other
     features instead, and evaluators pass their own example function to keep
     more (e.g. ImageNet-ReaL's label sets).
-  * 'imagefolder': `root/<split>/<class>/*.{jpg,jpeg,png}` (any extension
-    case). The classes are the training split's class folders; a class's
-    index is its name's position in their sorted names, in every split.
-    Nothing is dropped unsaid: a class folder the training split lacks, an
-    empty class folder, a folder inside a class folder or an image outside
-    the class folders is an error (other files are ignored). Every file of
-    every split given is decoded when the source is made (`check_images`),
-    so a corrupt file is named before training starts, not at the first
-    evaluation minutes in.
+  * 'imagefolder': `root/<split>/<class>/*.{jpg,jpeg,png}`, one class per
+    folder (`vit_jax.data.image_folder`: what is checked, how classes get
+    their ids). Every file of every split given is decoded when the source
+    is made, so a corrupt file is named before training starts.
 
 Every process reads its own slice of a split (`tfds.even_splits`), so
 the processes' slices partition it.
 """
 
+import contextlib
+import fcntl
 import math
 import os
-import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -37,29 +35,18 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax.data import datasets as local_datasets
+from vit_jax.data import image_folder
 from vit_jax.data import label_maps
-from vit_jax.data import preprocess
 
 
 IMAGEFOLDER = 'imagefolder'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-# Builders that read local files only; they are prepared on first use.
+# Builders that read local files only; they are prepared on first use, by
+# one process at a time (the others wait on this lock file in the dataset's
+# folder of the data_dir).
 LOCAL_BUILDERS = (local_datasets.fashion_mnist_local.FashionMnistLocal.name,)
-# Decoded size / file size assumed for image folders (JPEG is ~5-15x, PNG
-# ~2-3x), and how many files are measured to estimate it.
-_FOLDER_DECODE_EXPANSION = 8
-_FOLDER_SIZE_SAMPLE = 100
-# Undecodable files named in the error; the rest are counted.
-_FOLDER_BAD_SHOWN = 5
+PREPARE_LOCK_NAME = '.prepare.lock'
 
 ExampleFn = Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
-
-
-def _even_slice(num_examples, process_index, process_count):
-  """[start, stop) of this process's share, as `tfds.even_splits` cuts it."""
-  size, remainder = divmod(num_examples, process_count)
-  start = process_index * size + min(process_index, remainder)
-  return start, start + size + (process_index < remainder)
 
 
 def _image_and_label(example):
@@ -155,7 +142,7 @@ def tfds_builder(name, data_dir):
         f"'fashion_mnist_local', 'cifar10', or 'imagefolder').") from None
   if not builder.is_prepared():
     if name in LOCAL_BUILDERS:
-      builder.download_and_prepare()
+      builder = _prepare_once(name, data_dir, builder)
     else:
       root = data_dir or os.environ.get('TFDS_DATA_DIR',
                                         '~/tensorflow_datasets')
@@ -167,219 +154,58 @@ def tfds_builder(name, data_dir):
   return builder
 
 
-class FolderSource:
-  """Images in `root/<split>/<class>/<file>`, one class per folder.
+def _prepare_once(name, data_dir, builder):
+  """Prepares a local builder's dataset, or waits for the process doing it.
 
-  The training split's class folders are the classes; see `_list` for what
-  every split is checked for.
-  """
-
-  def __init__(self, root, splits):
-    """Reads the classes from the training split's folder.
-
-    Args:
-      root: the image-folder root.
-      splits: split folder names; the first is the training split.
-    """
-    if not root:
-      raise ValueError("config.dataset='imagefolder' needs config.data_dir "
-                       'set to the image-folder root.')
-    if not tf.io.gfile.isdir(root):
-      raise FileNotFoundError(f'data_dir {root!r} (the image-folder root) '
-                              'does not exist.')
-    self._root = root
-    self._train_split = splits[0]
-    self.class_names = sorted(_subdirs(self._split_dir(self._train_split)))
-    self.num_classes = len(self.class_names)
-    self._files = {}
-
-  def _split_dir(self, split):
-    split_dir = os.path.join(self._root, split)
-    if not tf.io.gfile.isdir(split_dir):
-      raise ValueError(
-          f'Split {split!r} does not exist: no folder {split_dir!r} '
-          f'(found: {sorted(_subdirs(self._root))}); fix '
-          'config.train_split / config.eval_split.')
-    return split_dir
-
-  def _list(self, split):
-    """Returns (paths, labels) of a split, in a fixed shuffled order.
-
-    Nothing in a split is dropped unsaid: a class folder the training split
-    lacks (its label would never be trained), a class folder without
-    images, a folder inside a class folder and an image outside the class
-    folders are errors. A split may lack some training classes (an
-    evaluation on fewer classes); its labels are the training split's.
-    """
-    if split not in self._files:
-      split_dir = self._split_dir(split)
-      entries = _entries(split_dir)
-      unknown = sorted(set(entries.dirs) - set(self.class_names))
-      if unknown:
-        raise ValueError(
-            f'Split {split!r} has class folders that the training split '
-            f'{self._train_split!r} lacks: {", ".join(map(repr, unknown))} '
-            f'(in {split_dir!r}); a model never learns a class it is not '
-            'trained on: add training images of them or remove the folders.')
-      loose = _images(entries.files)
-      if loose:
-        more = f' ({len(loose):,} in all)' if len(loose) > 1 else ''
-        raise ValueError(
-            f'Image {os.path.join(split_dir, loose[0])!r} is outside the '
-            f'class folders of split {split!r}{more}; move images into '
-            f'{split_dir}/<class>/.')
-      paths, labels = [], []
-      for label, name in enumerate(self.class_names):
-        if name not in entries.dirs:
-          continue
-        class_dir = os.path.join(split_dir, name)
-        files = _class_images(class_dir)
-        paths.extend(files)
-        labels.extend([label] * len(files))
-      if not paths:
-        raise ValueError(f'No {"/".join(IMAGE_EXTENSIONS)} files found in '
-                         f'{split_dir!r}/<class>/.')
-      # Files sorted by class would give each process a few classes only.
-      order = np.random.RandomState(0).permutation(len(paths))
-      self._files[split] = ([paths[i] for i in order],
-                            [labels[i] for i in order])
-    return self._files[split]
-
-  def check_images(self, split):
-    """Raises ValueError naming the files of `split` that do not decode.
-
-    `read` decodes lazily, so without this check one corrupt file stops
-    training when an epoch or evaluation first reaches it, with a TF error
-    that names no file. Every process checks the whole split (not only its
-    slice), so all of them stop with the same message.
-
-    Args:
-      split: a split folder's name.
-
-    Raises:
-      ValueError: one line with how many files fail, the first few of them
-        and what to do.
-    """
-    paths = self._list(split)[0]
-    start = time.perf_counter()
-    bad = undecodable_images(paths)
-    logging.info('Decoding check of %r: %d files, %d undecodable, %.1f s.',
-                 os.path.join(self._root, split), len(paths), len(bad),
-                 time.perf_counter() - start)
-    if bad:
-      raise ValueError(_undecodable_message(
-          os.path.join(self._root, split), len(paths), bad))
-
-  def num_examples(self, split, process_index=0, process_count=1):
-    start, stop = _even_slice(len(self._list(split)[0]), process_index,
-                              process_count)
-    return stop - start
-
-  def read(self, split, process_index, process_count):
-    paths, labels = self._list(split)
-    start, stop = _even_slice(len(paths), process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(
-        {'path': paths[start:stop], 'label': labels[start:stop]})
-    return ds.map(
-        lambda ex: {'image': preprocess.decode_image(tf.io.read_file(
-            ex['path'])), 'label': ex['label']},
-        num_parallel_calls=tf.data.AUTOTUNE)
-
-  def decoded_bytes(self, split):
-    paths = self._list(split)[0]
-    sample = paths[:_FOLDER_SIZE_SAMPLE]
-    mean_size = np.mean([tf.io.gfile.stat(p).length for p in sample])
-    return int(mean_size * len(paths) * _FOLDER_DECODE_EXPANSION)
-
-
-def undecodable_images(paths: Sequence[str]) -> List[str]:
-  """The files of `paths` that `FolderSource.read` could not decode, sorted.
-
-  Reads and decodes with the ops `read` uses, in a tf.data parallel map
-  like `read`'s (C++ threads, not Python ones). tf.data cannot catch an error per
-  element, so each element carries its path, `ignore_errors` drops the ones
-  that fail and the failures are the paths that never come out.
+  Two processes preparing the same data_dir at once (two first runs, or the
+  processes of one run on a host) would both write it and the second to
+  finish fail to rename its copy into place. The preparation holds a lock,
+  and whoever waited for it finds the dataset prepared.
 
   Args:
-    paths: image files.
+    name: the builder's name.
+    data_dir: the TFDS data_dir (None: TFDS's default).
+    builder: `name`'s builder in `data_dir`, not prepared when it was made.
 
   Returns:
-    The paths that cannot be read or decoded (empty files included).
+    A builder of the prepared dataset.
   """
-  def decode(path):
-    # The image's shape is enough to force the decoding, and is small.
-    image = preprocess.decode_image(tf.io.read_file(path))
-    return path, tf.shape(image)
-
-  if not paths:
-    return []
-  decoded = tf.data.Dataset.from_tensor_slices(list(paths)).map(
-      decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  ok = {path.decode() for path, _ in
-        decoded.ignore_errors().as_numpy_iterator()}
-  return sorted(path for path in paths if path not in ok)
+  with _preparation_lock(name, os.path.dirname(builder.data_dir)):
+    # Made again: one made before another process prepared the dataset
+    # lacks the prepared dataset's info (its splits).
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+  return builder
 
 
-def _undecodable_message(split_dir, num_files, bad):
-  """One line: the count, the first `_FOLDER_BAD_SHOWN` files, the fix."""
-  shown = [repr(path) + (' (empty)' if tf.io.gfile.stat(path).length == 0
-                         else '')
-           for path in bad[:_FOLDER_BAD_SHOWN]]
-  if len(bad) > len(shown):
-    shown.append(f'... ({len(bad) - len(shown):,} more)')
-  return (f'{len(bad):,} of {num_files:,} files in {split_dir!r} cannot be '
-          f'read or decoded as images: {", ".join(shown)}; remove '
-          'or replace them.')
+@contextlib.contextmanager
+def _preparation_lock(name, dataset_dir):
+  """Holds an exclusive `flock` on `dataset_dir/.prepare.lock`.
 
+  The kernel drops a flock when its process ends, however it ends, so a
+  killed preparation leaves no stale lock. Remote folders (gs://) have no
+  such lock and are prepared unlocked.
 
-class _Entries(NamedTuple):
-  dirs: List[str]
-  files: List[str]
+  Args:
+    name: the dataset, for the waiting message.
+    dataset_dir: the folder holding the dataset's versions.
 
-
-def _entries(path) -> _Entries:
-  """The sorted names of the folders and of the files in `path`.
-
-  A name with an image extension is taken for a file unchecked: a stat per
-  image would cost a request each on remote storage (gs://), and a folder
-  so named fails `check_images` by its name.
+  Yields:
+    Nothing; the lock is held inside the `with`.
   """
-  dirs, files = [], []
-  for name in sorted(tf.io.gfile.listdir(path)):
-    is_dir = name.endswith('/') or (
-        not name.lower().endswith(IMAGE_EXTENSIONS) and
-        tf.io.gfile.isdir(os.path.join(path, name)))
-    (dirs if is_dir else files).append(name.rstrip('/'))
-  return _Entries(dirs, files)
-
-
-def _subdirs(path):
-  return _entries(path).dirs
-
-
-def _images(names):
-  return [name for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
-
-
-def _class_images(class_dir) -> List[str]:
-  """The sorted image paths of a class folder; raises unless it is flat and
-  holds at least one image (other files, e.g. notes, are not examples)."""
-  entries = _entries(class_dir)
-  if entries.dirs:
-    nested = [repr(os.path.join(class_dir, name))
-              for name in entries.dirs[:_FOLDER_BAD_SHOWN]]
-    if len(entries.dirs) > len(nested):
-      nested.append(f'... ({len(entries.dirs) - len(nested):,} more)')
-    raise ValueError(
-        f'Class folder {class_dir!r} holds folders: {", ".join(nested)}; '
-        'images are read from class folders only, not from folders inside '
-        'them: move their images up into the class folder or remove them.')
-  images = _images(entries.files)
-  if not images:
-    raise ValueError(
-        f'Class folder {class_dir!r} has no {"/".join(IMAGE_EXTENSIONS)} '
-        'files; add images of the class or remove the folder.')
-  return [os.path.join(class_dir, name) for name in images]
+  if '://' in dataset_dir:
+    yield
+    return
+  os.makedirs(dataset_dir, exist_ok=True)
+  with open(os.path.join(dataset_dir, PREPARE_LOCK_NAME), 'a') as lock_file:
+    try:
+      fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning('waiting for another process preparing %s in %s',
+                      name, dataset_dir)
+      fcntl.flock(lock_file, fcntl.LOCK_EX)
+    yield  # Closing the file drops the lock.
 
 
 def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
@@ -392,8 +218,8 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
     data_dir: the TFDS data_dir or the image-folder root.
     splits: splits that must exist; the first is the training split (an
       image folder's classes are its class folders).
-    label_map: a key of `vit_jax.data.label_maps.LABEL_MAPS`, or None for the 'label'
-      feature.
+    label_map: a key of `vit_jax.data.label_maps.LABEL_MAPS`, or None for
+      the 'label' feature.
 
   Raises:
     ValueError / FileNotFoundError: unknown dataset or label map, missing
@@ -404,7 +230,7 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
     if label_map:
       raise ValueError('config.label_map applies to TFDS datasets only; an '
                        'image folder labels by class folder.')
-    source = FolderSource(data_dir, splits)
+    source = image_folder.FolderSource(data_dir, splits)
     splits = dict.fromkeys(splits)  # Once when train = eval split.
     # Every split's folders are checked before any decoding (minutes).
     for split in splits:
@@ -420,4 +246,5 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
     return TfdsSource(builder)
   return TfdsSource(builder, example_fn=mapping.fn,
                     num_classes=mapping.num_classes, features=mapping.features)
+
 
