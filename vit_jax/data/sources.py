@@ -140,7 +140,7 @@ def tfds_builder(name, data_dir):
         f'Dataset {name!r} is not a registered TFDS dataset and is not '
         f'prepared in data_dir {data_dir!r}; check config.dataset (e.g. '
         f"'fashion_mnist_local', 'cifar10', or 'imagefolder').") from None
-  if not builder.is_prepared():
+  if not _is_prepared(builder):
     if name in LOCAL_BUILDERS:
       builder = _prepare_once(name, data_dir, builder)
     else:
@@ -152,6 +152,13 @@ def tfds_builder(name, data_dir):
           f'{name} --data_dir={root}` (or prepare it with tfds), then copy '
           f'the prepared files to {root}.')
   return builder
+
+
+def _is_prepared(builder) -> bool:
+  # TFDS's own check warns that an absent version folder "has no
+  # dataset_info.json"; a dataset not prepared yet is no cause for a warning.
+  return ((builder.data_path / 'dataset_info.json').exists() and
+          builder.is_prepared())
 
 
 def _prepare_once(name, data_dir, builder):
@@ -174,7 +181,7 @@ def _prepare_once(name, data_dir, builder):
     # Made again: one made before another process prepared the dataset
     # lacks the prepared dataset's info (its splits).
     builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
       builder.download_and_prepare()
   return builder
 
