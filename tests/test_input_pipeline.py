@@ -1,24 +1,18 @@
-"""Tests of vit_jax.data.pipeline and the fashion_mnist_local builder.
+"""Tests of vit_jax.data.pipeline.
 
 The pipeline is called with explicit arguments; the tests of what a config
 selects (dataset, classes, splits) go through its DataSpec
 (`vit_jax.training.run_spec.data_spec`).
 
 All data is generated here: a tiny TFDS builder whose images carry their own
-example id, Fashion-MNIST idx files with a few dozen examples, and
-image-folder trees written with PIL. Nothing touches the network.
+example id. Nothing touches the network.
 """
 
-import gzip
-import os
-
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
 from configs import common
-from vit_jax.data.datasets import fashion_mnist_local
 from vit_jax.data import pipeline as input_pipeline
 from vit_jax.data import sources
 from vit_jax.models import family
@@ -341,195 +335,3 @@ def test_normalization_reaches_train_and_eval_batches(tiny_data_dir):
       real = a['mask'] > 0
       np.testing.assert_allclose(b['image'][real], renormalized(
           a['image'][real]), rtol=1e-5, atol=1e-4)
-
-
-# --- fashion_mnist_local ------------------------------------------------------
-
-
-def _write_idx(path, array, magic):
-  header = magic.to_bytes(4, 'big') + b''.join(
-      d.to_bytes(4, 'big') for d in array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-def _write_fashion_mnist(directory, sizes=(('train', 40), ('t10k', 15))):
-  """Writes small idx files; returns {split: (images, labels)}."""
-  os.makedirs(directory, exist_ok=True)
-  rng = np.random.RandomState(0)
-  data = {}
-  for prefix, n in sizes:
-    images = rng.randint(0, 256, (n, 28, 28)).astype(np.uint8)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    _write_idx(os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'),
-               images, 0x803)
-    _write_idx(os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'),
-               labels, 0x801)
-    data['test' if prefix == 't10k' else prefix] = (images, labels)
-  return data
-
-
-def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch):
-  idx = _write_fashion_mnist(str(tmp_path / 'idx'))
-  monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'idx'))
-  data = _data(dataset='fashion_mnist_local',
-               data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
-               eval_batch_size=4)
-  source = data.source()
-  assert (data.resolve_num_classes(source), source.num_examples('train'),
-          source.num_examples('test')) == (10, 40, 15)
-  builder = tfds.builder('fashion_mnist_local', data_dir=data.data_dir)
-  assert builder.info.features['label'].names[0] == 'T-shirt/top'
-  assert builder.info.features['label'].names[9] == 'Ankle boot'
-  # Decoded PNGs reproduce the idx pixels exactly, as 3 equal channels.
-  images, labels = idx['test']
-  batches = list(data.eval_batches(source))
-  mask = np.concatenate([b['mask'] for b in batches])
-  assert mask.sum() == 15 and len(mask) == 16
-  got = np.concatenate([b['image'] for b in batches])[mask == 1]
-  got_labels = np.concatenate([b['label'] for b in batches])[mask == 1]
-  np.testing.assert_array_equal(got[..., 0], got[..., 1])
-  np.testing.assert_array_equal(got[..., 0], got[..., 2])
-  pixels = np.round(got[..., 0] * 127.5 + 127.5).astype(np.uint8)
-  order = [next(i for i in range(15) if np.array_equal(p, images[i]))
-           for p in pixels]
-  assert sorted(order) == list(range(15))
-  np.testing.assert_array_equal(got_labels, labels[order])
-
-
-def test_fashion_mnist_missing_idx_dir_says_how_to_install(tmp_path,
-                                                           monkeypatch):
-  monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'no_idx'))
-  with pytest.raises(FileNotFoundError,
-                     match='apt-get install dataset-fashion-mnist'):
-    _data(dataset='fashion_mnist_local',
-          data_dir=str(tmp_path / 'tfds')).source()
-
-
-def test_idx_parser_rejects_wrong_magic_and_truncation(tmp_path):
-  path = str(tmp_path / 'labels.gz')
-  _write_idx(path, np.zeros(5, np.uint8), 0x803)  # Image magic on labels.
-  with pytest.raises(ValueError, match='magic number'):
-    fashion_mnist_local.read_idx(path, 0x801)
-  with gzip.open(path, 'wb') as f:
-    f.write((0x801).to_bytes(4, 'big') + (10).to_bytes(4, 'big') + b'\0' * 3)
-  with pytest.raises(ValueError, match='truncated'):
-    fashion_mnist_local.read_idx(path, 0x801)
-
-
-def test_idx_parser_rejects_mismatched_counts(tmp_path):
-  _write_fashion_mnist(str(tmp_path))
-  _write_idx(str(tmp_path / 't10k-labels-idx1-ubyte.gz'),
-             np.zeros(3, np.uint8), 0x801)
-  with pytest.raises(ValueError, match='15 images but .* 3 labels'):
-    fashion_mnist_local.load_split(str(tmp_path), 'test')
-
-
-def test_png_encoder_round_trips(tmp_path):
-  image = np.random.RandomState(1).randint(0, 256, (5, 9)).astype(np.uint8)
-  path = tmp_path / 'x.png'
-  path.write_bytes(fashion_mnist_local.encode_png_grey(image))
-  np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(fashion_mnist_local.DEFAULT_DIR),
-                    reason='dataset-fashion-mnist is not installed')
-def test_real_fashion_mnist_test_split():
-  images, labels = fashion_mnist_local.load_split(
-      fashion_mnist_local.DEFAULT_DIR, 'test')
-  assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
-  assert sorted(set(labels.tolist())) == list(range(10))
-
-
-# --- Image folders ------------------------------------------------------------
-
-
-# Class folder -> (solid colour, files). Sorted names: Dog, bird, cat.
-_FOLDER_CLASSES = {
-    'cat': ((250, 0, 0), ['a.png', 'b.PNG', 'c.jpg']),
-    'Dog': ((0, 250, 0), ['d.JPEG', 'e.Jpg']),
-    'bird': ((0, 0, 250), ['f.jpeg', 'g.png', 'notes.txt']),
-}
-
-
-def _write_image_folder(root):
-  for split in ('train', 'test'):
-    for name, (colour, files) in _FOLDER_CLASSES.items():
-      os.makedirs(os.path.join(root, split, name))
-      for f in files:
-        path = os.path.join(root, split, name, f)
-        if f.endswith('.txt'):
-          with open(path, 'w') as txt:
-            txt.write('not an image')
-          continue
-        fmt = 'PNG' if f.lower().endswith('png') else 'JPEG'
-        Image.new('RGB', (10, 8), colour).save(path, format=fmt)
-
-
-def test_image_folder_sorted_classes_and_any_extension_case(tmp_path):
-  _write_image_folder(str(tmp_path))
-  data = _data(dataset='imagefolder', data_dir=str(tmp_path),
-               image_size=8, eval_batch_size=4)
-  source = data.source()
-  assert (data.resolve_num_classes(source), source.num_examples('train'),
-          source.num_examples('test')) == (3, 7, 7)
-  batches = list(data.eval_batches(source))
-  mask = np.concatenate([b['mask'] for b in batches])
-  assert len(mask) == 8 and mask.sum() == 7
-  labels = np.concatenate([b['label'] for b in batches])[mask == 1]
-  images = np.concatenate([b['image'] for b in batches])[mask == 1]
-  assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2, 2]
-  colour_channel = images.mean(axis=(1, 2)).argmax(axis=-1)
-  # Dog (green) -> 0, bird (blue) -> 1, cat (red) -> 2.
-  np.testing.assert_array_equal(colour_channel, np.array([1, 2, 0])[labels])
-  batch = next(data.train_batches(source))
-  assert batch['image'].shape == (8, 8, 8, 3)
-
-
-def test_image_folder_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match='does not exist'):
-    _data(dataset='imagefolder',
-          data_dir=str(tmp_path / 'absent')).source()
-  _write_image_folder(str(tmp_path))
-  with pytest.raises(ValueError, match="'val' does not exist"):
-    _data(dataset='imagefolder', data_dir=str(tmp_path),
-          eval_split='val').source()
-
-
-def _truncated_jpeg(path):
-  """A JPEG cut inside its pixel data, as an interrupted copy leaves it."""
-  noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
-  Image.fromarray(noise).save(path, format='JPEG')
-  with open(path, 'rb') as f:
-    data = f.read()
-  with open(path, 'wb') as f:
-    f.write(data[:len(data) * 3 // 4])
-
-
-def test_image_folder_undecodable_files_are_named_before_training(tmp_path):
-  _write_image_folder(str(tmp_path))
-  test_dir = tmp_path / 'test'
-  _truncated_jpeg(test_dir / 'cat' / 'cut.jpg')
-  (test_dir / 'bird' / 'text.png').write_text('not an image')
-  (test_dir / 'Dog' / 'empty.jpeg').write_bytes(b'')
-  with pytest.raises(ValueError) as error:
-    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
-  bad = sorted(str(test_dir / name) for name in
-               ('cat/cut.jpg', 'bird/text.png', 'Dog/empty.jpeg'))
-  assert str(error.value) == (
-      f'3 of 10 files in {str(test_dir)!r} cannot be read or decoded as '
-      f"images: {bad[0]!r} (empty), {bad[1]!r}, {bad[2]!r}; remove or "
-      'replace them.')
-
-
-def test_image_folder_error_lists_the_first_few_undecodable_files(tmp_path):
-  _write_image_folder(str(tmp_path))
-  bad = [tmp_path / 'train' / 'cat' / f'bad{i}.png' for i in range(7)]
-  for path in bad:
-    path.write_text('not an image')
-  with pytest.raises(ValueError, match=r"^7 of 14 files in '.*/train' ") as e:
-    _data(dataset='imagefolder', data_dir=str(tmp_path)).source()
-  message = str(e.value)
-  assert [str(path) in message for path in bad] == [True] * 5 + [False] * 2
-  assert message.endswith(', ... (2 more); remove or replace them.')

@@ -8,6 +8,7 @@ import sys
 from absl import flags
 import pytest
 
+from tests import data_helpers
 from vit_jax.cli import _flags as cli_flags
 from vit_jax import main
 
@@ -116,3 +117,26 @@ def test_a_missing_data_dir_is_one_line(tmp_path):
             if not line.startswith('I')]  # absl's INFO lines.
   assert len(errors) == 1 and errors[0].startswith('error: '), errors
   assert 'nope' in errors[0]
+
+
+@pytest.mark.slow
+def test_a_class_only_in_test_is_one_line_before_the_workdir(tmp_path):
+  # train {cat, dog} + test {cat, bird} would train a 3-way head whose
+  # 'bird' is never trained.
+  for split, classes in (('train', ('cat', 'dog')), ('test', ('cat', 'bird'))):
+    for name in classes:
+      os.makedirs(tmp_path / 'data' / split / name)
+      data_helpers.write_png(tmp_path / 'data' / split / name / 'a.png', 4, 4)
+  result = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       f'--workdir={tmp_path}/run', '--config.dataset=imagefolder',
+       f'--config.data_dir={tmp_path}/data'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines()
+            if not line.startswith('I')]  # absl's INFO lines.
+  assert len(errors) == 1, errors
+  assert errors[0].startswith(
+      "error: Split 'test' has class folders that the training split 'train' "
+      "lacks: 'bird' (in "), errors
+  assert not (tmp_path / 'run').exists()

@@ -18,7 +18,7 @@ slice such as --train_split='train[:10000]' bounds the extraction cost.
 --dataset takes any prepared TFDS image-classification dataset,
 `fashion_mnist_local`, or `imagefolder` with --data_dir=ROOT holding
 ROOT/<split>/<class>/*.png|jpg; both splits are read from the one source
-(an image folder's classes are those of both).
+(an image folder's classes are the training split's).
 The protocol (ridge regression to {-1, 1} targets, l2 chosen per seed on
 validation examples drawn from the training split) is `vit_jax.evaluators.fewshot_ridge`'s.
 

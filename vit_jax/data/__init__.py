@@ -2,6 +2,7 @@
 become batches.
 
   sources        a dataset (TFDS, an image folder) as splits of examples
+  image_folder   the image-folder source: root/<split>/<class>/<file>
   pipeline       tf.data: shuffle, augment, batch, per-process shards
   preprocess     decode, resize, crop and normalise one image
   randaugment    RandAugment's ops (AugReg)

@@ -6,27 +6,28 @@ them; `vit_jax.data.pipeline` builds the training and evaluation pipelines on
 top. Sources:
   * any TFDS dataset read from a data_dir (None: TFDS's default). Nothing is
     ever downloaded: a dataset that is not prepared there is an error that
-    says how to prepare it, except `fashion_mnist_local` (`vit_jax.data.datasets`),
-    which needs no network and is prepared on first use (about 10 s). By
+    says how to prepare it, except `fashion_mnist_local`
+    (`vit_jax.data.datasets`), which needs no network and is prepared on
+    first use (about 10 s; a second process asking meanwhile waits for it,
+    see `_prepare_once`). By
     default an example is its 'image' and 'label' features; a `label_map`
     (`config.label_map`, see `vit_jax.data.label_maps`) derives them from other
     features instead, and evaluators pass their own example function to keep
     more (e.g. ImageNet-ReaL's label sets).
-  * 'imagefolder': `root/<split>/<class>/*.{jpg,jpeg,png}` (any extension
-    case). Class index = position of the class folder's name in the sorted
-    union of the class folders of the splits given. Every file of every
-    split given is decoded when the source is made (`check_images`), so a
-    corrupt file is named before training starts, not at the first
-    evaluation minutes in.
+  * 'imagefolder': `root/<split>/<class>/*.{jpg,jpeg,png}`, one class per
+    folder (`vit_jax.data.image_folder`: what is checked, how classes get
+    their ids). Every file of every split given is decoded when the source
+    is made, so a corrupt file is named before training starts.
 
 Every process reads its own slice of a split (`tfds.even_splits`), so
 the processes' slices partition it.
 """
 
+import contextlib
+import fcntl
 import math
 import os
-import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -34,29 +35,18 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax.data import datasets as local_datasets
+from vit_jax.data import image_folder
 from vit_jax.data import label_maps
-from vit_jax.data import preprocess
 
 
 IMAGEFOLDER = 'imagefolder'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-# Builders that read local files only; they are prepared on first use.
+# Builders that read local files only; they are prepared on first use, by
+# one process at a time (the others wait on this lock file in the dataset's
+# folder of the data_dir).
 LOCAL_BUILDERS = (local_datasets.fashion_mnist_local.FashionMnistLocal.name,)
-# Decoded size / file size assumed for image folders (JPEG is ~5-15x, PNG
-# ~2-3x), and how many files are measured to estimate it.
-_FOLDER_DECODE_EXPANSION = 8
-_FOLDER_SIZE_SAMPLE = 100
-# Undecodable files named in the error; the rest are counted.
-_FOLDER_BAD_SHOWN = 5
+PREPARE_LOCK_NAME = '.prepare.lock'
 
 ExampleFn = Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
-
-
-def _even_slice(num_examples, process_index, process_count):
-  """[start, stop) of this process's share, as `tfds.even_splits` cuts it."""
-  size, remainder = divmod(num_examples, process_count)
-  start = process_index * size + min(process_index, remainder)
-  return start, start + size + (process_index < remainder)
 
 
 def _image_and_label(example):
@@ -150,9 +140,9 @@ def tfds_builder(name, data_dir):
         f'Dataset {name!r} is not a registered TFDS dataset and is not '
         f'prepared in data_dir {data_dir!r}; check config.dataset (e.g. '
         f"'fashion_mnist_local', 'cifar10', or 'imagefolder').") from None
-  if not builder.is_prepared():
+  if not _is_prepared(builder):
     if name in LOCAL_BUILDERS:
-      builder.download_and_prepare()
+      builder = _prepare_once(name, data_dir, builder)
     else:
       root = data_dir or os.environ.get('TFDS_DATA_DIR',
                                         '~/tensorflow_datasets')
@@ -164,143 +154,65 @@ def tfds_builder(name, data_dir):
   return builder
 
 
-class FolderSource:
-  """Images in `root/<split>/<class>/<file>`, one class per folder."""
-
-  def __init__(self, root, splits):
-    if not root:
-      raise ValueError("config.dataset='imagefolder' needs config.data_dir "
-                       'set to the image-folder root.')
-    if not tf.io.gfile.isdir(root):
-      raise FileNotFoundError(f'data_dir {root!r} (the image-folder root) '
-                              'does not exist.')
-    self._root = root
-    split_dirs = [os.path.join(root, s) for s in dict.fromkeys(splits)]
-    classes = set()
-    for split_dir in split_dirs:
-      if tf.io.gfile.isdir(split_dir):
-        classes.update(_subdirs(split_dir))
-    self.class_names = sorted(classes)
-    self.num_classes = len(self.class_names)
-    self._files = {}
-
-  def _list(self, split):
-    """Returns (paths, labels) of a split, in a fixed shuffled order."""
-    if split not in self._files:
-      split_dir = os.path.join(self._root, split)
-      if not tf.io.gfile.isdir(split_dir):
-        raise ValueError(
-            f'Split {split!r} does not exist: no folder {split_dir!r} '
-            f'(found: {sorted(_subdirs(self._root))}); fix '
-            'config.train_split / config.eval_split.')
-      paths, labels = [], []
-      for label, name in enumerate(self.class_names):
-        class_dir = os.path.join(split_dir, name)
-        if not tf.io.gfile.isdir(class_dir):
-          continue
-        for f in sorted(tf.io.gfile.listdir(class_dir)):
-          if f.lower().endswith(IMAGE_EXTENSIONS):
-            paths.append(os.path.join(class_dir, f))
-            labels.append(label)
-      if not paths:
-        raise ValueError(f'No {"/".join(IMAGE_EXTENSIONS)} files found in '
-                         f'{split_dir!r}/<class>/.')
-      # Files sorted by class would give each process a few classes only.
-      order = np.random.RandomState(0).permutation(len(paths))
-      self._files[split] = ([paths[i] for i in order],
-                            [labels[i] for i in order])
-    return self._files[split]
-
-  def check_images(self, split):
-    """Raises ValueError naming the files of `split` that do not decode.
-
-    `read` decodes lazily, so without this check one corrupt file stops
-    training when an epoch or evaluation first reaches it, with a TF error
-    that names no file. Every process checks the whole split (not only its
-    slice), so all of them stop with the same message.
-
-    Args:
-      split: a split folder's name.
-
-    Raises:
-      ValueError: one line with how many files fail, the first few of them
-        and what to do.
-    """
-    paths = self._list(split)[0]
-    start = time.perf_counter()
-    bad = undecodable_images(paths)
-    logging.info('Decoding check of %r: %d files, %d undecodable, %.1f s.',
-                 os.path.join(self._root, split), len(paths), len(bad),
-                 time.perf_counter() - start)
-    if bad:
-      raise ValueError(_undecodable_message(
-          os.path.join(self._root, split), len(paths), bad))
-
-  def num_examples(self, split, process_index=0, process_count=1):
-    start, stop = _even_slice(len(self._list(split)[0]), process_index,
-                              process_count)
-    return stop - start
-
-  def read(self, split, process_index, process_count):
-    paths, labels = self._list(split)
-    start, stop = _even_slice(len(paths), process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(
-        {'path': paths[start:stop], 'label': labels[start:stop]})
-    return ds.map(
-        lambda ex: {'image': preprocess.decode_image(tf.io.read_file(
-            ex['path'])), 'label': ex['label']},
-        num_parallel_calls=tf.data.AUTOTUNE)
-
-  def decoded_bytes(self, split):
-    paths = self._list(split)[0]
-    sample = paths[:_FOLDER_SIZE_SAMPLE]
-    mean_size = np.mean([tf.io.gfile.stat(p).length for p in sample])
-    return int(mean_size * len(paths) * _FOLDER_DECODE_EXPANSION)
+def _is_prepared(builder) -> bool:
+  # TFDS's own check warns that an absent version folder "has no
+  # dataset_info.json"; a dataset not prepared yet is no cause for a warning.
+  return ((builder.data_path / 'dataset_info.json').exists() and
+          builder.is_prepared())
 
 
-def undecodable_images(paths: Sequence[str]) -> List[str]:
-  """The files of `paths` that `FolderSource.read` could not decode, sorted.
+def _prepare_once(name, data_dir, builder):
+  """Prepares a local builder's dataset, or waits for the process doing it.
 
-  Reads and decodes with the ops `read` uses, in a tf.data parallel map
-  like `read`'s (C++ threads, not Python ones). tf.data cannot catch an error per
-  element, so each element carries its path, `ignore_errors` drops the ones
-  that fail and the failures are the paths that never come out.
+  Two processes preparing the same data_dir at once (two first runs, or the
+  processes of one run on a host) would both write it and the second to
+  finish fail to rename its copy into place. The preparation holds a lock,
+  and whoever waited for it finds the dataset prepared.
 
   Args:
-    paths: image files.
+    name: the builder's name.
+    data_dir: the TFDS data_dir (None: TFDS's default).
+    builder: `name`'s builder in `data_dir`, not prepared when it was made.
 
   Returns:
-    The paths that cannot be read or decoded (empty files included).
+    A builder of the prepared dataset.
   """
-  def decode(path):
-    # The image's shape is enough to force the decoding, and is small.
-    image = preprocess.decode_image(tf.io.read_file(path))
-    return path, tf.shape(image)
-
-  if not paths:
-    return []
-  decoded = tf.data.Dataset.from_tensor_slices(list(paths)).map(
-      decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  ok = {path.decode() for path, _ in
-        decoded.ignore_errors().as_numpy_iterator()}
-  return sorted(path for path in paths if path not in ok)
+  with _preparation_lock(name, os.path.dirname(builder.data_dir)):
+    # Made again: one made before another process prepared the dataset
+    # lacks the prepared dataset's info (its splits).
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not _is_prepared(builder):
+      builder.download_and_prepare()
+  return builder
 
 
-def _undecodable_message(split_dir, num_files, bad):
-  """One line: the count, the first `_FOLDER_BAD_SHOWN` files, the fix."""
-  shown = [repr(path) + (' (empty)' if tf.io.gfile.stat(path).length == 0
-                         else '')
-           for path in bad[:_FOLDER_BAD_SHOWN]]
-  if len(bad) > len(shown):
-    shown.append(f'... ({len(bad) - len(shown):,} more)')
-  return (f'{len(bad):,} of {num_files:,} files in {split_dir!r} cannot be '
-          f'read or decoded as images: {", ".join(shown)}; remove '
-          'or replace them.')
+@contextlib.contextmanager
+def _preparation_lock(name, dataset_dir):
+  """Holds an exclusive `flock` on `dataset_dir/.prepare.lock`.
 
+  The kernel drops a flock when its process ends, however it ends, so a
+  killed preparation leaves no stale lock. Remote folders (gs://) have no
+  such lock and are prepared unlocked.
 
-def _subdirs(path):
-  return [d.rstrip('/') for d in tf.io.gfile.listdir(path)
-          if tf.io.gfile.isdir(os.path.join(path, d))]
+  Args:
+    name: the dataset, for the waiting message.
+    dataset_dir: the folder holding the dataset's versions.
+
+  Yields:
+    Nothing; the lock is held inside the `with`.
+  """
+  if '://' in dataset_dir:
+    yield
+    return
+  os.makedirs(dataset_dir, exist_ok=True)
+  with open(os.path.join(dataset_dir, PREPARE_LOCK_NAME), 'a') as lock_file:
+    try:
+      fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning('waiting for another process preparing %s in %s',
+                      name, dataset_dir)
+      fcntl.flock(lock_file, fcntl.LOCK_EX)
+    yield  # Closing the file drops the lock.
 
 
 def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
@@ -311,10 +223,10 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
     dataset: a TFDS name (optionally with config and version, e.g.
       'clevr:3.*.*') or 'imagefolder'.
     data_dir: the TFDS data_dir or the image-folder root.
-    splits: splits that must exist (an image folder's classes are the union
-      of theirs).
-    label_map: a key of `vit_jax.data.label_maps.LABEL_MAPS`, or None for the 'label'
-      feature.
+    splits: splits that must exist; the first is the training split (an
+      image folder's classes are its class folders).
+    label_map: a key of `vit_jax.data.label_maps.LABEL_MAPS`, or None for
+      the 'label' feature.
 
   Raises:
     ValueError / FileNotFoundError: unknown dataset or label map, missing
@@ -325,9 +237,12 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
     if label_map:
       raise ValueError('config.label_map applies to TFDS datasets only; an '
                        'image folder labels by class folder.')
-    source = FolderSource(data_dir, splits)
-    for split in dict.fromkeys(splits):  # Once when train = eval split.
+    source = image_folder.FolderSource(data_dir, splits)
+    splits = dict.fromkeys(splits)  # Once when train = eval split.
+    # Every split's folders are checked before any decoding (minutes).
+    for split in splits:
       source.num_examples(split)  # Raises for a missing or empty split.
+    for split in splits:
       source.check_images(split)
     return source
   mapping = label_map and label_maps.get_label_map(label_map)
@@ -338,4 +253,5 @@ def make_source(dataset: str, data_dir: Optional[str], splits: Sequence[str],
     return TfdsSource(builder)
   return TfdsSource(builder, example_fn=mapping.fn,
                     num_classes=mapping.num_classes, features=mapping.features)
+
 
