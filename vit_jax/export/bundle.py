@@ -124,9 +124,11 @@ def _write_and_check(loaded: pretrained.LoadedModel, work: str
 def _write_error(error: OSError, work: str, out: str) -> OSError:
   """`error` (met while writing into `work`) as an OSError whose message
   is one line naming what was being written, where, and the fix."""
-  written = error.filename or work
-  if os.path.abspath(written).startswith(work + os.sep):
-    written = os.path.relpath(written, work)
+  written = 'the files'  # A write() error names no file.
+  if error.filename:
+    written = os.path.abspath(error.filename)
+    if written.startswith(work + os.sep):
+      written = os.path.relpath(written, work)
   reason = error.strerror or ' '.join(str(error).split())
   where = os.path.dirname(os.path.abspath(out))
   full = (error.errno in (errno.ENOSPC, errno.EDQUOT)
