@@ -8,10 +8,14 @@ must give the logits of `python -m vit_jax.cli.predict --logits_out`. The
 command and serving code of docs/deploy.md run as they are written.
 """
 
+import errno
+import glob
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 from absl import flags
 import numpy as np
@@ -236,6 +240,68 @@ def test_a_failed_export_leaves_nothing_behind(vit_checkpoint, tmp_path,
     export_cli.run(vit_checkpoint, str(tmp_path / 'empty'))
   assert os.listdir(tmp_path) == ['empty']
   assert not os.listdir(tmp_path / 'empty')
+
+
+def test_a_full_disk_names_the_path_and_leaves_nothing(vit_checkpoint,
+                                                       tmp_path, monkeypatch):
+  def full(serve, params, image_size, path):
+    del serve, params, image_size
+    with open(path, 'wb') as f:
+      f.write(b'half a graph')
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+  monkeypatch.setattr(to_onnx, 'write_serving', full)
+  out = str(tmp_path / 'out')
+  with pytest.raises(OSError) as error:
+    export_cli.run(vit_checkpoint, out)
+  assert str(error.value) == (
+      f'cannot write model.onnx of {out} (No space left on device): free '
+      f'space on the disk of {tmp_path} or give an --out on another disk; '
+      'nothing was written')
+  assert error.value.errno == errno.ENOSPC
+  assert not os.listdir(tmp_path)
+
+
+def _export_process(checkpoint, out):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'vit_jax.export', f'--checkpoint={checkpoint}',
+       f'--out={out}'], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env={**os.environ, 'PYTHONPATH': REPO})
+
+
+def _wait_for(pattern, process, timeout=120):
+  """Polls until a file matches `pattern` (True) or `process` ends
+  (False)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and process.poll() is None:
+    if glob.glob(pattern):
+      return True
+    time.sleep(0.01)
+  return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('stop_signal,status', [('SIGTERM', 143),
+                                                ('SIGINT', 130)])
+def test_a_stopped_export_ends_in_one_line_and_leaves_nothing(
+    vit_checkpoint, tmp_path, stop_signal, status):
+  out = tmp_path / 'exported'
+  process = _export_process(vit_checkpoint, out)
+  # Stopped while it writes: once the SavedModel's directory is there.
+  writing = str(tmp_path / '.exported.*.partial' / export.SAVED_MODEL)
+  try:
+    assert _wait_for(writing, process), process.communicate()[1][-3000:]
+    process.send_signal(getattr(signal, stop_signal))
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == status, stderr[-3000:]
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  assert stderr.splitlines()[-1] == (
+      f'error: export interrupted by {stop_signal}; nothing was written')
+  assert [line for line in stderr.splitlines() if 'error' in line.lower()
+          ] == [stderr.splitlines()[-1]], stderr[-3000:]
+  assert not os.listdir(tmp_path)
 
 
 def test_a_model_without_head_is_refused(tmp_path):

@@ -13,8 +13,10 @@ from etils import epath
 import numpy as np
 import pytest
 
+from vit_jax.cli import predict
 from vit_jax.cli import weights
 from vit_jax import models
+from vit_jax.weights import download
 from vit_jax.weights import pretrained
 from vit_jax.weights import zoo
 
@@ -250,7 +252,7 @@ def test_second_fetch_does_not_touch_the_source(bucket, monkeypatch):
   first = zoo.fetch(VIT)
   content = first.read_bytes()
   _source(base, VIT).unlink()
-  monkeypatch.setattr(zoo, '_copy_range', _must_not_be_called)
+  monkeypatch.setattr(download, '_copy_range', _must_not_be_called)
   assert zoo.fetch(VIT) == first
   assert first.read_bytes() == content
 
@@ -275,8 +277,8 @@ def test_a_torn_part_resumes_from_its_length(bucket, monkeypatch):
   torn = len(data) // 3
   (target.parent / (target.name + '.part')).write_bytes(data[:torn])
   copies = []
-  monkeypatch.setattr(zoo, '_copy_range',
-                      _recording(copies, zoo._copy_range))
+  monkeypatch.setattr(download, '_copy_range',
+                      _recording(copies, download._copy_range))
   assert zoo.fetch(VIT).read_bytes() == data
   assert copies == [(torn, len(data) - torn)]  # Only the rest was read.
   assert _files(cache) == [f'vit_models/{VIT}.npz']
@@ -287,14 +289,14 @@ def test_an_interrupted_download_keeps_its_part_and_resumes(bucket,
   base, cache = bucket
   data = _source(base, VIT).read_bytes()
   half = len(data) // 2
-  copy_range = zoo._copy_range
+  copy_range = download._copy_range
 
   def interrupted(source, part, offset):
     with part.open('ab') as f:
       f.write(source.read_bytes()[offset:half])
     raise OSError('connection reset by peer')
 
-  monkeypatch.setattr(zoo, '_copy_range', interrupted)
+  monkeypatch.setattr(download, '_copy_range', interrupted)
   part = f'{cache}/vit_models/{VIT}.npz.part'
   with pytest.raises(zoo.CheckpointUnavailableError,
                      match=r'connection reset by peer.*again resumes '
@@ -302,7 +304,7 @@ def test_an_interrupted_download_keeps_its_part_and_resumes(bucket,
     zoo.fetch(VIT)
   assert pathlib.Path(part).read_bytes() == data[:half]
   copies = []
-  monkeypatch.setattr(zoo, '_copy_range', _recording(copies, copy_range))
+  monkeypatch.setattr(download, '_copy_range', _recording(copies, copy_range))
   assert zoo.fetch(VIT).read_bytes() == data
   assert copies == [(half, len(data) - half)]
   assert _files(cache) == [f'vit_models/{VIT}.npz']
@@ -320,14 +322,14 @@ def test_a_part_longer_than_the_source_starts_over(bucket):
 def test_a_source_that_changes_size_mid_download_is_refused(bucket,
                                                             monkeypatch):
   _, cache = bucket
-  copy_range = zoo._copy_range
+  copy_range = download._copy_range
 
   def growing(source, part, offset):
     with source.open('ab') as f:  # After fetch read its size.
       f.write(b'\0' * 7)
     return copy_range(source, part, offset)
 
-  monkeypatch.setattr(zoo, '_copy_range', growing)
+  monkeypatch.setattr(download, '_copy_range', growing)
   with pytest.raises(zoo.DownloadMismatchError,
                      match='but it has .* change during the download'):
     zoo.fetch(VIT)
@@ -362,6 +364,130 @@ def test_a_cached_file_of_the_wrong_recorded_size_is_fetched_again(bucket):
   target.parent.mkdir(parents=True)
   target.write_bytes(b'stale')
   assert zoo.fetch_released(entry).read_bytes() == data
+
+
+# ------------------------------------------------- damaged files --
+
+def _cached(name):
+  """The cache path of `name`, its directory made."""
+  target = zoo.cache_path(zoo.resolve(name))
+  target.parent.mkdir(parents=True, exist_ok=True)
+  return target
+
+
+def _flip_byte_of_data(data):
+  """`data` (an uncompressed .npz) with one byte of its last array's values
+  changed: the zip structure is intact, that member's CRC is not."""
+  index = data.rindex(b'PK\x01\x02') - 8  # Inside the last member's data.
+  return data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1:]
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'flipped byte', 'garbage'])
+def test_a_damaged_cached_file_is_moved_aside_and_fetched_again(
+    bucket, damage, monkeypatch):
+  base, cache = bucket
+  data = _source(base, VIT).read_bytes()
+  target = _cached(VIT)
+  damaged = {'truncated': data[:len(data) // 2],
+             'flipped byte': _flip_byte_of_data(data),
+             'garbage': b'\x80\x04' * (len(data) // 2)}[damage]
+  target.write_bytes(damaged)
+  assert zoo.fetch(VIT).read_bytes() == data
+  assert (target.parent / f'{target.name}.corrupt').read_bytes() == damaged
+  assert _files(cache) == [f'vit_models/{VIT}.npz',
+                           f'vit_models/{VIT}.npz.corrupt']
+  # Once whole, it is used as it is.
+  monkeypatch.setattr(download, '_copy_range', _must_not_be_called)
+  assert zoo.fetch(VIT).read_bytes() == data
+
+
+def test_a_damaged_cached_file_that_cannot_be_moved_is_named(
+    bucket, monkeypatch):
+  target = _cached(VIT)
+  target.write_bytes(b'not an npz')
+
+  def read_only(*args):
+    raise PermissionError(13, 'Permission denied')
+  monkeypatch.setattr(type(target), 'replace', read_only)
+  with pytest.raises(zoo.DownloadMismatchError) as error:
+    zoo.fetch(VIT)
+  assert str(error.value) == (
+      f'the cached {target} is damaged (not a whole zip archive (File is not '
+      'a zip file)) and cannot be moved aside ([Errno 13] Permission '
+      'denied): delete it and fetch again')
+
+
+def _part(target):
+  return target.parent / f'{target.name}.part'
+
+
+def test_a_same_size_garbage_part_is_discarded(bucket, monkeypatch):
+  base, cache = bucket
+  data = _source(base, VIT).read_bytes()
+  target = _cached(VIT)
+  _part(target).write_bytes(b'x' * len(data))
+  copies = []
+  monkeypatch.setattr(download, '_copy_range',
+                      _recording(copies, download._copy_range))
+  assert zoo.fetch(VIT).read_bytes() == data
+  # Nothing was left to append; it did not verify: all of it again.
+  assert copies == [(len(data), 0), (0, len(data))]
+  assert _files(cache) == [f'vit_models/{VIT}.npz']
+
+
+def test_a_part_of_other_content_is_not_completed_into_a_bad_file(
+    bucket, monkeypatch):
+  base, cache = bucket
+  data = _source(base, VIT).read_bytes()
+  other = _source(base, AUGREG_UNLISTED_I1K).read_bytes()  # Same layout.
+  assert len(other) == len(data) and other != data
+  target = _cached(VIT)
+  torn = len(data) // 2
+  _part(target).write_bytes(other[:torn])
+  copies = []
+  monkeypatch.setattr(download, '_copy_range',
+                      _recording(copies, download._copy_range))
+  assert zoo.fetch(VIT).read_bytes() == data
+  assert copies == [(torn, len(data) - torn), (0, len(data))]
+  assert _files(cache) == [f'vit_models/{VIT}.npz']
+
+
+@pytest.mark.parametrize('content,reason', [
+    (b'\x80\x04garbage' * 100, 'not a whole zip archive'),
+    ('flipped byte', 'fails its CRC-32 check'),
+])
+def test_a_corrupt_source_is_a_corrupt_download(bucket, content, reason):
+  base, cache = bucket
+  source = _source(base, VIT)
+  if content == 'flipped byte':
+    content = _flip_byte_of_data(source.read_bytes())
+  source.write_bytes(content)
+  with pytest.raises(zoo.DownloadMismatchError) as error:
+    pretrained.load(VIT)
+  message = str(error.value)
+  assert message.startswith(f'corrupt download of {source}: ')
+  assert reason in message and message.endswith('; deleted')
+  assert 'pickle' not in message
+  assert _files(cache) == []
+
+
+def test_every_program_suggests_close_names(capsys, tmp_path):
+  flag_values = flags.FlagValues()
+  predict.define_flags(flag_values)
+  image = tmp_path / 'image.png'
+  image.write_bytes(b'')
+  argv = flag_values(['predict', '--checkpoint=imagenet21k/ViT-B_17',
+                      str(image)])
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(argv, flag_values)
+  assert exit_info.value.code == 1
+  error = capsys.readouterr().err
+  assert error.startswith('error: checkpoint imagenet21k/ViT-B_17 does not '
+                          'exist: give ')
+  assert error.rstrip().endswith(
+      '; did you mean imagenet21k/ViT-B_16, imagenet21k/ViT-L_16, '
+      'imagenet21k/ViT-H_14, imagenet21k/ViT-B_32, imagenet21k/R50+ViT-B_16?')
+  assert len(error.splitlines()) == 1
 
 
 def test_an_unreachable_source_names_the_url_and_the_cache_path(

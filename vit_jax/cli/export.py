@@ -14,9 +14,11 @@ Each file takes uint8 images (B, H, W, 3) at the model's resolution (the
 checkpoint's own, or --image_size), any B, and returns the float32 logits
 predict computes for them (`vit_jax.export`). The files are checked in
 their runtimes before they are moved into place; a failed export leaves
-nothing behind.
+nothing behind, and so does one stopped by SIGTERM or Ctrl-C, which ends
+in one line with status 143 or 130.
 """
 
+import sys
 from typing import Dict, List, Optional
 
 from vit_jax.cli import _process
@@ -31,6 +33,7 @@ from absl import flags
 
 from vit_jax.cli import _flags as cli_flags
 from vit_jax import export
+from vit_jax.training import preemption
 from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -81,7 +84,8 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
 
 
 def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
-  """Runs `run` on the parsed flags; user errors exit with status 1."""
+  """Runs `run` on the parsed flags; user errors exit with status 1, a
+  stop signal with 128 + its number."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Before the first TensorFlow operation: the GPUs' memory is JAX's.
@@ -92,7 +96,13 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
     run(flag_values.checkpoint, flag_values.out, flag_values.model,
         image_size=flag_values.image_size,
         **cli_flags.architecture_overrides(flag_values))
-  cli_flags.exit_on_user_error(checked_run)
+  try:
+    with preemption.raise_on_stop_signals():
+      cli_flags.exit_on_user_error(checked_run)
+  except preemption.Interrupted as e:
+    print(f'error: export interrupted by {e.signal_name}; nothing was '
+          'written', file=sys.stderr)
+    sys.exit(e.exit_status)
 
 
 if __name__ == '__main__':

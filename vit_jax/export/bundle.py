@@ -8,9 +8,10 @@
   check_files(dir, loaded)  the comparison, file by file
 """
 
+import errno
 import os
+import secrets
 import shutil
-import tempfile
 from typing import Dict
 
 import numpy as np
@@ -59,8 +60,9 @@ def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
   """Writes the serving files of `loaded` into the new directory `out`.
 
   They are written into a temporary directory beside `out`, checked in
-  their runtimes, and only then renamed to `out`: a failed export leaves
-  nothing behind.
+  their runtimes, and only then renamed to `out`: a failed or interrupted
+  export (any exception, KeyboardInterrupt and
+  `preemption.Interrupted` included) leaves nothing behind.
 
   Args:
     loaded: the model (`pretrained.load`); its native resolution is the
@@ -74,6 +76,8 @@ def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
   Raises:
     ValueError: the model has no head, or `out` cannot be created
       (`check_out`); ExportMismatchError: a file is beyond `TOLERANCE`.
+    OSError: a file cannot be written (a full disk); the message names it,
+      `out` and the fix.
     ImportError: an optional converter or runtime is not installed.
   """
   if not loaded.model.num_classes:
@@ -82,28 +86,59 @@ def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
   check_out(out)
   loaded = serving.for_serving(loaded)
   path = os.path.abspath(out)
+  parent = os.path.dirname(path)
+  # A name of our own, not mkdtemp's: the directory is removed on any exit,
+  # a signal's between its creation and the assignment included.
+  work = os.path.join(
+      parent, f'.{os.path.basename(path)}.{secrets.token_hex(6)}.partial')
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.',
-                            suffix='.partial', dir=os.path.dirname(path))
-  except OSError as e:
-    raise ValueError(f'cannot create {out}: {e}') from e
-  try:
-    serve = serving.serving_function(loaded)
-    saved_model = os.path.join(work, to_saved_model.FILE)
-    to_saved_model.write(serve, loaded.params, loaded.image_size, saved_model)
-    to_tflite.write(saved_model, os.path.join(work, to_tflite.FILE))
-    to_onnx.write_serving(serve, loaded.params, loaded.image_size,
-                          os.path.join(work, to_onnx.FILE))
-    if loaded.class_names:
-      with open(os.path.join(work, LABELS), 'w') as f:
-        f.write(''.join(f'{name}\n' for name in loaded.class_names))
-    errors = check_files(work, loaded)
+    try:
+      os.makedirs(parent, exist_ok=True)
+      os.mkdir(work, 0o700)
+      errors = _write_and_check(loaded, work)
+    except OSError as e:
+      raise _write_error(e, work, out) from e
     _move_into_place(work, path, out)
   except BaseException:
     shutil.rmtree(work, ignore_errors=True)
     raise
   return errors
+
+
+def _write_and_check(loaded: pretrained.LoadedModel, work: str
+                     ) -> Dict[str, float]:
+  """Writes the files of `loaded` into `work` and checks them
+  (`check_files`)."""
+  serve = serving.serving_function(loaded)
+  saved_model = os.path.join(work, to_saved_model.FILE)
+  to_saved_model.write(serve, loaded.params, loaded.image_size, saved_model)
+  to_tflite.write(saved_model, os.path.join(work, to_tflite.FILE))
+  to_onnx.write_serving(serve, loaded.params, loaded.image_size,
+                        os.path.join(work, to_onnx.FILE))
+  if loaded.class_names:
+    with open(os.path.join(work, LABELS), 'w') as f:
+      f.write(''.join(f'{name}\n' for name in loaded.class_names))
+  return check_files(work, loaded)
+
+
+def _write_error(error: OSError, work: str, out: str) -> OSError:
+  """`error` (met while writing into `work`) as an OSError whose message
+  is one line naming what was being written, where, and the fix."""
+  written = 'the files'  # A write() error names no file.
+  if error.filename:
+    written = os.path.abspath(error.filename)
+    if written.startswith(work + os.sep):
+      written = os.path.relpath(written, work)
+  reason = error.strerror or ' '.join(str(error).split())
+  where = os.path.dirname(os.path.abspath(out))
+  full = (error.errno in (errno.ENOSPC, errno.EDQUOT)
+          or 'No space left on device' in reason)
+  fix = (f'free space on the disk of {where} or give an --out on another '
+         'disk' if full else f'check that {where} can be written to')
+  explained = OSError(f'cannot write {written} of {out} ({reason}): {fix}; '
+                      'nothing was written')
+  explained.errno = error.errno  # Not in the message: OSError(errno, ...)
+  return explained               # would print "[Errno N]" first.
 
 
 def check_files(directory: str, loaded: pretrained.LoadedModel

@@ -123,13 +123,18 @@ def _save(model, path: str) -> None:
   `path` + '.data' beside it when they approach protobuf's 2 GiB limit."""
   import onnx  # pylint: disable=g-import-not-at-top
   weights = sum(tensor.ByteSize() for tensor in model.graph.initializer)
-  if weights < INLINE_WEIGHTS_LIMIT:
-    onnx.save_model(model, path)
-  else:
-    onnx.save_model(model, path, save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=os.path.basename(path) + '.data',
-                    size_threshold=1024)
+  try:
+    if weights < INLINE_WEIGHTS_LIMIT:
+      onnx.save_model(model, path)
+    else:
+      onnx.save_model(model, path, save_as_external_data=True,
+                      all_tensors_to_one_file=True,
+                      location=os.path.basename(path) + '.data',
+                      size_threshold=1024)
+  except OSError as e:
+    if e.filename:
+      raise
+    raise OSError(e.errno, e.strerror, path) from e  # write()'s names none.
 
 
 def _evaluate(jaxpr: jax_core.Jaxpr, consts: Sequence[Any],

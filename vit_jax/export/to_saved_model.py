@@ -6,6 +6,9 @@ with the batch symbolic; the parameters are variables. Signature
 run.
 """
 
+import errno
+import os
+
 from vit_jax.export import serving
 
 FILE = 'saved_model'
@@ -13,6 +16,7 @@ FILE = 'saved_model'
 TOLERANCE = 1e-4
 # Platforms the SavedModel's StableHLO is lowered for (TF picks by device).
 _PLATFORMS = ('cpu', 'cuda')
+_NO_SPACE = os.strerror(errno.ENOSPC)
 
 
 def write(serve, params, image_size: int, path: str) -> None:
@@ -32,9 +36,16 @@ def write(serve, params, image_size: int, path: str) -> None:
     return {serving.OUTPUT: converted(module.params, images)}
 
   module.serving_default = serving_default
-  tf.saved_model.save(
-      module, path,
-      signatures={serving.SIGNATURE: serving_default.get_concrete_function()})
+  try:
+    tf.saved_model.save(
+        module, path, signatures={
+            serving.SIGNATURE: serving_default.get_concrete_function()})
+  except tf.errors.ResourceExhaustedError as e:
+    # TensorFlow's file system reports a full disk (ENOSPC) so; callers
+    # handle it as the OSError that every other file's writer raises.
+    if _NO_SPACE not in e.message:
+      raise
+    raise OSError(errno.ENOSPC, _NO_SPACE, path) from e
 
 
 def run(path: str, images):

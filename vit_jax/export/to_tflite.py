@@ -20,8 +20,12 @@ def write(saved_model: str, path: str) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   converter = tf.lite.TFLiteConverter.from_saved_model(
       saved_model, signature_keys=[serving.SIGNATURE])
-  with open(path, 'wb') as f:
-    f.write(converter.convert())
+  flat_buffer = converter.convert()
+  try:
+    with open(path, 'wb') as f:
+      f.write(flat_buffer)
+  except OSError as e:  # write()'s names no file.
+    raise OSError(e.errno, e.strerror, path) from e
 
 
 def run(path: str, images):

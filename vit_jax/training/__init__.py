@@ -7,6 +7,7 @@
   mixing         Mixup / CutMix inside the step
   checkpoints    the run's train state (orbax), verified before resume
   workdir        claiming a run's directory, its config and parameter record
-  preemption     SIGTERM / SIGINT -> a checkpoint at the current step
+  preemption     SIGTERM / SIGINT -> a checkpoint at the current step (or,
+                 for an export, an exception that cleans up on its way)
   metrics_log    metrics.jsonl and TensorBoard
 """

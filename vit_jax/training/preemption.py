@@ -1,6 +1,15 @@
 """Stopping a run cleanly when asked: SIGTERM (what TPU and GPU schedulers
 send before they take a machine away) and SIGINT (Ctrl-C).
 
+Two ways, for two kinds of work:
+  StopRequest             work that can pause (training): the signal is
+                          noted and the loop stops after its current step
+  raise_on_stop_signals   work that cannot (an export): the signal raises
+                          `Interrupted` where the program is, so the
+                          cleanup on the way out runs (a temporary
+                          directory removed) and the program ends in one
+                          line with `Interrupted.exit_status`
+
 The training loop asks `StopRequest.due(step)` after every step; once a
 signal has arrived it finishes that step, saves its checkpoint and raises
 `Preempted`, which the program turns into one line saying how to resume.
@@ -11,9 +20,10 @@ SIGTERM itself and agrees on a step (`multihost_utils.
 reached_preemption_sync_point`), so no signal is caught here then.
 """
 
+import contextlib
 import signal
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -78,3 +88,48 @@ class StopRequest:
         self.signal_name = 'SIGTERM'
       return reached
     return self.signal_name is not None
+
+
+class Interrupted(BaseException):
+  """A stop signal arrived inside `raise_on_stop_signals`.
+
+  A BaseException, as KeyboardInterrupt is: `except Exception` clauses let
+  it through to the program.
+  """
+
+  def __init__(self, signal_name: str):
+    super().__init__(f'interrupted by {signal_name}')
+    self.signal_name = signal_name
+
+  @property
+  def exit_status(self) -> int:
+    return EXIT_STATUS[self.signal_name]
+
+
+@contextlib.contextmanager
+def raise_on_stop_signals() -> Iterator[None]:
+  """Within it, SIGTERM and SIGINT raise `Interrupted` in the main thread.
+
+  Once one has, the signals are ignored until the context is left: the
+  work is already stopping, and a second Ctrl-C must not cut its cleanup
+  short. Outside the main thread (where handlers cannot be installed) it
+  changes nothing.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {}
+
+  def interrupt(signum, frame):
+    del frame
+    for stop_signal in previous:
+      signal.signal(stop_signal, signal.SIG_IGN)
+    raise Interrupted(signal.Signals(signum).name)
+
+  for stop_signal in (signal.SIGTERM, signal.SIGINT):
+    previous[stop_signal] = signal.signal(stop_signal, interrupt)
+  try:
+    yield
+  finally:
+    for stop_signal, handler in previous.items():
+      signal.signal(stop_signal, handler)

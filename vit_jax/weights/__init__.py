@@ -14,6 +14,7 @@ The modules:
   npz            the released `.npz` container
   sidecar        what our own `.npz` files say about their model
   zoo            the released Google files by name, fetched and cached
+  download       a remote .npz copied into the cache, verified
   timm_hub       timm / Hugging Face hub directories and ids
 A family's timm key layout is the family's (`vit_jax.models.vit_timm`).
 """

@@ -212,9 +212,11 @@ def find(source: Any) -> WeightFormat:
   for candidate in _FORMATS:
     if candidate.recognises(source):
       return candidate
+  suggestion = zoo.did_you_mean(source)  # A misspelt released name?
   raise FileNotFoundError(
       f'checkpoint {source} does not exist: give '
-      f'{_one_of([known.sources for known in _FORMATS])}')
+      f'{_one_of([known.sources for known in _FORMATS])}'
+      + (f'; {suggestion}' if suggestion else ''))
 
 
 def read(source: Any) -> Weights:

@@ -38,21 +38,23 @@ files land in $VIT_JAX_CACHE (default ~/.cache/vit_jax), in the same layout.
 
 A fetch downloads once (a cached file is used without contacting the
 source), atomically (`<file>.part`, renamed when verified), verified (the
-size the source reports and, where the list records one, the sha256) and
-resumably (an interrupted download continues from the length of its
-`.part`). One writer at a time: in a multi-process job, fetch on one
+size the source reports, the zip's CRCs and, where the list records one,
+the sha256) and resumably (see `download`). A cached file is verified
+each time it is used; a damaged one is moved aside (`<file>.corrupt`) and
+fetched again. One writer at a time: in a multi-process job, fetch on one
 process before the others read.
 """
 
 import dataclasses
 import difflib
-import hashlib
 import os
 import re
 from typing import Dict, Optional, Sequence, Tuple
 
 from absl import logging
 from etils import epath
+
+from vit_jax.weights import download
 
 BASE_ENV = 'VIT_JAX_CHECKPOINT_BASE'
 CACHE_ENV = 'VIT_JAX_CACHE'
@@ -61,7 +63,6 @@ HTTPS_MIRROR = 'https://storage.googleapis.com'
 
 _VIT_BUCKET, _MIXER_BUCKET = 'vit_models', 'mixer_models'
 _IMAGENET21K, _IMAGENET2012 = 'imagenet21k', 'imagenet2012'
-_CHUNK_BYTES = 8 << 20
 _MAX_SUGGESTIONS = 5
 
 
@@ -100,12 +101,8 @@ class Released:
     return f'{HTTPS_MIRROR}/{self.bucket}/{self.path}'
 
 
-class CheckpointUnavailableError(FileNotFoundError):
-  """The source could not be read (offline, unreachable, no such file)."""
-
-
-class DownloadMismatchError(ValueError):
-  """A download's size or sha256 is not what it must be."""
+CheckpointUnavailableError = download.CheckpointUnavailableError
+DownloadMismatchError = download.DownloadMismatchError
 
 
 # ------------------------------------------------------------ the list --
@@ -245,19 +242,27 @@ def resolve(name: str) -> Released:
 
   Raises:
     ValueError: `name` is neither listed nor an AugReg file stem; the
-      message lists the closest released names.
+      message lists the closest released names (`did_you_mean`).
   """
   entry = _lookup(name)
   if entry is not None:
     return entry
+  hint = did_you_mean(name) or 'python -m vit_jax.cli.weights lists them.'
+  raise ValueError(f'{name!r} is not a released checkpoint name: {hint}')
+
+
+def did_you_mean(name) -> str:
+  """The released names closest to the unknown `name`, as a sentence
+  ('did you mean a, b?'), with the AugReg naming for an 'augreg/' name;
+  '' when nothing is close. What every program says of a checkpoint it
+  cannot find (`formats.find`) and `resolve` of an unknown name."""
   close = difflib.get_close_matches(str(name), list(_BY_NAME),
                                     n=_MAX_SUGGESTIONS)
-  hint = (f'did you mean {", ".join(close)}?' if close else
-          'python -m vit_jax.cli.weights lists them.')
+  hint = f'did you mean {", ".join(close)}?' if close else ''
   if str(name).startswith(f'{_AUGREG_FOLDER}/'):
     hint += (' AugReg names are augreg/<file stem>, stems as in '
              f'gs://{_VIT_BUCKET}/{_AUGREG_FOLDER}/index.csv.')
-  raise ValueError(f'{name!r} is not a released checkpoint name: {hint}')
+  return hint.strip()
 
 
 # ----------------------------------------------------------- fetching --
@@ -309,102 +314,13 @@ def fetch_released(entry: Released, *, cache_dir=None,
                    base: Optional[str] = None) -> epath.Path:
   """`fetch` for an entry; `base` as in `source_path`."""
   target = cache_path(entry, cache_dir)
-  if target.exists():
-    if entry.size is None or target.stat().length == entry.size:
-      return target
-    logging.warning('%s has %d bytes, not %d: downloading it again', target,
-                    target.stat().length, entry.size)
-    target.unlink()
+  if download.usable(target, entry.size):
+    return target
   source = source_path(entry, base)
-  total = _source_size(entry, source, target)
-  part = _part_path(target)
-  _check(entry.size is None or total == entry.size, part,
-         f'{source} has {total} bytes but {entry.name} must have '
-         f'{entry.size}: is {BASE_ENV} pointing at the right files?')
-  target.parent.mkdir(parents=True, exist_ok=True)
-  offset = part.stat().length if part.exists() else 0
-  if offset > total:
-    part.unlink()  # Not a prefix of this file.
-    offset = 0
-  if offset:
-    logging.info('Resuming %s at byte %d of %d', part, offset, total)
-  try:
-    _copy_range(source, part, offset)
-  except Exception as e:  # pylint: disable=broad-except
-    # epath's backends raise their own types (tf.errors.OpError, fsspec's,
-    # OSError); all mean the same to the user.
-    raise CheckpointUnavailableError(
-        f'downloading {source} stopped ({_one_line(e)}); fetching '
-        f'{entry.name} again resumes {part}') from e
-  _verify(entry, source, part, total)
-  part.replace(target)
+  download.download(
+      source, target, size=entry.size, sha256=entry.sha256,
+      offline_hint=(f'Offline? Download {entry.https_url} elsewhere and put '
+                    f'it at {target}, or set {BASE_ENV} to a directory laid '
+                    'out like the buckets.'))
   logging.info('Fetched %s to %s', entry.name, target)
   return target
-
-
-def _part_path(target: epath.Path) -> epath.Path:
-  return target.parent / f'{target.name}.part'
-
-
-def _source_size(entry: Released, source: epath.Path,
-                 target: epath.Path) -> int:
-  try:
-    return source.stat().length
-  except Exception as e:  # pylint: disable=broad-except
-    # Offline, unreachable and missing look different on each backend.
-    raise CheckpointUnavailableError(
-        f'cannot read {source} ({type(e).__name__}: {_one_line(e)}). '
-        f'Offline? Download {entry.https_url} elsewhere and put it at '
-        f'{target}, or set {BASE_ENV} to a directory laid out like the '
-        'buckets.') from e
-
-
-def _one_line(error: Exception) -> str:
-  # Backend messages (TF's) span lines; the programs report errors in one.
-  return ' '.join(str(error).split())
-
-
-def _copy_range(source: epath.Path, part: epath.Path, offset: int) -> int:
-  """Appends source[offset:] to `part`; returns the bytes copied."""
-  copied = 0
-  with source.open('rb') as src, part.open('ab') as dst:
-    if offset:
-      src.seek(offset)
-    while True:
-      chunk = src.read(_CHUNK_BYTES)
-      if not chunk:
-        return copied
-      dst.write(chunk)
-      copied += len(chunk)
-
-
-def _verify(entry: Released, source: epath.Path, part: epath.Path,
-            total: int) -> None:
-  """Raises DownloadMismatchError (removing `part`) unless it is the
-  file."""
-  length = part.stat().length
-  _check(length == total, part,
-         f'downloaded {length} bytes of {source} but it has {total} (did it '
-         'change during the download?); fetch again')
-  if entry.sha256:
-    digest = _sha256(part)
-    _check(digest == entry.sha256.lower(), part,
-           f'{source} has sha256 {digest} but {entry.name} must have '
-           f'{entry.sha256}: the source does not hold the released file')
-
-
-def _check(condition: bool, remove: epath.Path, message: str) -> None:
-  if not condition:
-    if remove.exists():
-      remove.unlink()
-    raise DownloadMismatchError(message)
-
-
-def _sha256(path: epath.Path) -> str:
-  digest = hashlib.sha256()
-  with path.open('rb') as f:
-    while True:
-      chunk = f.read(_CHUNK_BYTES)
-      if not chunk:
-        return digest.hexdigest()
-      digest.update(chunk)
