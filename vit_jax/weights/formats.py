@@ -54,7 +54,10 @@ class Weights:
   Attributes:
     name: the path or id, for messages.
     model_family: the family whose layout the arrays have.
-    params: the arrays, as the family's nested float32 tree.
+    params: the arrays, as the family's nested float32 tree; a leaf may be
+      an `arrays.StoredArray` (shape known, values read and checked when
+      asked for: `arrays.read_values`), so that keys and shapes are checked
+      against a model before any data is read.
     stored: what the format stores beside the arrays (the sidecar, a hub
       checkpoint's config), or None.
     stored_in: where `stored` comes from, for messages.
@@ -113,9 +116,10 @@ class NpzFile(WeightFormat):
     return epath.Path(source).is_file()
 
   def read(self, source) -> Weights:
-    """The arrays, in the layout of the family that recognises their keys,
-    and the sidecar, which must be of that family."""
-    flat = npz.read_npz(source)
+    """The arrays (unread: `npz.open_npz`), in the layout of the family
+    that recognises their keys, and the sidecar, which must be of that
+    family."""
+    flat = npz.open_npz(source)
     model_family = models.family_of_checkpoint(flat)
     stored = sidecar_lib.read(source)
     stored_in = str(sidecar_lib.path_for(source))
