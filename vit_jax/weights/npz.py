@@ -125,6 +125,9 @@ def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
         stream.read(1)  # At the end: zipfile checks the CRC.
     except _DAMAGE as e:
       raise _unreadable(path, f'member {info.filename!r}: {e}') from e
+    if len(data) != info.file_size - header_size:
+      raise _unreadable(path, f'member {info.filename!r} is shorter than '
+                        'the archive says')
     values = np.frombuffer(data, read_as)
     values = (values.reshape(shape[::-1]).T if fortran_order else
               values.reshape(shape))
