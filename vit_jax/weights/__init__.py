@@ -15,6 +15,9 @@ The modules:
   sidecar        what our own `.npz` files say about their model
   zoo            the released Google files by name, fetched and cached
   timm_hub       timm / Hugging Face hub directories and ids
+  safetensors_file  the `.safetensors` container, read from its header
+  arrays         what every format checks of its arrays (float, finite,
+                 sizes), and arrays known by their header, read when used
 A family's timm key layout is the family's (`vit_jax.models.vit_timm`).
 """
 

@@ -21,7 +21,9 @@ Built in (`_BUILT_IN`, in the order they are asked):
 
 Where a new format goes: a `WeightFormat` subclass here and its instance in
 `_BUILT_IN` (this one file), plus a reader module in this package when its
-container is new (as `timm_hub` reads safetensors and config.json). Another
+container is new (as `safetensors_file` reads safetensors for `timm_hub`);
+its arrays are checked as every format's are (`arrays`: float dtypes,
+sizes from the headers, finite values), and read only when used. Another
 library's keys for a family we have are that family's business: a
 `family.ForeignLayout` beside the family in `vit_jax.models`, listed in its
 `foreign_layouts` (so a timm family touches its family, not the loader).
