@@ -234,6 +234,19 @@ def test_a_safetensors_entry_past_the_end_is_unreadable(tmp_path):
     safetensors_file.open_safetensors(path)
 
 
+def test_a_damaged_member_is_refused_when_read(tmp_path):
+  path = _write_npz(tmp_path / 'm.npz', {'a': np.ones(1000, np.float32)})
+  data = bytearray(path.read_bytes())
+  data[data.find(np.float32(1).tobytes()) + 2000] ^= 1
+  path.write_bytes(bytes(data))
+  stored = npz.open_npz(path)  # The header is intact.
+  with pytest.raises(ValueError) as error:
+    np.asarray(stored['a'])
+  assert _message(error) == (
+      f'{path} is not a readable .npz checkpoint (truncated or corrupt '
+      "download?): member 'a.npy': Bad CRC-32 for file 'a.npy'")
+
+
 # ------------------------------------------- unused arrays are never read --
 
 HUGE_ELEMENTS = 16 * 2**20  # 64 MiB of float32 zeros, ~64 KiB deflated.

@@ -122,7 +122,7 @@ def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
       with archive.open(info) as stream:
         stream.read(header_size)
         data = stream.read(info.file_size - header_size)
-        stream.read(1)  # At the end: zipfile checks the CRC.
+        stream.read(1)  # Reading to the end makes zipfile check the CRC.
     except _DAMAGE as e:
       raise _unreadable(path, f'member {info.filename!r}: {e}') from e
     if len(data) != info.file_size - header_size:
