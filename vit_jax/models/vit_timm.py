@@ -66,7 +66,9 @@ _MAX_LISTED = 20  # Left-over keys named in the error.
 
 
 class _Arrays:
-  """timm's arrays, each taken once; what is left at the end is an error."""
+  """timm's arrays, each taken once; what is left at the end is an error.
+  An array is read (np.asarray) when taken: a reader may hand out arrays
+  known by their header only, so that those left are never read."""
 
   def __init__(self, arrays: Mapping[str, np.ndarray]):
     self._arrays = dict(arrays)
@@ -78,10 +80,11 @@ class _Arrays:
     if key not in self._arrays:
       raise family.CheckpointMismatchError(
           f'the checkpoint has no {key!r}, which a timm ViT of its shape has')
-    return self._arrays.pop(key)
+    return np.asarray(self._arrays.pop(key))
 
   def take_optional(self, key: str) -> Optional[np.ndarray]:
-    return self._arrays.pop(key, None)
+    value = self._arrays.pop(key, None)
+    return None if value is None else np.asarray(value)
 
   def check_all_taken(self) -> None:
     left = sorted(self._arrays)

@@ -16,6 +16,9 @@ The modules:
   zoo            the released Google files by name, fetched and cached
   download       a remote .npz copied into the cache, verified
   timm_hub       timm / Hugging Face hub directories and ids
+  safetensors_file  the `.safetensors` container, read from its header
+  arrays         what every format checks of its arrays (float, finite,
+                 sizes), and arrays known by their header, read when used
 A family's timm key layout is the family's (`vit_jax.models.vit_timm`).
 """
 

@@ -21,7 +21,9 @@ Built in (`_BUILT_IN`, in the order they are asked):
 
 Where a new format goes: a `WeightFormat` subclass here and its instance in
 `_BUILT_IN` (this one file), plus a reader module in this package when its
-container is new (as `timm_hub` reads safetensors and config.json). Another
+container is new (as `safetensors_file` reads safetensors for `timm_hub`);
+its arrays are checked as every format's are (`arrays`: float dtypes,
+sizes from the headers, finite values), and read only when used. Another
 library's keys for a family we have are that family's business: a
 `family.ForeignLayout` beside the family in `vit_jax.models`, listed in its
 `foreign_layouts` (so a timm family touches its family, not the loader).
@@ -54,7 +56,10 @@ class Weights:
   Attributes:
     name: the path or id, for messages.
     model_family: the family whose layout the arrays have.
-    params: the arrays, as the family's nested float32 tree.
+    params: the arrays, as the family's nested float32 tree; a leaf may be
+      an `arrays.StoredArray` (shape known, values read and checked when
+      asked for: `arrays.read_values`), so that keys and shapes are checked
+      against a model before any data is read.
     stored: what the format stores beside the arrays (the sidecar, a hub
       checkpoint's config), or None.
     stored_in: where `stored` comes from, for messages.
@@ -113,9 +118,10 @@ class NpzFile(WeightFormat):
     return epath.Path(source).is_file()
 
   def read(self, source) -> Weights:
-    """The arrays, in the layout of the family that recognises their keys,
-    and the sidecar, which must be of that family."""
-    flat = npz.read_npz(source)
+    """The arrays (unread: `npz.open_npz`), in the layout of the family
+    that recognises their keys, and the sidecar, which must be of that
+    family."""
+    flat = npz.open_npz(source)
     model_family = models.family_of_checkpoint(flat)
     stored = sidecar_lib.read(source)
     stored_in = str(sidecar_lib.path_for(source))

@@ -35,6 +35,7 @@ import numpy as np
 from vit_jax import models
 from vit_jax.models import family
 from vit_jax.models import merge
+from vit_jax.weights import arrays
 from vit_jax.weights import formats
 from vit_jax.weights import npz
 from vit_jax.weights import sidecar as sidecar_lib
@@ -160,7 +161,8 @@ def load(source, model_name: Optional[str] = None, *,
     CheckpointMismatchError: the file does not fit `model_name` or the
       overrides, or what is stored beside the arrays contradicts them.
     ValueError: no resolution is known and `image_size` is None, or it is
-      not a multiple of the patch size.
+      not a multiple of the patch size; or an array is not floating point,
+      holds a NaN or an infinity, or is damaged (`vit_jax.weights.arrays`).
   """
   checkpoint = formats.read(source)
   model_family = checkpoint.model_family
@@ -175,6 +177,7 @@ def load(source, model_name: Optional[str] = None, *,
                                          size, posemb_method)
   params = merge.merge_strict(shapes, model_family.match_layout(loaded, shapes))
   stored = checkpoint.stored
+  # Only now, with keys and shapes checked, are the arrays read.
   return LoadedModel(
       model=model, params=jax.tree_util.tree_map(np.asarray, params),
       image_size=image_size,
@@ -309,7 +312,8 @@ def load_for_fine_tuning(source, model, init_params: Params, *,
   lets a fine-tuned model lack (ViT's `pre_logits`) are taken from the file
   when the model has them and dropped otherwise; what depends on the
   resolution (the position embedding) is resized to `image_size` (H, W)
-  with `method`.
+  with `method`. Arrays are read (and checked, as by `load`) once keys and
+  shapes are checked: the head and other arrays not loaded are never read.
   """
   model_family = models.family_of(model)
   loaded = dict(formats.read(source).params)
@@ -322,8 +326,10 @@ def load_for_fine_tuning(source, model, init_params: Params, *,
                                          tuple(image_size), method)
   loaded = model_family.match_layout(loaded, init_params)
   head_patterns = tuple(f'{name}/.*' for name in model_family.head_names)
-  return merge.merge_strict(init_params, loaded,
-                          dont_load=(*head_patterns, *dont_load))
+  merged = merge.merge_strict(init_params, loaded,
+                              dont_load=(*head_patterns, *dont_load))
+  # Only now, with keys and shapes checked, are the arrays used read.
+  return arrays.read_values(merged)
 
 
 def load_preprocessing(source, model: nn.Module) -> family.Preprocessing:

@@ -37,13 +37,13 @@ from etils import epath
 import huggingface_hub
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import errors as hub_errors
-import ml_dtypes
 import numpy as np
-import safetensors
 
 from vit_jax import models
 from vit_jax.models import family
 from vit_jax.models import merge
+from vit_jax.weights import arrays
+from vit_jax.weights import safetensors_file
 
 Params = family.Params
 
@@ -216,29 +216,10 @@ def _read_config(path) -> Dict[str, Any]:
   return config
 
 
-# safetensors dtype names; bfloat16 through ml_dtypes (numpy has none).
-_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
-           'BF16': ml_dtypes.bfloat16}
-
-
-def _read_safetensors(path) -> Dict[str, np.ndarray]:
-  """timm key -> float32 array, parsed by safetensors without torch."""
-  data = epath.Path(path).read_bytes()
-  try:
-    views = safetensors.deserialize(data)
-  except safetensors.SafetensorError as e:
-    raise ValueError(f'{path} is not a readable safetensors file (truncated '
-                     f'or corrupt download?): {e}') from e
-  arrays = {}
-  for key, view in views:
-    dtype = _DTYPES.get(view['dtype'])
-    if dtype is None:
-      raise family.CheckpointMismatchError(
-          f'{path}: array {key!r} has dtype {view["dtype"]}; timm ViT '
-          'weights are floating point')
-    arrays[key] = np.frombuffer(view['data'], dtype).reshape(
-        view['shape']).astype(np.float32)
-  return arrays
+def _read_safetensors(path) -> Dict[str, arrays.StoredArray]:
+  """timm key -> its array, known by the file's header and read (float32,
+  checked) only when the layout takes it (`safetensors_file`)."""
+  return safetensors_file.open_safetensors(path)
 
 
 # ---------------------------------------------------- what config.json says --
