@@ -25,7 +25,8 @@ import optax
 
 from vit_jax import models
 from vit_jax import sharding
-from vit_jax.training import loop as train_lib
+from vit_jax.training import run_spec
+from vit_jax.training import setup as setup_lib
 
 # What one step does, and its matmul operand dtypes (params stay float32).
 MODES = ('inference', 'train')
@@ -198,7 +199,7 @@ def build_step(model_name: str, image_size: int, num_classes: int, mode: str,
   return step, info
 
 
-def build_config_step(spec: train_lib.RunSpec, num_classes: int, mode: str,
+def build_config_step(spec: run_spec.RunSpec, num_classes: int, mode: str,
                       images_np: np.ndarray, labels_np: np.ndarray):
   """Builds and compiles the training loop's own step for a config's `spec`.
 
@@ -210,7 +211,7 @@ def build_config_step(spec: train_lib.RunSpec, num_classes: int, mode: str,
     (step, info) as `build_step`; 'every_token_flops' equals 'flops' (no
     other framework is compared).
   """
-  setup = train_lib.make_setup(spec, num_classes)
+  setup = setup_lib.make_setup(spec, num_classes)
   state = setup.init_state(jax.random.PRNGKey(0))
   batch = sharding.global_batch(
       {'image': images_np, 'label': labels_np}, setup.mesh)

@@ -30,7 +30,7 @@ import numpy as np
 from vit_jax import models
 from vit_jax.models import precision
 from vit_jax import sharding
-from vit_jax.training import loop
+from vit_jax.training import setup as setup_lib
 from vit_jax.training import run_spec
 
 GIB = 2**30
@@ -215,7 +215,7 @@ def measure(config, num_classes: int, num_devices: int,
       'before jax starts)')
   start = time.perf_counter()
   spec = run_spec.from_config(config, num_devices=num_devices)
-  setup = loop.make_setup(spec, num_classes, devices=devices)
+  setup = setup_lib.make_setup(spec, num_classes, devices=devices)
   state_shapes = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   setup_s = time.perf_counter() - start
   data_devices = setup.mesh.shape[sharding.DATA_AXIS]

@@ -29,6 +29,7 @@ from vit_jax.evaluators import linear_fewshot
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax.training import loop
+from vit_jax.training import setup as setup_lib
 from vit_jax.training import run_spec
 
 NUM_CLASSES = 1000  # Both ImageNet test sets use the 1000 ImageNet classes.
@@ -372,7 +373,7 @@ def test_make_evaluators_lists_every_evaluator_with_its_cadence_and_params(
                            fewshot_every=3)
   config.model.update(dict(helpers.TINY_VIT))
   spec = run_spec.from_config(config)
-  setup = loop.make_setup(spec, FEWSHOT_CLASSES)
+  setup = setup_lib.make_setup(spec, FEWSHOT_CLASSES)
   source = spec.data.source()
   read_eval = spec.data.eval_batches
   evals = evaluators.make_evaluators(spec.evals, setup, read_eval(source),

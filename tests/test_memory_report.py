@@ -12,7 +12,7 @@ import pytest
 from benchmarks import memory_measure
 from benchmarks import memory_report
 from tests import helpers
-from vit_jax.training import loop
+from vit_jax.training import setup as setup_lib
 from vit_jax.training import run_spec
 
 _NUM_DEVICES = 8
@@ -54,7 +54,7 @@ def _state_bytes(fsdp, num_devices=_NUM_DEVICES):
   devices = jax.devices()[:num_devices]
   spec = run_spec.from_config(_tiny_config(fsdp=fsdp),
                               num_devices=num_devices)
-  setup = loop.make_setup(spec, _NUM_CLASSES, devices=devices)
+  setup = setup_lib.make_setup(spec, _NUM_CLASSES, devices=devices)
   state = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   return memory_measure.state_bytes_per_device(state, setup.state_shardings)
 
@@ -62,7 +62,7 @@ def _state_bytes(fsdp, num_devices=_NUM_DEVICES):
 def _param_shapes():
   """Every param shape of the tiny model, from an independent init."""
   spec = run_spec.from_config(_tiny_config(), num_devices=1)
-  setup = loop.make_setup(spec, _NUM_CLASSES, devices=jax.devices()[:1])
+  setup = setup_lib.make_setup(spec, _NUM_CLASSES, devices=jax.devices()[:1])
   state = setup.init_state.eval_shape(jax.random.PRNGKey(0))
   return [x.shape for x in jax.tree_util.tree_leaves(state.params)]
 

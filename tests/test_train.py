@@ -20,6 +20,7 @@ from vit_jax.training import loop
 from vit_jax.training import optim
 from vit_jax.training import preemption
 from vit_jax.training import run_spec
+from vit_jax.training import setup as setup_lib
 from vit_jax.training import steps
 from vit_jax.weights import pretrained
 
@@ -199,7 +200,7 @@ def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path,
 
 def _one_step(config, devices, batch):
   spec = run_spec.from_config(config, num_devices=len(devices))
-  setup = loop.make_setup(spec, len(CLASSES), devices=devices)
+  setup = setup_lib.make_setup(spec, len(CLASSES), devices=devices)
   state = setup.init_state(jax.random.PRNGKey(0))
   state, metrics = setup.train_step(
       state, sharding.global_batch(batch, setup.mesh))
@@ -236,7 +237,7 @@ def test_fsdp_step_equals_replicated_step(image_folder):
 
 def test_fsdp_shards_parameters_over_the_data_axis(image_folder):
   spec = run_spec.from_config(helpers.tiny_config(image_folder, fsdp=True))
-  setup = loop.make_setup(spec, len(CLASSES))
+  setup = setup_lib.make_setup(spec, len(CLASSES))
   state = setup.init_state(jax.random.PRNGKey(0))
   kernel = state.params['Transformer']['encoderblock_0']['MlpBlock_0'][
       'Dense_0']['kernel']  # (32, 64): 64 splits over 8 devices.
@@ -299,7 +300,7 @@ def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
                       model=source, preprocessing=imagenet)
   config = helpers.tiny_config(image_folder, pretrained_path=path,
                                total_steps=2)
-  assert loop.preprocessing(config.pretrained_path, source) == imagenet
+  assert setup_lib.preprocessing(config.pretrained_path, source) == imagenet
   workdir = str(tmp_path / 'run')
   record = loop.train_and_evaluate(config, workdir)
   tuned = pretrained.load(os.path.join(workdir, 'model.npz'))

@@ -30,7 +30,6 @@ import os
 from typing import Callable, Dict, Optional, Sequence
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 

@@ -64,7 +64,7 @@ def make_evaluators(spec: EvalSpec, setup: Any, eval_batches: Iterable[Any],
 
   Args:
     spec: the evaluations.
-    setup: the `loop.Setup`: its model, mesh and state shardings.
+    setup: the `vit_jax.training.setup.Setup`: its model, mesh and state shardings.
     eval_batches: the main eval set (the eval split), re-iterable.
     read_eval: reads the eval batches of another (source, split) with the
       experiment's settings.

@@ -43,7 +43,7 @@ def make_evaluator(name: str, *, every: int, step: common.BatchStep,
 
 def make_evaluators(setup: Any, batches: Iterable[Any], *, loss: str,
                     every: int, ema: bool) -> List[common.Evaluator]:
-  """The main evaluation of a `loop.Setup` on `batches` (the eval split).
+  """The main evaluation of a `vit_jax.training.setup.Setup` on `batches` (the eval split).
 
   Args:
     setup: the model, mesh and state shardings.

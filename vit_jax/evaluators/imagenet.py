@@ -155,7 +155,7 @@ def check_names(names: Sequence[str]) -> None:
 def make_evaluators(names: Sequence[str], setup: Any,
                     read_eval: common.ReadEval, *, data_dir: Optional[str],
                     loss: str, every: int) -> List[common.Evaluator]:
-  """The evaluations of `names` (EXTRA_EVALS keys) for a `loop.Setup`.
+  """The evaluations of `names` (EXTRA_EVALS keys) for a `vit_jax.training.setup.Setup`.
 
   Args:
     names: checked names (`check_names`).

@@ -205,7 +205,7 @@ class FewShotEvaluator:
 
 def make_evaluators(spec: FewshotSpec, setup: Any,
                     read_eval: common.ReadEval) -> List[common.Evaluator]:
-  """The evaluator for a `loop.Setup`; none when spec.fewshot_every=0."""
+  """The evaluator for a `vit_jax.training.setup.Setup`; none when spec.fewshot_every=0."""
   if not spec.fewshot_every:
     return []
   return [FewShotEvaluator(setup.model, setup.mesh, read_eval, spec,

@@ -1,39 +1,36 @@
-"""Training and evaluation: setup, model, shard, restore, loop.
+"""Training and evaluation: checks, setup, restore, loop, export.
 
 `train_and_evaluate(config, workdir)` is the whole job; vit_jax.main only
 parses flags. The config is read once, into a `run_spec.RunSpec` (one
-checked spec per concern); everything below takes the specs. Everything
-here is importable by tests and notebooks.
+checked spec per concern); everything below takes the specs. The model,
+mesh and jitted steps are `setup`'s, the final .npz files `npz_export`'s.
+Everything here is importable by tests and notebooks.
 """
 
 import dataclasses
 import functools
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set
 
 from absl import logging
 from etils import epath
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
-from vit_jax.data import sources
 from vit_jax import evaluators
 from vit_jax import models
 from vit_jax import sharding
 from vit_jax.training import checkpoints as train_checkpoints
 from vit_jax.training import divergence
 from vit_jax.training import metrics_log
-from vit_jax.training import mixing
-from vit_jax.training import optim
 from vit_jax.training import preemption
 from vit_jax.training import run_identity
+from vit_jax.training import npz_export
 from vit_jax.training import run_spec
+from vit_jax.training import setup as setup_lib
 from vit_jax.training import steps
 from vit_jax.training import workdir as workdir_lib
-from vit_jax.weights import pretrained
 
 RunSpec = run_spec.RunSpec
 
@@ -41,107 +38,6 @@ RunSpec = run_spec.RunSpec
 def is_due(step: int, every: int, total_steps: int) -> bool:
   """The one cadence rule: every `every` steps, and at the last step."""
   return step == total_steps or (every > 0 and step % every == 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """What the loop needs, built once.
-
-  Attributes:
-    model: the module being trained.
-    mesh: the (data, model) device mesh.
-    state_shardings: a TrainState whose leaves are the NamedShardings of the
-      state's arrays.
-    train_step: jitted (state, global batch) -> (state, metrics); the state
-      is donated.
-    init_state: jitted (rng) -> state, created already sharded.
-  Both functions are `sharding.MeshBound`: they also `.lower` and
-  `.eval_shape`.
-  """
-  model: nn.Module
-  mesh: jax.sharding.Mesh
-  state_shardings: steps.TrainState
-  train_step: Callable[[steps.TrainState, steps.Batch],
-                       Tuple[steps.TrainState, steps.Metrics]]
-  init_state: Callable[[jax.Array], steps.TrainState]
-
-
-def make_setup(spec: RunSpec, num_classes: int, devices=None) -> Setup:
-  """Model, optimizer, mesh and the jitted steps with explicit shardings.
-
-  `devices` defaults to all devices of all processes.
-  """
-  model = run_spec.build_model(spec, num_classes)
-  optimizer = optim.make_optimizer(
-      spec.optim, no_weight_decay=models.family_of(model).no_weight_decay)
-  mesh = spec.mesh.make_mesh(devices)
-  size = spec.data.image_size
-  images = jnp.zeros((1, size, size, 3))
-  step = spec.step
-
-  def init_state(rng):
-    params_rng, dropout_rng = jax.random.split(rng)
-    params = model.init(params_rng, images, train=False)['params']
-    return steps.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        opt_state=optimizer.init(params),
-        ema_params=params if step.ema_decay else {}, rng=dropout_rng)
-
-  state_shapes = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-  state_shardings = spec.mesh.tree_shardings(state_shapes, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  replicated = sharding.replicated(mesh)
-  train_step = jax.jit(
-      functools.partial(
-          steps.train_step, model=model, optimizer=optimizer,
-          learning_rate=optim.learning_rate_schedule(spec.optim),
-          loss=step.loss, label_smoothing=step.label_smoothing,
-          grad_accum_steps=step.grad_accum_steps, ema_decay=step.ema_decay,
-          mix_batch=mixing.make_mix_fn(spec.mix, num_classes)),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
-  init = jax.jit(init_state, out_shardings=state_shardings)
-  bind = lambda jitted: sharding.MeshBound(jitted, mesh)
-  return Setup(model, mesh, state_shardings, bind(train_step), bind(init))
-
-
-def initial_state(spec: RunSpec, setup: Setup, checkpointer):
-  """Restores the newest intact checkpoint, or initialises (from a released
-  .npz when `spec.pretrained_path` is set)."""
-  abstract = sharding.abstract_arrays(
-      setup.init_state.eval_shape(jax.random.PRNGKey(0)),
-      setup.state_shardings)
-  restored = checkpointer.restore_intact(abstract)
-  if restored is not None:
-    state, step = restored
-    logging.info('Resuming from step %d', step)
-    return state
-  state = setup.init_state(jax.random.PRNGKey(spec.seed))
-  if spec.pretrained_path:
-    state = _load_pretrained(spec, setup, state)
-  return state
-
-
-def preprocessing(pretrained_path: Optional[str],
-                  model: nn.Module) -> models.Preprocessing:
-  """The pixel normalisation to train and evaluate with: the one the
-  weights of `pretrained_path` expect when fine-tuning from them (their
-  sidecar's or hub config's), else the model family's."""
-  if pretrained_path:
-    return pretrained.load_preprocessing(pretrained_path, model)
-  return models.family_of(model).preprocessing
-
-
-def _load_pretrained(spec: RunSpec, setup: Setup, state):
-  size = spec.data.image_size
-  params = pretrained.load_for_fine_tuning(
-      spec.pretrained_path, setup.model, jax.device_get(state.params),
-      image_size=(size, size), method=spec.posemb_resize)
-  params = jax.device_put(params, setup.state_shardings.params)
-  logging.info('Loaded %s for fine-tuning', spec.pretrained_path)
-  return state.replace(params=params,
-                       ema_params=params if spec.step.ema_decay else {})
 
 
 # ----------------------------------------------------------------------------
@@ -194,53 +90,6 @@ def _log_evaluations(records: Dict[str, Dict[str, float]], step: int,
   return records.get(evaluators.MAIN_RECORD)
 
 
-def host_params(params):
-  """Full params on every host (gathers shards of other processes)."""
-  if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(params)):
-    return jax.device_get(params)
-  # tiled=True: global arrays come back whole, not stacked per process.
-  return multihost_utils.process_allgather(params, tiled=True)
-
-
-def class_names(label_map: Optional[str], source, num_classes: int
-                ) -> Optional[Tuple[str, ...]]:
-  """The dataset's class names when they name every output of the head,
-  else None (labels made by `label_map`, a head larger than the dataset's
-  class count)."""
-  if label_map:
-    return None
-  names = getattr(source, 'class_names', None)  # An image folder's.
-  if names is None and isinstance(source, sources.TfdsSource):
-    names = getattr(source.builder.info.features['label'], 'names', None)
-  if names is None or len(names) != num_classes:
-    return None
-  return tuple(names)
-
-
-def export_npz(state, workdir, ema: bool, *,
-               model: Optional[nn.Module] = None,
-               image_size: Optional[int] = None,
-               normalization: Optional[models.Preprocessing] = None,
-               names: Optional[Tuple[str, ...]] = None) -> Dict[str, str]:
-  """Writes final params (and EMA params) in the released layout, each with
-  a sidecar (`vit_jax.weights.sidecar`) describing `model`, its resolution, pixel
-  normalisation and class names when `model` is given."""
-  exports = {'model.npz': state.params}
-  if ema:
-    exports['model_ema.npz'] = state.ema_params
-  description = {} if model is None else dict(
-      model=model, image_size=image_size, preprocessing=normalization,
-      class_names=names)
-  paths = {}
-  for name, params in exports.items():
-    params = host_params(params)
-    path = epath.Path(workdir) / name
-    if jax.process_index() == 0:
-      pretrained.save_npz(params, path, **description)
-    paths[name] = str(path)
-  return paths
-
-
 class Progress:
   """The progress line: steps/s, images/s, ETA and the applied lr."""
 
@@ -289,8 +138,9 @@ def _validate(config) -> RunSpec:
   return run_spec.from_config(config)
 
 
-def _run_steps(spec: RunSpec, setup: Setup, state, start_step: int, batches,
-               evals, checkpointer, log: metrics_log.MetricsLog):
+def _run_steps(spec: RunSpec, setup: setup_lib.Setup, state,
+               start_step: int, batches, evals, checkpointer,
+               log: metrics_log.MetricsLog):
   """Steps `start_step + 1` to `spec.total_steps`, with their logging,
   checkpoints and evaluations.
 
@@ -380,12 +230,36 @@ def train_and_evaluate(config, workdir, *, allow_config_change: bool = False
   run_start = time.time()
   spec = _validate(config)
   source = spec.data.source()
-  setup = make_setup(spec, spec.data.resolve_num_classes(source))
+  setup = setup_lib.make_setup(spec, spec.data.resolve_num_classes(source))
+  inputs = _inputs(spec, setup, source)
   with workdir_lib.claim(workdir):
     with train_checkpoints.Checkpointer(workdir,
                                         spec.keep_checkpoints) as checkpointer:
-      return _train(spec, epath.Path(workdir), source, setup, checkpointer,
+      return _train(spec, epath.Path(workdir), setup, inputs, checkpointer,
                     run_start, allow_config_change)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+  """What a run reads, made (and so checked) before the workdir is claimed.
+
+  Attributes:
+    source: the training data (`sources.make_source`).
+    normalization: the pixel normalisation (`preprocessing`).
+    evals: the evaluators, their data sources made.
+  """
+  source: object
+  normalization: models.Preprocessing
+  evals: List[evaluators.Evaluator]
+
+
+def _inputs(spec: RunSpec, setup: setup_lib.Setup, source) -> _Inputs:
+  normalization = setup_lib.preprocessing(spec.pretrained_path, setup.model)
+  read_eval = functools.partial(spec.data.eval_batches,
+                                normalization=normalization)
+  evals = evaluators.make_evaluators(spec.evals, setup, read_eval(source),
+                                     read_eval)
+  return _Inputs(source, normalization, evals)
 
 
 def _claim_identity(spec: RunSpec, workdir: epath.Path, checkpointer,
@@ -405,12 +279,12 @@ def _record_identity(spec: RunSpec, workdir: epath.Path, start_step: int,
     run_identity.record_changes(workdir, changes, start_step)
 
 
-def _train(spec: RunSpec, workdir: epath.Path, source, setup: Setup,
-           checkpointer, run_start: float,
+def _train(spec: RunSpec, workdir: epath.Path, setup: setup_lib.Setup,
+           inputs: _Inputs, checkpointer, run_start: float,
            allow_config_change: bool) -> Optional[Dict[str, float]]:
   """`train_and_evaluate` in a claimed workdir."""
   changes = _claim_identity(spec, workdir, checkpointer, allow_config_change)
-  state = initial_state(spec, setup, checkpointer)
+  state = setup_lib.initial_state(spec, setup, checkpointer)
   start_step = int(jax.device_get(state.step))
   if start_step < spec.total_steps:
     checkpointer.check_space(state)
@@ -420,13 +294,10 @@ def _train(spec: RunSpec, workdir: epath.Path, source, setup: Setup,
 
   log = metrics_log.MetricsLog(workdir, start_time=run_start)
   done = log.drop_after(start_step)
-  normalization = preprocessing(spec.pretrained_path, setup.model)
+  source, normalization, evals = (inputs.source, inputs.normalization,
+                                  inputs.evals)
   batches = spec.data.train_batches(source, normalization=normalization,
                                     start_step=start_step)
-  read_eval = functools.partial(spec.data.eval_batches,
-                                normalization=normalization)
-  evals = evaluators.make_evaluators(spec.evals, setup, read_eval(source),
-                                     read_eval)
   record = _repeat_owed_evaluations(evals, state, start_step,
                                     spec.total_steps, done, log)
   state, last = _run_steps(spec, setup, state, start_step, batches, evals,
@@ -439,10 +310,10 @@ def _train(spec: RunSpec, workdir: epath.Path, source, setup: Setup,
                  record)
   log.flush()
   if spec.export_npz:
-    exported = export_npz(
+    exported = npz_export.export_npz(
         state, workdir, spec.step.ema_decay > 0, model=setup.model,
         image_size=spec.data.image_size, normalization=normalization,
-        names=class_names(spec.data.label_map, source,
+        names=npz_export.class_names(spec.data.label_map, source,
                           setup.model.num_classes))
     for name, path in exported.items():
       logging.info('Exported %s (released .npz layout) to %s', name, path)
