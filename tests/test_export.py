@@ -37,6 +37,8 @@ DEPLOY_DOC = os.path.join(REPO, 'docs', 'deploy.md')
 IMAGENET = models.Preprocessing(mean=(123.675, 116.28, 103.53),
                                 std=(58.395, 57.12, 57.375))
 CLASS_NAMES = ('ankle boot', 'bag', 'coat')
+FASHION_MNIST_TEST_IMAGES = (
+    '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz')
 
 
 def _cli(argv):
@@ -46,12 +48,14 @@ def _cli(argv):
   return export_cli.main(flag_values(['export', *argv]), flag_values)
 
 
-def _write_pngs(directory, size, names, seed=0):
+def _write_pngs(directory, size, names, seed=0, channels=3):
+  """Random PNGs of `size` x `size`, RGB or (channels=1) greyscale."""
   rng = np.random.default_rng(seed)
   paths = []
   for name in names:
     paths.append(str(directory / name))
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels
                     ).save(paths[-1])
   return paths
 
@@ -121,6 +125,20 @@ def test_each_file_gives_predicts_logits_in_its_runtime(family, tmp_path,
       print(f'{family} {name} B={batch}: {error:.2e}')
       assert error <= export.TOLERANCE[name], (name, batch, error)
 
+  # 28-px greyscale images, as Fashion-MNIST's: the files resize them as
+  # predict does.
+  fashion = tmp_path / 'fashion'
+  fashion.mkdir()
+  paths = _write_pngs(fashion, 28, ['a.png', 'b.png'], seed=1, channels=1)
+  expected = _predict_logits(checkpoint, paths, tmp_path)
+  images = _pixels(paths)
+  assert images.shape == (2, 28, 28, 3) and size != 28
+  for name, run in export.RUNTIMES.items():
+    error = serving.relative_error(run(os.path.join(out, name), images),
+                                   expected)
+    print(f'{family} {name} 28 px: {error:.2e}')
+    assert error <= export.TOLERANCE[name], (name, error)
+
 
 def _deploy_blocks():
   """The fenced blocks of docs/deploy.md: [(language, code)]."""
@@ -133,10 +151,10 @@ def test_deploy_doc_runs_as_written(tmp_path, monkeypatch):
   blocks = _deploy_blocks()
   commands = [code for language, code in blocks if language == 'sh']
   snippets = [code for language, code in blocks if language == 'python']
-  assert len(commands) == 1 and len(snippets) == 5
+  assert len(commands) == 1 and len(snippets) == 6
   command = commands[0].split()
   assert command[:3] == ['python', '-m', 'vit_jax.export']
-  load_images, *runtimes, show_labels = snippets
+  write_images, load_images, *runtimes, show_labels = snippets
   assert [re.search(r'^(?:import|from) (\w+)', code, re.M).group(1)
           for code in runtimes] == ['tensorflow', 'onnxruntime',
                                     'ai_edge_litert']
@@ -150,16 +168,22 @@ def test_deploy_doc_runs_as_written(tmp_path, monkeypatch):
       helpers.random_params(model, helpers.TINY_IMAGE_SIZE), checkpoint,
       model=model, class_names=CLASS_NAMES, preprocessing=IMAGENET,
       image_size=helpers.TINY_IMAGE_SIZE)
-  paths = _write_pngs(tmp_path, helpers.TINY_IMAGE_SIZE,
-                      re.findall(r"'([\w.-]+\.png)'", load_images))
-  assert len(paths) == 2
+  names = re.findall(r"'([\w.-]+\.png)'", load_images)
+  assert names == re.findall(r"'([\w.-]+\.png)'", write_images)
+  if os.path.exists(FASHION_MNIST_TEST_IMAGES):
+    _run_snippet(write_images, {})
+  else:  # Without Debian's dataset-fashion-mnist: images of the same kind.
+    _write_pngs(tmp_path, 28, names, channels=1)
+  paths = [str(tmp_path / name) for name in names]
+  assert all(Image.open(path).size == (28, 28) for path in paths)
   environment = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   environment['PYTHONPATH'] = REPO
   result = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path,
                           env=environment, capture_output=True, text=True,
                           timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "input 'images': uint8 (B, 16, 16, 3)" in result.stdout
+  assert ("input 'images': uint8 (B, H, W, 3), any size, resized to 16 x 16 "
+          'inside') in result.stdout
   out = re.search(r'--out=(\S+)', commands[0]).group(1)
   with open(os.path.join(out, export.LABELS)) as f:
     assert tuple(f.read().splitlines()) == CLASS_NAMES

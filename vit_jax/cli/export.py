@@ -10,9 +10,10 @@ vit_jax/export/__main__.py runs under the library's name.)
 released `.npz` or name, a timm directory or hf-hub: id); --out is a new
 (or empty) directory, which gets `saved_model/`, `model.onnx`,
 `model.tflite` and, when the checkpoint names its classes, `labels.txt`.
-Each file takes uint8 images (B, H, W, 3) at the model's resolution (the
-checkpoint's own, or --image_size), any B, and returns the float32 logits
-predict computes for them (`vit_jax.export`). The files are checked in
+Each file takes uint8 images (B, H, W, 3) of any size, resizes them to the
+model's resolution (the checkpoint's own, or --image_size) as predict does,
+and returns the float32 logits predict computes for them
+(`vit_jax.export`). The files are checked in
 their runtimes before they are moved into place; a failed export leaves
 nothing behind, and so does one stopped by SIGTERM or Ctrl-C, which ends
 in one line with status 143 or 130.
@@ -76,9 +77,10 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   if loaded.class_names:
     written.append(export.LABELS)
   print(f'wrote {out}: {", ".join(written)}')
-  print(f'  input {export.INPUT!r}: uint8 (B, {size}, {size}, 3); output '
-        f'{export.OUTPUT!r}: float32 (B, {loaded.model.num_classes})')
-  print('  largest relative difference from JAX on a random batch: ' +
+  print(f'  input {export.INPUT!r}: uint8 (B, H, W, 3), any size, resized '
+        f'to {size} x {size} inside; output {export.OUTPUT!r}: float32 '
+        f'(B, {loaded.model.num_classes})')
+  print('  largest relative difference from JAX on random batches: ' +
         ', '.join(f'{name} {error:.1e}' for name, error in errors.items()))
   return errors
 

@@ -10,11 +10,11 @@
                                (`serving`)
   RUNTIMES[file](path, images) a file run in its own runtime
 
-Every file takes `images`, uint8 (B, H, W, 3) at the model's resolution
-with any B, normalises them inside with the checkpoint's mean and std as
-`vit_jax.data.preprocess` does for predict, and returns `logits`, float32
-(B, classes): what `python -m vit_jax.cli.predict --logits_out` computes for
-the same pixels. The model runs in float32 whatever its compute dtype, with
+Every file takes `images`, uint8 (B, H, W, 3) of any B, H and W, resizes
+them to the model's resolution and normalises them with the checkpoint's
+mean and std inside, as `vit_jax.data.preprocess` does for predict
+(`serving`), and returns `logits`, float32 (B, classes): what
+`python -m vit_jax.cli.predict --logits_out` computes for the same images. The model runs in float32 whatever its compute dtype, with
 the einsum attention (no platform-specific fused kernel in a file).
 
 One module per format says how its file is made and run: `to_saved_model`

@@ -1,9 +1,18 @@
 """What every served file computes: uint8 images in, float32 logits out.
 
   for_serving(loaded)          the model in float32 with einsum attention
-  serving_function(loaded)     serve(params, images) as a JAX function
-  reference_logits(loaded, images)  predict's logits for the same pixels
+  serving_function(loaded)     serve(params, pixels) as a JAX function
+  reference_logits(loaded, images)  predict's logits for the same images
   relative_error(actual, expected)  how the exports are compared with JAX
+
+A file takes uint8 images (B, H, W, 3) of any size. It first resizes them
+to the model's resolution as predict does (`preprocess.resize`: TF's
+bilinear resize, half-pixel centres, no antialiasing; the identity at that
+resolution), in float32, and then runs `serve` on the result. The resize is
+written in each format's own operator (TF's ResizeBilinear, which the TFLite
+converter turns into its builtin; ONNX's Resize), not traced from JAX:
+`jax.image.resize` needs the input size when it is traced, and the files
+take any.
 """
 
 import dataclasses
@@ -33,9 +42,10 @@ def for_serving(loaded: pretrained.LoadedModel) -> pretrained.LoadedModel:
 
 def serving_function(loaded: pretrained.LoadedModel
                      ) -> Callable[[Any, Any], jax.Array]:
-  """`serve(params, images)`: uint8 images (B, H, W, 3) to float32 logits,
-  normalised as the checkpoint expects, one image at a time (see the module
-  docstring). `loaded` should be `for_serving`'s."""
+  """`serve(params, pixels)`: pixels (B, S, S, 3) with values in [0, 255]
+  (uint8, or float32 as the resize gives them) at the model's resolution S,
+  to float32 logits, normalised as the checkpoint expects, one image at a
+  time (`to_tflite` says why). `loaded` should be `for_serving`'s."""
   model = loaded.model
   mean = np.asarray(loaded.preprocessing.mean, np.float32)
   std = np.asarray(loaded.preprocessing.std, np.float32)
@@ -58,11 +68,19 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 def reference_logits(loaded: pretrained.LoadedModel,
                      images: np.ndarray) -> np.ndarray:
-  """predict's logits for uint8 `images` at the native size: its
-  normalisation in NumPy, then `pretrained.predict_logits`, in full
-  float32 precision (no TF32 or bf16 passes on an accelerator)."""
+  """predict's logits for uint8 `images` (B, H, W, 3): its resize
+  (`preprocess.resize`, when H, W is not the model's size) and
+  normalisation, then `pretrained.predict_logits`, in full float32
+  precision (no TF32 or bf16 passes on an accelerator)."""
+  size = loaded.image_size
+  pixels = images.astype(np.float32)
+  if images.shape[1:3] != (size, size):
+    # TensorFlow only here: the export extra has it, the core need not.
+    from vit_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+    pixels = np.stack([preprocess.resize(image, size).numpy()
+                       for image in images])
   mean = np.asarray(loaded.preprocessing.mean, np.float32)
   std = np.asarray(loaded.preprocessing.std, np.float32)
-  pixels = (images.astype(np.float32) - mean) / std
+  pixels = (pixels - mean) / std
   with jax.default_matmul_precision('highest'):
     return pretrained.predict_logits(loaded.model, loaded.params, pixels)

@@ -1,9 +1,11 @@
 """A JAX serving function as an ONNX file, through jax2onnx.
 
   write_serving(serve, params, image_size, path)
-                                   the serving function as `path`, batch `B`
+                                   the serving function as `path`: images
+                                   (B, H, W, 3) of any size, resized first
   write(serve, input_spec, path)   trace `serve`, convert it, write `path`
                                    (and `path`.data for weights over 1.5 GiB)
+  convert(serve, input_spec)       the same as a ModelProto
   run(path, images)                a file run in ONNX Runtime
 
 jax2onnx (an optional dependency: the `export` extra) converts the
@@ -27,6 +29,11 @@ sees the function:
 
 Nested `jit` calls and custom-derivative wrappers are inlined on the way
 (inference needs no derivatives), so the graph holds the primitives alone.
+
+The resize to the model's size (`serving`) is added to the converted graph
+as two ONNX operators in front of it: a Cast to float32 and a Resize
+(linear, half-pixel centres, no antialiasing: TF's bilinear resize), whose
+input has symbolic H and W.
 """
 
 import contextlib
@@ -69,14 +76,45 @@ INLINE_WEIGHTS_LIMIT = 3 << 29  # 1.5 GiB
 OPSET = 18
 
 
+# The converted model's input, fed by the Resize.
+_RESIZED = 'resized_images'
+
+
 def write_serving(serve, params, image_size: int, path: str) -> None:
   """`serve` (`serving.serving_function`'s) with `params` (constants in the
-  graph) as an ONNX file whose batch dimension is `B`."""
+  graph) as an ONNX file whose input is uint8 (B, H, W, 3), any B, H, W."""
   spec = jax.ShapeDtypeStruct(
       jax.export.symbolic_shape(f'B, {image_size}, {image_size}, 3'),
-      jnp.uint8)
-  write(functools.partial(serve, params), spec, path,
-        input_name=serving.INPUT, output_name=serving.OUTPUT)
+      jnp.float32)
+  model = convert(functools.partial(serve, params), spec,
+                  input_name=_RESIZED, output_name=serving.OUTPUT)
+  _save(_resizing_first(model, image_size), path)
+
+
+def _resizing_first(model, image_size: int):
+  """`model` (input `_RESIZED`, float32 at `image_size`) behind a Cast and a
+  Resize whose input `serving.INPUT` is uint8 (B, H, W, 3)."""
+  import onnx  # pylint: disable=g-import-not-at-top
+  from onnx import helper  # pylint: disable=g-import-not-at-top
+  graph = model.graph
+  (resized,) = graph.input
+  batch = resized.type.tensor_type.shape.dim[0].dim_param
+  sizes = 'resize_sizes'
+  graph.initializer.append(helper.make_tensor(
+      sizes, onnx.TensorProto.INT64, [2], [image_size, image_size]))
+  nodes = [
+      helper.make_node('Cast', [serving.INPUT], ['images_float32'],
+                       to=onnx.TensorProto.FLOAT),
+      helper.make_node('Resize', ['images_float32', '', '', sizes],
+                       [_RESIZED], axes=[1, 2], mode='linear',
+                       coordinate_transformation_mode='half_pixel',
+                       antialias=0)]
+  for node in reversed(nodes):
+    graph.node.insert(0, node)
+  del graph.input[:]
+  graph.input.append(helper.make_tensor_value_info(
+      serving.INPUT, onnx.TensorProto.UINT8, [batch, 'H', 'W', 3]))
+  return model
 
 
 def run(path: str, images: np.ndarray) -> np.ndarray:
@@ -103,6 +141,13 @@ def write(serve: Callable[..., Any], input_spec: jax.ShapeDtypeStruct,
   Raises:
     ImportError: jax2onnx is not installed.
   """
+  _save(convert(serve, input_spec, input_name=input_name,
+                output_name=output_name), path)
+
+
+def convert(serve: Callable[..., Any], input_spec: jax.ShapeDtypeStruct, *,
+            input_name: str, output_name: str):
+  """`serve` as an ONNX ModelProto (`write`'s arguments, without a path)."""
   import jax2onnx  # pylint: disable=g-import-not-at-top
   closed = jax.make_jaxpr(serve)(input_spec)
 
@@ -115,7 +160,7 @@ def write(serve: Callable[..., Any], input_spec: jax.ShapeDtypeStruct,
         replay, [input_spec], model_name='vit_jax', opset=OPSET,
         return_mode='proto', input_names=[input_name],
         output_names=[output_name])
-  _save(model, path)
+  return model
 
 
 def _save(model, path: str) -> None:

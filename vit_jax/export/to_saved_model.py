@@ -1,9 +1,10 @@
 """The serving function as a TF SavedModel, through jax2tf.
 
 The model is StableHLO inside an XlaCallModule op, lowered for CPU and CUDA,
-with the batch symbolic; the parameters are variables. Signature
-`serving_default`. TensorFlow is imported only when a file is written or
-run.
+with the batch symbolic; the parameters are variables. Before it, TF's
+bilinear resize takes the images of any size to the model's (`serving`).
+Signature `serving_default`. TensorFlow is imported only when a file is
+written or run.
 """
 
 import errno
@@ -31,9 +32,10 @@ def write(serve, params, image_size: int, path: str) -> None:
       lambda array: tf.Variable(array, trainable=False), params)
 
   @tf.function(autograph=False, input_signature=[tf.TensorSpec(
-      [None, image_size, image_size, 3], tf.uint8, name=serving.INPUT)])
+      [None, None, None, 3], tf.uint8, name=serving.INPUT)])
   def serving_default(images):
-    return {serving.OUTPUT: converted(module.params, images)}
+    return {serving.OUTPUT: converted(module.params,
+                                      resize(images, image_size))}
 
   module.serving_default = serving_default
   try:
@@ -46,6 +48,16 @@ def write(serve, params, image_size: int, path: str) -> None:
     if _NO_SPACE not in e.message:
       raise
     raise OSError(errno.ENOSPC, _NO_SPACE, path) from e
+
+
+def resize(images, image_size: int):
+  """uint8 `images` (B, H, W, 3) as float32 (B, image_size, image_size, 3),
+  resized as `preprocess.resize` does (its op, on float32: the TFLite
+  converter's builtin resize keeps its input's dtype)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  resized = tf.image.resize(tf.cast(images, tf.float32),
+                            [image_size, image_size], method='bilinear')
+  return tf.ensure_shape(resized, [None, image_size, image_size, 3])
 
 
 def run(path: str, images):
