@@ -28,9 +28,15 @@ does, small enough to run top to bottom on a laptop CPU in about a minute:
 
 It needs no network. Released checkpoints (e.g. `ViT-B_16.npz`, see
 `checkpoints/README.md`) cannot be downloaded here, so step 1 writes a small
-stand-in file with the same layout. The data is the real Fashion-MNIST when
-Debian's `dataset-fashion-mnist` is installed, else a generated image folder.
-Run it from the repository root or from `notebooks/`.
+stand-in file with the same layout. Step 3 classifies with the default run's
+model (`runs/default/model.npz`, trained by the set-up) when it exists. The
+data is the real Fashion-MNIST when Debian's `dataset-fashion-mnist` is
+installed, else a generated image folder. Open it from the repository root:
+
+    .venv/bin/jupyter notebook notebooks/vit_jax.ipynb
+
+(Jupyter comes with the `notebook` extra). Everything it writes goes to a
+temporary directory, removed by the last cell (or when the kernel stops).
 '''),
     ('code', r'''
 import json
@@ -51,6 +57,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+import tensorflow_datasets as tfds
+
 from configs import common
 from vit_jax.analysis import measures
 from vit_jax.analysis import plots
@@ -60,7 +68,11 @@ from vit_jax.training import loop
 from vit_jax.training import run_spec
 from vit_jax.weights import pretrained
 
-WORKDIR = tempfile.mkdtemp(prefix='vit_jax_notebook_')
+# Progress bars need Jupyter widgets; without them each prints a warning.
+tfds.disable_progress_bar()
+# Removed by the last cell, or when the kernel stops.
+scratch = tempfile.TemporaryDirectory(prefix='vit_jax_notebook_')
+WORKDIR = scratch.name
 print('devices:', jax.devices())
 print('files go to', WORKDIR)
 
@@ -212,10 +224,40 @@ def top_classes(model, params, images, k=3):
           for row, p in zip(best, probabilities)]
 
 
-for label, guesses in zip(eval_labels[:3],
-                          top_classes(model, params, eval_images[:3])):
-  print(f'true {CLASS_NAMES[label]:12s} guesses:',
-        ', '.join(f'{CLASS_NAMES[c]} ({p:.2f})' for c, p in guesses))
+def show_guesses(model, params, images, labels):
+  for label, guesses in zip(labels, top_classes(model, params, images)):
+    print(f'true {CLASS_NAMES[label]:12s} guesses:',
+          ', '.join(f'{CLASS_NAMES[c]} ({p:.2f})' for c, p in guesses))
+
+
+print('the stand-in:')
+show_guesses(model, params, eval_images[:3], eval_labels[:3])
+'''),
+    ('markdown', r'''
+The default run (`bash scripts/run_default.sh`, part of the set-up) trains
+a small hybrid ViT on Fashion-MNIST at 32 px. When its `model.npz` is there,
+it names the images (resized to its resolution) without fine-tuning.
+'''),
+    ('code', r'''
+# Relative to the repository root, where the notebook is opened (or to
+# notebooks/, one level below).
+DEFAULT_RUN = next((path for path in ('runs/default/model.npz',
+                                      '../runs/default/model.npz')
+                    if os.path.isfile(path)), None)
+if DEFAULT_RUN:
+  print(f"the default run's model ({DEFAULT_RUN}):")
+  default_run = pretrained.load(DEFAULT_RUN)
+  size = default_run.image_size
+  # Back to [0, 255], resized as predict resizes, normalised as it expects.
+  pixels = jax.image.resize(to_picture(eval_images[:3]) * 255,
+                            (3, size, size, 3), 'bilinear', antialias=False)
+  norm = default_run.preprocessing
+  show_guesses(default_run.model, default_run.params,
+               (pixels - np.asarray(norm.mean)) / np.asarray(norm.std),
+               eval_labels[:3])
+else:
+  print('no runs/default/model.npz (the set-up trains it): the stand-in '
+        'only')
 '''),
     ('markdown', r'''
 ## 4. Fine-tune
@@ -312,6 +354,10 @@ plt.show()
 * More analyses (mean attention distance, position-embedding similarity,
   patch-embedding filters): `python -m vit_jax.cli.visualize`.
 * Few-shot evaluation of any checkpoint: `python -m vit_jax.cli.fewshot`.
+'''),
+    ('code', r'''
+scratch.cleanup()  # The temporary directory: data, checkpoints, logs.
+print('removed', WORKDIR)
 '''),
 ]
 

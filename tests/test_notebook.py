@@ -21,6 +21,8 @@ NOTEBOOK = os.path.join(REPO, 'notebooks', 'vit_jax.ipynb')
 sys.path.insert(0, os.path.join(REPO, 'notebooks'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import make_notebook
+from tests import helpers
+from vit_jax.weights import pretrained
 from vit_jax.data.datasets import fashion_mnist_local
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -61,6 +63,9 @@ class _Run:
     self.stdout = ''.join(output.get('text', '') for output in outputs
                           if output.output_type == 'stream' and
                           output.name == 'stdout')
+    self.stderr = ''.join(output.get('text', '') for output in outputs
+                          if output.output_type == 'stream' and
+                          output.name == 'stderr')
     self.images = sum('image/png' in output.get('data', {})
                       for output in outputs)
     self.error = error
@@ -124,6 +129,40 @@ def test_notebook_runs_top_to_bottom(tmp_path):
                               if cell['cell_type'] == 'code')
   expected = 'fashion_mnist_local' if FASHION_MNIST else 'imagefolder'
   assert f"'dataset': '{expected}'" in result.stdout
+  _check_quiet_and_clean(result, tmp_path)
+  assert 'no runs/default/model.npz (the set-up trains it)' in result.stdout
+
+
+def _check_quiet_and_clean(result, tmp_path):
+  """No progress-bar warning or bar; nothing left in the temporary
+  directory (the notebook's TMPDIR)."""
+  assert 'IProgress' not in result.stderr, result.stderr[-2000:]
+  assert '%|' not in result.stderr, result.stderr[-2000:]
+  assert not [name for name in os.listdir(tmp_path)
+              if name.startswith('vit_jax_notebook_')]
+
+
+def _cells_through_the_default_run():
+  code = [c for c in _load()['cells'] if c['cell_type'] == 'code']
+  return 1 + next(i for i, c in enumerate(code)
+                  if 'DEFAULT_RUN = ' in ''.join(c['source']))
+
+
+@pytest.mark.slow
+def test_notebook_classifies_with_the_default_run_when_there(tmp_path):
+  # A stand-in for the set-up's run: a tiny random hybrid at 32 px.
+  model = helpers.tiny_hybrid(num_classes=10)
+  os.makedirs(tmp_path / 'runs' / 'default')
+  pretrained.save_npz(helpers.random_params(model, 32),
+                      str(tmp_path / 'runs' / 'default' / 'model.npz'),
+                      model=model, image_size=32)
+  result = _run(tmp_path, _cells_through_the_default_run())
+  assert result.error is None, result.error[-3000:]
+  assert ("the default run's model (runs/default/model.npz):"
+          in result.stdout)
+  assert result.stdout.count('guesses:') == 6
+  # Stopping the kernel removes the temporary directory too.
+  _check_quiet_and_clean(result, tmp_path)
 
 
 @pytest.mark.slow

@@ -8,9 +8,11 @@ or timm is not installed)."""
 
 import dataclasses
 import json
+import time
 
 import huggingface_hub
 from huggingface_hub import constants as hub_constants
+
 import numpy as np
 import pytest
 
@@ -330,6 +332,26 @@ def test_hf_hub_offline_miss_says_what_to_do(offline_cache):
                str(offline_cache), 'hf download org/not-cached',
                'pass that directory instead of the id'):
     assert part in message
+
+
+def test_hf_hub_unreachable_fails_at_once(tmp_path, monkeypatch):
+  # Online mode, an empty cache and a hub that refuses connections: without
+  # the connection check, huggingface_hub retries for about 25 s.
+  cache = tmp_path / 'hub-cache'
+  cache.mkdir()
+  monkeypatch.setattr(hub_constants, 'HF_HUB_CACHE', str(cache))
+  monkeypatch.setattr(hub_constants, 'HF_HUB_OFFLINE', False)
+  monkeypatch.setattr(hub_constants, 'ENDPOINT', 'http://127.0.0.1:9')
+  monkeypatch.setattr(hub_constants, 'HUGGINGFACE_CO_URL_TEMPLATE',
+                      'http://127.0.0.1:9/{repo_id}/resolve/{revision}/'
+                      '{filename}')
+  start = time.monotonic()
+  with pytest.raises(FileNotFoundError) as error:
+    timm_hub.read('hf-hub:org/not-cached')
+  assert time.monotonic() - start < 3
+  for part in ('config.json is not in the Hugging Face cache',
+               'no network to http://127.0.0.1:9', 'hf download org/not-cached'):
+    assert part in str(error.value)
 
 
 def test_hf_hub_cache_without_weights(tmp_path, offline_cache):

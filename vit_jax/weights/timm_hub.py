@@ -31,6 +31,8 @@ Pickled `pytorch_model.bin` files are never loaded: unpickling runs code.
 import dataclasses
 import json
 import re
+import socket
+from urllib import parse
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from etils import epath
@@ -53,6 +55,10 @@ WEIGHTS_FILE = 'model.safetensors'
 PICKLE_FILE = 'pytorch_model.bin'
 # The name families list their timm layouts under (`foreign_layouts`).
 LAYOUT = 'timm'
+# Seconds to wait for a connection to the hub before calling it unreachable.
+# huggingface_hub itself retries a failed connection with backoff for about
+# 25 s before it gives up on a file that is not cached.
+CONNECT_TIMEOUT = 3.0
 
 
 
@@ -172,14 +178,25 @@ def _hub_files(source: str) -> Tuple[epath.Path, epath.Path]:
 
 def _hub_download(source: str, repo_id: str, revision: Optional[str],
                   filename: str) -> epath.Path:
+  """`filename` of the hub repository, from the cache or the hub.
+
+  A file that is not cached is fetched only if the hub accepts a connection
+  within `CONNECT_TIMEOUT`: otherwise the error comes at once, not after
+  huggingface_hub's retries. A cached file goes through huggingface_hub as
+  before (it checks for a newer revision once, without retries).
+  """
+  local_files_only = (not _is_cached(repo_id, revision, filename) and
+                      not _hub_reachable())
   try:
     return epath.Path(huggingface_hub.hf_hub_download(
-        repo_id, filename, revision=revision))
+        repo_id, filename, revision=revision,
+        local_files_only=local_files_only))
   except hub_errors.LocalEntryNotFoundError as e:
     raise FileNotFoundError(
         f'{source}: {filename} is not in the Hugging Face cache '
         f'({hub_constants.HF_HUB_CACHE}) and the hub cannot be '
-        'reached (offline: HF_HUB_OFFLINE, or no network). Fetch the files '
+        f'reached (offline: HF_HUB_OFFLINE, or no network to '
+        f'{hub_constants.ENDPOINT}). Fetch the files '
         f'where the hub is reachable (`hf download {repo_id} {CONFIG_FILE} '
         f'{WEIGHTS_FILE}` fills the cache that HF_HUB_CACHE or HF_HOME '
         f'points to), or put {CONFIG_FILE} and {WEIGHTS_FILE} in one '
@@ -199,6 +216,26 @@ def _hub_download(source: str, repo_id: str, revision: Optional[str],
         f'{source}: the hub refused {filename} ({first_line}). Check the id '
         'and revision; gated or private repositories need `hf auth login`'
     ) from e
+
+
+def _is_cached(repo_id: str, revision: Optional[str], filename: str) -> bool:
+  return isinstance(huggingface_hub.try_to_load_from_cache(
+      repo_id, filename, revision=revision), str)
+
+
+def _hub_reachable() -> bool:
+  """Whether the hub's endpoint (HF_ENDPOINT) accepts a TCP connection
+  within `CONNECT_TIMEOUT`; False offline (HF_HUB_OFFLINE) without trying."""
+  if hub_constants.HF_HUB_OFFLINE:
+    return False
+  url = parse.urlsplit(hub_constants.ENDPOINT)
+  port = url.port or (443 if url.scheme == 'https' else 80)
+  try:
+    with socket.create_connection((url.hostname, port),
+                                  timeout=CONNECT_TIMEOUT):
+      return True
+  except OSError:  # Refused, unreachable, no DNS, timed out.
+    return False
 
 
 def _read_config(path) -> Dict[str, Any]:
