@@ -259,3 +259,54 @@ def test_tiny_vit_end_to_end(classifier):
       params['embedding']['kernel'], 28)
   assert components.shape == (28, 16, 16, 3)
   assert ratio.shape == (28,)
+
+
+# --- Figures: readable at a glance ------------------------------------------
+
+def _figures(monkeypatch):
+  """The figures the plot functions would save, in order."""
+  from vit_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  saved = []
+  monkeypatch.setattr(plots, '_save', lambda fig, path: saved.append(fig))
+  return plots, saved
+
+
+def _text_sizes(fig):
+  """Font sizes of every tick label, axis label, title, legend text and
+  colour-bar label of `fig`."""
+  sizes = []
+  for axis in fig.axes:
+    labels = [*axis.get_xticklabels(), *axis.get_yticklabels(),
+              axis.xaxis.label, axis.yaxis.label, axis.title]
+    legend = axis.get_legend()
+    if legend is not None:
+      labels += legend.get_texts()
+    sizes += [label.get_fontsize() for label in labels if label.get_text()]
+  return sizes
+
+
+def test_figures_have_labelled_colour_bars_and_no_tiny_text(monkeypatch):
+  plots, saved = _figures(monkeypatch)
+  rng = np.random.default_rng(0)
+  image = rng.uniform(-1, -0.8, (16, 16, 3))  # A dark image.
+  attention_map = rng.uniform(0.01, 0.02, (4, 4))  # A diffuse map.
+  plots.plot_rollout(image, attention_map, 'rollout', 'unused.png')
+  plots.plot_attention_distance(rng.uniform(0, 16, (3, 4)), 16, 'distance',
+                                'unused.png')
+  plots.plot_position_similarity(rng.uniform(-1, 1, (3, 3, 3, 3)),
+                                 'similarity', 'unused.png')
+  plots.plot_filter_components(rng.normal(size=(4, 2, 2, 3)),
+                               np.full(4, 0.25), 'filters', 'unused.png')
+  assert len(saved) == 4
+  for fig in saved:
+    sizes = _text_sizes(fig)
+    assert sizes and min(sizes) >= plots.SMALL_FONT, sizes
+  rollout, _, similarity, _ = saved
+  # Each colour bar (the axes a colorbar draws into) says what it shows.
+  for fig, label in ((rollout, 'attention (fraction of its maximum)'),
+                     (similarity, 'cosine similarity')):
+    bars = [axis for axis in fig.axes if hasattr(axis, '_colorbar')]
+    assert [bar.get_ylabel() for bar in bars] == [label]
+  # The image x map panel is normalised: its brightest pixel is white.
+  weighted = rollout.axes[1].get_images()[0].get_array()
+  assert float(np.max(weighted)) == pytest.approx(1.0)

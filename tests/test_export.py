@@ -279,7 +279,8 @@ def test_a_full_disk_names_the_path_and_leaves_nothing(vit_checkpoint,
     export_cli.run(vit_checkpoint, out)
   assert str(error.value) == (
       f'cannot write model.onnx of {out} (No space left on device): free '
-      f'space on the disk of {tmp_path} or give an --out on another disk; '
+      f'space on the disk of {tmp_path} or export to a directory on another '
+      'disk; '
       'nothing was written')
   assert error.value.errno == errno.ENOSPC
   assert not os.listdir(tmp_path)

@@ -285,7 +285,8 @@ def test_pretrained_load_with_the_wrong_model_is_explained(tmp_path):
   assert str(error.value) == (
       f'{path} has patch size (4, 4) but ViT-Ti_16 has (16, 16); num heads 2 '
       'but ViT-Ti_16 has 3; mlp dim 64 but ViT-Ti_16 has 768; num layers 2 '
-      'but ViT-Ti_16 has 12: is --model right for this file?')
+      'but ViT-Ti_16 has 12: is model_name=\'ViT-Ti_16\' right for this '
+      'file?')
 
 
 # --- The architecture from the file ----------------------------------------

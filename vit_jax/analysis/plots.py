@@ -11,6 +11,8 @@ import numpy as np
 # Columns of the embedding-filter mosaic: the paper shows 4 rows of 7.
 _FILTER_COLUMNS = 7
 _DPI = 100
+# Smallest font (points) of any label, tick or legend: readable at _DPI.
+SMALL_FONT = 8
 
 
 def _pyplot():
@@ -39,6 +41,13 @@ def upsample_map(map_RC, height: int, width: int) -> np.ndarray:
   return upsampled / max(float(upsampled.max()), np.finfo(np.float32).tiny)
 
 
+def weighted_image(image_HWC, mask_HW) -> np.ndarray:
+  """The image weighted by the map, brightened so its brightest pixel is 1:
+  a dark image under a diffuse map would otherwise be near black."""
+  weighted = image_HWC * mask_HW[..., None]
+  return weighted / max(float(weighted.max()), np.finfo(np.float32).tiny)
+
+
 def plot_rollout(image_HWC, map_RC, title: str, path) -> None:
   """The image, the image weighted by the map (as in the paper) and a heat
   overlay of the map."""
@@ -48,12 +57,14 @@ def plot_rollout(image_HWC, map_RC, title: str, path) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
   axes[0].imshow(image)
   axes[0].set_title('input')
-  axes[1].imshow(image * mask_HW[..., None])
+  axes[1].imshow(weighted_image(image, mask_HW))
   axes[1].set_title('attention (image x map)')
   axes[2].imshow(image)
   heat = axes[2].imshow(mask_HW, cmap='jet', alpha=0.5, vmin=0, vmax=1)
   axes[2].set_title('map overlay')
-  fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04)
+  bar = fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04)
+  bar.set_label('attention (fraction of its maximum)', fontsize=SMALL_FONT)
+  bar.ax.tick_params(labelsize=SMALL_FONT)
   for axis in axes:
     axis.axis('off')
   fig.suptitle(title, fontsize=9)
@@ -77,7 +88,7 @@ def plot_attention_distance(distances_LH, image_size: int, title: str,
   axis.set_xticks(range(1, num_layers + 1))
   axis.set_ylim(0, image_size)
   if num_heads <= 16:
-    axis.legend(fontsize=6, ncol=2, loc='lower right')
+    axis.legend(fontsize=SMALL_FONT, ncol=2, loc='lower right')
   axis.set_title(title, fontsize=9)
   _save(fig, path)
 
@@ -106,9 +117,9 @@ def plot_position_similarity(similarity_RCRC, title: str, path) -> None:
                       vmax=1, interpolation='nearest')
   # Ticks at the tile centres, numbered like the paper's axes (1-based).
   axis.set_xticks([c * (cols + 1) + (cols - 1) / 2 for c in range(cols)])
-  axis.set_xticklabels(range(1, cols + 1), fontsize=6)
+  axis.set_xticklabels(range(1, cols + 1), fontsize=SMALL_FONT)
   axis.set_yticks([r * (rows + 1) + (rows - 1) / 2 for r in range(rows)])
-  axis.set_yticklabels(range(1, rows + 1), fontsize=6)
+  axis.set_yticklabels(range(1, rows + 1), fontsize=SMALL_FONT)
   axis.set_xlabel('input patch column')
   axis.set_ylabel('input patch row')
   fig.colorbar(shown, ax=axis, fraction=0.046, pad=0.04,
@@ -134,6 +145,7 @@ def plot_filter_components(components_KPPC, ratio_K, title: str,
       low, high = component.min(), component.max()
       axis.imshow((component - low) / max(high - low, 1e-12),
                   interpolation='nearest')
-      axis.set_title(f'{index + 1}: {100 * ratio_K[index]:.1f}%', fontsize=6)
+      axis.set_title(f'{index + 1}: {100 * ratio_K[index]:.1f}%',
+                     fontsize=SMALL_FONT)
   fig.suptitle(title, fontsize=9)
   _save(fig, path)

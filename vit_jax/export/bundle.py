@@ -133,8 +133,8 @@ def _write_error(error: OSError, work: str, out: str) -> OSError:
   where = os.path.dirname(os.path.abspath(out))
   full = (error.errno in (errno.ENOSPC, errno.EDQUOT)
           or 'No space left on device' in reason)
-  fix = (f'free space on the disk of {where} or give an --out on another '
-         'disk' if full else f'check that {where} can be written to')
+  fix = (f'free space on the disk of {where} or export to a directory on '
+         'another disk' if full else f'check that {where} can be written to')
   explained = OSError(f'cannot write {written} of {out} ({reason}): {fix}; '
                       'nothing was written')
   explained.errno = error.errno  # Not in the message: OSError(errno, ...)

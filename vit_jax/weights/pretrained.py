@@ -208,8 +208,8 @@ def _build_model(checkpoint: formats.Weights, facts: family.CheckpointFacts,
   if named_family is not checkpoint.model_family:
     raise family.CheckpointMismatchError(
         f'{checkpoint.name} holds {checkpoint.model_family.name} arrays but '
-        f'{model_name} is a {named_family.name} model: is --model right for '
-        'this file?')
+        f'{model_name} is a {named_family.name} model: is '
+        f'model_name={model_name!r} right for this file?')
   return named_family.create(canonical, **kwargs)
 
 
@@ -245,7 +245,8 @@ def _check_fit(name: str, model_name: Optional[str], model: nn.Module,
     detail = '; '.join(f'{key.replace("_", " ")} {value} but {model_name} '
                        f'has {built}' for key, value, built in differences)
     raise family.CheckpointMismatchError(
-        f'{name} has {detail}: is --model right for this file?')
+        f'{name} has {detail}: is model_name={model_name!r} right for this '
+        'file?')
   detail = '; '.join(f'{key.replace("_", " ")} {value} but {key}={built!r} '
                      'was asked for' for key, value, built in differences)
   raise family.CheckpointMismatchError(
