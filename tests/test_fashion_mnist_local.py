@@ -59,13 +59,22 @@ def _write_fashion_mnist(directory, sizes=(('train', 40), ('t10k', 15))):
   return data
 
 
-def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch):
+def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch,
+                                                     capsys, caplog):
   idx = _write_fashion_mnist(str(tmp_path / 'idx'))
   monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'idx'))
   data = _data(dataset='fashion_mnist_local',
                data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
                eval_batch_size=4)
+  caplog.set_level('INFO')
   source = data.source()
+  # One line says where the data goes; TFDS's banner and bars are kept out.
+  assert [r.getMessage() for r in caplog.records
+          if 'preparing' in r.getMessage()] == [
+              f'preparing {NAME} (once) into {tmp_path}/new_tfds_dir/{NAME}/'
+              '1.0.0; config.data_dir sets where']
+  assert capsys.readouterr() == ('', '')
+  assert tfds.core.utils.tqdm_utils._active  # Restored for everyone else.
   assert (data.resolve_num_classes(source), source.num_examples('train'),
           source.num_examples('test')) == (10, 40, 15)
   builder = tfds.builder('fashion_mnist_local', data_dir=data.data_dir)
