@@ -188,7 +188,9 @@ def test_a_process_that_waited_finds_the_dataset_prepared(
 # size and the sha256 of its examples.
 _PREPARE = '''
 import hashlib, sys
+from absl import logging
 from vit_jax.data import sources
+logging.set_verbosity(logging.INFO)  # For the line saying it prepares.
 source = sources.make_source('fashion_mnist_local', sys.argv[1],
                              ('train', 'test'))
 for split in ('train', 'test'):
@@ -230,9 +232,9 @@ def test_two_first_runs_preparing_at_once_both_succeed(tmp_path):
       run.kill()
   assert [run.returncode for run in runs] == [0, 0], [
       log.read_text()[-2000:] for log in logs]
-  # One run prepared (TFDS says so on stdout), the other read its dataset.
-  assert sorted('Downloading and preparing' in out for out in outputs) == [
-      False, True]
+  # One run prepared (it says so), the other read its dataset.
+  assert sorted(f'preparing {NAME} (once) into ' in log.read_text()
+                for log in logs) == [False, True]
   splits = [[line for line in out.splitlines()
              if line.startswith(('train ', 'test '))] for out in outputs]
   assert splits[0] == splits[1]
