@@ -10,6 +10,7 @@ the image's dominant colour channel makes every accuracy known in advance.
 
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -386,3 +387,16 @@ def test_make_evaluators_lists_every_evaluator_with_its_cadence_and_params(
   assert main['num_examples'] == FEWSHOT_CLASSES * 3
   assert set(evals[1].evaluate(state.ema_params)) == {
       f'ema_{k}' for k in main}
+
+
+def test_a_long_evaluation_says_how_far_it_got(monkeypatch, caplog):
+  monkeypatch.setattr(evaluators.common, 'PROGRESS_EVERY_S', 0.0)
+  caplog.set_level('INFO')
+  mesh = sharding.make_mesh()
+  step = evaluators.common.jit_on_mesh(
+      lambda params, batch: {'count': jnp.sum(batch['label']) * params}, mesh)
+  batches = [{'label': np.ones(8, np.int32)}] * 3
+  sums = evaluators.common.sum_over_batches(step, 2, batches, mesh, 'eval')
+  assert sums == {'count': 48.0}
+  assert [re.sub(r', \d+ s$', '', r.getMessage()) for r in caplog.records] == [
+      '  eval: 1/3 batches', '  eval: 2/3 batches', '  eval: 3/3 batches']

@@ -59,13 +59,22 @@ def _write_fashion_mnist(directory, sizes=(('train', 40), ('t10k', 15))):
   return data
 
 
-def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch):
+def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch,
+                                                     capsys, caplog):
   idx = _write_fashion_mnist(str(tmp_path / 'idx'))
   monkeypatch.setenv(fashion_mnist_local.ENV_VAR, str(tmp_path / 'idx'))
   data = _data(dataset='fashion_mnist_local',
                data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
                eval_batch_size=4)
+  caplog.set_level('INFO')
   source = data.source()
+  # One line says where the data goes; TFDS's banner and bars are kept out.
+  assert [r.getMessage() for r in caplog.records
+          if 'preparing' in r.getMessage()] == [
+              f'preparing {NAME} (once) into {tmp_path}/new_tfds_dir/{NAME}/'
+              '1.0.0; config.data_dir sets where']
+  assert capsys.readouterr() == ('', '')
+  assert tfds.core.utils.tqdm_utils._active  # Restored for everyone else.
   assert (data.resolve_num_classes(source), source.num_examples('train'),
           source.num_examples('test')) == (10, 40, 15)
   builder = tfds.builder('fashion_mnist_local', data_dir=data.data_dir)
@@ -179,7 +188,9 @@ def test_a_process_that_waited_finds_the_dataset_prepared(
 # size and the sha256 of its examples.
 _PREPARE = '''
 import hashlib, sys
+from absl import logging
 from vit_jax.data import sources
+logging.set_verbosity(logging.INFO)  # For the line saying it prepares.
 source = sources.make_source('fashion_mnist_local', sys.argv[1],
                              ('train', 'test'))
 for split in ('train', 'test'):
@@ -221,9 +232,9 @@ def test_two_first_runs_preparing_at_once_both_succeed(tmp_path):
       run.kill()
   assert [run.returncode for run in runs] == [0, 0], [
       log.read_text()[-2000:] for log in logs]
-  # One run prepared (TFDS says so on stdout), the other read its dataset.
-  assert sorted('Downloading and preparing' in out for out in outputs) == [
-      False, True]
+  # One run prepared (it says so), the other read its dataset.
+  assert sorted(f'preparing {NAME} (once) into ' in log.read_text()
+                for log in logs) == [False, True]
   splits = [[line for line in out.splitlines()
              if line.startswith(('train ', 'test '))] for out in outputs]
   assert splits[0] == splits[1]

@@ -2,6 +2,7 @@
 status 1, no traceback, nothing written."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,15 @@ from vit_jax.cli import _flags as cli_flags
 from vit_jax import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What the run logs before it reads the config (vit_jax.main), as printed.
+DEVICES_LINE = r'Process 0 of 1; \d+ local / \d+ global devices'
+
+
+def _errors(stderr):
+  """stderr's lines less the run's own plain INFO line (`DEVICES_LINE`):
+  what a failing run says besides how it started."""
+  return [line for line in stderr.splitlines()
+          if not re.fullmatch(DEVICES_LINE, line)]
 
 
 def _parse(capsys, monkeypatch, *arguments):
@@ -62,17 +72,28 @@ def test_arguments_to_a_config_without_any_are_one_line(capsys, monkeypatch,
 
 
 @pytest.mark.slow
-def test_a_bad_value_found_at_run_time_is_one_line(tmp_path):
+@pytest.mark.parametrize('verbosity', [0, 1])
+def test_a_bad_value_found_at_run_time_is_one_line(tmp_path, verbosity):
   # The dtype is checked by the run, after the flags: the same one line.
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
-       f'--workdir={tmp_path}/run', '--config.model.dtype=float17'],
+       f'--workdir={tmp_path}/run', '--config.model.dtype=float17',
+       f'--verbosity={verbosity}'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
-  errors = [line for line in result.stderr.splitlines()
-            if not line.startswith('I')]  # absl's INFO lines.
-  assert errors == ["error: unknown dtype 'float17': choose one of ('auto', "
-                    "'float32', 'bfloat16')"]
+  error = ("error: unknown dtype 'float17': choose one of ('auto', "
+           "'float32', 'bfloat16')")
+  lines = result.stderr.splitlines()
+  if verbosity == 0:
+    # The run's own line as it is, without absl's prefix.
+    assert len(lines) == 2 and re.fullmatch(DEVICES_LINE, lines[0]), lines
+    assert lines[1] == error
+  else:
+    # absl's prefix (level, date, time, thread, source line) is back, and
+    # with it the libraries' INFO lines.
+    assert error in lines
+    assert any(re.fullmatch(r'I\d{4} [\d:.]+ +\d+ main\.py:\d+\] '
+                            + DEVICES_LINE, line) for line in lines), lines
   assert not (tmp_path / 'run').exists()
 
 
@@ -95,8 +116,7 @@ def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
        f'--workdir={tmp_path}/run', '--config.model_name=Mixer-B_16'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
-  errors = [line for line in result.stderr.splitlines()
-            if not line.startswith('I')]  # absl's INFO lines.
+  errors = _errors(result.stderr)
   assert len(errors) == 1, errors
   assert errors[0].startswith(
       'error: config.model has keys the mixer family does not have: '
@@ -113,8 +133,7 @@ def test_a_missing_data_dir_is_one_line(tmp_path):
        f'--config.data_dir={tmp_path}/nope'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
-  errors = [line for line in result.stderr.splitlines()
-            if not line.startswith('I')]  # absl's INFO lines.
+  errors = _errors(result.stderr)
   assert len(errors) == 1 and errors[0].startswith('error: '), errors
   assert 'nope' in errors[0]
 
@@ -133,8 +152,7 @@ def test_a_class_only_in_test_is_one_line_before_the_workdir(tmp_path):
        f'--config.data_dir={tmp_path}/data'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
-  errors = [line for line in result.stderr.splitlines()
-            if not line.startswith('I')]  # absl's INFO lines.
+  errors = _errors(result.stderr)
   assert len(errors) == 1, errors
   assert errors[0].startswith(
       "error: Split 'test' has class folders that the training split 'train' "

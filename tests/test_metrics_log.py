@@ -62,12 +62,36 @@ def test_tensorboard_forgets_the_steps_a_resumed_run_repeats(tmp_path):
   stopped = metrics_log.MetricsLog(str(tmp_path))
   stopped.drop_after(0)
   for step in (10, 20, 30, 40):
-    stopped.write(step, {'loss': step})
+    stopped.write(step, {'train_loss': step})
   stopped.close()
   resumed = metrics_log.MetricsLog(str(tmp_path))
   resumed.drop_after(20)
   for step in (30, 40):
-    resumed.write(step, {'loss': -step})
+    resumed.write(step, {'train_loss': -step})
   resumed.close()
-  assert _tensorboard_points(tmp_path, 'loss') == [
+  assert _tensorboard_points(tmp_path, 'train/loss') == [
       (10, 10.0), (20, 20.0), (30, -30.0), (40, -40.0)]
+
+
+def test_tensorboard_groups_tags_by_record_and_plots_no_counts(tmp_path):
+  log = metrics_log.MetricsLog(str(tmp_path))
+  log.drop_after(0)
+  log.write(10, {'train_loss': 1.5, 'train_lr': 0.25, 'train_window_steps': 10})
+  log.write(10, {'top1_accuracy': 0.75, 'ema_top1_accuracy': 0.5,
+                 'num_examples': 100, 'ema_num_examples': 100},
+            record='eval')
+  log.close()
+  accumulator = plugin_event_accumulator.EventAccumulator(str(tmp_path))
+  accumulator.Reload()
+  assert sorted(accumulator.Tags()['tensors']) == [
+      'eval/ema_top1_accuracy', 'eval/top1_accuracy', 'train/loss',
+      'train/lr']
+  assert _tensorboard_points(tmp_path, 'eval/top1_accuracy') == [(10, 0.75)]
+  # metrics.jsonl keeps every key as written, counts included.
+  assert [json.loads(line) for line in log.jsonl_path.read_text().splitlines()
+          ] == [
+      {'step': 10, 'record': 'train', 'elapsed_s': pytest.approx(0, abs=60),
+       'train_loss': 1.5, 'train_lr': 0.25, 'train_window_steps': 10.0},
+      {'step': 10, 'record': 'eval', 'elapsed_s': pytest.approx(0, abs=60),
+       'top1_accuracy': 0.75, 'ema_top1_accuracy': 0.5, 'num_examples': 100.0,
+       'ema_num_examples': 100.0}]

@@ -4,11 +4,14 @@ starting from any directory."""
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import logging
 import os
+import re
 import subprocess
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 import pytest
 
 from benchmarks import benchmark
@@ -88,6 +91,31 @@ def test_use_cpu_devices_replaces_an_earlier_count_and_platform():
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ['3', 'cpu']
+
+
+def _formatted(level, message):
+  record = logging.LogRecord('absl', level, __file__, 7, message, None, None)
+  return _process._PlainFormatter().format(record)
+
+
+def test_log_lines_are_plain_with_warnings_saying_so():
+  assert absl_logging.get_verbosity() < absl_logging.DEBUG
+  assert _formatted(logging.INFO, 'step 50/100  loss 1.0') == (
+      'step 50/100  loss 1.0')
+  assert _formatted(logging.WARNING, 'disk nearly full') == (
+      'warning: disk nearly full')
+  assert _formatted(logging.ERROR, 'save failed') == 'error: save failed'
+
+
+def test_verbosity_1_brings_back_absls_prefix():
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.DEBUG)
+  try:
+    line = _formatted(logging.INFO, 'step 50/100')
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  assert re.fullmatch(r'I\d{4} [\d:.]+ +\d+ test_process\.py:7\] step 50/100',
+                      line), line
 
 
 def test_flags_choose_from_the_lists_the_code_checks():

@@ -84,6 +84,30 @@ def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
   assert lrs[0] == pytest.approx(1e-3)
 
 
+def test_a_log_window_averages_loss_but_gives_lr_and_param_norm_at_its_step():
+  history = [{'loss': 1.0, 'grad_norm': 2.0, 'param_norm': 10.0, 'lr': 0.5,
+              'finite': True},
+             {'loss': 3.0, 'grad_norm': 4.0, 'param_norm': 11.0, 'lr': 0.25,
+              'finite': True}]
+  history = [{k: np.float32(v) for k, v in h.items()} for h in history]
+  assert loop._window_metrics(history) == {
+      'loss': 2.0, 'grad_norm': 3.0, 'param_norm': 11.0, 'lr': 0.25,
+      'window_steps': 2}
+
+
+@pytest.mark.slow
+def test_the_logged_lr_is_the_schedules_at_the_logged_step(image_folder,
+                                                           tmp_path):
+  # Windows of 3 steps and 1: a mean would differ from every step's lr.
+  config = helpers.tiny_config(image_folder, log_every=3)
+  loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  schedule = optim.learning_rate_schedule(run_spec.optim_spec(config))
+  # Logged at step s (s updates done): the lr of the last update, s - 1.
+  assert [(r['step'], r['train_lr']) for r in _records(tmp_path / 'run')
+          if r['record'] == 'train'] == [(3, float(schedule(2))),
+                                         (4, float(schedule(3)))]
+
+
 @dataclasses.dataclass
 class _ConstantEvaluator:
   """An evaluator (`evaluators.Evaluator`) reporting the params it got."""

@@ -132,10 +132,12 @@ def check_required(flag_values: flags.FlagValues, *names: str) -> None:
 
 def run(main: Callable[[List[str]], Any]) -> None:
   """How every program starts: `absl.app.run(main)` with flag and config
-  errors in one line (`parse_flags`) and the libraries' INFO records out of
-  the log (`process.quiet_library_logs`)."""
+  errors in one line (`parse_flags`), the libraries' INFO records out of
+  the log (`process.quiet_library_logs`) and log lines without absl's
+  prefix (`process.plain_log_lines`)."""
   def quiet_main(argv):
     _process.quiet_library_logs()
+    _process.plain_log_lines()
     return main(argv)
   app.run(quiet_main, flags_parser=parse_flags)
 

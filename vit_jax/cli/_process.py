@@ -6,6 +6,7 @@ its own allocator, devices and TensorFlow settings.
 
   quiet_tensorflow()            before TensorFlow is imported
   quiet_library_logs()          in main, once absl has parsed --verbosity
+  plain_log_lines()             in main, once absl's handler exists
   keep_freed_memory_on_cpu()    before JAX (or TensorFlow) starts threads
   use_cpu_devices(n)            before the first JAX operation
   hide_gpus_from_tensorflow()   before the first tf.data pipeline
@@ -64,6 +65,41 @@ def quiet_library_logs() -> None:
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter())
+
+
+# How a record of each level at WARNING and above starts its plain line.
+_LEVEL_WORDS = {logging.WARNING: 'warning', logging.ERROR: 'error',
+                logging.CRITICAL: 'fatal'}
+
+
+class _PlainFormatter(logging.Formatter):
+  """A log record as a person reads it: the message alone, what is not
+  plain information led by its level (`warning: ...`).
+
+  absl's prefix (level letter, date, thread id, source line) is for
+  debugging the code; with --verbosity=1 and above it comes back.
+  """
+
+  def __init__(self):
+    super().__init__()
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    self._absl_formatter = absl_logging.PythonFormatter()
+
+  def format(self, record: logging.LogRecord) -> str:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    if absl_logging.get_verbosity() >= absl_logging.DEBUG:
+      return self._absl_formatter.format(record)
+    message = super().format(record)  # With an exception's traceback.
+    level = max((level for level in _LEVEL_WORDS if record.levelno >= level),
+                default=None)
+    return f'{_LEVEL_WORDS[level]}: {message}' if level else message
+
+
+def plain_log_lines() -> None:
+  """Prints log records without absl's prefix (see `_PlainFormatter`);
+  call it in main, where absl's handler exists."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.get_absl_handler().setFormatter(_PlainFormatter())
 
 
 def accelerator_plugins() -> List[str]:

@@ -25,6 +25,7 @@ the processes' slices partition it.
 
 import contextlib
 import fcntl
+import io
 import math
 import os
 from typing import Callable, Dict, Optional, Sequence
@@ -181,8 +182,26 @@ def _prepare_once(name, data_dir, builder):
     # lacks the prepared dataset's info (its splits).
     builder = tfds.builder(name, data_dir=data_dir)
     if not _is_prepared(builder):
-      builder.download_and_prepare()
+      logging.info('preparing %s (once) into %s; config.data_dir sets where',
+                   name, builder.data_dir)
+      with _without_tfds_progress():
+        builder.download_and_prepare()
   return builder
+
+
+@contextlib.contextmanager
+def _without_tfds_progress():
+  """Keeps TFDS's progress bars and its "Downloading and preparing dataset"
+  lines (printed, not logged) out of the output: a local dataset downloads
+  nothing, and its preparation is a few seconds. Its warnings still show.
+  """
+  was_shown = getattr(tfds.core.utils.tqdm_utils, '_active', True)
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.display_progress_bar(was_shown)
 
 
 @contextlib.contextmanager

@@ -7,8 +7,10 @@ of devices and processes.
 """
 
 import dataclasses
+import time
 from typing import Any, Callable, Dict, Iterable, Protocol
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -18,6 +20,9 @@ from vit_jax import sharding
 MAIN_RECORD = 'eval'
 
 Metrics = Dict[str, float]
+# A long evaluation says how far it got this often (seconds).
+PROGRESS_EVERY_S = 10.0
+
 # (params, global batch) -> dict of arrays, jitted on a mesh.
 BatchStep = Callable[[Any, Dict[str, jax.Array]], Dict[str, jax.Array]]
 # (source, split) -> re-iterable of padded eval batches, each `iter()` one
@@ -66,16 +71,43 @@ def jit_on_mesh(step: Callable, mesh: jax.sharding.Mesh,
 
 def sum_over_batches(step: BatchStep, params: Any,
                      batches: Iterable[Dict[str, Any]],
-                     mesh: jax.sharding.Mesh) -> Metrics:
+                     mesh: jax.sharding.Mesh, name: str = 'evaluation'
+                     ) -> Metrics:
   """Sums a jitted step's dict of sums over one pass of host-local batches.
+
+  An evaluation that runs past `PROGRESS_EVERY_S` logs how many batches
+  it has done, every `PROGRESS_EVERY_S`.
+
+  Args:
+    step: jitted (params, global batch) -> dict of sums.
+    params: the params `step` takes.
+    batches: one pass of host-local batches (with `len`, as
+      `pipeline.EvalIterable`, the progress lines give the total).
+    mesh: the mesh `step` runs on.
+    name: the evaluation, for the progress lines.
+
+  Returns:
+    The sums, as floats.
 
   Raises:
     ValueError: `batches` is empty.
   """
-  sums = None
-  for batch in batches:
+  sums = before_last = None
+  total = f'/{len(batches)}' if hasattr(batches, '__len__') else ''
+  start = last_report = time.monotonic()
+  for done, batch in enumerate(batches, start=1):
     out = step(params, sharding.global_batch(batch, mesh))
+    if before_last is not None:
+      # Two batches in flight at most: the device always has the next one
+      # while the host makes a third, and the progress line counts batches
+      # done (nearly), not batches queued (all of them, in a second).
+      jax.block_until_ready(before_last)
+    before_last = sums
     sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+    if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+      last_report = time.monotonic()
+      logging.info('  %s: %d%s batches, %.0f s', name, done, total,
+                   last_report - start)
   if sums is None:
     raise ValueError('no batches to evaluate')
   return {k: float(v) for k, v in jax.device_get(sums).items()}
@@ -103,5 +135,5 @@ class SummingEvaluator:
 
   def evaluate(self, params: Any) -> Metrics:
     return self.to_metrics(sum_over_batches(self.step, params, self.batches,
-                                            self.mesh))
+                                            self.mesh, self.name))
 

@@ -55,6 +55,7 @@ def run_evaluators(evals: List[evaluators.Evaluator], state: steps.TrainState,
   records = {}
   for evaluator in evals:
     if is_due(step, evaluator.every, total_steps):
+      logging.info('step %d: evaluating %s', step, evaluator.name)
       metrics = evaluator.evaluate(getattr(state, evaluator.params_field))
       records.setdefault(evaluator.record, {}).update(metrics)
   return records
@@ -85,9 +86,15 @@ def _log_evaluations(records: Dict[str, Dict[str, float]], step: int,
                      log: metrics_log.MetricsLog) -> Optional[Dict[str, float]]:
   """Logs `run_evaluators`' records; returns the main one, if there."""
   for name, values in records.items():
-    logging.info('step %d %s: %s', step, name, values)
+    logging.info('step %d %s: %s', step, name, _format_metrics(values))
     log.write(step, values, record=name)
   return records.get(evaluators.MAIN_RECORD)
+
+
+def _format_metrics(values: Dict[str, float]) -> str:
+  """'top1_accuracy 0.9110  loss 0.3817  num_examples 10000'."""
+  return '  '.join(f'{k} {int(v)}' if k.endswith('num_examples')
+                   else f'{k} {v:.4f}' for k, v in values.items())
 
 
 class Progress:
@@ -123,13 +130,21 @@ class Progress:
             'images_per_sec': steps_per_sec * self._batch}
 
 
-def _mean_metrics(history) -> Dict[str, float]:
-  """The window's mean of each metric, and how many steps it averages."""
+# Metrics that are a state of the run at a step, not an average over the
+# window: the schedule's lr and the params' norm at the logged step.
+_AT_THE_STEP = ('lr', 'param_norm')
+
+
+def _window_metrics(history) -> Dict[str, float]:
+  """The window's mean of each step metric (its last value for those of
+  `_AT_THE_STEP`), and how many steps it spans."""
   history = jax.device_get(history)
-  means = {k: float(np.mean([h[k] for h in history])) for k in history[0]
-           if k != 'finite'}
-  means['window_steps'] = len(history)
-  return means
+  window = {k: float(np.mean([h[k] for h in history])) for k in history[0]
+            if k != 'finite'}
+  window.update({k: float(history[-1][k]) for k in _AT_THE_STEP
+                 if k in history[-1]})
+  window['window_steps'] = len(history)
+  return window
 
 
 def _validate(config) -> RunSpec:
@@ -171,7 +186,7 @@ def _run_steps(spec: RunSpec, setup: setup_lib.Setup, state,
         watch.add(step, metrics)
         if is_due(step, spec.log_every, total_steps):
           check_finite()
-          train_metrics = _mean_metrics(history)
+          train_metrics = _window_metrics(history)
           history = []
           train_metrics.update(progress.report(step, train_metrics))
           log.write(step, {f'train_{k}': v for k, v in train_metrics.items()})
@@ -307,7 +322,7 @@ def _train(spec: RunSpec, workdir: epath.Path, setup: setup_lib.Setup,
     # A finished run started again: report its accuracy, log nothing twice.
     record = _evaluate_main(evals, state)
     logging.info('Already trained to step %d; evaluation: %s', start_step,
-                 record)
+                 _format_metrics(record))
   log.flush()
   if spec.export_npz:
     exported = npz_export.export_npz(

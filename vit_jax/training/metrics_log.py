@@ -1,5 +1,10 @@
 """Where metrics go: TensorBoard (clu writers) and `workdir/metrics.jsonl`.
 
+TensorBoard's tags are grouped by record: `train/loss`, `train/lr`,
+`eval/top1_accuracy`, `eval/ema_top1_accuracy`, `fewshot/...` (a key's
+`<record>_` prefix is dropped: `train_loss` is `train/loss`). Counts that
+are no curve (`num_examples`, `window_steps`) go to metrics.jsonl only.
+
 metrics.jsonl has one JSON object per write, always with 'step', 'record'
 (what wrote it: 'train', or an evaluator's record such as 'eval') and
 'elapsed_s' (wall seconds the run's processes have worked on it, set-up,
@@ -54,7 +59,7 @@ class MetricsLog:
             record: str = 'train') -> None:
     """Writes `scalars` of `step` as one `record` line (and to TensorBoard)."""
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
-    self.writer.write_scalars(step, scalars)
+    self.writer.write_scalars(step, tensorboard_scalars(scalars, record))
     if self._is_writer:
       elapsed = round(time.time() - self._start_time + self._earlier_s, 2)
       with self.jsonl_path.open('a') as f:
@@ -97,6 +102,30 @@ class MetricsLog:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+
+# Keys (or key endings, e.g. `ema_num_examples`) of metrics.jsonl that
+# TensorBoard does not plot: counts, not measurements of the run.
+_NOT_PLOTTED = ('num_examples', 'window_steps')
+
+
+def tensorboard_scalars(scalars: Mapping[str, float],
+                        record: str) -> Dict[str, float]:
+  """`scalars` of a `record` as TensorBoard tags (see the module docstring).
+
+  Args:
+    scalars: a record's metrics, keyed as in metrics.jsonl.
+    record: what wrote them ('train', 'eval', ...).
+
+  Returns:
+    {'<record>/<key without a leading <record>_>': value}, less the keys
+    ending in one of `_NOT_PLOTTED`.
+  """
+  tags = {}
+  for key, value in scalars.items():
+    if not key.endswith(_NOT_PLOTTED):
+      tags[f'{record}/{key.removeprefix(record + "_")}'] = value
+  return tags
 
 
 _EVENT_FILE_PREFIX = 'events.out.tfevents.'
