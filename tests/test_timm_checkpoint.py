@@ -339,6 +339,9 @@ def test_hf_hub_unreachable_fails_at_once(tmp_path, monkeypatch):
   # the connection check, huggingface_hub retries for about 25 s.
   cache = tmp_path / 'hub-cache'
   cache.mkdir()
+  for proxy in ('HTTPS_PROXY', 'HTTP_PROXY', 'ALL_PROXY'):
+    monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.delenv(proxy.lower(), raising=False)
   monkeypatch.setattr(hub_constants, 'HF_HUB_CACHE', str(cache))
   monkeypatch.setattr(hub_constants, 'HF_HUB_OFFLINE', False)
   monkeypatch.setattr(hub_constants, 'ENDPOINT', 'http://127.0.0.1:9')
@@ -352,6 +355,14 @@ def test_hf_hub_unreachable_fails_at_once(tmp_path, monkeypatch):
   for part in ('config.json is not in the Hugging Face cache',
                'no network to http://127.0.0.1:9', 'hf download org/not-cached'):
     assert part in str(error.value)
+
+
+def test_behind_a_proxy_the_hub_is_left_to_huggingface_hub(monkeypatch):
+  monkeypatch.setenv('HTTPS_PROXY', 'http://127.0.0.1:9')
+  monkeypatch.setattr(hub_constants, 'HF_HUB_OFFLINE', False)
+  # A direct connection would be refused: the proxy is what must be used.
+  monkeypatch.setattr(hub_constants, 'ENDPOINT', 'http://127.0.0.1:9')
+  assert timm_hub._hub_reachable()  # pylint: disable=protected-access
 
 
 def test_hf_hub_cache_without_weights(tmp_path, offline_cache):

@@ -32,8 +32,9 @@ import dataclasses
 import json
 import re
 import socket
-from urllib import parse
 from typing import Any, Dict, Mapping, Optional, Tuple
+from urllib import parse
+from urllib import request
 
 from etils import epath
 import huggingface_hub
@@ -225,9 +226,13 @@ def _is_cached(repo_id: str, revision: Optional[str], filename: str) -> bool:
 
 def _hub_reachable() -> bool:
   """Whether the hub's endpoint (HF_ENDPOINT) accepts a TCP connection
-  within `CONNECT_TIMEOUT`; False offline (HF_HUB_OFFLINE) without trying."""
+  within `CONNECT_TIMEOUT`; False offline (HF_HUB_OFFLINE) without trying,
+  True behind a proxy (HTTPS_PROXY, ...), which a direct connection would
+  miss."""
   if hub_constants.HF_HUB_OFFLINE:
     return False
+  if request.getproxies():
+    return True  # Only huggingface_hub's own requests go through a proxy.
   url = parse.urlsplit(hub_constants.ENDPOINT)
   port = url.port or (443 if url.scheme == 'https' else 80)
   try:
