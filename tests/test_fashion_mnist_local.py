@@ -66,7 +66,7 @@ def test_fashion_mnist_local_is_prepared_on_first_use(tmp_path, monkeypatch,
   data = _data(dataset='fashion_mnist_local',
                data_dir=str(tmp_path / 'new_tfds_dir'), image_size=28,
                eval_batch_size=4)
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   source = data.source()
   # One line says where the data goes; TFDS's banner and bars are kept out.
   assert [r.getMessage() for r in caplog.records
