@@ -5,8 +5,9 @@
 
 The core install leaves these out; a feature that needs one imports it
 through `require`, so a missing one is an ImportError whose message is one
-line naming the extra to install (`pip install -e '.[export]'`, from the
-repository root: the package is not on any index) instead of Python's bare
+line naming the extra to install (`.venv/bin/python -m pip install -e
+'.[export]'`, with the running interpreter, from the repository root: the
+package is not on any index) instead of Python's bare
 "No module named ...". `EXTRA_OF` is the one table of which extra provides
 which module; the extras themselves are setup.py's `extras_require`.
 """
@@ -14,6 +15,8 @@ which module; the extras themselves are setup.py's `extras_require`.
 import importlib
 import types
 from typing import Optional
+
+from vit_jax import commands
 
 # Top-level module -> the setup.py extra that installs it.
 EXTRA_OF = {
@@ -43,8 +46,9 @@ def is_optional(module: Optional[str]) -> bool:
 
 
 def install_command(extra: str) -> str:
-  """The command that installs `extra` into a checkout's environment."""
-  return f"pip install -e '.[{extra}]'"
+  """The command that installs `extra` into the running environment, from
+  the repository root."""
+  return f"{commands.python_m('pip')} install -e '.[{extra}]'"
 
 
 def missing_message(module: str, purpose: str = '') -> str:
@@ -55,13 +59,15 @@ def missing_message(module: str, purpose: str = '') -> str:
     purpose: what needs it, e.g. '--compare=timm'; '' for the extra's name.
 
   Returns:
-    E.g. "onnxruntime is not installed: the export needs the `export` extra
-    (pip install -e '.[export]' from the repository root)".
+    E.g. "onnxruntime is not installed: export needs the `export` extra
+    (.venv/bin/python -m pip install -e '.[export]' from the repository
+    root)".
   """
   top = module.split('.')[0]
   extra = EXTRA_OF.get(top)
   if extra is None:
-    return f'{top} is not installed (pip install {top})'
+    return (f'{top} is not installed ({commands.python_m("pip")} install '
+            f'{top})')
   return (f'{top} is not installed: {purpose or extra} needs the `{extra}` '
           f'extra ({install_command(extra)} from the repository root)')
 

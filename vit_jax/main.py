@@ -28,6 +28,7 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax.cli import _flags as cli_flags
+from vit_jax import commands
 from vit_jax.training import loop
 from vit_jax.training import preemption
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -107,8 +108,9 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
           f'{(time.time() - start) / 60:.1f} min wall time')
     print(f'TensorBoard logs and metrics.jsonl: {workdir}')
     print(f'Exported released-layout params: {workdir}/model.npz (and '
-          f'model.json, what the arrays cannot say); classify with: python '
-          f'-m vit_jax.cli.predict --checkpoint={workdir}/model.npz IMAGE...')
+          f'model.json, what the arrays cannot say); classify with: '
+          f'{commands.python_m("vit_jax.cli.predict")} '
+          f'--checkpoint={workdir}/model.npz IMAGE...')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,8 @@ import runpy
 import sys
 from typing import List, Optional
 
+from vit_jax import commands
+
 # Subcommand -> (module `python -m` runs, what it does).
 PROGRAMS = {
     'train': ('vit_jax.main', 'train, fine-tune, evaluate (configs/*.py)'),
@@ -37,10 +39,10 @@ def usage() -> str:
   """The text `vit-jax --help` prints: the subcommands and their modules."""
   width = max(map(len, PROGRAMS))
   lines = [f'usage: {COMMAND} PROGRAM [FLAGS] [ARGS]', '',
-           'programs (each the same as `python -m MODULE`):']
+           'programs (each the same as the command below it):']
   for name, (module, summary) in PROGRAMS.items():
     lines += [f'  {name:<{width}}  {summary}',
-              f'  {"":<{width}}  python -m {module}']
+              f'  {"":<{width}}  {commands.python_m(module)}']
   lines += ['', f'{COMMAND} PROGRAM --help lists the flags of PROGRAM.']
   return '\n'.join(lines)
 

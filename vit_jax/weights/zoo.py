@@ -54,6 +54,7 @@ from typing import Dict, Optional, Sequence, Tuple
 from absl import logging
 from etils import epath
 
+from vit_jax import commands
 from vit_jax.weights import download
 
 BASE_ENV = 'VIT_JAX_CHECKPOINT_BASE'
@@ -257,7 +258,8 @@ def resolve(name: str) -> Released:
   entry = _lookup(name)
   if entry is not None:
     return entry
-  hint = did_you_mean(name) or 'python -m vit_jax.cli.weights lists them.'
+  hint = did_you_mean(name) or (
+      f'{commands.python_m("vit_jax.cli.weights")} lists them.')
   raise ValueError(f'{name!r} is not a released checkpoint name: {hint}')
 
 
