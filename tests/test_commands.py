@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+from benchmarks import protocol
+from vit_jax.cli import _flags as cli_flags
+from vit_jax.cli import export as export_program
 from vit_jax import commands
 from vit_jax import extras
 
@@ -57,3 +60,40 @@ def test_every_extra_named_is_one_setup_py_declares():
       os.path.abspath(__file__))), 'setup.py')).read()
   for extra in set(extras.EXTRA_OF.values()):
     assert f"'{extra}':" in setup_py, extra
+
+
+def test_export_without_its_converters_names_the_extra(monkeypatch,
+                                                         tmp_path):
+
+  def export_without_onnxruntime(loaded, out):
+    del loaded, out
+    raise ModuleNotFoundError("No module named 'onnxruntime'",
+                              name='onnxruntime')
+  monkeypatch.setattr(export_program.pretrained, 'load',
+                      lambda *args, **kwargs: object())
+  monkeypatch.setattr(export_program.export, 'export',
+                      export_without_onnxruntime)
+  monkeypatch.setattr(sys, 'executable', '/env/bin/python')
+  with pytest.raises(extras.MissingExtraError, match=(
+      r"^onnxruntime is not installed: export needs the `export` extra "
+      r"\(/env/bin/python -m pip install -e '\.\[export\]' from the "
+      r'repository root\)$')):
+    export_program.run('model.npz', str(tmp_path / 'out'))
+
+
+def test_benchmark_against_timm_without_torch_names_the_extra(monkeypatch):
+  _without(monkeypatch, 'torch', 'timm')
+  with pytest.raises(extras.MissingExtraError,
+                     match=r'^torch is not installed: --compare=timm needs '
+                     'the `bench` extra'):
+    protocol.require_comparison('timm')
+
+
+def test_a_missing_extra_is_one_error_line_of_a_program(capsys, monkeypatch):
+  _without(monkeypatch, 'onnx')
+  with pytest.raises(SystemExit) as exit_info:
+    cli_flags.exit_on_user_error(extras.require, 'onnx')
+  assert exit_info.value.code == 1
+  error = capsys.readouterr().err
+  assert error.startswith('error: onnx is not installed: export needs the '
+                          '`export` extra') and len(error.splitlines()) == 1
