@@ -2,6 +2,7 @@
 spelling of a program."""
 
 import os
+import runpy
 import subprocess
 import sys
 
@@ -45,6 +46,14 @@ def test_help_lists_every_program(ran, capsys, argv):
   for name, (module, summary) in console.PROGRAMS.items():
     assert f'  {name:<9}  {summary}\n' in out
     assert f' -m {module}\n' in out
+
+
+def test_python_m_vit_jax_cli_is_the_console(capsys, monkeypatch):
+  monkeypatch.setattr(sys, 'argv', ['vit_jax/cli/__main__.py', '--help'])
+  with pytest.raises(SystemExit) as exit_info:
+    runpy.run_module('vit_jax.cli', run_name='__main__')
+  assert exit_info.value.code == 0
+  assert capsys.readouterr().out == console.usage() + '\n'
 
 
 def test_no_program_prints_the_usage_and_fails(ran, capsys):
