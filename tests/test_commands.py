@@ -97,3 +97,21 @@ def test_a_missing_extra_is_one_error_line_of_a_program(capsys, monkeypatch):
   error = capsys.readouterr().err
   assert error.startswith('error: onnx is not installed: export needs the '
                           '`export` extra') and len(error.splitlines()) == 1
+
+
+def test_training_ends_with_a_predict_command_this_shell_runs(
+    tmp_path, monkeypatch):
+  from vit_jax import main  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sys, 'executable', str(tmp_path / '.venv/bin/python'))
+  monkeypatch.chdir(tmp_path)
+  summary = main.closing_summary(
+      {'top1_accuracy': 0.91234, 'num_examples': 10000.0}, 'runs/default',
+      7.04)
+  assert summary.splitlines() == [
+      'Final test top-1 accuracy: 0.9123 (10000 examples), 7.0 min wall '
+      'time',
+      'TensorBoard logs and metrics.jsonl: runs/default',
+      'Exported released-layout params: runs/default/model.npz (and '
+      'model.json, what the arrays cannot say); classify with: '
+      '.venv/bin/python -m vit_jax.cli.predict '
+      '--checkpoint=runs/default/model.npz IMAGE...']
