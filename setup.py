@@ -22,6 +22,10 @@ setuptools.setup(
     # sys.path), so no other top-level name lands in site-packages.
     packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*']),
     python_requires='>=3.10',
+    # `vit-jax PROGRAM ...`: each program as `python -m` runs it.
+    entry_points={
+        'console_scripts': ['vit-jax=vit_jax.cli.console:main'],
+    },
     install_requires=[
         'absl-py>=2.1,<3',
         'clu>=0.0.12,<0.1',

@@ -141,6 +141,10 @@ def main(argv: Sequence[str],
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = flag_values.config
+  if flag_values.compare:
+    # Now, not after the JAX side's measurement.
+    cli_flags.exit_on_user_error(protocol.require_comparison,
+                                 flag_values.compare)
   # A config's step runs on the devices training would use: one CPU device.
   host_devices = flag_values.host_devices or (1 if config else
                                               default_host_devices(

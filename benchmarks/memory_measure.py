@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import commands
 from vit_jax import models
 from vit_jax.models import precision
 from vit_jax import sharding
@@ -209,10 +210,10 @@ def measure(config, num_classes: int, num_devices: int,
   Returns:
     A JSON-ready report (see `memory_report.format_report`).
   """
+  command = commands.python_m('benchmarks.memory_report')
   devices = sharding.first_devices(
-      num_devices, hint=f'; run python -m benchmarks.memory_report '
-      f'--num_devices={num_devices} (it asks XLA:CPU for that many devices '
-      'before jax starts)')
+      num_devices, hint=f'; run {command} --num_devices={num_devices} (it '
+      'asks XLA:CPU for that many devices before jax starts)')
   start = time.perf_counter()
   spec = run_spec.from_config(config, num_devices=num_devices)
   setup = setup_lib.make_setup(spec, num_classes, devices=devices)

@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks import jax_side
 from vit_jax.cli import _host_memory
+from vit_jax import extras
 from vit_jax import models
 from vit_jax.models import precision
 from vit_jax import sharding
@@ -94,14 +95,26 @@ def _max_rss_bytes() -> float:
   return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def require_comparison(compare: str) -> None:
+  """Checks that the `compare` framework can run, before any measuring.
+
+  Raises:
+    ValueError: an unknown framework.
+    extras.MissingExtraError: torch or timm is not installed.
+  """
+  if compare not in COMPARISONS:
+    raise ValueError(f'unknown --compare={compare!r}; only "timm" exists')
+  for module in ('torch', 'timm'):
+    extras.require(module, f'--compare={compare}')
+
+
 def _comparison_step(compare: Optional[str], name: str,
                      model_overrides: Dict[str, Any], **step_kwargs: Any):
   """The other framework's step (an object with .step and .info), or None."""
   if compare is None:
     return None
-  if compare not in COMPARISONS:
-    raise ValueError(f'unknown --compare={compare!r}; only "timm" exists')
   # Imported only here: the package never needs torch otherwise.
+  require_comparison(compare)
   from benchmarks import timm_side  # pylint: disable=g-import-not-at-top
   variant = dataclasses.replace(models.VARIANTS[name], **model_overrides)
   return timm_side.TimmStep(variant, **step_kwargs)

@@ -21,10 +21,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'vit_jax'
 # works in a checkout and fails in an installed package.
 NOT_INSTALLED = ('configs', 'benchmarks')
 
-# The vit_jax packages each package may import, besides itself and `atomic`
-# (atomic file writes, used everywhere). A new package needs a line here.
+# The vit_jax packages each package may import, besides itself and the
+# foundations used everywhere (`EVERYWHERE`). A new package needs a line here.
 FLOORS = {
     'atomic': set(),
+    'commands': set(),
+    'extras': set(),
     'sharding': set(),
     'models': {'sharding'},
     'data': {'sharding'},
@@ -34,6 +36,8 @@ FLOORS = {
     'evaluators': {'models', 'data', 'weights', 'sharding', 'training'},
     'training': {'models', 'data', 'weights', 'sharding', 'evaluators'},
 }
+# Atomic file writes, optional dependencies, and printed commands.
+EVERYWHERE = {'atomic', 'extras', 'commands'}
 
 
 def floor_of(module: str) -> str:
@@ -70,7 +74,7 @@ def _floor_violations(module: str, target: str) -> List[str]:
   floor, target_floor = floor_of(module), floor_of(target)
   if floor not in FLOORS and floor:
     return [f'{module}: package {floor!r} has no floor in FLOORS']
-  allowed = FLOORS.get(floor, set()) | {floor, 'atomic'}
+  allowed = FLOORS.get(floor, set()) | {floor} | EVERYWHERE
   if target_floor in allowed or not target_floor:
     return []
   return [f'{module} imports {target}: {floor} may import only '
@@ -132,7 +136,7 @@ _INSIDE_A_FUNCTION = 'def f():\n  {}\n'
     ({'models/bad.py': 'from vit_jax.training import loop\n',
       'training/loop.py': ''},
      "vit_jax.models.bad imports vit_jax.training.loop: models may import "
-     "only ['atomic', 'sharding']"),
+     "only ['atomic', 'commands', 'extras', 'sharding']"),
     ({'models/bad.py': 'from vit_jax.weights import sidecar\n',
       'weights/sidecar.py': ''},
      'vit_jax.models.bad imports vit_jax.weights.sidecar'),
@@ -157,7 +161,7 @@ _INSIDE_A_FUNCTION = 'def f():\n  {}\n'
      'vit_jax.training.bad imports vit_jax.export.to_onnx:'),
     ({'sharding.py': 'from vit_jax import models\n', 'models/vit.py': ''},
      "vit_jax.sharding imports vit_jax.models: sharding may import only "
-     "['atomic']"),
+     "['atomic', 'commands', 'extras']"),
     ({'newpackage/bad.py': 'from vit_jax import atomic\n', 'atomic.py': ''},
      "vit_jax.newpackage.bad: package 'newpackage' has no floor in FLOORS"),
     ({'training/bad.py': "if __name__ == '__main__':\n  pass\n"},

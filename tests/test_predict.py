@@ -1,5 +1,6 @@
 """The classification command line on generated checkpoints and PNGs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -283,13 +284,17 @@ def test_truncated_checkpoint_and_broken_image(files, tmp_path):
     ('--batch_size=-2', None, '--batch_size=-2 must be a positive integer'),
     ('--image_size=0', None, '--image_size=0 must be a positive integer'),
     ('--image_size=-16', None, '--image_size=-16 must be a positive'),
-    (None, 'root', 'is a directory; predict takes image files'),
+    (None, 'empty', 'holds no .jpg/.jpeg/.png file (subfolders are not'),
+    (None, 'no_match', "/*.gif' matches no file"),
     (None, 'missing', "nope.png' does not exist; check the IMAGE"),
     (None, 'bad_image', "Cannot decode image file '"),
 ])
 def test_cli_bad_input_is_one_error_line(files, capsys, flag, image,
                                          message):
-  paths = {'root': str(files['root']), 'bad_image': files['bad_image'],
+  empty = files['root'] / 'empty'
+  empty.mkdir(exist_ok=True)
+  paths = {'empty': str(empty), 'no_match': str(files['root'] / '*.gif'),
+           'bad_image': files['bad_image'],
            'missing': str(files['root'] / 'nope.png')}
   argv = [f'--checkpoint={files["checkpoint"]}', f'--model={MODEL}',
           '--num_layers=1', *([flag] if flag else []),
@@ -302,3 +307,78 @@ def test_cli_bad_input_is_one_error_line(files, capsys, flag, image,
   assert len(error.splitlines()) == 1 and 'Traceback' not in error
   if image:
     assert paths[image] in error
+
+
+@pytest.fixture
+def photos(files, tmp_path):
+  """A folder: two PNGs, a JPEG with an upper-case suffix, a text file and
+  a subfolder with one more PNG."""
+  folder = tmp_path / 'photos'
+  (folder / 'sub').mkdir(parents=True)
+  pixels = [np.asarray(Image.open(path)) for path in files['images']]
+  Image.fromarray(pixels[1]).save(folder / 'b.png')
+  Image.fromarray(pixels[0]).save(folder / 'a.png')
+  Image.fromarray(pixels[2]).save(folder / 'c.JPEG')
+  (folder / 'notes.txt').write_text('not an image')
+  Image.fromarray(pixels[0]).save(folder / 'sub' / 'd.png')
+  return folder
+
+
+def test_a_folder_gives_its_images_sorted_and_not_its_subfolders(photos):
+  assert predict.expand_images([str(photos)]) == [
+      str(photos / 'a.png'), str(photos / 'b.png'), str(photos / 'c.JPEG')]
+
+
+def test_globs_expand_sorted_and_files_keep_their_place(photos):
+  assert predict.expand_images(
+      [str(photos / 'c.JPEG'), str(photos / '**' / '*.png')]) == [
+          str(photos / 'c.JPEG'), str(photos / 'a.png'),
+          str(photos / 'b.png'), str(photos / 'sub' / 'd.png')]
+
+
+def test_an_unknown_output_suffix_is_refused_before_loading(files):
+  with pytest.raises(ValueError, match=r'^--output=top\.txt: give a file '
+                     r'ending in \.json or \.csv$'):
+    predict.run('/nonexistent.npz', None, files['images'], output='top.txt')
+
+
+def _expected_rows(paths, logits, k, labels):
+  rows = []
+  for path, row in zip(paths, logits):
+    probabilities = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+    order = np.argsort(-row)[:k]
+    rows.append((path, [(int(i), labels[i], round(float(probabilities[i]), 6))
+                        for i in order]))
+  return rows
+
+
+def test_output_json_holds_the_top_k_of_every_image(files, photos,
+                                                     tmp_path):
+  out = tmp_path / 'top.json'
+  logits = predict.run(files['checkpoint'], None, [str(photos)], top_k=2,
+                       labels=files['labels'], output=str(out),
+                       batch_size=2)
+  paths = predict.expand_images([str(photos)])
+  # In batches of 2 or all at once: the same logits.
+  np.testing.assert_allclose(
+      logits, predict.run(files['checkpoint'], None, paths, batch_size=3),
+      rtol=1e-5, atol=1e-6)
+  labels = ['cat', 'dog', 'fox', 'owl']
+  expected = [{'path': path,
+               'top_k': [{'class': index, 'label': label,
+                          'probability': probability}
+                         for index, label, probability in top]}
+              for path, top in _expected_rows(paths, logits, 2, labels)]
+  assert json.loads(out.read_text()) == expected
+
+
+def test_output_csv_has_one_row_per_image_and_rank(files, tmp_path):
+  out = tmp_path / 'top.csv'
+  images = files['images'][:2]
+  logits = predict.run(files['checkpoint'], None, images, top_k=3,
+                       output=str(out))
+  lines = ['path,rank,class,label,probability']
+  for path, top in _expected_rows(images, logits, 3, [''] * 4):
+    lines += [f'{path},{rank},{index},,{probability}'
+              for rank, (index, _, probability) in enumerate(top, 1)]
+  assert out.read_text() == '\n'.join(lines) + '\n'

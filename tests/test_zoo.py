@@ -583,11 +583,36 @@ def test_update_readme_rewrites_only_the_table(tmp_path):
 
 def test_the_program_lists_and_fetches(bucket, capsys):
   _, cache = bucket
-  listed = weights.run()
+  listed = weights.run(names=True)
   assert listed.splitlines() == [e.name for e in zoo.released()]
   fetched = weights.run(fetch=VIT)
   assert fetched == f'{cache}/vit_models/{VIT}.npz'
   assert capsys.readouterr().out == f'{listed}\n{fetched}\n'
+
+
+AUGREG_CIFAR = ('augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-'
+                'sd_0.0--cifar100-steps_2k-lr_0.01-res_384')
+
+
+def test_the_listing_shows_model_resolution_classes_and_cache(bucket):
+  _, cache = bucket
+  entries = [zoo.resolve(name) for name in
+             (VIT, 'imagenet21k+imagenet2012/ViT-B_16', MIXER,
+              AUGREG_UNLISTED_I1K, AUGREG_CIFAR)]
+  before = weights.listing(entries).splitlines()
+  path = zoo.fetch(VIT)
+  megabytes = path.stat().length / 1e6
+  assert before[1].split() == ['ViT-B_16', '224', '21843', '-', VIT]
+  size = f'{megabytes:.1f} MB'.rjust(6)
+  assert weights.listing(entries).splitlines() == [
+      'model        px  classes  cached  name',
+      f'ViT-B_16    224    21843  {size}  {VIT}',
+      'ViT-B_16    384     1000       -  imagenet21k+imagenet2012/ViT-B_16',
+      f'Mixer-B_16  224    21843       -  {MIXER}',
+      f'ViT-S_16    224     1000       -  {AUGREG_UNLISTED_I1K}',
+      f'ViT-B_16    384        ?       -  {AUGREG_CIFAR}',
+      f'cached: in {cache} ("-": fetched on first use, or now by '
+      '--fetch=NAME)']
 
 
 def test_the_program_reports_an_unknown_name_in_one_line(capsys):

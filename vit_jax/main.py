@@ -28,6 +28,7 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax.cli import _flags as cli_flags
+from vit_jax import commands
 from vit_jax.training import loop
 from vit_jax.training import preemption
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -102,14 +103,22 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
     print(f'{e} (--workdir={workdir})', file=sys.stderr)
     sys.exit(preemption.EXIT_STATUS[e.signal_name])
   if record and jax.process_index() == 0:
-    print(f'Final test top-1 accuracy: {record["top1_accuracy"]:.4f} '
-          f'({int(record["num_examples"])} examples), '
-          f'{(time.time() - start) / 60:.1f} min wall time')
-    print(f'TensorBoard logs and metrics.jsonl: {workdir}')
-    print(f'Exported released-layout params: {workdir}/model.npz (and '
-          f'model.json, what the arrays cannot say); classify with: python '
-          f'-m vit_jax.cli.predict --checkpoint={workdir}/model.npz IMAGE...')
+    print(closing_summary(record, workdir, (time.time() - start) / 60))
 
+
+def closing_summary(record, workdir: str, minutes: float) -> str:
+  """What a finished run prints: the test accuracy, where the logs and the
+  exported model are, and the command (runnable as printed) that
+  classifies with the model."""
+  predict = commands.python_m('vit_jax.cli.predict')
+  return '\n'.join([
+      f'Final test top-1 accuracy: {record["top1_accuracy"]:.4f} '
+      f'({int(record["num_examples"])} examples), {minutes:.1f} min wall '
+      'time',
+      f'TensorBoard logs and metrics.jsonl: {workdir}',
+      f'Exported released-layout params: {workdir}/model.npz (and '
+      f'model.json, what the arrays cannot say); classify with: {predict} '
+      f'--checkpoint={workdir}/model.npz IMAGE...'])
 
 if __name__ == '__main__':
   define_flags()

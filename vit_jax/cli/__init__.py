@@ -9,6 +9,10 @@ imports them.
                                     (also `python -m vit_jax.export`)
   python -m vit_jax.cli.weights     list or fetch released checkpoints by name
 
+`vit-jax PROGRAM` (the console script; `python -m vit_jax.cli PROGRAM`
+without it) runs each as `python -m` does: train, predict, visualize,
+fewshot, export, weights (`vit_jax.cli.console`).
+
 The modules whose names start with `_` are the programs' shared helpers
 (flags and errors, process set-up, the host allocator). The speed and
 memory tools are not installed: they live in the repository-root

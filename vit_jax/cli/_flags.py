@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 
 from vit_jax.cli import _process
+from vit_jax import extras
 from vit_jax import models
 
 # Flags defined here belong to the program whose define_flags asks for them:
@@ -35,8 +36,10 @@ flags.disclaim_key_flags()
 # (`models.canonical_name`); OSError missing files, full disks and
 # permissions (train_checkpoints.CheckpointSaveError among them);
 # FloatingPointError is a training run whose loss stopped being finite,
-# fixed by the config's learning rate or clipping.
-USER_ERRORS = (OSError, ValueError, FloatingPointError)
+# fixed by the config's learning rate or clipping; MissingExtraError an
+# optional dependency to install (its message names the extra).
+USER_ERRORS = (OSError, ValueError, FloatingPointError,
+               extras.MissingExtraError)
 
 # What ml_collections' config flags raise for a config file or override they
 # cannot use: a missing file (OSError), a misspelt key (AttributeError holding

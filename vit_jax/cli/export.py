@@ -34,6 +34,7 @@ from absl import flags
 
 from vit_jax.cli import _flags as cli_flags
 from vit_jax import export
+from vit_jax import extras
 from vit_jax.training import preemption
 from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -60,6 +61,7 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   Raises:
     ValueError / FileNotFoundError: `out` cannot be created, or the
       checkpoint is missing, unreadable or does not fit the arguments.
+    extras.MissingExtraError: a converter or runtime is not installed.
   """
   if image_size is not None and image_size < 1:
     raise ValueError(f'--image_size={image_size} must be a positive integer '
@@ -70,8 +72,10 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   try:
     errors = export.export(loaded, out)
   except ImportError as e:
-    raise ValueError(f'{e.name or e} is missing: export needs the `export` '
-                     "extra (pip install 'vit_jax[export]')") from e
+    if not extras.is_optional(e.name):
+      raise
+    raise extras.MissingExtraError(extras.missing_message(e.name, 'export'),
+                                   name=e.name) from e
   size = loaded.image_size
   written = [f'{export.SAVED_MODEL}/', export.ONNX, export.TFLITE]
   if loaded.class_names:

@@ -1,12 +1,17 @@
 r"""Lists, tabulates and fetches the released checkpoints by name.
 
-  python -m vit_jax.cli.weights                 # the names, one a line
+  python -m vit_jax.cli.weights                 # a table: model, px, classes,
+                                                # cached, name
+  python -m vit_jax.cli.weights --names         # the names, one a line
   python -m vit_jax.cli.weights --markdown      # the table, as markdown
   python -m vit_jax.cli.weights --fetch=imagenet21k/ViT-B_16 \
       [--cache_dir=DIR]                             # prints the local path
   python -m vit_jax.cli.weights --update_readme=checkpoints/README.md
 
-Everything comes from `vit_jax.weights.zoo.released()`. checkpoints/README.md's table
+Everything comes from `vit_jax.weights.zoo.released()`. The listing's
+`cached` column is the size of the file in the cache ($VIT_JAX_CACHE, or
+--cache_dir), `-` when it is not there yet; the files' sizes before
+download are not recorded. checkpoints/README.md's table
 is this program's `--markdown` output, between the two marker comments;
 `--update_readme` rewrites it there (tests/test_zoo.py checks it is current).
 A fetch reads from the public buckets, or from $VIT_JAX_CHECKPOINT_BASE, into
@@ -30,6 +35,8 @@ END_MARKER = '<!-- END GENERATED -->'
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the command-line flags; only when run as a program."""
   define = cli_flags.definer(flag_values)
+  define(flags.DEFINE_bool, 'names', False,
+         'Print only the released names, one a line.')
   define(flags.DEFINE_bool, 'markdown', False,
          'Print the markdown table of the released checkpoints.')
   define(flags.DEFINE_string, 'fetch', None,
@@ -39,6 +46,38 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
          f'{zoo.DEFAULT_CACHE}.')
   define(flags.DEFINE_string, 'update_readme', None,
          'Rewrite the table between the marker comments of this file.')
+
+
+def _cached_size(entry: zoo.Released, cache_dir: Optional[str]) -> str:
+  """The cached file's size ('330.2 MB'), or '-' when it is not cached."""
+  path = zoo.cache_path(entry, cache_dir)
+  if not path.is_file():
+    return '-'
+  return f'{path.stat().length / 1e6:.1f} MB'
+
+
+def listing(entries: Optional[Sequence[zoo.Released]] = None,
+            cache_dir: Optional[str] = None) -> str:
+  """The released checkpoints as a text table (no trailing newline).
+
+  Columns: model, resolution (px), classes of the head ('?': not known
+  without the file), the cached file's size ('-': not cached) and the name
+  to pass as --checkpoint or --fetch.
+  """
+  entries = zoo.released() if entries is None else entries
+  rows = [('model', 'px', 'classes', 'cached', 'name')]
+  rows += [(e.model, str(e.resolution), str(e.num_classes or '?'),
+            _cached_size(e, cache_dir), e.name) for e in entries]
+  widths = [max(len(row[column]) for row in rows) for column in range(4)]
+  right = (False, True, True, True)  # Numbers to the right.
+  lines = []
+  for row in rows:
+    cells = [cell.rjust(width) if flush_right else cell.ljust(width)
+             for cell, width, flush_right in zip(row, widths, right)]
+    lines.append('  '.join([*cells, row[4]]))
+  lines.append(f'cached: in {zoo.cache_root(cache_dir)} ("-": fetched on '
+               'first use, or now by --fetch=NAME)')
+  return '\n'.join(lines)
 
 
 def _trained_on(entry: zoo.Released) -> str:
@@ -87,8 +126,8 @@ def update_readme(path) -> None:
 
 
 def run(*, markdown: bool = False, fetch: Optional[str] = None,
-        cache_dir: Optional[str] = None,
-        readme: Optional[str] = None) -> str:
+        cache_dir: Optional[str] = None, readme: Optional[str] = None,
+        names: bool = False) -> str:
   """Does what the flags ask and returns what it prints."""
   if fetch:
     output = str(zoo.fetch(fetch, cache_dir=cache_dir))
@@ -97,8 +136,10 @@ def run(*, markdown: bool = False, fetch: Optional[str] = None,
     output = f'updated the table in {readme}'
   elif markdown:
     output = markdown_table()
-  else:
+  elif names:
     output = '\n'.join(entry.name for entry in zoo.released())
+  else:
+    output = listing(cache_dir=cache_dir)
   print(output)
   return output
 
@@ -107,13 +148,14 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
   """Runs `run` on the parsed flags; user errors exit with status 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  chosen = [name for name in ('markdown', 'fetch', 'update_readme')
+  chosen = [name for name in ('names', 'markdown', 'fetch', 'update_readme')
             if flag_values[name].value]
   if len(chosen) > 1:
     raise app.UsageError(f'choose one of --{", --".join(chosen)}')
   cli_flags.exit_on_user_error(
       run, markdown=flag_values.markdown, fetch=flag_values.fetch,
-      cache_dir=flag_values.cache_dir, readme=flag_values.update_readme)
+      cache_dir=flag_values.cache_dir, readme=flag_values.update_readme,
+      names=flag_values.names)
 
 
 if __name__ == '__main__':

@@ -7,9 +7,14 @@ from vit_jax.cli import _process
 _process.quiet_tensorflow()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
+
 from vit_jax.cli import _flags as cli_flags
 from vit_jax.cli import export
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
+# --help shows the main module's docstring and key flags: the program's.
+__doc__ = export.__doc__  # pylint: disable=redefined-builtin
 export.define_flags()
+flags.adopt_module_key_flags(export)
 cli_flags.run(export.main)

@@ -54,6 +54,7 @@ from typing import Dict, Optional, Sequence, Tuple
 from absl import logging
 from etils import epath
 
+from vit_jax import commands
 from vit_jax.weights import download
 
 BASE_ENV = 'VIT_JAX_CHECKPOINT_BASE'
@@ -64,6 +65,11 @@ HTTPS_MIRROR = 'https://storage.googleapis.com'
 _VIT_BUCKET, _MIXER_BUCKET = 'vit_models', 'mixer_models'
 _IMAGENET21K, _IMAGENET2012 = 'imagenet21k', 'imagenet2012'
 _MAX_SUGGESTIONS = 5
+# Classes of the head a file trained last on this dataset has: ImageNet-21k's
+# 21,843 (the ViT paper's, AugReg's and Mixer's files alike, as timm's
+# configs for them record) and ImageNet-1k's 1,000. Others: not known
+# without reading the file.
+DATASET_CLASSES = {_IMAGENET21K: 21843, _IMAGENET2012: 1000}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +97,11 @@ class Released:
   path: str
   sha256: Optional[str] = None
   size: Optional[int] = None
+
+  @property
+  def num_classes(self) -> Optional[int]:
+    """The head's classes, from the last dataset; None: not known."""
+    return DATASET_CLASSES.get(self.datasets[-1])
 
   @property
   def url(self) -> str:
@@ -247,7 +258,8 @@ def resolve(name: str) -> Released:
   entry = _lookup(name)
   if entry is not None:
     return entry
-  hint = did_you_mean(name) or 'python -m vit_jax.cli.weights lists them.'
+  hint = did_you_mean(name) or (
+      f'{commands.python_m("vit_jax.cli.weights")} lists them.')
   raise ValueError(f'{name!r} is not a released checkpoint name: {hint}')
 
 
@@ -288,8 +300,14 @@ def source_path(entry: Released, base: Optional[str] = None) -> epath.Path:
 def cache_path(entry: Released, cache_dir=None) -> epath.Path:
   """Where `entry` is kept: `cache_dir`, else $VIT_JAX_CACHE, else
   ~/.cache/vit_jax; then `<bucket>/<path>`."""
+  return cache_root(cache_dir) / entry.bucket / entry.path
+
+
+def cache_root(cache_dir=None) -> epath.Path:
+  """The cache directory: `cache_dir`, else $VIT_JAX_CACHE, else
+  ~/.cache/vit_jax."""
   root = cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE
-  return epath.Path(root).expanduser() / entry.bucket / entry.path
+  return epath.Path(root).expanduser()
 
 
 def fetch(name: str, *, cache_dir=None) -> epath.Path:
