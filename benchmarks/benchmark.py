@@ -1,10 +1,11 @@
 r"""Throughput benchmark of a ViT variant, optionally against timm (PyTorch).
 
-  python -m benchmarks.benchmark --model=ViT-B_16 --batch_size=8 \
+  .venv/bin/python -m benchmarks.benchmark --model=ViT-B_16 --batch_size=8 \
       --image_size=224 --mode=inference --dtype=bfloat16 --compare=timm \
       --json_out=/tmp/bench.json
   # The training loop's own step of any experiment config:
-  python -m benchmarks.benchmark --config=configs/default.py --mode=train
+  .venv/bin/python -m benchmarks.benchmark --config=configs/default.py \
+      --mode=train
 
 How it measures (warm-up, interleaved timing, FLOPs, memory) is
 `protocol`; our step is `jax_side`, timm's `timm_side`.

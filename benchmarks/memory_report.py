@@ -1,6 +1,7 @@
 r"""Does a pre-training train state fit per device? Measured without devices.
 
-  python -m benchmarks.memory_report --model=ViT-H_14 --num_devices=8 \
+  .venv/bin/python -m benchmarks.memory_report --model=ViT-H_14 \
+      --num_devices=8 \
       [--device_memory_gib=16] [--batch_size=4096] [--grad_accum_steps=N] \
       [--remat_policy=full] [--image_size=224] [--num_classes=21843] \
       [--ema_decay=0] [--json_out=FILE]

@@ -2,7 +2,7 @@ r"""ViT on ImageNet-1k with AugReg's augmentation and regularisation levels:
 "How to train your ViT? Data, Augmentation, and Regularization in Vision
 Transformers" (Steiner et al. 2021).
 
-  python -m vit_jax.main --config=configs/augreg.py:ViT-B_16,medium2 \
+  .venv/bin/python -m vit_jax.main --config=configs/augreg.py:ViT-B_16,medium2 \
       --workdir=runs/b16_medium2 --config.data_dir=gs://YOUR_BUCKET/tfds
   # Optional overrides in the argument: ViT-S_16,light1,wd=0.03,do=0.1,sd=0.1
 

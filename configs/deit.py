@@ -2,7 +2,7 @@ r"""DeiT: ViT-Ti/S/B trained on ImageNet-1k alone, "Training data-efficient
 image transformers & distillation through attention" (Touvron et al. 2021),
 without the distillation.
 
-  python -m vit_jax.main --config=configs/deit.py:S \
+  .venv/bin/python -m vit_jax.main --config=configs/deit.py:S \
       --workdir=runs/deit_s --config.data_dir=gs://YOUR_BUCKET/tfds
 
 `arg` is the size: Ti | S | B. The paper's Table 1 (300 epochs, no

@@ -1,6 +1,6 @@
 r"""An MLP-Mixer trained from scratch on the real Fashion-MNIST, on CPU cores.
 
-  python -m vit_jax.main --config=configs/fashion_mnist_mixer.py \
+  .venv/bin/python -m vit_jax.main --config=configs/fashion_mnist_mixer.py \
       --workdir=runs/fashion_mnist_mixer [--config.model.tokens_mlp_dim=64]
 
 The Mixer counterpart of `configs/fashion_mnist_vit.py`, with the same data,

@@ -1,6 +1,6 @@
 r"""A pure ViT trained from scratch on the real Fashion-MNIST, on 2 CPU cores.
 
-  python -m vit_jax.main --config=configs/fashion_mnist_vit.py \
+  .venv/bin/python -m vit_jax.main --config=configs/fashion_mnist_vit.py \
       --workdir=runs/fashion_mnist_vit
 
 The model takes its patches straight from the pixels (no ResNet stem): 4x4

@@ -1,6 +1,6 @@
 r"""Fine-tuning a released checkpoint as in the paper's Table 4.
 
-  python -m vit_jax.main --config=configs/vit.py:ViT-B_16,cifar10 \
+  .venv/bin/python -m vit_jax.main --config=configs/vit.py:ViT-B_16,cifar10 \
       --workdir=runs/b16_cifar10 \
       [--config.pretrained_path=checkpoints/ViT-B_16.npz] [--config.lr=0.01]
 

@@ -1,7 +1,7 @@
 r"""A plain ViT-S/16 on ImageNet-1k from scratch: "Better plain ViT baselines
 for ImageNet-1k" (Beyer, Zhai and Kolesnikov 2022).
 
-  python -m vit_jax.main --config=configs/vit_i1k_plain.py:90ep \
+  .venv/bin/python -m vit_jax.main --config=configs/vit_i1k_plain.py:90ep \
       --workdir=runs/s16_i1k_90ep --config.data_dir=gs://YOUR_BUCKET/tfds
 
 `arg` is the length: 90ep | 150ep | 300ep. The paper reports 76.5% top-1

@@ -1,6 +1,6 @@
 r"""The paper's ViT-L/16 pre-training on JFT-300M (Table 3).
 
-  python -m vit_jax.main --config=configs/vit_l16_jft.py \
+  .venv/bin/python -m vit_jax.main --config=configs/vit_l16_jft.py \
       --workdir=runs/l16_jft --config.data_dir=/path/to/tfds/with/jft300m
 
 Adam (0.9, 0.999), batch 4096, lr 4e-4, weight decay 0.1, 10k warm-up steps,

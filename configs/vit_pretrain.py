@@ -1,6 +1,7 @@
 r"""Pre-training from scratch as in the paper's Table 3.
 
-  python -m vit_jax.main --config=configs/vit_pretrain.py:ViT-B_16,imagenet21k \
+  .venv/bin/python -m vit_jax.main \
+      --config=configs/vit_pretrain.py:ViT-B_16,imagenet21k \
       --workdir=runs/b16_i21k --config.data_dir=gs://YOUR_BUCKET/tfds
 
 Adam (beta1 0.9, beta2 0.999), batch 4096, 10k linear warm-up steps, 224 px,

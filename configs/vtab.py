@@ -1,6 +1,7 @@
 r"""VTAB-1k fine-tuning: the 19 tasks of the paper's Table 2 and Figure 2.
 
-  python -m vit_jax.main --config=configs/vtab.py:ViT-B_16,clevr_count \
+  .venv/bin/python -m vit_jax.main \
+      --config=configs/vtab.py:ViT-B_16,clevr_count \
       --workdir=runs/b16_vtab_clevr_count \
       [--config.pretrained_path=checkpoints/ViT-B_16.npz] \
       [--config.data_dir=~/tensorflow_datasets]

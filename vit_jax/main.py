@@ -1,6 +1,6 @@
 r"""Trains and evaluates a ViT: flags in, `vit_jax.training.loop` does the rest.
 
-  python -m vit_jax.main --config=configs/vit.py:ViT-B_16,cifar10 \
+  .venv/bin/python -m vit_jax.main --config=configs/vit.py:ViT-B_16,cifar10 \
       --workdir=/tmp/vit_cifar10 [--config.lr=0.01 ...]
 
 Many processes: pass --coordinator_address, --num_processes and --process_id

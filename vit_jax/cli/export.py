@@ -1,6 +1,6 @@
 r"""Writes a checkpoint out for serving: TF SavedModel, ONNX and TFLite.
 
-  python -m vit_jax.export --checkpoint=runs/default/model.npz \
+  .venv/bin/python -m vit_jax.export --checkpoint=runs/default/model.npz \
       --out=exported [--model=NAME] [--image_size=N]
 
 (`python -m vit_jax.cli.export` is the same program, which

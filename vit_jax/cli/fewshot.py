@@ -2,7 +2,8 @@ r"""Few-shot linear evaluation of a checkpoint's frozen features (paper 4.1).
 
 Run from the repository root:
 
-  python -m vit_jax.cli.fewshot --checkpoint=ViT-B_16.npz --dataset=cifar10 \
+  .venv/bin/python -m vit_jax.cli.fewshot --checkpoint=ViT-B_16.npz \
+      --dataset=cifar10 \
       [--model=ViT-B_16] [--data_dir=~/tensorflow_datasets] \
       [--train_split=train] [--test_split=test] [--image_size=224] \
       [--shots=1,5,10,25] [--seeds=0,1,2] [--val_per_class=10] \

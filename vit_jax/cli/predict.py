@@ -1,7 +1,7 @@
 r"""Classifies images with a checkpoint: our export, a released `.npz`, a
 timm checkpoint or a released name (see `vit_jax.weights.pretrained.load`).
 
-  python -m vit_jax.cli.predict --checkpoint=runs/default/model.npz \
+  .venv/bin/python -m vit_jax.cli.predict --checkpoint=runs/default/model.npz \
       [--image_size=384] [--top_k=5] [--labels=FILE|imagenet2012] \
       [--output=predictions.json|.csv] [--logits_out=logits.npy] IMAGE...
 

@@ -1,6 +1,6 @@
 r"""Looks inside a checkpoint: the ViT paper's Figures 6 and 7 as PNGs.
 
-  python -m vit_jax.cli.visualize --checkpoint=ViT-B_16.npz \
+  .venv/bin/python -m vit_jax.cli.visualize --checkpoint=ViT-B_16.npz \
       --out_dir=analysis [--model=ViT-B_16] [--image_size=224] IMAGE...
 
 writes to --out_dir:

@@ -1,12 +1,13 @@
 r"""Lists, tabulates and fetches the released checkpoints by name.
 
-  python -m vit_jax.cli.weights                 # a table: model, px, classes,
-                                                # cached, name
-  python -m vit_jax.cli.weights --names         # the names, one a line
-  python -m vit_jax.cli.weights --markdown      # the table, as markdown
-  python -m vit_jax.cli.weights --fetch=imagenet21k/ViT-B_16 \
-      [--cache_dir=DIR]                             # prints the local path
-  python -m vit_jax.cli.weights --update_readme=checkpoints/README.md
+  .venv/bin/python -m vit_jax.cli.weights            # a table: model, px,
+                                                     # classes, cached, name
+  .venv/bin/python -m vit_jax.cli.weights --names    # the names, one a line
+  .venv/bin/python -m vit_jax.cli.weights --markdown # the table, as markdown
+  .venv/bin/python -m vit_jax.cli.weights --fetch=imagenet21k/ViT-B_16 \
+      [--cache_dir=DIR]                              # prints the local path
+  .venv/bin/python -m vit_jax.cli.weights \
+      --update_readme=checkpoints/README.md
 
 Everything comes from `vit_jax.weights.zoo.released()`. The listing's
 `cached` column is the size of the file in the cache ($VIT_JAX_CACHE, or
