@@ -32,7 +32,7 @@ from etils import epath
 import numpy as np
 
 from vit_jax.cli import _flags as cli_flags
-from vit_jax.data import preprocess
+from vit_jax.data import image_file
 from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -152,7 +152,7 @@ def run(checkpoint_path: str, model_name: Optional[str],
     raise ValueError(f'{checkpoint_path} has no head: it gives features, not '
                      'classes')
   label_names = read_labels(labels, num_classes) or loaded.class_names
-  pixels = np.stack([preprocess.load_image(path, loaded.image_size,
+  pixels = np.stack([image_file.load_image(path, loaded.image_size,
                                            loaded.preprocessing)
                      for path in images])
   logits = pretrained.predict_logits(loaded.model, loaded.params, pixels,
