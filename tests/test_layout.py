@@ -177,7 +177,8 @@ def test_the_core_calls_no_extra_but_its_optional_features():
      'core module vit_jax.cli.predict imports tensorflow (vit_jax.cli.predict'
      ' -> vit_jax.data.preprocess): the core tier does not install it'),
     ({'models/vit.py': _INSIDE_A_FUNCTION.format('import orbax.checkpoint')},
-     False, 'core module vit_jax.models.vit imports orbax (vit_jax.models.vit)'),
+     False,
+     'core module vit_jax.models.vit imports orbax (vit_jax.models.vit)'),
     ({'weights/__init__.py': 'import clu\n', 'weights/npz.py': ''}, True,
      'core module vit_jax.weights.npz imports clu (vit_jax.weights.npz -> '
      'vit_jax.weights)'),
