@@ -81,8 +81,11 @@ _USE_THE_CORE = textwrap.dedent("""
                                        image[None])
     assert logits.shape == (1, 3) and np.isfinite(logits).all(), logits
     for program in ('predict', 'visualize', 'weights'):
-      subprocess.run([sys.executable, '-m', 'vit_jax.cli.' + program,
-                      '--help'], check=True, capture_output=True)
+      # absl's --help exits with status 1; a missing module is a traceback.
+      run = subprocess.run([sys.executable, '-m', 'vit_jax.cli.' + program,
+                            '--help'], capture_output=True, text=True)
+      assert 'Traceback' not in run.stderr, run.stderr
+      assert 'Try --helpfull' in run.stdout + run.stderr, program
     print('core ok')
 """)
 
