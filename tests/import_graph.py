@@ -25,13 +25,32 @@ def find_modules(package_dir: pathlib.Path) -> Dict[str, pathlib.Path]:
           for path in sorted(package_dir.rglob('*.py'))}
 
 
-def imported_names(module: str, path: pathlib.Path) -> Set[str]:
-  """The absolute names `module` imports, anywhere in the file: `a.b` for
-  `import a.b` and for `from a import b` (b a module or an attribute of a),
-  relative imports made absolute."""
+def _import_nodes(tree: ast.AST, import_time_only: bool):
+  """The import statements of `tree`; with `import_time_only`, only those
+  that run when the module is imported: not inside a function."""
+  if not import_time_only:
+    yield from ast.walk(tree)
+    return
+  stack = [tree]
+  while stack:
+    node = stack.pop()
+    yield node
+    stack.extend(
+        child for child in ast.iter_child_nodes(node)
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                  ast.Lambda)))
+
+
+def imported_names(module: str, path: pathlib.Path,
+                   import_time_only: bool = False) -> Set[str]:
+  """The absolute names `module` imports, anywhere in the file (or, with
+  `import_time_only`, outside functions): `a.b` for `import a.b` and for
+  `from a import b` (b a module or an attribute of a), relative imports made
+  absolute."""
   package = module if path.name == '__init__.py' else module.rpartition('.')[0]
   names = set()
-  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+  tree = ast.parse(path.read_text(), str(path))
+  for node in _import_nodes(tree, import_time_only):
     if isinstance(node, ast.Import):
       names.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom):
@@ -68,16 +87,18 @@ def is_program(module: str) -> bool:
       module == p or module.startswith(p + '.') for p in PROGRAM_PREFIXES)
 
 
-def import_graph(package_dir: pathlib.Path,
-                 programs: bool = False) -> Dict[str, Set[str]]:
+def import_graph(package_dir: pathlib.Path, programs: bool = False,
+                 import_time_only: bool = False) -> Dict[str, Set[str]]:
   """Library module (and program, if `programs`) -> the modules of ours that
-  importing it runs: the ones it names and the __init__ of their packages."""
+  importing it runs (with `import_time_only`: at once, not from inside a
+  function): the ones it names and the __init__ of their packages."""
   modules = find_modules(package_dir)
   graph = {}
   for module, path in modules.items():
     if is_program(module) and not programs:
       continue
-    named = named_modules(imported_names(module, path), set(modules))
+    named = named_modules(imported_names(module, path, import_time_only),
+                          set(modules))
     # Its own packages' __init__ already runs (or ran) before it; one it
     # names (`from vit_jax.models import VARIANTS`) must have finished.
     packages = set().union(*map(enclosing_packages, named)) & set(modules)

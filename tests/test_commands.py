@@ -46,7 +46,7 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
     extras.require('torch', '--compare=timm')
   assert str(error.value) == (
       "torch is not installed: --compare=timm needs the `bench` extra "
-      "(/env/bin/python -m pip install -e '.[bench]' from the repository "
+      "(/env/bin/python -m pip install -e '.[benchmark]' from the repository "
       'root)')
   assert error.value.name == 'torch'
 

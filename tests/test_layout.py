@@ -7,10 +7,15 @@ only the packages its floor names (`FLOORS`); no library module imports a
 program; no module imports the repository's `configs` or `benchmarks`
 (neither is installed); library modules import each other without cycles.
 Every import counts, the ones inside functions too: they run sooner or later.
+
+The core tier (`pip install .`: build, load and run models, predict,
+analyses, weights) imports nothing of the extras (`CORE`, `EXTRAS_MODULES`):
+at import time none at all, and from inside a function only the optional
+features `CORE_OPTIONAL` names.
 """
 
 import pathlib
-from typing import List
+from typing import Dict, List, Set
 
 import pytest
 
@@ -38,6 +43,28 @@ FLOORS = {
 }
 # Atomic file writes, optional dependencies, and printed commands.
 EVERYWHERE = {'atomic', 'extras', 'commands'}
+
+
+_INSIDE_A_FUNCTION = 'def f():\n  {}\n'
+
+# The modules (and packages) of the core tier, and so the __init__ of
+# vit_jax: importing them needs only install_requires.
+CORE = ('vit_jax.atomic', 'vit_jax.sharding', 'vit_jax.models',
+        'vit_jax.weights', 'vit_jax.analysis', 'vit_jax.data.image_file',
+        'vit_jax.cli.predict', 'vit_jax.cli.visualize', 'vit_jax.cli.weights')
+# Top-level modules of the extras (setup.py's extras_require): train, export,
+# notebook, benchmark.
+EXTRAS_MODULES = ('tensorflow', 'tensorflow_datasets', 'orbax', 'clu',
+                  'tensorboard', 'jax2onnx', 'onnx', 'onnxruntime',
+                  'ai_edge_litert', 'torch', 'torchvision', 'timm',
+                  'IPython', 'ipykernel', 'notebook', 'jupyterlab')
+# Extras a core module imports inside a function, for one optional feature.
+CORE_OPTIONAL = {
+    # --labels=imagenet2012 reads the label file TFDS ships.
+    ('vit_jax.cli.predict', 'tensorflow_datasets'),
+    # hide_gpus_from_tensorflow, which only the training programs call.
+    ('vit_jax.cli._process', 'tensorflow'),
+}
 
 
 def floor_of(module: str) -> str:
@@ -81,6 +108,47 @@ def _floor_violations(module: str, target: str) -> List[str]:
           f'{sorted(allowed - {floor})}']
 
 
+def is_core(module: str) -> bool:
+  return any(module == c or module.startswith(c + '.') for c in CORE)
+
+
+def _reached(graph: Dict[str, Set[str]], start: str) -> Dict[str, List[str]]:
+  """Every module importing `start` runs -> the chain of imports to it."""
+  chains = {start: [start]}
+  chains.update({package: [start, package] for package
+                 in graph_lib.enclosing_packages(start) if package in graph})
+  todo = list(chains)
+  while todo:
+    module = todo.pop()
+    for target in sorted(graph[module]):
+      if target not in chains:
+        chains[target] = chains[module] + [target]
+        todo.append(target)
+  return chains
+
+
+def core_violations(package_dir: pathlib.Path,
+                    import_time_only: bool) -> List[str]:
+  """Every import of an extra's module that a core module reaches (at import
+  time, or anywhere outside `CORE_OPTIONAL`), one line each."""
+  found = set()
+  modules = graph_lib.find_modules(package_dir)
+  graph = graph_lib.import_graph(package_dir, programs=True,
+                                 import_time_only=import_time_only)
+  for start in sorted(m for m in modules if is_core(m)):
+    for module, chain in _reached(graph, start).items():
+      names = graph_lib.imported_names(module, modules[module],
+                                       import_time_only)
+      for name in sorted({n.split('.')[0] for n in names} &
+                         set(EXTRAS_MODULES)):
+        if not import_time_only and (module, name) in CORE_OPTIONAL:
+          continue
+        found.add(f'core module {start} imports {name} '
+                  f'({" -> ".join(chain)}): the core tier does not '
+                  f'install it')
+  return sorted(found)
+
+
 def test_the_walk_finds_library_and_programs():
   graph = graph_lib.import_graph(PACKAGE)
   assert {'vit_jax.training.loop', 'vit_jax.models',
@@ -99,13 +167,50 @@ def test_the_library_keeps_its_floors():
   assert violations(PACKAGE) == []
 
 
+def test_importing_the_core_imports_no_extra():
+  assert core_violations(PACKAGE, import_time_only=True) == []
+
+
+def test_the_core_calls_no_extra_but_its_optional_features():
+  assert core_violations(PACKAGE, import_time_only=False) == []
+
+
+@pytest.mark.parametrize('files, import_time_only, message', [
+    ({'cli/predict.py': 'from vit_jax.data import preprocess\n',
+      'data/preprocess.py': 'import tensorflow as tf\n'}, True,
+     'core module vit_jax.cli.predict imports tensorflow (vit_jax.cli.predict'
+     ' -> vit_jax.data.preprocess): the core tier does not install it'),
+    ({'models/vit.py': _INSIDE_A_FUNCTION.format('import orbax.checkpoint')},
+     False,
+     'core module vit_jax.models.vit imports orbax (vit_jax.models.vit)'),
+    ({'weights/__init__.py': 'import clu\n', 'weights/npz.py': ''}, True,
+     'core module vit_jax.weights.npz imports clu (vit_jax.weights.npz -> '
+     'vit_jax.weights)'),
+])
+def test_the_core_rule_catches_an_extra(tmp_path, files, import_time_only,
+                                        message):
+  package_dir = graph_lib.write_tree(tmp_path, files)
+  found = core_violations(package_dir, import_time_only)
+  assert any(line.startswith(message) for line in found), found
+
+
+def test_lazy_and_optional_imports_keep_the_core_importable(tmp_path):
+  package_dir = graph_lib.write_tree(tmp_path, {
+      'models/vit.py': _INSIDE_A_FUNCTION.format('import tensorflow'),
+      'cli/predict.py': _INSIDE_A_FUNCTION.format(
+          'import tensorflow_datasets'),
+      'training/loop.py': 'import orbax.checkpoint\n'})
+  assert core_violations(package_dir, import_time_only=True) == []
+  assert core_violations(package_dir, import_time_only=False) == [
+      'core module vit_jax.models.vit imports tensorflow (vit_jax.models.vit)'
+      ': the core tier does not install it']
+
+
 def test_every_package_has_a_floor():
   packages = {floor_of(m) for m in graph_lib.find_modules(PACKAGE)} - {''}
   programs = {'main', 'cli'}
   assert packages - programs == set(FLOORS)
 
-
-_INSIDE_A_FUNCTION = 'def f():\n  {}\n'
 
 
 @pytest.mark.parametrize('files, message', [

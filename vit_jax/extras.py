@@ -27,9 +27,15 @@ EXTRA_OF = {
     'onnxruntime': 'export',
     'ai_edge_litert': 'export',
     # `benchmarks.benchmark --compare=timm`.
-    'torch': 'bench',
-    'torchvision': 'bench',
-    'timm': 'bench',
+    'torch': 'benchmark',
+    'torchvision': 'benchmark',
+    'timm': 'benchmark',
+    # Training: the input pipeline, train-state checkpoints, metrics.
+    'tensorflow': 'train',
+    'tensorflow_datasets': 'train',
+    'orbax': 'train',
+    'clu': 'train',
+    'tensorboard': 'train',
 }
 
 

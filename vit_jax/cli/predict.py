@@ -48,7 +48,7 @@ import numpy as np
 from vit_jax import atomic
 from vit_jax import extras
 from vit_jax.cli import _flags as cli_flags
-from vit_jax.data import preprocess
+from vit_jax.data import image_file
 from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -223,7 +223,7 @@ def _pixel_batches(images: Sequence[str], loaded: pretrained.LoadedModel,
                    batch_size: int) -> Iterator[np.ndarray]:
   """The images, decoded and normalised, batch_size at a time."""
   for start in range(0, len(images), batch_size):
-    yield np.stack([preprocess.load_image(path, loaded.image_size,
+    yield np.stack([image_file.load_image(path, loaded.image_size,
                                           loaded.preprocessing)
                     for path in images[start:start + batch_size]])
 

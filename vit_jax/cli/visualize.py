@@ -49,7 +49,7 @@ import numpy as np
 from vit_jax.analysis import measures
 from vit_jax.analysis import plots
 from vit_jax.cli import _flags as cli_flags
-from vit_jax.data import preprocess
+from vit_jax.data import image_file
 from vit_jax import models
 from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -295,14 +295,14 @@ def run(checkpoint_path: str, model_name: Optional[str],
                      'attention distances are computed on them')
   loaded = pretrained.load(checkpoint_path, model_name,
                            image_size=image_size, **model_overrides)
-  images = np.stack([preprocess.load_image(path, loaded.image_size,
+  images = np.stack([image_file.load_image(path, loaded.image_size,
                                            loaded.preprocessing)
                      for path in image_paths])
   name = model_name or os.path.basename(str(checkpoint_path).rstrip('/'))
   result = compute_analysis(loaded.model, loaded.params, images, name)
   # The figures draw [-1, 1] images, whatever the model's normalisation.
   shown = images if loaded.preprocessing == models.Preprocessing() else (
-      np.stack([preprocess.load_image(path, loaded.image_size)
+      np.stack([image_file.load_image(path, loaded.image_size)
                 for path in image_paths]))
   record = write_outputs(result, shown, image_paths, out_dir)
   _report(record, out_dir)

@@ -1,4 +1,4 @@
-"""Image preprocessing: TF ops for tf.data, and a single-image loader.
+"""Image preprocessing: TF ops for tf.data.
 
 Every model input is NHWC float32, `(x - mean) / std` per channel from
 uint8. The default mean = std = 127.5 maps [0, 255] to [-1, 1] with no
@@ -25,10 +25,10 @@ they existed: each step draws from its own sub-seed.
 
 import dataclasses
 import math
-import re
 
 import tensorflow as tf
 
+from vit_jax.data import image_file
 from vit_jax.data import randaugment
 
 # Inception-style crop ranges (Szegedy et al. 2015), as in the ViT code.
@@ -367,37 +367,6 @@ def eval_preprocess(image, image_size, normalization=None):
   return scale_pixels(resize(to_rgb(image), image_size), normalization)
 
 
-def load_image(path, image_size, normalization=None):
-  """Reads one image file as the model's evaluation input.
-
-  Uses the same ops as `eval_preprocess`, so a classified file gets exactly
-  the numbers an evaluation batch would.
-
-  Args:
-    path: a JPEG, PNG, GIF or BMP file.
-    image_size: output side in pixels.
-    normalization: the pixel normalisation (`scale_pixels`).
-
-  Returns:
-    numpy float32 (image_size, image_size, 3), normalised.
-
-  Raises:
-    FileNotFoundError: the file does not exist.
-    ValueError: the file cannot be decoded as an image.
-  """
-  try:
-    encoded = tf.io.read_file(path)
-  except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(f'Image file {path!r} does not exist.') from e
-  try:
-    image = decode_image(encoded)
-  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-    raise ValueError(
-        f'Cannot decode image file {path!r}: not a JPEG, PNG, GIF or BMP '
-        f'image, or the file is corrupt ({_op_error_reason(e)}).') from e
-  return eval_preprocess(image, image_size, normalization).numpy()
-
-
-def _op_error_reason(error):
-  """The human part of a TF op error message (no op and device names)."""
-  return re.sub(r'\{\{.*?\}\}|\[Op:.*', '', error.message).strip()
+# The single-image path lives in image_file (no TensorFlow): predict and the
+# library's users classify files without importing TensorFlow.
+load_image = image_file.load_image
