@@ -45,7 +45,7 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
   with pytest.raises(extras.MissingExtraError) as error:
     extras.require('torch', '--compare=timm')
   assert str(error.value) == (
-      "torch is not installed: --compare=timm needs the `bench` extra "
+      "torch is not installed: --compare=timm needs the `benchmark` extra "
       "(/env/bin/python -m pip install -e '.[benchmark]' from the repository "
       'root)')
   assert error.value.name == 'torch'
@@ -85,7 +85,7 @@ def test_benchmark_against_timm_without_torch_names_the_extra(monkeypatch):
   _without(monkeypatch, 'torch', 'timm')
   with pytest.raises(extras.MissingExtraError,
                      match=r'^torch is not installed: --compare=timm needs '
-                     'the `bench` extra'):
+                     'the `benchmark` extra'):
     protocol.require_comparison('timm')
 
 

@@ -359,10 +359,11 @@ def test_output_json_holds_the_top_k_of_every_image(files, photos,
                        labels=files['labels'], output=str(out),
                        batch_size=2)
   paths = predict.expand_images([str(photos)])
-  # In batches of 2 or all at once: the same logits.
+  # In batches of 2 or 3: the same logits, up to XLA's batch-shaped
+  # float32 reductions.
   np.testing.assert_allclose(
       logits, predict.run(files['checkpoint'], None, paths, batch_size=3),
-      rtol=1e-5, atol=1e-6)
+      rtol=1e-4, atol=1e-5)
   labels = ['cat', 'dog', 'fox', 'owl']
   expected = [{'path': path,
                'top_k': [{'class': index, 'label': label,
