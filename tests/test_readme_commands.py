@@ -30,7 +30,8 @@ VENV_CONSOLE = '.venv/bin/vit-jax'
 # flags as it is imported: the program it runs defines them.
 FLAG_MODULE = {'vit_jax.export': 'vit_jax.cli.export'}
 # Executables of .venv/bin that are not our programs, with what they need.
-OTHER_EXECUTABLES = {'.venv/bin/tfds': 'tensorflow_datasets'}
+OTHER_EXECUTABLES = {'.venv/bin/tfds': 'tensorflow_datasets',
+                     '.venv/bin/jupyter': 'notebook'}
 
 
 def readme_commands(text: str) -> List[str]:
