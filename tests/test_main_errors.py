@@ -25,6 +25,13 @@ def _errors(stderr):
           if not re.fullmatch(DEVICES_LINE, line)]
 
 
+def _run_default_config(*arguments):
+  """`python -m vit_jax.main --config=configs/default.py ARGUMENTS...`."""
+  return subprocess.run(
+      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
+       *arguments], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 def _parse(capsys, monkeypatch, *arguments):
   flag_values = flags.FlagValues()
   main.define_flags(flag_values)
@@ -75,11 +82,9 @@ def test_arguments_to_a_config_without_any_are_one_line(capsys, monkeypatch,
 @pytest.mark.parametrize('verbosity', [0, 1])
 def test_a_bad_value_found_at_run_time_is_one_line(tmp_path, verbosity):
   # The dtype is checked by the run, after the flags: the same one line.
-  result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
-       f'--workdir={tmp_path}/run', '--config.model.dtype=float17',
-       f'--verbosity={verbosity}'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = _run_default_config(
+      f'--workdir={tmp_path}/run', '--config.model.dtype=float17',
+      f'--verbosity={verbosity}')
   assert result.returncode == 1
   error = ("error: unknown dtype 'float17': choose one of ('auto', "
            "'float32', 'bfloat16')")
@@ -111,10 +116,8 @@ def test_a_misspelt_mixer_key_is_one_line(capsys, monkeypatch, tmp_path):
 def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
   # configs/default.py's config.model holds ViT keys: naming a Mixer alone
   # is refused before the workdir exists.
-  result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
-       f'--workdir={tmp_path}/run', '--config.model_name=Mixer-B_16'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = _run_default_config(
+      f'--workdir={tmp_path}/run', '--config.model_name=Mixer-B_16')
   assert result.returncode == 1
   errors = _errors(result.stderr)
   assert len(errors) == 1, errors
@@ -127,11 +130,9 @@ def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_missing_data_dir_is_one_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
-       f'--workdir={tmp_path}', '--config.dataset=imagefolder',
-       f'--config.data_dir={tmp_path}/nope'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = _run_default_config(
+      f'--workdir={tmp_path}', '--config.dataset=imagefolder',
+      f'--config.data_dir={tmp_path}/nope')
   assert result.returncode == 1
   errors = _errors(result.stderr)
   assert len(errors) == 1 and errors[0].startswith('error: '), errors
@@ -146,11 +147,9 @@ def test_a_class_only_in_test_is_one_line_before_the_workdir(tmp_path):
     for name in classes:
       os.makedirs(tmp_path / 'data' / split / name)
       data_helpers.write_png(tmp_path / 'data' / split / name / 'a.png', 4, 4)
-  result = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.main', '--config=configs/default.py',
-       f'--workdir={tmp_path}/run', '--config.dataset=imagefolder',
-       f'--config.data_dir={tmp_path}/data'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = _run_default_config(
+      f'--workdir={tmp_path}/run', '--config.dataset=imagefolder',
+      f'--config.data_dir={tmp_path}/data')
   assert result.returncode == 1
   errors = _errors(result.stderr)
   assert len(errors) == 1, errors
