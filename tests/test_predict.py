@@ -206,6 +206,16 @@ def test_cli_resnet_units_flag_loads_a_hybrid_with_changed_stages(
     assert error.startswith('error: ') and message in error, error
 
 
+def test_a_wrong_model_is_named_by_its_flag(files, capsys):
+  with pytest.raises(SystemExit):
+    _cli([f'--checkpoint={files["checkpoint"]}', '--model=ViT-S_16',
+          files['images'][0]])
+  error = capsys.readouterr().err
+  assert error.startswith('error: ') and error.rstrip().endswith(
+      'has num layers 1 but ViT-S_16 has 12: is --model=ViT-S_16 right for '
+      'this file?'), error
+
+
 def test_cli_mixer_flags_load_a_mixer_with_changed_mlp_widths(
     files, tmp_path, capsys):
   # A Mixer trained with config.model.tokens_mlp_dim and channels_mlp_dim

@@ -15,6 +15,7 @@ trained with (`define_model_flags`): one flag per variant key of the
 registered families (`vit_jax.models.variant_keys`).
 """
 
+import re
 import sys
 from typing import (Any, Callable, Dict, List, NoReturn, Optional, Sequence,
                     Tuple)
@@ -201,11 +202,28 @@ def _exit_with_error(message: str, details: Sequence[str] = ()) -> NoReturn:
   sys.exit(1)
 
 
+# The library's messages name its arguments (`pretrained.load(model_name=
+# ...)`, the architecture overrides); a program's user sets them with flags.
+_ARGUMENTS_AS_FLAGS = (
+    (re.compile(r"\bmodel_name='([^']*)'"), r'--model=\1'),
+    (re.compile(r"\b(\w+)=(\S+) was asked for"), r'--\1=\2 was asked for'),
+)
+
+
+def flag_spelling(message: str) -> str:
+  """`message` with the library's argument spellings as the flags that set
+  them (`model_name='B/16'` -> `--model=B/16`)."""
+  for pattern, flag in _ARGUMENTS_AS_FLAGS:
+    message = pattern.sub(flag, message)
+  return message
+
+
 def exit_on_user_error(function: Callable[..., Any], *args, **kwargs) -> Any:
   """Calls `function`; a USER_ERRORS exception prints `error: ...` to stderr
   (after its `details` lines, when it has them, e.g.
-  `run_identity.ConfigChangedError`) and exits with status 1."""
+  `run_identity.ConfigChangedError`), in flags (`flag_spelling`), and exits
+  with status 1."""
   try:
     return function(*args, **kwargs)
   except USER_ERRORS as e:
-    _exit_with_error(str(e), getattr(e, 'details', ()))
+    _exit_with_error(flag_spelling(str(e)), getattr(e, 'details', ()))
