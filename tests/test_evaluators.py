@@ -391,7 +391,7 @@ def test_make_evaluators_lists_every_evaluator_with_its_cadence_and_params(
 
 def test_a_long_evaluation_says_how_far_it_got(monkeypatch, caplog):
   monkeypatch.setattr(evaluators.common, 'PROGRESS_EVERY_S', 0.0)
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   mesh = sharding.make_mesh()
   step = evaluators.common.jit_on_mesh(
       lambda params, batch: {'count': jnp.sum(batch['label']) * params}, mesh)

@@ -191,7 +191,7 @@ def test_resuming_with_another_lr_is_refused_and_allowed_on_request(
 @pytest.mark.slow
 def test_the_first_window_after_a_resume_says_how_many_steps_it_averages(
     image_folder, tmp_path, caplog):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   config = helpers.tiny_config(image_folder, total_steps=6, log_every=4,
                                checkpoint_every=2, eval_every=0)
   workdir = str(tmp_path / 'run')
