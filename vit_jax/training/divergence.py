@@ -9,7 +9,7 @@ the state anyway. So a non-finite state is never saved, and the error names
 the first step that went wrong, not the step where it was noticed.
 """
 
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -29,13 +29,14 @@ class FiniteWatch:
     """Keeps `step`'s metrics (with their 'finite' flag) until `check`."""
     self._pending.append((step, metrics))
 
-  def check(self, newest_checkpoint: Optional[int],
+  def check(self, newest_checkpoint: Callable[[], Optional[int]],
             checkpoint_dir: str) -> None:
     """Raises DivergedError if a step since the last check was not finite.
 
     Args:
-      newest_checkpoint: the newest saved step (None: none), which is
-        finite: every save is checked first.
+      newest_checkpoint: gives the newest saved step (None: none), which is
+        finite: every save is checked first. Asked only for the message,
+        so a finite run never lists the checkpoints here.
       checkpoint_dir: where the checkpoints are, for the message.
     """
     pending, self._pending = self._pending, []
@@ -45,7 +46,7 @@ class FiniteWatch:
     for (step, metrics), finite in zip(pending, flags, strict=True):
       if not finite:
         raise DivergedError(_message(step, jax.device_get(metrics),
-                                     newest_checkpoint, checkpoint_dir))
+                                     newest_checkpoint(), checkpoint_dir))
 
 
 def _message(step: int, metrics: Dict[str, np.ndarray],

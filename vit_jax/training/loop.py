@@ -173,7 +173,7 @@ def _run_steps(spec: RunSpec, setup: setup_lib.Setup, state,
   progress = Progress(start_step, total_steps, spec.data.batch_size,
                       spec.log_every)
   watch = divergence.FiniteWatch()
-  check_finite = lambda: watch.check(checkpointer.latest_step(),
+  check_finite = lambda: watch.check(checkpointer.latest_step,
                                      str(checkpointer.directory))
   history, record = [], None
   try:
