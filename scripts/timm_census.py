@@ -1,6 +1,6 @@
 """Which of timm's pretrained ViT architectures load in vit_jax, exactly.
 
-For every architecture of vit_jax/weights/timm_architectures.json (every one
+For every architecture of vit_jax/models/timm_architectures.json (every one
 with a pretrained tag in timm's ViT modules), timm builds the model with one
 block and random weights, writes it with its own `save_for_hf` (config.json
 + model.safetensors), and vit_jax loads that directory through
@@ -28,7 +28,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-TABLE = (pathlib.Path(__file__).resolve().parents[1] / 'vit_jax' / 'weights' /
+TABLE = (pathlib.Path(__file__).resolve().parents[1] / 'vit_jax' / 'models' /
          'timm_architectures.json')
 TOLERANCE = 1e-4
 

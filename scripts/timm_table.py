@@ -1,4 +1,4 @@
-"""Writes vit_jax/weights/timm_architectures.json from timm's definitions.
+"""Writes vit_jax/models/timm_architectures.json from timm's definitions.
 
 For every architecture with a pretrained tag in timm's ViT modules, the
 table records what timm's model definition passes to its model class (the
@@ -25,7 +25,7 @@ from timm.models import _registry
 
 MODULES = ('vision_transformer', 'deit', 'vision_transformer_hybrid',
            'mlp_mixer', 'eva', 'naflexvit')
-OUT = (pathlib.Path(__file__).resolve().parents[1] / 'vit_jax' / 'weights' /
+OUT = (pathlib.Path(__file__).resolve().parents[1] / 'vit_jax' / 'models' /
        'timm_architectures.json')
 # build_model_with_cfg arguments that say how to build or load, not what.
 _BUILDER_ARGS = frozenset({
