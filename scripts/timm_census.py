@@ -57,8 +57,11 @@ def _timm_directory(architecture: str, entry: Dict[str, Any],
   """timm's one-block model of `architecture`, saved by timm into
   `directory`; returns (model, input size (C, H, W), mean, std)."""
   import timm  # pylint: disable=g-import-not-at-top
-  del entry
   model_args = {'depth': 1}
+  depth = entry['model_args'].get('depth')
+  for key, value in entry['model_args'].items():  # Per-block settings.
+    if isinstance(value, list) and len(value) == depth and depth > 2:
+      model_args[key] = value[:1]
   try:
     model = timm.create_model(architecture, pretrained=False, **model_args)
   except TypeError:  # A definition that fixes its depth (timm's Mixers).
