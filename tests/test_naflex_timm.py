@@ -175,13 +175,16 @@ def test_radio_without_a_final_norm_is_refused(tmp_path):
 @pytest.mark.parametrize('model_args, message', [
     ({'rope_type': 'axial'}, r"rotary position embeddings \(rope_type="
                              r"'axial'\)"),
-    ({'swiglu_mlp': True}, r'a gated MLP \(SwiGLU\) \(swiglu_mlp=True\)'),
-    ({'attn_type': 'eva'}, r"EVA attention blocks \(attn_type\)"),
+    ({'swiglu_mlp': True}, r'a gated MLP \(swiglu_mlp=True\)'),
+    ({'attn_type': 'eva'}, r"EVA attention blocks \(attn_type='eva'\)"),
     ({'qk_norm': True}, r'qk-norm \(qk_norm=True\)'),
     ({'scale_mlp_norm': True}, r'MLP hidden norm'),
     ({'embed_norm_layer': 'layernorm'}, r'a norm in the patch embedding'),
     ({'act_layer': 'silu'}, r"act_layer='silu'"),
-    ({'attn_pool_num_heads': 2}, r'pools with 2 heads beside 4'),
+    ({'attn_pool_num_heads': 2},
+     r'pools with attn_pool_num_heads=2 beside num_heads=4'),
+    ({'attn_pool_mlp_ratio': 3.0},
+     r'pools with attn_pool_mlp_ratio=3.0 beside mlp_ratio=2.0'),
     ({'pos_embed_antialias': False},
      r"resized with interp_mode, align_corners, antialias = \('bicubic', "
      r'False, False\)'),
@@ -193,7 +196,7 @@ def test_unsupported_settings_are_refused_by_name(tmp_path, model_args,
                                     model_args=model_args)
   with pytest.raises(ValueError, match=message) as error:
     timm_hub.read(directory)
-  assert 'vit_jax does not implement' in str(error.value) or (
+  assert 'does not implement' in str(error.value) or (
       'no NaFlexVitCfg field' in str(error.value))
 
 

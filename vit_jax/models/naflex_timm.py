@@ -62,23 +62,24 @@ _DEFAULTS = {
     'pos_embed_ar_preserving': False, 'pos_embed_antialias': True,
     'pos_embed_align_corners': False, 'patchify_channels_last': True,
     'embed_proj_type': 'linear', 'attn_pool_num_heads': None,
+    'attn_pool_mlp_ratio': None,
 }
 
 # (setting, the values our model computes, the feature another value
 # means): checked before any key is mapped, so a refusal names the feature.
 _SUPPORTED_SETTINGS = (
     ('rope_type', ('', 'none', None), 'rotary position embeddings'),
-    ('attn_type', ('standard',), "EVA attention blocks (attn_type)"),
-    ('swiglu_mlp', (False,), 'a gated MLP (SwiGLU)'),
+    ('attn_type', ('standard',), 'EVA attention blocks'),
+    ('swiglu_mlp', (False,), 'a gated MLP'),
     ('attn_gated', (False,), 'gated attention'),
     ('attn_only_layer_scale', (False,), 'LayerScale on attention only'),
-    ('num_kv_heads', (None,), 'grouped key/value heads (num_kv_heads)'),
+    ('num_kv_heads', (None,), 'grouped key/value heads'),
     ('qk_norm', (False,), 'qk-norm'),
     ('scale_attn_inner_norm', (False,), 'an attention inner norm'),
-    ('scale_mlp_norm', (False,), 'an MLP hidden norm (scale_mlp_norm)'),
-    ('block_fn', (None,), 'another block (block_fn)'),
-    ('mlp_layer', (None,), 'another MLP (mlp_layer)'),
-    ('attn_layer', (None, '', 'attn'), 'another attention (attn_layer)'),
+    ('scale_mlp_norm', (False,), 'an MLP hidden norm'),
+    ('block_fn', (None,), 'another block class'),
+    ('mlp_layer', (None,), 'another MLP class'),
+    ('attn_layer', (None, '', 'attn'), 'another attention class'),
     ('input_norm_layer', (None,), 'a norm of the patch pixels'),
     ('embed_norm_layer', (None,), 'a norm in the patch embedding'),
     ('norm_layer', (None, 'layernorm'), 'a norm other than LayerNorm'),
@@ -144,12 +145,13 @@ def _check_settings(cfg: Mapping[str, Any]) -> None:
         f'the NaFlexViT checkpoint uses act_layer={cfg["act_layer"]!r}, '
         'which vit_jax does not implement (it has gelu, gelu_tanh and '
         'quick_gelu)')
-  pool_heads = cfg['attn_pool_num_heads']
-  if pool_heads is not None and pool_heads != cfg['num_heads']:
-    raise family.CheckpointMismatchError(
-        f'the NaFlexViT checkpoint pools with {pool_heads} heads beside '
-        f'{cfg["num_heads"]} in its blocks (attn_pool_num_heads), which '
-        'vit_jax does not implement')
+  for pool_key, block_key in (('attn_pool_num_heads', 'num_heads'),
+                              ('attn_pool_mlp_ratio', 'mlp_ratio')):
+    if cfg[pool_key] not in (None, cfg[block_key]):
+      raise family.CheckpointMismatchError(
+          f'the NaFlexViT checkpoint pools with {pool_key}='
+          f'{cfg[pool_key]!r} beside {block_key}={cfg[block_key]!r} in its '
+          "blocks, which vit_jax's MAP head does not implement")
 
 
 def _pair(value) -> Tuple[int, int]:
