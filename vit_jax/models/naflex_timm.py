@@ -256,10 +256,11 @@ def vit_state_dict(arrays: Mapping[str, np.ndarray], cfg: Mapping[str, Any],
   out['patch_embed.proj.weight'] = _patch_weight(
       np.asarray(embeds.pop('proj.weight')), patch,
       bool(cfg['patchify_channels_last']))
-  for name in ('proj.bias', 'cls_token', 'reg_token'):
+  for name, timm_vit_key in (('proj.bias', 'patch_embed.proj.bias'),
+                             ('cls_token', 'cls_token'),
+                             ('reg_token', 'reg_token')):
     if name in embeds:
-      out[f'patch_embed.{name}' if name == 'proj.bias' else name] = (
-          embeds.pop(name))
+      out[timm_vit_key] = embeds.pop(name)
   pos_embed = position_embedding(arrays, cfg, grid)
   for name in ('pos_embed', 'pos_embed_y', 'pos_embed_x'):
     embeds.pop(name, None)
