@@ -75,7 +75,7 @@ def get_config():
 
   # --- Initialisation from a checkpoint --------------------------------------
   config.pretrained_path = ml_collections.FieldReference(None, str)  # Released-layout .npz to fine-tune from.
-  config.posemb_resize = 'bilinear_aligned'  # bilinear_aligned (original code) | bilinear | bicubic.
+  config.posemb_resize = 'bilinear_aligned'  # bilinear_aligned (original code) | bilinear | bicubic | bilinear_antialias | bicubic_antialias (see vit_jax.models.posemb).
 
   # --- Periodic actions --------------------------------------------------------
   config.log_every = 50  # Steps between progress lines and train metrics.

@@ -109,10 +109,24 @@ def forward(state_dict, images_BCHW, *, num_heads, global_pool='token',
   """timm's `model(images)` in eval mode: logits, or without `head` what
   timm gives with num_classes=0 (pooled features; every token for
   global_pool '')."""
-  p = {key: np.asarray(value, np.float64) for key, value in
-       state_dict.items()}
+  p = as_float64(state_dict)
   x = _patch_embed(p, np.asarray(images_BCHW, np.float64))
   x, num_prefix = _pos_embed(p, x, no_embed_class)
+  return encode_and_pool(p, x, num_prefix, num_heads=num_heads,
+                         global_pool=global_pool, eps=eps,
+                         activation=activation,
+                         pool_include_prefix=pool_include_prefix)
+
+
+def as_float64(state_dict):
+  return {key: np.asarray(value, np.float64)
+          for key, value in state_dict.items()}
+
+
+def encode_and_pool(p, x, num_prefix, *, num_heads, global_pool, eps,
+                    activation, pool_include_prefix):
+  """From the embedded tokens (B, N, D) on, as `forward`: norm_pre, the
+  blocks, the final norm, pooling and heads (timm's keys in float64 `p`)."""
   if 'norm_pre.weight' in p:
     x = _layer_norm(p, 'norm_pre', x, eps)
   layer = 0

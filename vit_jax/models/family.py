@@ -112,6 +112,31 @@ class ForeignLayout(abc.ABC):
     """
 
 
+class FirstRecognising(ForeignLayout):
+  """Several layouts in one container (timm's VisionTransformer and its
+  NaFlexVit both map to the ViT family): the first that recognises the
+  checkpoint reads it. Each must recognise only its own checkpoints."""
+
+  def __init__(self, *layouts: ForeignLayout):
+    self.layouts = layouts
+    self.describes = '; '.join(layout.describes for layout in layouts)
+
+  def _reader(self, config, arrays) -> Optional[ForeignLayout]:
+    return next((layout for layout in self.layouts
+                 if layout.recognises(config, arrays)), None)
+
+  def recognises(self, config: Mapping[str, Any],
+                 arrays: FlatParams) -> bool:
+    return self._reader(config, arrays) is not None
+
+  def to_params(self, config: Mapping[str, Any], arrays: FlatParams,
+                image_size: Tuple[int, int]) -> Tuple[Params, Dict[str, Any]]:
+    reader = self._reader(config, arrays)
+    if reader is None:
+      raise CheckpointMismatchError(f'not a checkpoint of {self.describes}')
+    return reader.to_params(config, arrays, image_size)
+
+
 class ModelFamily(abc.ABC):
   """One family of models; see the module docstring.
 

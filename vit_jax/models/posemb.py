@@ -13,6 +13,17 @@ Methods (results differ slightly, so the choice is explicit):
     default `resample_abs_pos_embed`; no antialiasing.
   bicubic: half-pixel-centre bicubic (Keys kernel a=-0.5; PyTorch's bicubic
     uses a=-0.75, so it is close to but not equal to timm's bicubic).
+  bilinear_antialias, bicubic_antialias: as bilinear and bicubic, but when
+    shrinking the kernel is widened by the shrink factor (a low-pass filter),
+    its weights renormalised over the samples inside the grid, as PIL does.
+
+As PyTorch's `F.interpolate(mode=..., align_corners=..., antialias=...)`
+(which timm uses to resize position embeddings) computes them, to float32
+rounding: bilinear_aligned is ('bilinear', True, False); bilinear is
+('bilinear', False, False); bilinear_antialias is ('bilinear', False, True);
+bicubic_antialias is ('bicubic', False, True) (PyTorch's antialiased bicubic
+uses PIL's a=-0.5 kernel). Antialiasing changes nothing when enlarging.
+PyTorch's plain bicubic is none of them.
 """
 
 import math
@@ -22,7 +33,8 @@ import jax
 import numpy as np
 import scipy.ndimage
 
-METHODS = ('bilinear_aligned', 'bilinear', 'bicubic')
+METHODS = ('bilinear_aligned', 'bilinear', 'bicubic', 'bilinear_antialias',
+           'bicubic_antialias')
 
 
 def sincos_2d(grid: Sequence[int], width: int,
@@ -107,7 +119,7 @@ def resize(pos_embedding_1ND: np.ndarray, new_grid: Sequence[int], *,
   else:
     resized_HWD = np.asarray(jax.image.resize(
         grid_HWD, (*new_grid, grid_HWD.shape[-1]),
-        method='cubic' if method == 'bicubic' else 'linear',
-        antialias=False))
+        method='cubic' if method.startswith('bicubic') else 'linear',
+        antialias=method.endswith('_antialias')))
   resized_1ND = resized_HWD.reshape(1, new_grid[0] * new_grid[1], -1)
   return np.concatenate([prefix_1PD, resized_1ND], axis=1).astype(np.float32)

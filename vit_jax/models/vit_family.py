@@ -8,7 +8,8 @@ hybrids of the released checkpoints.
 
 The released `.npz` layout and what a tree says about its model (read back
 by `describe`) are `vit_layout`; timm's layout of the same models is
-`vit_timm` (the family's `foreign_layouts`).
+`vit_timm`, and of its NaFlexViT `naflex_timm` (the family's
+`foreign_layouts`).
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from vit_jax.models import family
+from vit_jax.models import naflex_timm
 from vit_jax.models import posemb
 from vit_jax.models import vit
 from vit_jax.models import vit_layout
@@ -115,8 +117,10 @@ class VitFamily(family.ModelFamily):
                      'attention_dropout_rate', 'drop_path_rate',
                      'head_bias_init', 'scan_layers', 'remat_policy',
                      'attention')
-  # timm's ViT state dicts (hub directories and ids): vit_timm.py.
-  foreign_layouts = {'timm': vit_timm.LAYOUT}
+  # timm's ViT state dicts (hub directories and ids): vit_timm.py; its
+  # NaFlexVit's: naflex_timm.py.
+  foreign_layouts = {'timm': family.FirstRecognising(vit_timm.LAYOUT,
+                                                     naflex_timm.LAYOUT)}
 
   @property
   def variants(self) -> Mapping[str, Variant]:
