@@ -112,6 +112,27 @@ class ForeignLayout(abc.ABC):
     """
 
 
+class FirstRecognising(ForeignLayout):
+  """Several layouts of one family under one format name (timm's ViT and
+  its Eva): the first that recognises a checkpoint reads it."""
+
+  def __init__(self, *layouts: ForeignLayout):
+    self.layouts = layouts
+    self.describes = '; '.join(layout.describes for layout in layouts)
+
+  def _first(self, config, arrays) -> Optional[ForeignLayout]:
+    return next((layout for layout in self.layouts
+                 if layout.recognises(config, arrays)), None)
+
+  def recognises(self, config: Mapping[str, Any],
+                 arrays: FlatParams) -> bool:
+    return self._first(config, arrays) is not None
+
+  def to_params(self, config: Mapping[str, Any], arrays: FlatParams,
+                image_size: Tuple[int, int]) -> Tuple[Params, Dict[str, Any]]:
+    return self._first(config, arrays).to_params(config, arrays, image_size)
+
+
 class ModelFamily(abc.ABC):
   """One family of models; see the module docstring.
 
