@@ -70,7 +70,8 @@ _MODEL_ARGS_SHOWN = frozenset({
     'fix_init', 'drop_rate', 'pos_drop_rate', 'patch_drop_rate',
     'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate'})
 _MODEL_ARGS_READ = frozenset({'num_heads', 'act_layer', 'norm_layer',
-                              'global_pool', 'pool_include_prefix'})
+                              'global_pool', 'pool_include_prefix',
+                              'mlp_layer'})
 # model_args values that are timm's defaults although the key is a layer.
 _MODEL_ARGS_DEFAULTS = {'attn_layer': ('', 'attn'), 'embed_norm_layer': (None,)}
 
@@ -173,10 +174,9 @@ def _gated_mlp(config: Mapping[str, Any]) -> Dict[str, Any]:
   mlp_layer = merged.get('mlp_layer')
   name = timm_definitions.layer_name(mlp_layer) or ''
   bound = timm_definitions.layer_kwargs(mlp_layer)
-  # GluMlp defaults to a sigmoid gate in fc1's second half; SwiGLU(Packed)
-  # to SiLU. The block passes its act_layer, which wins over the partial's.
-  act = merged.get('act_layer') or bound.get('act_layer') or (
-      'sigmoid' if name == 'GluMlp' else 'silu')
+  # timm's Block passes its act_layer (default GELU) to the MLP, over the
+  # partial's; GluMlp's gate is fc1's second half unless gate_last=False.
+  act = merged.get('act_layer') or 'gelu'
   activation = _GATE_ACTIVATIONS.get(str(act).lower())
   if activation is None:
     raise family.CheckpointMismatchError(
