@@ -311,7 +311,7 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
     _mixed_freqs(arrays, out, num_layers)
   fc_norm = _final_norm(arrays, out, model_args, pool)
   has_map = arrays.has('attn_pool.latent')
-  map_options = _map_head(arrays, out, model_args, num_heads, mlp_dims,
+  map_options = _map_head(arrays, out, model_args, num_heads,
                           gated) if has_map else {}
   if len(mlp_dims) != 1 or len(gated) != 1:
     raise family.CheckpointMismatchError(
@@ -321,6 +321,8 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
   arrays.check_all_taken()
   block = 'Transformer/encoderblock_0'
   mlp_gated = gated.pop()
+  if map_options.get('map_mlp_dim') in mlp_dims:
+    map_options['map_mlp_dim'] = None  # The blocks' width.
   options = dict(
       activation='silu' if mlp_gated else 'gelu_erf',
       layer_norm_epsilon=epsilon, num_register_tokens=num_registers,
@@ -349,17 +351,18 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
   return tree, model_kwargs
 
 
-def _map_head(arrays, out, model_args, num_heads: int, mlp_dims: set,
+def _map_head(arrays, out, model_args, num_heads: int,
               gated: set) -> Dict[str, Any]:
-  """attn_pool -> MAPHead_0, when ours computes what timm's does."""
-  pool_heads = model_args.get('attn_pool_num_heads') or num_heads
-  if pool_heads != num_heads or True in gated:
+  """attn_pool -> MAPHead_0 (its own heads and MLP width, as Perception
+  Encoder's); returns the model options it needs."""
+  if True in gated:
     raise family.CheckpointMismatchError(
-        f'an attention pool of {pool_heads} heads beside {num_heads}-head '
-        'blocks, or beside gated MLPs: vit_jax\'s MAP head shares the '
-        "blocks' heads and MLP")
-  mlp_dims.add(vit_timm._map_head(arrays, out, num_heads))  # pylint: disable=protected-access
-  return {}
+        "an attention pool beside gated MLPs (timm's pool MLP is GELU): "
+        'vit_jax does not implement it')
+  pool_heads = int(model_args.get('attn_pool_num_heads') or num_heads)
+  mlp_dim = vit_timm._map_head(arrays, out, pool_heads)  # pylint: disable=protected-access
+  return {'map_num_heads': None if pool_heads == num_heads else pool_heads,
+          'map_mlp_dim': int(mlp_dim)}
 
 
 class EvaLayout(family.ForeignLayout):

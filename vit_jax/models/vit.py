@@ -117,6 +117,8 @@ class VisionTransformer(nn.Module):
     mlp_gated: gated MLPs, activation(Dense_0(x)) * Dense_value(x) (SwiGLU
       with activation 'silu'; Shazeer 2020, arXiv:2002.05202).
     mlp_norm: a LayerNorm on the MLPs' hidden units (`MlpBlock_0/LayerNorm_0`).
+    map_num_heads, map_mlp_dim: the MAP head's attention heads and MLP
+      width, when they differ from the blocks' (Perception Encoder's pool).
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -155,6 +157,8 @@ class VisionTransformer(nn.Module):
   attention_norm: bool = False
   mlp_gated: bool = False
   mlp_norm: bool = False
+  map_num_heads: Optional[int] = None
+  map_mlp_dim: Optional[int] = None
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -292,7 +296,8 @@ class VisionTransformer(nn.Module):
       return jnp.mean(x_BND[:, self.num_prefix_tokens:], axis=1)
     if self.classifier == 'map':
       return vit_blocks.MAPHead(
-          self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
+          self.map_num_heads or self.num_heads,
+          self.map_mlp_dim or self.mlp_dim, self.dtype, self.param_dtype,
           self.attention, self.activation, self.layer_norm_epsilon,
           name='MAPHead_0')(x_BND)
     return x_BND  # 'unpooled', 'token_unpooled': every token.
