@@ -236,7 +236,8 @@ def _final_norm(arrays, out, model_args, pool: str) -> bool:
   if fc_norm == post_norm or fc_norm != arrays.has('fc_norm.weight') or (
       post_norm != arrays.has('norm.weight')):
     raise family.CheckpointMismatchError(
-        f'final norms norm={post_norm}, fc_norm={fc_norm}: vit_jax needs '
+        f'final norms use_post_transformer_norm={post_norm}, '
+        f'use_fc_norm={fc_norm} (or arrays that disagree): vit_jax needs '
         'exactly one final LayerNorm')
   vit_timm._norm(arrays, out, 'fc_norm' if fc_norm else 'norm',  # pylint: disable=protected-access
                  'fc_norm' if fc_norm else 'Transformer/encoder_norm')
@@ -244,10 +245,6 @@ def _final_norm(arrays, out, model_args, pool: str) -> bool:
 
 
 def _classifier(pool: str, has_cls: bool, has_map: bool) -> str:
-  if pool not in ('token', 'avg', 'map', ''):
-    raise family.CheckpointMismatchError(
-        f"global_pool {pool!r}: vit_jax implements 'token', 'avg', 'map' "
-        "and ''")
   if (pool == 'map') != has_map:
     raise family.CheckpointMismatchError(
         "attn_pool arrays without global_pool 'map', or the reverse")
@@ -293,6 +290,10 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
   epsilon = _epsilon(model_args)
   pool = model_args.get('global_pool', config.get('global_pool'))
   pool = _EVA_DEFAULTS['global_pool'] if pool is None else pool
+  if pool not in ('token', 'avg', 'map', ''):
+    raise family.CheckpointMismatchError(
+        f"global_pool {pool!r}: vit_jax implements 'token', 'avg', 'map' "
+        "and ''")
   arrays, out = vit_timm._Arrays(timm_arrays), {}  # pylint: disable=protected-access
   width, patch_size = vit_timm._embedding(arrays, out)  # pylint: disable=protected-access
   num_heads = int(_arg(model_args, 'num_heads'))
