@@ -163,22 +163,21 @@ _D = np.zeros((48,), np.float32)
 UNSUPPORTED = {
     'qk-norm': (dict(add={'blocks.0.attn.q_norm.weight': np.ones(8)}),
                 'qk-norm'),
-    'SwiGLU': (dict(add={'blocks.0.mlp.fc1_g.weight': np.ones((96, 48))}),
-               'gated MLP'),
-    'SwiGLU packed': (dict(add={'blocks.1.mlp.fc1.weight': np.ones((192, 48)),
-                                'blocks.1.mlp.fc1.bias': np.ones(192)}),
-                      'gated MLP (SwiGLUPacked)'),
+    'SwiGLU without fc1_x': (dict(add={
+        'blocks.0.mlp.fc1_g.weight': np.ones((96, 48))}),
+                             "'blocks.0.mlp.fc1_x.weight'"),
+    'SwiGLU packed in one block only': (dict(add={
+        'blocks.1.mlp.fc1.weight': np.ones((192, 48)),
+        'blocks.1.mlp.fc1.bias': np.ones(192)}), 'Dense_value'),
     'patch_embed.norm': (dict(add={'patch_embed.norm.weight': _D}),
                          'norm in the patch embedding'),
-    'scale_attn_norm': (dict(add={'blocks.0.attn.norm.weight': _D}),
-                        'scale_attn_norm'),
+    'scale_attn_norm without bias': (dict(add={
+        'blocks.0.attn.norm.weight': _D}), "'blocks.0.attn.norm.bias'"),
     'rotary keys': (dict(add={'rope.freqs': np.ones(4)}), 'rotary'),
     'differential attention': (dict(add={'blocks.0.attn.lambda_q1': _D}),
                                'differential attention'),
     'hybrid backbone': (dict(add={'patch_embed.backbone.conv.weight': _D}),
                         'CNN backbone'),
-    'rotary by name': (dict(config_changes={
-        'architecture': 'vit_base_patch16_rope_224'}), 'rotary'),
     'post-norm by name': (dict(config_changes={
         'architecture': 'vit_base_patch16_rpn_224'}), 'post-norm'),
     'avgmax': (dict(model_args={'global_pool': 'avgmax'}), "'avgmax'"),

@@ -113,8 +113,8 @@ class ForeignLayout(abc.ABC):
 
 
 class FirstRecognising(ForeignLayout):
-  """Several layouts in one container (timm's VisionTransformer and its
-  NaFlexVit both map to the ViT family): the first that recognises the
+  """Several layouts under one format name (timm's VisionTransformer, Eva
+  and NaFlexVit all map to the ViT family): the first that recognises the
   checkpoint reads it. Each must recognise only its own checkpoints."""
 
   def __init__(self, *layouts: ForeignLayout):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from vit_jax.models import layers
 from vit_jax.models import resnet
+from vit_jax.models import rope as rope_lib
 from vit_jax.models import stochastic_depth
 from vit_jax.models import vit_blocks
 
@@ -103,7 +104,21 @@ class VisionTransformer(nn.Module):
       its average-pooling models; He et al. 2022, MAE).
     qkv_bias: False drops the query, key and value biases.
     layer_norm_epsilon: of every LayerNorm (1e-6 released; CLIP 1e-5).
-    activation: the MLPs' nonlinearity, one of vit_blocks.ACTIVATIONS.
+    activation: the MLPs' nonlinearity, one of vit_blocks.ACTIVATIONS
+      (of the gate, with `mlp_gated`).
+    rope: None, or rotary position embeddings of the patch tokens in every
+      attention layer, one of rope.KINDS ('axial': EVA-02's and the
+      `_rope_` ViTs'; 'dinov3'; 'mixed': learned per-layer frequencies
+      `rope_freqs`). `vit_jax.models.rope` gives the papers and numerics;
+      the `rope_*` fields below are its settings (`rope_ref_grid`: the
+      (rows, cols) 'axial' positions are rescaled onto, or None).
+    attention_norm: a LayerNorm on each attention output before its `out`
+      projection (`MultiHeadDotProductAttention_0/LayerNorm_0`).
+    mlp_gated: gated MLPs, activation(Dense_0(x)) * Dense_value(x) (SwiGLU
+      with activation 'silu'; Shazeer 2020, arXiv:2002.05202).
+    mlp_norm: a LayerNorm on the MLPs' hidden units (`MlpBlock_0/LayerNorm_0`).
+    map_num_heads, map_mlp_dim: the MAP head's attention heads and MLP
+      width, when they differ from the blocks' (Perception Encoder's pool).
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -133,6 +148,17 @@ class VisionTransformer(nn.Module):
   qkv_bias: bool = True
   layer_norm_epsilon: float = vit_blocks.LAYER_NORM_EPSILON
   activation: str = 'gelu_tanh'
+  rope: Optional[str] = None
+  rope_temperature: float = 10000.0
+  rope_grid_indexing: str = 'ij'
+  rope_grid_offset: float = 0.0
+  rope_ref_grid: Optional[Sequence[int]] = None
+  rope_rotate_half: bool = False
+  attention_norm: bool = False
+  mlp_gated: bool = False
+  mlp_norm: bool = False
+  map_num_heads: Optional[int] = None
+  map_mlp_dim: Optional[int] = None
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -154,6 +180,10 @@ class VisionTransformer(nn.Module):
     if self.distillation and self.classifier != 'token':
       raise ValueError(f'distillation=True needs classifier \'token\', got '
                        f'{self.classifier!r}')
+    if self.rope is not None:
+      vit_blocks.check_choice('rope', self.rope, rope_lib.KINDS)
+      vit_blocks.check_choice('rope_grid_indexing', self.rope_grid_indexing,
+                              rope_lib.GRID_INDEXINGS)
     if not self.layer_norm_epsilon > 0:
       raise ValueError(f'layer_norm_epsilon must be > 0, got '
                        f'{self.layer_norm_epsilon}')
@@ -202,6 +232,8 @@ class VisionTransformer(nn.Module):
         drop_path_rate=self.drop_path_rate, posemb=self.posemb,
         posemb_covers_prefix=self.posemb_covers_prefix,
         pre_norm=self.pre_norm, final_norm=not self.fc_norm,
+        rope=self._rope(), attention_norm=self.attention_norm,
+        mlp_gated=self.mlp_gated, mlp_norm=self.mlp_norm,
         name='Transformer')(
             x_BND, train=train, grid=(rows, cols),
             num_prefix_tokens=self.num_prefix_tokens,
@@ -220,6 +252,15 @@ class VisionTransformer(nn.Module):
                    name='pre_logits')(x)
       x = jnp.tanh(x)
     return self._head(x)
+
+  def _rope(self) -> Optional[rope_lib.Rope]:
+    if self.rope is None:
+      return None
+    return rope_lib.Rope(
+        self.rope, float(self.rope_temperature), self.rope_grid_indexing,
+        float(self.rope_grid_offset),
+        None if self.rope_ref_grid is None else tuple(self.rope_ref_grid),
+        bool(self.rope_rotate_half))
 
   def _prefix_token(self, name: str, count: int, init, x_BND):
     token_1PD = self.param(name, init, (1, count, x_BND.shape[-1]),
@@ -255,7 +296,8 @@ class VisionTransformer(nn.Module):
       return jnp.mean(x_BND[:, self.num_prefix_tokens:], axis=1)
     if self.classifier == 'map':
       return vit_blocks.MAPHead(
-          self.num_heads, self.mlp_dim, self.dtype, self.param_dtype,
+          self.map_num_heads or self.num_heads,
+          self.map_mlp_dim or self.mlp_dim, self.dtype, self.param_dtype,
           self.attention, self.activation, self.layer_norm_epsilon,
           name='MAPHead_0')(x_BND)
     return x_BND  # 'unpooled', 'token_unpooled': every token.

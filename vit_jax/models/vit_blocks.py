@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from vit_jax.models import layers
 from vit_jax.models import posemb
+from vit_jax.models import rope as rope_lib
 from vit_jax.models import stochastic_depth
 
 Dtype = Any
@@ -37,6 +38,9 @@ ACTIVATIONS = {
     'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
     'gelu_erf': lambda x: nn.gelu(x, approximate=False),
     'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
+    # Gates of gated MLPs (SwiGLU: Shazeer 2020, arXiv:2002.05202; GLU).
+    'silu': jax.nn.silu,
+    'sigmoid': jax.nn.sigmoid,
 }
 
 _xavier = nn.initializers.xavier_uniform()
@@ -77,6 +81,13 @@ class MultiHeadAttention(nn.Module):
       wanted or attention dropout is active.
   `qkv_bias`: False drops the query, key and value biases (timm's
   `qkv_bias=False` models); `out` keeps its bias.
+  `rope`: rotary embeddings of the queries' and keys' patch tokens (the
+  `rope_grid` after `num_prefix_tokens`), see `vit_jax.models.rope`; its
+  'mixed' kind learns `rope_freqs` (2, heads, head_dim / 2).
+  `inner_norm`: a LayerNorm `LayerNorm_0` (scale and bias (heads,
+  head_dim)) on the attention output before `out` (timm's
+  `scale_attn_inner` / `scale_attn_norm`; NormFormer, Shleifer et al.
+  2021, arXiv:2110.09456).
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -84,6 +95,11 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
   implementation: str = 'auto'
   qkv_bias: bool = True
+  rope: Optional[rope_lib.Rope] = None
+  rope_grid: Tuple[int, int] = (0, 0)
+  num_prefix_tokens: int = 0
+  inner_norm: bool = False
+  layer_norm_epsilon: float = LAYER_NORM_EPSILON
 
   def _use_fused(self, capture_weights: bool, use_dropout: bool) -> bool:
     if self.implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -115,6 +131,8 @@ class MultiHeadAttention(nn.Module):
     q_BQAE = projection('query')(queries_BQD)
     k_BKAE = projection('key')(x_BND)
     v_BKAE = projection('value')(x_BND)
+    if self.rope is not None:
+      q_BQAE, k_BKAE = self._rotate(q_BQAE, k_BKAE, head_dim)
 
     use_dropout = train and self.dropout_rate > 0
     if self._use_fused(capture_weights, use_dropout):
@@ -132,20 +150,50 @@ class MultiHeadAttention(nn.Module):
           weights_BAQK, deterministic=not use_dropout)
       out_BQAE = layers.einsum('baqk,bkae->bqae', weights_BAQK, v_BKAE,
                                self.dtype)
+    if self.inner_norm:
+      out_BQAE = nn.LayerNorm(
+          epsilon=self.layer_norm_epsilon, dtype=jnp.float32,
+          param_dtype=self.param_dtype, reduction_axes=(-2, -1),
+          feature_axes=(-2, -1), name='LayerNorm_0')(out_BQAE)
 
     return nn.DenseGeneral(
         hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=_xavier, dot_general=layers.dot_general(self.dtype),
         name='out')(out_BQAE)
 
+  def _rotate(self, q_BQAE, k_BKAE, head_dim: int):
+    """The queries and keys with their patch tokens rotated."""
+    self.rope.check(head_dim)
+    freqs_2AF = None
+    if self.rope.kind == 'mixed':
+      freqs_2AF = self.param(
+          'rope_freqs', rope_lib.mixed_freqs_init(self.rope.temperature),
+          (2, self.num_heads, head_dim // 2), self.param_dtype)
+    sin_NAE, cos_NAE = rope_lib.sin_cos(self.rope, self.rope_grid, head_dim,
+                                        freqs_2AF)
+    rotate = lambda x: rope_lib.apply(
+        x, sin_NAE, cos_NAE, num_prefix_tokens=self.num_prefix_tokens,
+        rotate_half=self.rope.rotate_half)
+    return rotate(q_BQAE), rotate(k_BKAE)
+
 
 class MlpBlock(nn.Module):
-  """Dense -> activation (tanh-GELU) -> dropout -> Dense -> dropout."""
+  """Dense -> activation (tanh-GELU) -> dropout -> Dense -> dropout.
+
+  `gated`: a gated linear unit (Shazeer 2020, "GLU Variants Improve
+  Transformer", arXiv:2002.05202): activation(Dense_0(x)) * Dense_value(x)
+  replaces activation(Dense_0(x)) (SwiGLU with activation 'silu').
+  `inner_norm`: a LayerNorm `LayerNorm_0` on the hidden units before
+  Dense_1 (timm's `scale_mlp` / `scale_mlp_norm`).
+  """
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   activation: str = 'gelu_tanh'
+  gated: bool = False
+  inner_norm: bool = False
+  layer_norm_epsilon: float = LAYER_NORM_EPSILON
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -155,7 +203,12 @@ class MlpBlock(nn.Module):
         dot_general=layers.dot_general(self.dtype), name=name)
     y = dense(self.mlp_dim, 'Dense_0')(x)
     y = activation_fn(self.activation)(y)
+    if self.gated:
+      y = y * dense(self.mlp_dim, 'Dense_value')(x)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    if self.inner_norm:
+      y = layer_norm('LayerNorm_0', self.param_dtype,
+                     self.layer_norm_epsilon)(y).astype(y.dtype)
     y = dense(x.shape[-1], 'Dense_1')(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
@@ -202,6 +255,13 @@ class EncoderBlock(nn.Module):
   layer_norm_epsilon: float = LAYER_NORM_EPSILON
   layer_scale_init: Optional[float] = None
   drop_path_rate: float = 0.0
+  # Options of timm's Eva blocks (see MultiHeadAttention and MlpBlock).
+  rope: Optional[rope_lib.Rope] = None
+  rope_grid: Tuple[int, int] = (0, 0)
+  num_prefix_tokens: int = 0
+  attention_norm: bool = False
+  mlp_gated: bool = False
+  mlp_norm: bool = False
 
   @nn.compact
   def __call__(self, x_BND, drop_path_rate=None):
@@ -213,7 +273,10 @@ class EncoderBlock(nn.Module):
     y = self._norm('LayerNorm_0')(x_BND)
     y = MultiHeadAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,
-        self.param_dtype, self.attention, self.qkv_bias,
+        self.param_dtype, self.attention, self.qkv_bias, rope=self.rope,
+        rope_grid=self.rope_grid, num_prefix_tokens=self.num_prefix_tokens,
+        inner_norm=self.attention_norm,
+        layer_norm_epsilon=self.layer_norm_epsilon,
         name='MultiHeadDotProductAttention_0')(
             y, train=train, capture_weights=self.capture_attention,
             num_queries=self.query_tokens)
@@ -221,7 +284,10 @@ class EncoderBlock(nn.Module):
     x_BND = x_BND[:, :self.query_tokens] + self._branch(y, 0, rate)
     y = self._norm('LayerNorm_1')(x_BND)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
-                 self.activation, name='MlpBlock_0')(y, train=train)
+                 self.activation, gated=self.mlp_gated,
+                 inner_norm=self.mlp_norm,
+                 layer_norm_epsilon=self.layer_norm_epsilon,
+                 name='MlpBlock_0')(y, train=train)
     return x_BND + self._branch(y, 1, rate)
 
   def _norm(self, name: str) -> nn.LayerNorm:
@@ -322,6 +388,10 @@ class Encoder(nn.Module):
   posemb_covers_prefix: bool = True
   pre_norm: bool = False
   final_norm: bool = True
+  rope: Optional[rope_lib.Rope] = None
+  attention_norm: bool = False
+  mlp_gated: bool = False
+  mlp_norm: bool = False
 
   @nn.compact
   def __call__(self, x_BND, *, train: bool, grid: Tuple[int, int] = (0, 0),
@@ -355,7 +425,12 @@ class Encoder(nn.Module):
         param_dtype=self.param_dtype, train=train, attention=self.attention,
         qkv_bias=self.qkv_bias, activation=self.activation,
         layer_norm_epsilon=self.layer_norm_epsilon,
-        layer_scale_init=self.layer_scale_init)
+        layer_scale_init=self.layer_scale_init,
+        attention_norm=self.attention_norm, mlp_gated=self.mlp_gated,
+        mlp_norm=self.mlp_norm)
+    if self.rope is not None:
+      block_kwargs.update(rope=self.rope, rope_grid=tuple(grid),
+                          num_prefix_tokens=num_prefix_tokens)
     rates = stochastic_depth.rates(self.drop_path_rate, self.num_layers)
     if self.scan_layers:
       if capture_attention or capture_block_outputs:

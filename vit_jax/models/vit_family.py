@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vit_jax.models import eva_timm
 from vit_jax.models import family
 from vit_jax.models import naflex_timm
 from vit_jax.models import posemb
@@ -117,10 +118,10 @@ class VitFamily(family.ModelFamily):
                      'attention_dropout_rate', 'drop_path_rate',
                      'head_bias_init', 'scan_layers', 'remat_policy',
                      'attention')
-  # timm's ViT state dicts (hub directories and ids): vit_timm.py; its
-  # NaFlexVit's: naflex_timm.py.
-  foreign_layouts = {'timm': family.FirstRecognising(vit_timm.LAYOUT,
-                                                     naflex_timm.LAYOUT)}
+  # timm's ViT state dicts (hub directories and ids): vit_timm.py, its Eva
+  # models: eva_timm.py, its NaFlexVit: naflex_timm.py.
+  foreign_layouts = {'timm': family.FirstRecognising(
+      eva_timm.LAYOUT, naflex_timm.LAYOUT, vit_timm.LAYOUT)}
 
   @property
   def variants(self) -> Mapping[str, Variant]:

@@ -116,16 +116,35 @@ def _dense(arrays: _Arrays, out, timm: str, ours: str) -> np.ndarray:
   return out[f'{ours}/kernel']
 
 
-def _mlp(arrays: _Arrays, out, timm: str, ours: str) -> int:
-  """fc1, fc2 -> Dense_0, Dense_1; returns the MLP width."""
-  kernel_DM = _dense(arrays, out, f'{timm}.fc1', f'{ours}/Dense_0')
+def _mlp(arrays: _Arrays, out, timm: str, ours: str,
+         gate_last: bool = False) -> int:
+  """fc1, fc2 -> Dense_0, Dense_1; returns the MLP width. Gated MLPs:
+  SwiGLU's fc1_g (activated), fc1_x -> Dense_0, Dense_value; GluMlp's
+  packed fc1 (twice fc2's inputs) -> its activated half (the second with
+  `gate_last`) as Dense_0, the other as Dense_value. An inner `norm` ->
+  LayerNorm_0."""
+  if arrays.has(f'{timm}.fc1_g.weight'):
+    _dense(arrays, out, f'{timm}.fc1_g', f'{ours}/Dense_0')
+    _dense(arrays, out, f'{timm}.fc1_x', f'{ours}/Dense_value')
+  else:
+    _dense(arrays, out, f'{timm}.fc1', f'{ours}/Dense_0')
+  kernel_DM = out[f'{ours}/Dense_0/kernel']
   kernel_MD = _dense(arrays, out, f'{timm}.fc2', f'{ours}/Dense_1')
-  if kernel_DM.shape[1] != kernel_MD.shape[0]:
+  if kernel_DM.shape[1] == 2 * kernel_MD.shape[0]:
+    halves = [slice(None, kernel_MD.shape[0]), slice(kernel_MD.shape[0], None)]
+    gate, value = halves[::-1] if gate_last else halves
+    bias_M = out[f'{ours}/Dense_0/bias']
+    out[f'{ours}/Dense_value/kernel'] = kernel_DM[:, value]
+    out[f'{ours}/Dense_value/bias'] = bias_M[value]
+    out[f'{ours}/Dense_0/kernel'] = kernel_DM[:, gate]
+    out[f'{ours}/Dense_0/bias'] = bias_M[gate]
+  elif kernel_DM.shape[1] != kernel_MD.shape[0]:
     raise family.CheckpointMismatchError(
         f'{timm}.fc1 has {kernel_DM.shape[1]} outputs but fc2 '
-        f'{kernel_MD.shape[0]} inputs: a gated MLP (SwiGLUPacked), which '
-        'vit_jax does not implement')
-  return kernel_DM.shape[1]
+        f'{kernel_MD.shape[0]} inputs: an MLP vit_jax does not implement')
+  if arrays.has(f'{timm}.norm.weight'):
+    _norm(arrays, out, f'{timm}.norm', f'{ours}/LayerNorm_0')
+  return kernel_MD.shape[0]
 
 
 def _heads(weight_OI: np.ndarray, num_heads: int) -> np.ndarray:
@@ -163,7 +182,8 @@ def _split_heads(arrays: _Arrays, out, timm: str, ours: str,
       out[f'{ours}/{name}/bias'] = bias[rows].reshape(num_heads, -1)
 
 
-def _block(arrays: _Arrays, out, layer: int, num_heads: int) -> int:
+def _block(arrays: _Arrays, out, layer: int, num_heads: int,
+           gate_last: bool = False) -> int:
   """blocks.{layer} -> Transformer/encoderblock_{layer}; its MLP width."""
   timm, ours = f'blocks.{layer}', f'Transformer/encoderblock_{layer}'
   attention = f'{ours}/MultiHeadDotProductAttention_0'
@@ -172,8 +192,14 @@ def _block(arrays: _Arrays, out, layer: int, num_heads: int) -> int:
                ('query', 'key', 'value'), num_heads)
   _attention_out(arrays, out, f'{timm}.attn.proj', f'{attention}/out',
                  num_heads)
+  if arrays.has(f'{timm}.attn.norm.weight'):  # scale_attn_norm: (A*E,).
+    out[f'{attention}/LayerNorm_0/scale'] = arrays.take(
+        f'{timm}.attn.norm.weight').reshape(num_heads, -1)
+    out[f'{attention}/LayerNorm_0/bias'] = arrays.take(
+        f'{timm}.attn.norm.bias').reshape(num_heads, -1)
   _norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')
-  mlp_dim = _mlp(arrays, out, f'{timm}.mlp', f'{ours}/MlpBlock_0')
+  mlp_dim = _mlp(arrays, out, f'{timm}.mlp', f'{ours}/MlpBlock_0',
+                 gate_last)
   for index in (0, 1):
     gamma = arrays.take_optional(f'{timm}.ls{index + 1}.gamma')
     if gamma is not None:
@@ -276,7 +302,8 @@ def _prefix_tokens(arrays: _Arrays, out) -> _Tokens:
   return tokens
 
 
-def _encoder(arrays: _Arrays, out, num_heads: int) -> Tuple[int, set]:
+def _encoder(arrays: _Arrays, out, num_heads: int,
+             gate_last: bool = False) -> Tuple[int, set]:
   """norm_pre and the blocks; returns (layers, the blocks' MLP widths)."""
   if arrays.has('norm_pre.weight'):
     _norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
@@ -286,7 +313,7 @@ def _encoder(arrays: _Arrays, out, num_heads: int) -> Tuple[int, set]:
   if not num_layers:
     raise family.CheckpointMismatchError(
         'the checkpoint has no blocks.0: not a timm ViT')
-  return num_layers, {_block(arrays, out, layer, num_heads)
+  return num_layers, {_block(arrays, out, layer, num_heads, gate_last)
                       for layer in range(num_layers)}
 
 
@@ -344,7 +371,8 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
   pos_embed = arrays.take_optional('pos_embed')
   if pos_embed is not None:
     out['Transformer/posembed_input/pos_embedding'] = pos_embed
-  num_layers, mlp_dims = _encoder(arrays, out, num_heads)
+  num_layers, mlp_dims = _encoder(arrays, out, num_heads,
+                                  recipe.mlp_gate_last)
   fc_norm = _final_norm(arrays, out, tokens)
   has_map = arrays.has('attn_pool.latent')
   if has_map:
@@ -376,8 +404,13 @@ def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
   """The model options that differ from `vit.VisionTransformer`'s defaults
   (an option at its default is left out of model_kwargs)."""
   block = 'Transformer/encoderblock_0'
+  mlp_gated = f'{block}/MlpBlock_0/Dense_value/kernel' in out
   options = dict(
-      activation=recipe.activation,
+      activation=recipe.mlp_activation if mlp_gated else recipe.activation,
+      mlp_gated=mlp_gated,
+      mlp_norm=f'{block}/MlpBlock_0/LayerNorm_0/scale' in out,
+      attention_norm=(f'{block}/MultiHeadDotProductAttention_0/LayerNorm_0/'
+                      'scale' in out),
       layer_norm_epsilon=recipe.layer_norm_epsilon,
       num_register_tokens=tokens.num_registers,
       distillation=tokens.distilled,

@@ -12,11 +12,12 @@ before any key is mapped (`vit_jax.models.vit_timm`).
 
 import dataclasses
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
 from vit_jax.models import family
+from vit_jax.models import timm_definitions
 
 
 # ------------------------------------ what the arrays cannot say (tables) --
@@ -24,8 +25,6 @@ from vit_jax.models import family
 # timm architectures computed in ways our model cannot, although their keys
 # may look like a plain ViT's (re.match on the name).
 _UNSUPPORTED_ARCHITECTURES = (
-    (r'eva|vit_pe_|.*_rope|.*dinov3', "rotary position embeddings (timm's "
-     'Eva models)'),
     (r'.*_rpn_', 'post-norm blocks (ResPostBlock)'),
 )
 # Attention heads by name, first match (timm's model definitions).
@@ -71,7 +70,8 @@ _MODEL_ARGS_SHOWN = frozenset({
     'fix_init', 'drop_rate', 'pos_drop_rate', 'patch_drop_rate',
     'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate'})
 _MODEL_ARGS_READ = frozenset({'num_heads', 'act_layer', 'norm_layer',
-                              'global_pool', 'pool_include_prefix'})
+                              'global_pool', 'pool_include_prefix',
+                              'mlp_layer'})
 # model_args values that are timm's defaults although the key is a layer.
 _MODEL_ARGS_DEFAULTS = {'attn_layer': ('', 'attn'), 'embed_norm_layer': (None,)}
 
@@ -85,6 +85,10 @@ class Recipe:
   layer_norm_epsilon: float
   global_pool: Optional[str]  # None: not written; the arrays decide.
   pool_include_prefix: bool
+  # Gated MLPs (the arrays show one): the gate's activation, and whether
+  # a packed fc1 holds the gate in its second half (GluMlp's gate_last).
+  mlp_activation: str = 'silu'
+  mlp_gate_last: bool = False
 
 
 def _by_name(table, name: str, default):
@@ -154,7 +158,32 @@ def recipe(config: Mapping[str, Any],
       activation=_activation(name, model_args),
       layer_norm_epsilon=_epsilon(name, model_args),
       global_pool=model_args.get('global_pool', config.get('global_pool')),
-      pool_include_prefix=bool(model_args.get('pool_include_prefix', False)))
+      pool_include_prefix=bool(model_args.get('pool_include_prefix', False)),
+      **_gated_mlp(config))
+
+
+# The gate activations of timm's gated MLPs (act_layer names).
+_GATE_ACTIVATIONS = {'silu': 'silu', 'swish': 'silu', 'sigmoid': 'sigmoid',
+                     'gelu': 'gelu_erf', 'gelu_tanh': 'gelu_tanh'}
+
+
+def _gated_mlp(config: Mapping[str, Any]) -> Dict[str, Any]:
+  """A gated MLP's activation and gate order, from timm's definition
+  (mlp_layer, act_layer) merged with config.json's model_args."""
+  merged = timm_definitions.model_args(config)
+  mlp_layer = merged.get('mlp_layer')
+  name = timm_definitions.layer_name(mlp_layer) or ''
+  bound = timm_definitions.layer_kwargs(mlp_layer)
+  # timm's Block passes its act_layer (default GELU) to the MLP, over the
+  # partial's; GluMlp's gate is fc1's second half unless gate_last=False.
+  act = merged.get('act_layer') or 'gelu'
+  activation = _GATE_ACTIVATIONS.get(str(act).lower())
+  if activation is None:
+    raise family.CheckpointMismatchError(
+        f'gated MLP activation {act!r}: vit_jax implements '
+        f'{sorted(_GATE_ACTIVATIONS)}')
+  return {'mlp_activation': activation,
+          'mlp_gate_last': bool(bound.get('gate_last', name == 'GluMlp'))}
 
 
 # ------------------------------------------------ heads and pooling --
@@ -229,9 +258,7 @@ def classifier(recipe: Recipe, *, has_cls: bool, num_prefix: int,
 # so the error names the feature rather than an unknown key.
 _UNSUPPORTED_KEYS = (
     (r'(^|\.)[qk]_norm\.', 'qk-norm (qk_norm=True)'),
-    (r'^blocks\.\d+\.attn\.norm\.', 'attention output norm (scale_attn_norm)'),
-    (r'^blocks\.\d+\.mlp\.norm\.', 'MLP hidden norm (scale_mlp_norm)'),
-    (r'\.mlp\.(fc1_g|fc1_x|w12|w1|w2|w3)\.', 'a gated MLP (SwiGLU / GluMlp)'),
+    (r'\.mlp\.(w12|w1|w2|w3)\.', 'a gated MLP of another layout (w12 / w3)'),
     (r'\.attn\.gate\.', 'gated attention'),
     (r'\.attn\.lambda_', "differential attention (attn_layer='diff')"),
     (r'^patch_embed\.norm\.', 'a norm in the patch embedding'),
