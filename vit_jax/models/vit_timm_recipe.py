@@ -176,6 +176,8 @@ def _gated_mlp(config: Mapping[str, Any]) -> Dict[str, Any]:
   bound = timm_definitions.layer_kwargs(mlp_layer)
   # timm's Block passes its act_layer (default GELU) to the MLP, over the
   # partial's; GluMlp's gate is fc1's second half unless gate_last=False.
+  if not name:  # Not a gated MLP: the block's activation is `activation`.
+    return {}
   act = merged.get('act_layer') or 'gelu'
   activation = _GATE_ACTIVATIONS.get(str(act).lower())
   if activation is None:
