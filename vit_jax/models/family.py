@@ -112,6 +112,37 @@ class ForeignLayout(abc.ABC):
     """
 
 
+class LayoutsInOrder(ForeignLayout):
+  """Several layouts of one family in one container (timm's ViT and its
+  R+ViT hybrids), listed as one `foreign_layouts` entry: the first that
+  recognises a checkpoint maps it.
+
+  Args:
+    layouts: asked in this order: one that recognises only some of the
+      checkpoints another does (the hybrids' among the ViT's) goes first.
+  """
+
+  def __init__(self, *layouts: ForeignLayout):
+    self.layouts = layouts
+    self.describes = '; '.join(layout.describes for layout in layouts)
+
+  def _first(self, config, arrays) -> Optional[ForeignLayout]:
+    return next((layout for layout in self.layouts
+                 if layout.recognises(config, arrays)), None)
+
+  def recognises(self, config: Mapping[str, Any],
+                 arrays: FlatParams) -> bool:
+    return self._first(config, arrays) is not None
+
+  def to_params(self, config: Mapping[str, Any], arrays: FlatParams,
+                image_size: Tuple[int, int]) -> Tuple[Params, Dict[str, Any]]:
+    layout = self._first(config, arrays)
+    if layout is None:
+      raise CheckpointMismatchError(
+          f'the checkpoint is none of: {self.describes}')
+    return layout.to_params(config, arrays, image_size)
+
+
 class ModelFamily(abc.ABC):
   """One family of models; see the module docstring.
 

@@ -104,6 +104,11 @@ class VisionTransformer(nn.Module):
     qkv_bias: False drops the query, key and value biases.
     layer_norm_epsilon: of every LayerNorm (1e-6 released; CLIP 1e-5).
     activation: the MLPs' nonlinearity, one of vit_blocks.ACTIVATIONS.
+    resnet_norm_epsilon: a hybrid's GroupNorm epsilon (1e-6 released; timm's
+      port of the hybrids 1e-5).
+    resnet_variance_epsilon: None standardises a hybrid's kernels as
+      released, (w - mean) / (std + 1e-5); a value e as timm's port does,
+      (w - mean) / sqrt(var + e) (timm: 1e-8). See `resnet`.
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -133,6 +138,8 @@ class VisionTransformer(nn.Module):
   qkv_bias: bool = True
   layer_norm_epsilon: float = vit_blocks.LAYER_NORM_EPSILON
   activation: str = 'gelu_tanh'
+  resnet_norm_epsilon: float = resnet.NORM_EPSILON
+  resnet_variance_epsilon: Optional[float] = None
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -178,8 +185,10 @@ class VisionTransformer(nn.Module):
     self.check_options()
     x = images_BHWC
     if self.resnet_units is not None:
-      x = resnet.resnet_stem(x, self.resnet_units, dtype=self.dtype,
-                                    param_dtype=self.param_dtype)
+      x = resnet.resnet_stem(
+          x, self.resnet_units, dtype=self.dtype, param_dtype=self.param_dtype,
+          norm_epsilon=self.resnet_norm_epsilon,
+          variance_epsilon=self.resnet_variance_epsilon)
     x = nn.Conv(self.hidden_size, tuple(self.patch_size),
                 strides=tuple(self.patch_size), padding='VALID',
                 dtype=self.dtype, param_dtype=self.param_dtype,
