@@ -191,6 +191,21 @@ def to_mixer(config: Mapping[str, Any], timm_arrays: Mapping[str, Any]
   return tree, model_kwargs
 
 
+def _check_tokens(params: family.Params, patch_size: Tuple[int, int],
+                  image_size: Tuple[int, int]) -> None:
+  block = params.get('MixerBlock_0')
+  if block is None:
+    return
+  tokens = block['token_mixing']['Dense_0']['kernel'].shape[0]
+  grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+  if image_size[0] % patch_size[0] or image_size[1] % patch_size[1] or (
+      tokens != grid[0] * grid[1]):
+    raise family.CheckpointMismatchError(
+        f'the token-mixing arrays are for {tokens} tokens, but input_size '
+        f'{image_size} in {patch_size} patches is not that: is '
+        'pretrained_cfg input_size right?')
+
+
 class TimmLayout(family.ForeignLayout):
   """timm's MlpMixer state dict (see the module docstring)."""
   describes = ("timm's MlpMixer (Mixer, ResMLP, gMLP): arrays with "
@@ -208,11 +223,15 @@ class TimmLayout(family.ForeignLayout):
   def to_params(self, config: Mapping[str, Any], arrays: family.FlatParams,
                 image_size: Tuple[int, int]
                 ) -> Tuple[family.Params, Dict[str, Any]]:
-    """See `family.ForeignLayout.to_params`; the token count the arrays
-    hold is checked against `image_size` by the reader (the token-mixing
-    kernels' shapes)."""
-    del image_size
-    return to_mixer(config, arrays)
+    """See `family.ForeignLayout.to_params`.
+
+    Raises:
+      family.CheckpointMismatchError: as `to_mixer`'s, or the token-mixing
+        arrays are for another token count than `image_size` gives.
+    """
+    params, model_kwargs = to_mixer(config, arrays)
+    _check_tokens(params, model_kwargs['patch_size'], image_size)
+    return params, model_kwargs
 
 
 LAYOUT = TimmLayout()
