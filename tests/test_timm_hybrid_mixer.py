@@ -294,6 +294,7 @@ class TestAgainstTimm:
     with self.torch.no_grad():
       return model(self.torch.from_numpy(images.astype(np.float32))).numpy()
 
+  @pytest.mark.slow
   @pytest.mark.parametrize('name', sorted(TIMM_ARCHITECTURES))
   def test_architecture_loads_or_is_refused(self, tmp_path, name):
     model = self._saved(tmp_path, name)
