@@ -234,6 +234,26 @@ def test_mixer_refusal_names_the_feature(tmp_path, case):
   assert '\n' not in str(error.value)
 
 
+# ---------------------------------------------------- the way onwards --
+
+@pytest.mark.parametrize('write', [
+    lambda directory: fixtures.write_hybrid(directory, 'r_ti'),
+    lambda directory: fixtures.write_mixer(directory, 'mixer')],
+                         ids=['hybrid', 'mixer'])
+def test_saved_as_npz_it_computes_the_same(tmp_path, write):
+  """Our `.npz` and its sidecar keep timm's numerics (the options)."""
+  loaded = weights.load(write(tmp_path / 'hub'))
+  path = tmp_path / 'model.npz'
+  weights.save_npz(loaded.params, path, model=loaded.model,
+                   image_size=loaded.image_size,
+                   preprocessing=loaded.preprocessing)
+  again = weights.load(path)
+  assert again.model == loaded.model
+  pixels = fixtures.random_pixels(loaded.image_size)
+  np.testing.assert_array_equal(_our_outputs(again, pixels),
+                                _our_outputs(loaded, pixels))
+
+
 # -------------------------------------------------------- against timm --
 
 # Every architecture with a pretrained tag in timm 1.0.31's
