@@ -337,9 +337,9 @@ def test_a_config_builds_the_mixer_with_its_settings():
   config = common.set_model(common.get_config(), 'Mixer-B/16')
   assert config.model_name == 'Mixer-B/16'
   assert sorted(config.model.keys()) == [
-      'channels_mlp_dim', 'classifier', 'drop_path_rate', 'dropout_rate',
-      'dtype', 'head_bias_init', 'hidden_size', 'num_layers', 'param_dtype',
-      'patch_size', 'tokens_mlp_dim']
+      'activation', 'channels_mlp_dim', 'classifier', 'drop_path_rate',
+      'dropout_rate', 'dtype', 'head_bias_init', 'hidden_size', 'num_layers',
+      'param_dtype', 'patch_size', 'tokens_mlp_dim']
   # The defaults are the released model's.
   assert models.create_model_from_config(config, 1000) == models.create_model(
       'Mixer-B_16', 1000)
@@ -380,14 +380,14 @@ def test_vit_keys_or_a_misspelt_key_are_refused_in_one_line():
   message = str(error.value)
   assert '\n' not in message
   assert message.startswith(
-      'config.model has keys the mixer family does not have: activation, '
-      'attention, attention_dropout_rate, distillation, fc_norm, '
-      'layer_norm_epsilon, layer_scale_init, mlp_dim, num_heads, ')
+      'config.model has keys the mixer family does not have: attention, '
+      'attention_dropout_rate, distillation, fc_norm, layer_norm_epsilon, '
+      'layer_scale_init, mlp_dim, num_heads, ')
   assert message.endswith(
-      '; its keys are: channels_mlp_dim, classifier, drop_path_rate, '
-      'dropout_rate, dtype, head_bias_init, hidden_size, num_layers, '
-      'param_dtype, patch_size, tokens_mlp_dim (a config file switches '
-      'family with configs.common.set_model(config, MODEL_NAME))')
+      '; its keys are: activation, channels_mlp_dim, classifier, '
+      'drop_path_rate, dropout_rate, dtype, head_bias_init, hidden_size, '
+      'num_layers, param_dtype, patch_size, tokens_mlp_dim (a config file '
+      'switches family with configs.common.set_model(config, MODEL_NAME))')
   with pytest.raises(ValueError, match='the mixer family does not have'):
     models.create_model_from_config(config, num_classes=2)
   locked = common.lock(common.set_model(common.get_config(), 'Mixer-B_16'))

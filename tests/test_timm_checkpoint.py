@@ -176,7 +176,7 @@ UNSUPPORTED = {
     'rotary keys': (dict(add={'rope.freqs': np.ones(4)}), 'rotary'),
     'differential attention': (dict(add={'blocks.0.attn.lambda_q1': _D}),
                                'differential attention'),
-    'hybrid backbone': (dict(add={'patch_embed.backbone.conv.weight': _D}),
+    'hybrid backbone': (dict(add={'patch_embed.backbone.0.conv.weight': _D}),
                         'CNN backbone'),
     'post-norm by name': (dict(config_changes={
         'architecture': 'vit_base_patch16_rpn_224'}), 'post-norm'),

@@ -163,8 +163,11 @@ def test_a_timm_checkpoint_of_no_family_says_what_each_family_reads(
     weights.load(directory)
   assert str(error.value) == (
       f'timm architecture {spec.architecture!r} is of no model family '
-      "vit_jax reads from timm (vit: timm's VisionTransformer and its DeiT, "
-      'CLIP, SigLIP, DINOv2 ... towers: arrays with patch_embed.proj)')
+      "vit_jax reads from timm (vit: timm's R+ViT hybrids: arrays with "
+      "patch_embed.backbone (ResNetV2); timm's VisionTransformer and its "
+      'DeiT, CLIP, SigLIP, DINOv2 ... towers: arrays with patch_embed.proj; '
+      "mixer: timm's MlpMixer (Mixer, ResMLP, gMLP): arrays with stem.proj "
+      'and blocks)')
 
 
 def test_the_error_class_is_one_class_wherever_it_is_named():

@@ -5,8 +5,9 @@ Module names and numerics follow the released checkpoints, so our parameter
 tree is their `.npz` layout: a `stem` convolution (kernel = stride = patch,
 with bias), `MixerBlock_{i}` each holding `LayerNorm_0`, `token_mixing`,
 `LayerNorm_1` and `channel_mixing` (MLPs of `Dense_0` -> tanh-GELU ->
-`Dense_1`), `pre_head_layer_norm`, global average pooling over the tokens and
-a zero-initialised `head`. LayerNorm epsilon is 1e-6. The released models
+`Dense_1`; timm's port has the erf GELU, option `activation`),
+`pre_head_layer_norm`, global average pooling over the tokens and a
+zero-initialised `head`. LayerNorm epsilon is 1e-6. The released models
 have no class token or position embedding, and train without dropout or
 stochastic depth: both options are off by default (they add no parameters),
 so the default model is the released one, logit for logit.
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 
 from vit_jax.models import layers
 from vit_jax.models import stochastic_depth
+from vit_jax.models import vit_blocks
 
 Dtype = Any
 
@@ -44,13 +46,15 @@ def _layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
 
 
 class MlpBlock(nn.Module):
-  """Dense(mlp_dim) -> tanh-GELU -> Dense(back to the input width), acting
-  on the last axis, with dropout after the GELU and the output as in the
-  ViT's MLP. Flax's default initialisers, as released."""
+  """Dense(mlp_dim) -> GELU -> Dense(back to the input width), acting on the
+  last axis, with dropout after the GELU and the output as in the ViT's MLP.
+  Flax's default initialisers, as released; `activation` is one of
+  vit_blocks.ACTIVATIONS (released: tanh-GELU)."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
+  activation: str = 'gelu_tanh'
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -58,7 +62,7 @@ class MlpBlock(nn.Module):
         features, dtype=self.dtype, param_dtype=self.param_dtype,
         dot_general=layers.dot_general(self.dtype), name=name)
     y = dense(self.mlp_dim, 'Dense_0')(x)
-    y = nn.gelu(y, approximate=True)
+    y = vit_blocks.activation_fn(self.activation)(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = dense(x.shape[-1], 'Dense_1')(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -77,11 +81,13 @@ class MixerBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
+  activation: str = 'gelu_tanh'
 
   @nn.compact
   def __call__(self, x_BNC, *, train: bool = False):
     mlp = lambda width, name: MlpBlock(
-        width, self.dtype, self.param_dtype, self.dropout_rate, name=name)
+        width, self.dtype, self.param_dtype, self.dropout_rate,
+        self.activation, name=name)
     branch = lambda y: stochastic_depth.drop_path(
         self, y, self.drop_path_rate, train)
     # A no-op unless the caller maps logical axes to a mesh (vit_jax.sharding).
@@ -117,6 +123,8 @@ class MlpMixer(nn.Module):
     drop_path_rate: stochastic depth of the token- and channel-mixing
       branches, growing linearly from 0 at the first block to this at the
       last, as the ViT's (`vit_jax.models.stochastic_depth`). In [0, 1).
+    activation: the MLPs' nonlinearity, one of vit_blocks.ACTIVATIONS:
+      'gelu_tanh' (released), 'gelu_erf' (timm's port, torch's nn.GELU).
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -130,6 +138,7 @@ class MlpMixer(nn.Module):
   param_dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
+  activation: str = 'gelu_tanh'
 
   def check_options(self) -> None:
     """Raises ValueError naming the field of an unknown or bad option."""
@@ -137,6 +146,8 @@ class MlpMixer(nn.Module):
       raise ValueError(f'unknown classifier {self.classifier!r}; expected '
                        f'one of {CLASSIFIERS}')
     stochastic_depth.check_rate(self.drop_path_rate)
+    vit_blocks.check_choice('activation', self.activation,
+                            tuple(vit_blocks.ACTIVATIONS))
 
   @nn.compact
   def __call__(self, images_BHWC, *, train: bool = False,
@@ -167,7 +178,8 @@ class MlpMixer(nn.Module):
     for layer in range(self.num_layers):
       x_BNC = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim,
                          self.dtype, self.param_dtype, self.dropout_rate,
-                         rates[layer], name=f'MixerBlock_{layer}')(
+                         rates[layer], self.activation,
+                         name=f'MixerBlock_{layer}')(
                              x_BNC, train=train)
       if capture_block_outputs:
         self.sow('intermediates', 'block_outputs', x_BNC)

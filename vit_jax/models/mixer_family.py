@@ -18,7 +18,8 @@ paper's Table 1 (18M, 19M, 59M, 60M, 207M, 206M): the paper leaves the head
 out.
 
 The released `.npz` layout is our parameter tree flattened with '/', so the
-inherited `from_released` / `to_released` apply unchanged. What differs from
+inherited `from_released` / `to_released` apply unchanged; timm's layout of
+the same models is `mixer_timm` (the family's `foreign_layouts`). What differs from
 the ViT: the token-mixing weights are (tokens, tokens MLP), so a checkpoint
 runs only at its native number of tokens (there is no position embedding to
 resample), and there are no attention weights and no class token.
@@ -34,6 +35,7 @@ import numpy as np
 
 from vit_jax.models import family
 from vit_jax.models import mixer
+from vit_jax.models import mixer_timm
 
 Params = family.Params
 
@@ -112,6 +114,8 @@ class MixerFamily(family.ModelFamily):
   # Training settings: evaluation computes the same without them.
   unstored_fields = ('dtype', 'param_dtype', 'head_bias_init', 'dropout_rate',
                      'drop_path_rate')
+  # timm's MlpMixer state dicts (hub directories and ids): mixer_timm.py.
+  foreign_layouts = {'timm': mixer_timm.LAYOUT}
 
   @property
   def variants(self) -> Mapping[str, Variant]:
@@ -134,6 +138,7 @@ class MixerFamily(family.ModelFamily):
     model.num_layers = no_int()  # Mixer blocks.
     model.tokens_mlp_dim = no_int()  # Hidden width of the token-mixing MLPs.
     model.channels_mlp_dim = no_int()  # Hidden width of the channel-mixing MLPs.
+    model.activation = 'gelu_tanh'  # MLP nonlinearity: gelu_tanh (released) | gelu_erf (timm's port) | quick_gelu.
     return model
 
   def canonical_name(self, name: str) -> Optional[str]:

@@ -3,11 +3,20 @@
 GroupNorm + weight-standardised convolutions, post-activation bottleneck units.
 Module names reproduce the released hybrid checkpoints (`conv_root`, `gn_root`,
 `block{s}/unit{u}/{conv1,conv2,conv3,conv_proj,gn1,gn2,gn3,gn_proj}`).
+
+timm's port of the same network (`ResNetV2(preact=False, stem_type='same')`
+with `StdConv2dSame(eps=1e-8)` in timm/models/vision_transformer_hybrid.py)
+pads, pools and orders its layers as we do, but normalises differently:
+GroupNorm epsilon 1e-5 (timm's GroupNormAct default) and kernels
+standardised as (w - mean) / sqrt(var + 1e-8) (a batch norm over the
+kernel). `norm_epsilon` and `variance_epsilon` reproduce it; their defaults
+are the released numerics.
 """
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vit_jax.models import layers
@@ -17,14 +26,18 @@ Dtype = Any
 
 # GroupNorm as in the released hybrids: 32 groups, epsilon 1e-6.
 _GROUPS = 32
-_NORM_EPSILON = 1e-6
+NORM_EPSILON = 1e-6
 # Added to the population std of the kernel, not inside the square root.
 _STD_EPSILON = 1e-5
 
 
-def standardize_kernel(kernel):
-  """Standardises a conv kernel (kh, kw, in, out) per output channel."""
+def standardize_kernel(kernel, variance_epsilon: Optional[float] = None):
+  """Standardises a conv kernel (kh, kw, in, out) per output channel: divided
+  by std + 1e-5 (released), or by sqrt(var + variance_epsilon) (timm)."""
   kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  if variance_epsilon is not None:
+    return kernel * jax.lax.rsqrt(
+        jnp.var(kernel, axis=(0, 1, 2), keepdims=True) + variance_epsilon)
   return kernel / (jnp.std(kernel, axis=(0, 1, 2), keepdims=True) + _STD_EPSILON)
 
 
@@ -32,12 +45,14 @@ class StdConv(nn.Module):
   """Bias-free convolution whose kernel is standardised at every call.
 
   Padding 'SAME' is TensorFlow's: the extra pad goes bottom/right.
+  `variance_epsilon`: see `standardize_kernel` (None: released).
   """
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] = (1, 1)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  variance_epsilon: Optional[float] = None
 
   @nn.compact
   def __call__(self, x):
@@ -46,23 +61,28 @@ class StdConv(nn.Module):
                         self.param_dtype)
     # Standardise in float32 whatever the compute dtype: the statistics are
     # sensitive and the kernel is small.
-    kernel = standardize_kernel(kernel.astype(jnp.float32))
+    kernel = standardize_kernel(kernel.astype(jnp.float32),
+                                self.variance_epsilon)
     return layers.conv(x, kernel, self.strides, 'SAME', self.dtype)
 
 
-def group_norm(name, param_dtype, scale_init=nn.initializers.ones):
+def group_norm(name, param_dtype, scale_init=nn.initializers.ones,
+               epsilon=NORM_EPSILON):
   # Statistics and output in float32 whatever the compute dtype (see layers).
-  return nn.GroupNorm(num_groups=_GROUPS, epsilon=_NORM_EPSILON, name=name,
+  return nn.GroupNorm(num_groups=_GROUPS, epsilon=epsilon, name=name,
                       dtype=jnp.float32, param_dtype=param_dtype,
                       scale_init=scale_init)
 
 
 class BottleneckUnit(nn.Module):
-  """Post-activation bottleneck: 1x1 -> 3x3 (strided) -> 1x1, 4x expansion."""
+  """Post-activation bottleneck: 1x1 -> 3x3 (strided) -> 1x1, 4x expansion.
+  `norm_epsilon`, `variance_epsilon`: see the module docstring."""
   features: int
   strides: Sequence[int] = (1, 1)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  norm_epsilon: float = NORM_EPSILON
+  variance_epsilon: Optional[float] = None
 
   @nn.compact
   def __call__(self, x):
@@ -70,9 +90,9 @@ class BottleneckUnit(nn.Module):
     needs_projection = (x.shape[-1] != out_features or
                         tuple(self.strides) != (1, 1))
     conv = lambda f, k, s, name: StdConv(f, k, s, self.dtype, self.param_dtype,
-                                         name=name)
+                                         self.variance_epsilon, name=name)
     norm = lambda name, **kw: group_norm(name, self.param_dtype,
-                                         **kw)
+                                         epsilon=self.norm_epsilon, **kw)
 
     residual = x
     if needs_projection:
@@ -96,18 +116,23 @@ class ResNetStage(nn.Module):
   first_strides: Sequence[int]
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  norm_epsilon: float = NORM_EPSILON
+  variance_epsilon: Optional[float] = None
 
   @nn.compact
   def __call__(self, x):
     for unit in range(self.num_units):
       strides = self.first_strides if unit == 0 else (1, 1)
       x = BottleneckUnit(self.features, strides, self.dtype, self.param_dtype,
+                         self.norm_epsilon, self.variance_epsilon,
                          name=f'unit{unit + 1}')(x)
     return x
 
 
 def resnet_stem(x, num_units: Sequence[int], *, width: int = 64,
-                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
+                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+                norm_epsilon: float = NORM_EPSILON,
+                variance_epsilon: Optional[float] = None):
   """Root conv + max-pool, then one stage of bottleneck units per entry.
 
   A function, not a Module: called inside the VisionTransformer's compact
@@ -122,16 +147,21 @@ def resnet_stem(x, num_units: Sequence[int], *, width: int = 64,
       channels.
     dtype: matmul operand dtype.
     param_dtype: parameter dtype.
+    norm_epsilon: every GroupNorm's epsilon (released 1e-6; timm 1e-5).
+    variance_epsilon: None standardises kernels as released, a value as
+      timm does (`standardize_kernel`).
 
   Returns:
     (B, H / 4 / 2**(stages - 1), W / ..., channels) features.
   """
-  x = StdConv(width, (7, 7), (2, 2), dtype, param_dtype, name='conv_root')(x)
-  x = nn.relu(group_norm('gn_root', param_dtype)(x))
+  x = StdConv(width, (7, 7), (2, 2), dtype, param_dtype, variance_epsilon,
+              name='conv_root')(x)
+  x = nn.relu(group_norm('gn_root', param_dtype, epsilon=norm_epsilon)(x))
   x = max_pool.max_pool(x, (3, 3), (2, 2), 'SAME')
   for stage, units in enumerate(num_units):
     # The first stage keeps the max-pool's resolution; later ones halve it.
     first_strides = (1, 1) if stage == 0 else (2, 2)
     x = ResNetStage(units, width * 2**stage, first_strides, dtype, param_dtype,
+                    norm_epsilon, variance_epsilon,
                     name=f'block{stage + 1}')(x)
   return x

@@ -119,6 +119,11 @@ class VisionTransformer(nn.Module):
     mlp_norm: a LayerNorm on the MLPs' hidden units (`MlpBlock_0/LayerNorm_0`).
     map_num_heads, map_mlp_dim: the MAP head's attention heads and MLP
       width, when they differ from the blocks' (Perception Encoder's pool).
+    resnet_norm_epsilon: a hybrid's GroupNorm epsilon (1e-6 released; timm's
+      port of the hybrids 1e-5).
+    resnet_variance_epsilon: None standardises a hybrid's kernels as
+      released, (w - mean) / (std + 1e-5); a value e as timm's port does,
+      (w - mean) / sqrt(var + e) (timm: 1e-8). See `resnet`.
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -159,6 +164,8 @@ class VisionTransformer(nn.Module):
   mlp_norm: bool = False
   map_num_heads: Optional[int] = None
   map_mlp_dim: Optional[int] = None
+  resnet_norm_epsilon: float = resnet.NORM_EPSILON
+  resnet_variance_epsilon: Optional[float] = None
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -208,8 +215,10 @@ class VisionTransformer(nn.Module):
     self.check_options()
     x = images_BHWC
     if self.resnet_units is not None:
-      x = resnet.resnet_stem(x, self.resnet_units, dtype=self.dtype,
-                                    param_dtype=self.param_dtype)
+      x = resnet.resnet_stem(
+          x, self.resnet_units, dtype=self.dtype, param_dtype=self.param_dtype,
+          norm_epsilon=self.resnet_norm_epsilon,
+          variance_epsilon=self.resnet_variance_epsilon)
     x = nn.Conv(self.hidden_size, tuple(self.patch_size),
                 strides=tuple(self.patch_size), padding='VALID',
                 dtype=self.dtype, param_dtype=self.param_dtype,

@@ -8,7 +8,8 @@ hybrids of the released checkpoints.
 
 The released `.npz` layout and what a tree says about its model (read back
 by `describe`) are `vit_layout`; timm's layout of the same models is
-`vit_timm`, and of its NaFlexViT `naflex_timm` (the family's
+`vit_timm`, of the hybrids `vit_hybrid_timm`, of its Eva models
+`eva_timm` and of its NaFlexViT `naflex_timm` (the family's
 `foreign_layouts`).
 """
 
@@ -25,6 +26,7 @@ from vit_jax.models import family
 from vit_jax.models import naflex_timm
 from vit_jax.models import posemb
 from vit_jax.models import vit
+from vit_jax.models import vit_hybrid_timm
 from vit_jax.models import vit_layout
 from vit_jax.models import vit_timm
 
@@ -118,10 +120,13 @@ class VitFamily(family.ModelFamily):
                      'attention_dropout_rate', 'drop_path_rate',
                      'head_bias_init', 'scan_layers', 'remat_policy',
                      'attention')
-  # timm's ViT state dicts (hub directories and ids): vit_timm.py, its Eva
-  # models: eva_timm.py, its NaFlexVit: naflex_timm.py.
+  # timm's ViT state dicts (hub directories and ids): vit_timm.py; its R+ViT
+  # hybrids (a ViT with patch_embed.backbone): vit_hybrid_timm.py; its Eva
+  # models: eva_timm.py; its NaFlexVit: naflex_timm.py. The hybrids' layout
+  # goes before the ViT's, which would recognise them too.
   foreign_layouts = {'timm': family.FirstRecognising(
-      eva_timm.LAYOUT, naflex_timm.LAYOUT, vit_timm.LAYOUT)}
+      vit_hybrid_timm.LAYOUT, eva_timm.LAYOUT, naflex_timm.LAYOUT,
+      vit_timm.LAYOUT)}
 
   @property
   def variants(self) -> Mapping[str, Variant]:
@@ -161,6 +166,8 @@ class VitFamily(family.ModelFamily):
     model.qkv_bias = True  # Biases of the query/key/value projections.
     model.layer_norm_epsilon = 1e-6  # Every LayerNorm's epsilon (CLIP: 1e-5).
     model.activation = 'gelu_tanh'  # MLP nonlinearity: gelu_tanh | gelu_erf | quick_gelu.
+    model.resnet_norm_epsilon = 1e-6  # Hybrids: GroupNorm epsilon (timm's port: 1e-5).
+    model.resnet_variance_epsilon = ml_collections.FieldReference(None, float)  # Hybrids: None standardises kernels by std + 1e-5 (released); e by sqrt(var + e) (timm's port: 1e-8).
     return model
 
   def canonical_name(self, name: str) -> Optional[str]:

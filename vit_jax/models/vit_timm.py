@@ -273,14 +273,16 @@ class _Tokens:
     return int(self.has_cls) + int(self.distilled) + self.num_registers
 
 
-def _embedding(arrays: _Arrays, out) -> Tuple[int, Tuple[int, int]]:
-  """patch_embed.proj (D, 3, ph, pw) -> `embedding` (ph, pw, 3, D); returns
-  (width, patch size)."""
+def _embedding(arrays: _Arrays, out,
+               in_channels: int = 3) -> Tuple[int, Tuple[int, int]]:
+  """patch_embed.proj (D, C, ph, pw) -> `embedding` (ph, pw, C, D); returns
+  (width, patch size). C is 3 (RGB), or a hybrid's feature channels."""
   weight_DCPP = arrays.take('patch_embed.proj.weight')
   width, channels = weight_DCPP.shape[:2]
-  if channels != 3:
+  if channels != in_channels:
     raise family.CheckpointMismatchError(
-        f'patch_embed takes {channels} input channels; vit_jax takes RGB')
+        f'patch_embed takes {channels} input channels; vit_jax takes '
+        f'{"RGB" if in_channels == 3 else in_channels}')
   out['embedding/kernel'] = weight_DCPP.transpose(2, 3, 1, 0)
   # CLIP towers (pre_norm) have no patch-embedding bias.
   out['embedding/bias'] = _bias_or_zeros(
@@ -344,14 +346,16 @@ def _classifier_heads(arrays: _Arrays, out, tokens: _Tokens) -> Optional[int]:
 
 
 def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
-           image_size: Tuple[int, int]
+           image_size: Tuple[int, int], *, in_channels: int = 3
            ) -> Tuple[family.Params, Dict[str, Any]]:
   """timm's state dict -> our parameter tree and model attributes.
 
   Args:
     recipe: `recipe(config, timm_arrays)`.
     timm_arrays: timm key -> float32 array.
-    image_size: the native (H, W), the size `pos_embed` is stored for.
+    image_size: the native (H, W), the size `pos_embed` is stored for; of
+      the feature map for a hybrid (`vit_hybrid_timm`).
+    in_channels: what patch_embed.proj takes: 3, or a hybrid's features.
 
   Returns:
     (params, model_kwargs): the nested float32 tree and the
@@ -365,7 +369,7 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
       shape or combination vit_jax does not implement.
   """
   arrays, out = _Arrays(timm_arrays), {}
-  width, patch_size = _embedding(arrays, out)
+  width, patch_size = _embedding(arrays, out, in_channels)
   num_heads = timm_recipe.num_heads(recipe, width)
   tokens = _prefix_tokens(arrays, out)
   pos_embed = arrays.take_optional('pos_embed')

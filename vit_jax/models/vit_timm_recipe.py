@@ -264,7 +264,6 @@ _UNSUPPORTED_KEYS = (
     (r'\.attn\.gate\.', 'gated attention'),
     (r'\.attn\.lambda_', "differential attention (attn_layer='diff')"),
     (r'^patch_embed\.norm\.', 'a norm in the patch embedding'),
-    (r'^patch_embed\.backbone\.', 'a CNN backbone (hybrid ViT)'),
     (r'(^|\.)rope\.|freqs', 'rotary position embeddings'),
     (r'relative_position', 'relative position embeddings'),
     (r'^attn_pool\.pos_embed', 'a position embedding in the attention pool'),
