@@ -161,13 +161,16 @@ def test_a_timm_checkpoint_of_no_family_says_what_each_family_reads(
       tmp_path, timm_fixtures.config(spec), arrays)
   with pytest.raises(models.CheckpointMismatchError) as error:
     weights.load(directory)
-  assert str(error.value) == (
+  message = str(error.value)
+  assert message.startswith(
       f'timm architecture {spec.architecture!r} is of no model family '
-      "vit_jax reads from timm (vit: timm's R+ViT hybrids: arrays with "
-      "patch_embed.backbone (ResNetV2); timm's VisionTransformer and its "
-      'DeiT, CLIP, SigLIP, DINOv2 ... towers: arrays with patch_embed.proj; '
-      "mixer: timm's MlpMixer (Mixer, ResMLP, gMLP): arrays with stem.proj "
-      'and blocks)')
+      'vit_jax reads from timm (vit: ')
+  for what_each_reads in ('arrays with patch_embed.backbone (ResNetV2)',
+                          'architectures of timm.models.eva',
+                          'arrays with embeds.proj',
+                          'arrays with patch_embed.proj',
+                          'mixer: timm\'s MlpMixer'):
+    assert what_each_reads in message
 
 
 def test_the_error_class_is_one_class_wherever_it_is_named():
