@@ -29,6 +29,9 @@ sees the function:
 
 Nested `jit` calls and custom-derivative wrappers are inlined on the way
 (inference needs no derivatives), so the graph holds the primitives alone.
+jax2onnx's graph is then rewritten into the operators ONNX Runtime fuses
+and runs fastest (`onnx_fusions`: MatMul for Einsum, LayerNormalization,
+Softmax, FastGelu's pattern).
 
 The resize to the model's size (`serving`) is added to the converted graph
 as two ONNX operators in front of it: a Cast to float32 and a Resize
@@ -49,6 +52,7 @@ from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.export import onnx_fusions
 from vit_jax.export import serving
 
 FILE = 'model.onnx'
@@ -160,7 +164,7 @@ def convert(serve: Callable[..., Any], input_spec: jax.ShapeDtypeStruct, *,
         replay, [input_spec], model_name='vit_jax', opset=OPSET,
         return_mode='proto', input_names=[input_name],
         output_names=[output_name])
-  return model
+  return onnx_fusions.fuse(model)
 
 
 def _save(model, path: str) -> None:
