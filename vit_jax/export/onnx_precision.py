@@ -14,6 +14,7 @@ Both use the converters that ship with ONNX Runtime (the `export` extra):
     stays float32.
 """
 
+import logging
 import os
 import tempfile
 
@@ -43,9 +44,17 @@ def _float16(model):
 def _int8(model):
   import onnx  # pylint: disable=g-import-not-at-top
   from onnxruntime import quantization  # pylint: disable=g-import-not-at-top
+  root = logging.getLogger()
+  level = root.level
+  # It advises, at WARNING on the root logger, a shape pre-processing that
+  # dynamic quantisation of these graphs does not need.
+  root.setLevel(logging.ERROR)
   with tempfile.TemporaryDirectory() as directory:
     path = os.path.join(directory, 'int8.onnx')
-    quantization.quantize_dynamic(
-        model, path, weight_type=quantization.QuantType.QInt8,
-        use_external_data_format=True)
+    try:
+      quantization.quantize_dynamic(
+          model, path, weight_type=quantization.QuantType.QInt8,
+          use_external_data_format=True)
+    finally:
+      root.setLevel(level)
     return onnx.load(path)
