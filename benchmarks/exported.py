@@ -126,8 +126,8 @@ def run_exported(exported: str, *, checkpoint: Optional[str] = None,
         [lambda name=name: runners[name](inputs[name]) for name in names],
         steps, warmup)
     result = {
-        'exported': exported if path == exported else
-                    f'{exported} ({precision}, exported now)',
+        'file': exported if path == exported else
+                f'{exported} ({precision}, exported now)',
         'runtime': exported_side.runtime_name(path),
         'batch_size': batch_size, 'image_size': size, 'threads': threads,
         **{name: protocol.summary(step_times, batch_size)
@@ -169,7 +169,7 @@ def agreement(runner, loaded: pretrained.LoadedModel, split: str,
 
 def format_result(result: Dict[str, Any]) -> str:
   """The figures as printed lines."""
-  lines = [f"{result['exported']} in {result['runtime']}, batch "
+  lines = [f"{result['file']} in {result['runtime']}, batch "
            f"{result['batch_size']} @ {result['image_size']}px, "
            f"{result['threads']} threads"]
   for name in ('exported', 'jax', 'timm_onnx'):
