@@ -6,6 +6,10 @@ r"""Throughput benchmark of a ViT variant, optionally against timm (PyTorch).
   # The training loop's own step of any experiment config:
   .venv/bin/python -m benchmarks.benchmark --config=configs/default.py \
       --mode=train
+  # An exported file in its runtime beside JAX (`exported`), here made now
+  # from ViT-B/16 with random weights, against timm's own ONNX export:
+  .venv/bin/python -m benchmarks.benchmark --mode=exported --exported=onnx \
+      --model=ViT-B_16 --num_classes=10 --compare=timm_onnx
 
 How it measures (warm-up, interleaved timing, FLOPs, memory) is
 `protocol`; our step is `jax_side`, timm's `timm_side`.
@@ -39,11 +43,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from benchmarks import exported
 from benchmarks import jax_side
 from benchmarks import protocol
 from vit_jax.cli import _flags as cli_flags
 from vit_jax.models import vit_blocks
 # pylint: enable=g-import-not-at-top,wrong-import-position
+
+EXPORTED = 'exported'
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -54,16 +61,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   define(flags.DEFINE_integer, 'batch_size', 8, 'Images per step.')
   define(flags.DEFINE_integer, 'image_size', 224, 'Square input size.')
   define(flags.DEFINE_integer, 'num_classes', 1000, 'Head size.')
-  define(flags.DEFINE_enum, 'mode', 'inference', 'What one step does.',
-         enum_values=jax_side.MODES)
+  define(flags.DEFINE_enum, 'mode', 'inference',
+         'What one step does; exported: an exported file in its runtime '
+         'beside the JAX model (--exported).',
+         enum_values=(*jax_side.MODES, EXPORTED))
   define(flags.DEFINE_enum, 'dtype', 'float32',
          'Matmul operand dtype (parameters stay float32).',
          enum_values=jax_side.DTYPES)
   define(flags.DEFINE_integer, 'steps', 10, 'Timed steps (median reported).')
   define(flags.DEFINE_integer, 'warmup', 2, 'Untimed steps first (>= 2).')
   define(flags.DEFINE_enum, 'compare', None,
-         'Also time the same model in this framework.',
-         enum_values=protocol.COMPARISONS)
+         'Also time the same model in this framework (timm_onnx: timm\'s '
+         'own ONNX export in ONNX Runtime, with --mode=exported).',
+         enum_values=(*protocol.COMPARISONS, *exported.COMPARISONS))
   define(flags.DEFINE_string, 'json_out', None, 'Write the results here.')
   define(flags.DEFINE_enum, 'attention', 'auto',
          'Attention implementation (vit_blocks.MultiHeadAttention).',
@@ -74,6 +84,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "training loop's own step; --model, --batch_size, --image_size and "
       '--dtype are then ignored.', flag_values=flag_values,
       lock_config=True)
+  define(flags.DEFINE_string, 'exported', None,
+         '--mode=exported: a .onnx or .tflite file or a SavedModel '
+         'directory, or onnx, tflite or saved_model to export the model '
+         '(--checkpoint, or --model with random weights) now.')
+  define(flags.DEFINE_string, 'checkpoint', None,
+         '--mode=exported: the model the file was exported from.')
+  define(flags.DEFINE_enum, 'precision', 'float32',
+         '--mode=exported: precision of a file exported now.',
+         enum_values=('float32', 'float16', 'int8'))
+  define(flags.DEFINE_integer, 'threads', None,
+         '--mode=exported: threads of each runtime (default: CPU count).')
+  define(flags.DEFINE_string, 'agreement_split', None,
+         '--mode=exported: also measure top-1 agreement with the float32 '
+         'JAX model and both accuracies on this split of --dataset.')
+  define(flags.DEFINE_string, 'dataset', 'fashion_mnist_local',
+         'The dataset of --agreement_split.')
   define(flags.DEFINE_integer, 'host_devices', None,
          'Split the batch over this many XLA:CPU devices. Must divide the '
          'batch size. Default: default_host_devices() (2 for float32 '
@@ -136,11 +162,36 @@ def _write_result(result: Dict[str, Any], json_out: str) -> None:
     print(f'wrote {json_out}', file=sys.stderr)
 
 
+def _run_exported(flag_values: flags.FlagValues) -> None:
+  """--mode=exported (`benchmarks.exported`)."""
+  _process.use_cpu_devices(1)  # One device: the files run whole batches.
+  cli_flags.exit_on_user_error(cli_flags.check_required, flag_values,
+                               'exported')
+  result = cli_flags.exit_on_user_error(
+      exported.run_exported, flag_values.exported,
+      checkpoint=flag_values.checkpoint, model=flag_values.model,
+      image_size=flag_values.image_size,
+      num_classes=flag_values.num_classes,
+      batch_size=flag_values.batch_size, precision=flag_values.precision,
+      steps=flag_values.steps, warmup=flag_values.warmup,
+      threads=flag_values.threads, compare=flag_values.compare,
+      agreement_split=flag_values.agreement_split,
+      dataset=flag_values.dataset)
+  print(exported.format_result(result))
+  print(json.dumps(result, indent=1, sort_keys=True))
+  if flag_values.json_out:
+    with open(flag_values.json_out, 'w') as f:
+      json.dump(result, f, indent=1, sort_keys=True)
+
+
 def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Runs the benchmark on the parsed flags; user errors exit with status 1."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if flag_values.mode == EXPORTED:
+    _run_exported(flag_values)
+    return
   config = flag_values.config
   if flag_values.compare:
     # Now, not after the JAX side's measurement.

@@ -78,8 +78,9 @@ def synthetic_batch(batch_size: int, image_size: int, num_classes: int):
   return images, labels
 
 
-def _summary(times: Dict[str, List[float]],
+def summary(times: Dict[str, List[float]],
              batch_size: int) -> Dict[str, float]:
+  """Median step time and images/s (and CPU time) of one side's `times`."""
   wall = times['wall']
   step_time = statistics.median(wall)
   return {
@@ -155,7 +156,7 @@ def _comparison_fields(ours: Dict[str, Any], other: Any,
   the work it does.
   """
   batch_size = ours['batch_size']
-  timm = {**other.info(), **_summary(times, batch_size),
+  timm = {**other.info(), **summary(times, batch_size),
           'process_max_rss_mb': _max_rss_bytes() / 2**20}
   timm['gflops_per_image'] = flops / batch_size / 1e9
   timm.update(_rates(flops, timm, peak_tflops))
@@ -262,7 +263,7 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
       **_compiled_fields(info, batch_size, mode),
       'matmul_peak_tflops': peak,
       'max_rss_mb': rss_ours / 2**20,
-      **_summary(times[0], batch_size),
+      **summary(times[0], batch_size),
   }
   result.update(_rates(info['flops'], result, peak))
   if other is not None:

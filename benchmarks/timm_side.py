@@ -85,7 +85,7 @@ class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     pass
 
 
-def _import_timm_vision_transformer():
+def import_timm_vision_transformer():
   """timm's VisionTransformer class, stubbing torchvision if it won't load."""
   try:
     import torchvision  # pylint: disable=g-import-not-at-top,unused-import
@@ -109,7 +109,7 @@ def create_model(variant: Any, image_size: int, num_classes: int,
   """timm's ViT with the architecture of `variant` (a models.Variant)."""
   if variant.resnet_units is not None:
     raise ValueError('the timm comparison covers pure ViTs, not hybrids')
-  vision_transformer_cls = _import_timm_vision_transformer()
+  vision_transformer_cls = import_timm_vision_transformer()
   return vision_transformer_cls(
       img_size=image_size, patch_size=variant.patch_size,
       embed_dim=variant.hidden_size, depth=variant.num_layers,

@@ -268,8 +268,8 @@ def test_a_failed_export_leaves_nothing_behind(vit_checkpoint, tmp_path,
 
 def test_a_full_disk_names_the_path_and_leaves_nothing(vit_checkpoint,
                                                        tmp_path, monkeypatch):
-  def full(serve, params, image_size, path):
-    del serve, params, image_size
+  def full(serve, params, image_size, path, precision):
+    del serve, params, image_size, precision
     with open(path, 'wb') as f:
       f.write(b'half a graph')
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

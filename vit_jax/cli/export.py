@@ -1,7 +1,8 @@
 r"""Writes a checkpoint out for serving: TF SavedModel, ONNX and TFLite.
 
   .venv/bin/python -m vit_jax.export --checkpoint=runs/default/model.npz \
-      --out=exported [--model=NAME] [--image_size=N]
+      --out=exported [--model=NAME] [--image_size=N] \
+      [--precision=float32|float16|int8]
 
 (`python -m vit_jax.cli.export` is the same program, which
 vit_jax/export/__main__.py runs under the library's name.)
@@ -13,7 +14,9 @@ released `.npz` or name, a timm directory or hf-hub: id); --out is a new
 Each file takes uint8 images (B, H, W, 3) of any size, resizes them to the
 model's resolution (the checkpoint's own, or --image_size) as predict does,
 and returns the float32 logits predict computes for them
-(`vit_jax.export`). The files are checked in
+(`vit_jax.export`). --precision=float16 or int8 writes model.onnx and
+model.tflite with float16 or int8 (dynamic-range) weights, checked against
+a looser tolerance (docs/deploy.md has their measured agreement). The files are checked in
 their runtimes before they are moved into place; a failed export leaves
 nothing behind, and so does one stopped by SIGTERM or Ctrl-C, which ends
 in one line with status 143 or 130.
@@ -47,10 +50,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flags.DEFINE_string, 'out', None,
       'Directory to create (or an empty one) for saved_model/, model.onnx '
       'and model.tflite.')
+  cli_flags.definer(flag_values)(
+      flags.DEFINE_enum, 'precision', 'float32',
+      'Weights and computation of model.onnx and model.tflite: float32, '
+      'float16, or int8 (dynamic range: int8 weights). saved_model/ stays '
+      'float32.', enum_values=export.PRECISIONS)
 
 
 def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
-        image_size: Optional[int] = None,
+        image_size: Optional[int] = None, precision: str = 'float32',
         **model_overrides) -> Dict[str, float]:
   """Exports `checkpoint` into `out` and prints what was written.
 
@@ -70,7 +78,7 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   loaded = pretrained.load(checkpoint, model_name, image_size=image_size,
                            **model_overrides)
   try:
-    errors = export.export(loaded, out)
+    errors = export.export(loaded, out, precision=precision)
   except ImportError as e:
     if not extras.is_optional(e.name):
       raise
@@ -80,7 +88,9 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   written = [f'{export.SAVED_MODEL}/', export.ONNX, export.TFLITE]
   if loaded.class_names:
     written.append(export.LABELS)
-  print(f'wrote {out}: {", ".join(written)}')
+  reduced = '' if precision == 'float32' else (
+      f' ({export.ONNX} and {export.TFLITE} in {precision})')
+  print(f'wrote {out}: {", ".join(written)}{reduced}')
   print(f'  input {export.INPUT!r}: uint8 (B, H, W, 3), any size, resized '
         f'to {size} x {size} inside; output {export.OUTPUT!r}: float32 '
         f'(B, {loaded.model.num_classes})')
@@ -100,7 +110,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
   def checked_run():
     cli_flags.check_required(flag_values, 'checkpoint', 'out')
     run(flag_values.checkpoint, flag_values.out, flag_values.model,
-        image_size=flag_values.image_size,
+        image_size=flag_values.image_size, precision=flag_values.precision,
         **cli_flags.architecture_overrides(flag_values))
   try:
     with preemption.raise_on_stop_signals():

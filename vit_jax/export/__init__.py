@@ -9,6 +9,9 @@
   serving_function(loaded)     what every file computes, as a JAX function
                                (`serving`)
   RUNTIMES[file](path, images) a file run in its own runtime
+  PRECISIONS                   float32, float16, int8 (`precision`): what
+                               export(..., precision=) writes ONNX and
+                               TFLite in
 
 Every file takes `images`, uint8 (B, H, W, 3) of any B, H and W, resizes
 them to the model's resolution and normalises them with the checkpoint's
@@ -31,6 +34,8 @@ from vit_jax.export.bundle import ExportMismatchError
 from vit_jax.export.bundle import LABELS
 from vit_jax.export.bundle import RUNTIMES
 from vit_jax.export.bundle import TOLERANCE
+from vit_jax.export.bundle import tolerance
+from vit_jax.export.precision import PRECISIONS
 from vit_jax.export.serving import INPUT
 from vit_jax.export.serving import OUTPUT
 from vit_jax.export.serving import serving_function

@@ -16,6 +16,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from vit_jax.export import precision as precision_lib
 from vit_jax.export import serving
 from vit_jax.export import to_onnx
 from vit_jax.export import to_saved_model
@@ -28,6 +29,9 @@ LABELS = 'labels.txt'
 FORMATS = (to_saved_model, to_tflite, to_onnx)
 RUNTIMES = {fmt.FILE: fmt.run for fmt in FORMATS}
 TOLERANCE = {fmt.FILE: fmt.TOLERANCE for fmt in FORMATS}
+# The files that `precision` applies to; the SavedModel stays float32 (it
+# is the TFLite converter's source and TF Serving's full-precision file).
+REDUCIBLE = (to_tflite.FILE, to_onnx.FILE)
 # Images in the batch each file is checked on.
 CHECK_BATCH = 2
 
@@ -56,7 +60,8 @@ def check_out(out: str) -> None:
     raise ValueError(f'cannot create {out}: {parent} is not writable')
 
 
-def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
+def export(loaded: pretrained.LoadedModel, out: str, *,
+           precision: str = 'float32') -> Dict[str, float]:
   """Writes the serving files of `loaded` into the new directory `out`.
 
   They are written into a temporary directory beside `out`, checked in
@@ -68,14 +73,18 @@ def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
     loaded: the model (`pretrained.load`); the files resize their input to
       its native resolution.
     out: the directory to create (it may exist if empty).
+    precision: the ONNX and TFLite files' weights and computation: 'float32'
+      (the default), 'float16' or 'int8' (dynamic-range); the SavedModel is
+      float32. A reduced file is checked against `tolerance`.
 
   Returns:
     File name -> largest relative difference of its logits from JAX's on
     the check batches.
 
   Raises:
-    ValueError: the model has no head, or `out` cannot be created
-      (`check_out`); ExportMismatchError: a file is beyond `TOLERANCE`.
+    ValueError: the model has no head, `out` cannot be created
+      (`check_out`), or a writer cannot write `precision`;
+      ExportMismatchError: a file is beyond `TOLERANCE`.
     OSError: a file cannot be written (a full disk); the message names it,
       `out` and the fix.
     ImportError: an optional converter or runtime is not installed.
@@ -83,6 +92,7 @@ def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
   if not loaded.model.num_classes:
     raise ValueError('the checkpoint has no head: it gives features, not '
                      'classes, and export writes classifiers')
+  precision_lib.check(precision, precision_lib.PRECISIONS, out)
   check_out(out)
   loaded = serving.for_serving(loaded)
   path = os.path.abspath(out)
@@ -95,7 +105,7 @@ def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
     try:
       os.makedirs(parent, exist_ok=True)
       os.mkdir(work, 0o700)
-      errors = _write_and_check(loaded, work)
+      errors = _write_and_check(loaded, work, precision)
     except OSError as e:
       raise _write_error(e, work, out) from e
     _move_into_place(work, path, out)
@@ -105,20 +115,21 @@ def export(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
   return errors
 
 
-def _write_and_check(loaded: pretrained.LoadedModel, work: str
-                     ) -> Dict[str, float]:
-  """Writes the files of `loaded` into `work` and checks them
-  (`check_files`)."""
+def _write_and_check(loaded: pretrained.LoadedModel, work: str,
+                     precision: str) -> Dict[str, float]:
+  """Writes the files of `loaded` into `work` in `precision` and checks
+  them (`check_files`)."""
   serve = serving.serving_function(loaded)
   saved_model = os.path.join(work, to_saved_model.FILE)
   to_saved_model.write(serve, loaded.params, loaded.image_size, saved_model)
-  to_tflite.write(saved_model, os.path.join(work, to_tflite.FILE))
+  to_tflite.write(saved_model, os.path.join(work, to_tflite.FILE),
+                  precision=precision)
   to_onnx.write_serving(serve, loaded.params, loaded.image_size,
-                        os.path.join(work, to_onnx.FILE))
+                        os.path.join(work, to_onnx.FILE), precision=precision)
   if loaded.class_names:
     with open(os.path.join(work, LABELS), 'w') as f:
       f.write(''.join(f'{name}\n' for name in loaded.class_names))
-  return check_files(work, loaded)
+  return check_files(work, loaded, precision)
 
 
 def _write_error(error: OSError, work: str, out: str) -> OSError:
@@ -150,16 +161,24 @@ def check_batches(image_size: int) -> List[np.ndarray]:
           for shape in ((image_size, image_size), other)]
 
 
-def check_files(directory: str, loaded: pretrained.LoadedModel
-                ) -> Dict[str, float]:
+def tolerance(name: str, precision: str = 'float32') -> float:
+  """The largest relative difference from JAX the file `name` may have
+  when written in `precision`."""
+  if name not in REDUCIBLE or precision == 'float32':
+    return TOLERANCE[name]
+  return precision_lib.REDUCED_TOLERANCE[precision]
+
+
+def check_files(directory: str, loaded: pretrained.LoadedModel,
+                precision: str = 'float32') -> Dict[str, float]:
   """Runs each file of `directory` on the `check_batches` and compares it
-  with `serving.reference_logits`.
+  with `serving.reference_logits` (`tolerance`).
 
   Returns:
     File name -> largest relative error over the batches.
 
   Raises:
-    ExportMismatchError: a file is beyond its `TOLERANCE`.
+    ExportMismatchError: a file is beyond its `tolerance`.
   """
   errors = dict.fromkeys(RUNTIMES, 0.0)
   for images in check_batches(loaded.image_size):
@@ -171,11 +190,12 @@ def check_files(directory: str, loaded: pretrained.LoadedModel
             f'{name} gives logits of shape {actual.shape}, JAX '
             f'{expected.shape}: nothing was written')
       error = serving.relative_error(actual, expected)
-      if not error <= TOLERANCE[name]:
+      allowed = tolerance(name, precision)
+      if not error <= allowed:
         raise ExportMismatchError(
             f'{name} differs from JAX by {error:.2g} (relative) on a '
             f'random batch of {images.shape[1]} x {images.shape[2]} images, '
-            f'more than the {TOLERANCE[name]:g} allowed: nothing was written')
+            f'more than the {allowed:g} allowed: nothing was written')
       errors[name] = max(errors[name], error)
   return errors
 

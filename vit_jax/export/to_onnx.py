@@ -1,8 +1,9 @@
 """A JAX serving function as an ONNX file, through jax2onnx.
 
-  write_serving(serve, params, image_size, path)
+  write_serving(serve, params, image_size, path, precision=...)
                                    the serving function as `path`: images
-                                   (B, H, W, 3) of any size, resized first
+                                   (B, H, W, 3) of any size, resized first;
+                                   float32, float16 or int8 weights
   write(serve, input_spec, path)   trace `serve`, convert it, write `path`
                                    (and `path`.data for weights over 1.5 GiB)
   convert(serve, input_spec)       the same as a ModelProto
@@ -29,6 +30,9 @@ sees the function:
 
 Nested `jit` calls and custom-derivative wrappers are inlined on the way
 (inference needs no derivatives), so the graph holds the primitives alone.
+jax2onnx's graph is then rewritten into the operators ONNX Runtime fuses
+and runs fastest (`onnx_fusions`: MatMul for Einsum, LayerNormalization,
+Softmax, FastGelu's pattern).
 
 The resize to the model's size (`serving`) is added to the converted graph
 as two ONNX operators in front of it: a Cast to float32 and a Resize
@@ -49,6 +53,9 @@ from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.export import onnx_fusions
+from vit_jax.export import onnx_precision
+from vit_jax.export import precision as precision_lib
 from vit_jax.export import serving
 
 FILE = 'model.onnx'
@@ -80,15 +87,30 @@ OPSET = 18
 _RESIZED = 'resized_images'
 
 
-def write_serving(serve, params, image_size: int, path: str) -> None:
+def write_serving(serve, params, image_size: int, path: str, *,
+                  precision: str = 'float32') -> None:
   """`serve` (`serving.serving_function`'s) with `params` (constants in the
-  graph) as an ONNX file whose input is uint8 (B, H, W, 3), any B, H, W."""
+  graph) as an ONNX file whose input is uint8 (B, H, W, 3), any B, H, W.
+
+  Args:
+    serve: the serving function.
+    params: its parameters.
+    image_size: the model's resolution, which the file resizes to.
+    path: the `.onnx` file to write.
+    precision: 'float32', 'float16' or 'int8' (`onnx_precision`).
+
+  Raises:
+    ValueError: an unknown precision.
+  """
+  precision_lib.check(precision, precision_lib.PRECISIONS, FILE)
   spec = jax.ShapeDtypeStruct(
       jax.export.symbolic_shape(f'B, {image_size}, {image_size}, 3'),
       jnp.float32)
   model = convert(functools.partial(serve, params), spec,
                   input_name=_RESIZED, output_name=serving.OUTPUT)
-  _save(_resizing_first(model, image_size), path)
+  model = onnx_precision.reduce(_resizing_first(model, image_size),
+                                precision)
+  _save(model, path)
 
 
 def _resizing_first(model, image_size: int):
@@ -160,7 +182,7 @@ def convert(serve: Callable[..., Any], input_spec: jax.ShapeDtypeStruct, *,
         replay, [input_spec], model_name='vit_jax', opset=OPSET,
         return_mode='proto', input_names=[input_name],
         output_names=[output_name])
-  return model
+  return onnx_fusions.fuse(model)
 
 
 def _save(model, path: str) -> None:

@@ -8,6 +8,7 @@ lower; per image it is a static slice. Files run in LiteRT (the `export`
 extra).
 """
 
+from vit_jax.export import precision as precision_lib
 from vit_jax.export import serving
 
 FILE = 'model.tflite'
@@ -15,8 +16,10 @@ FILE = 'model.tflite'
 TOLERANCE = 1e-3
 
 
-def write(saved_model: str, path: str) -> None:
+def write(saved_model: str, path: str, *,
+          precision: str = 'float32') -> None:
   """The SavedModel at `saved_model` as a TFLite file at `path`."""
+  precision_lib.check(precision, ('float32',), FILE)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   converter = tf.lite.TFLiteConverter.from_saved_model(
       saved_model, signature_keys=[serving.SIGNATURE])
