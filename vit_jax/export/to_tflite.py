@@ -9,7 +9,7 @@ With a symbolic batch, every broadcast of a parameter to the activations'
 shape (biases, LayerNorm scales, the class token) is a `BROADCAST_TO` of a
 shape computed at run time. Left so, each materialises a (B, tokens,
 width) tensor and makes the tensors after it dynamic, which LiteRT's XNNPACK
-delegate does not take: ViT-B/16 ran at a third of the SavedModel's speed
+delegate does not take: ViT-B/16 ran at 0.4-0.5x the SavedModel's speed
 (docs/deploy.md). The converter's `unsafe_fuse_dynamic_shaped_broadcast`
 folds those broadcasts into the ops that use them, which broadcast by
 themselves. It is "unsafe" where a broadcast, not its other operand, gives
