@@ -44,8 +44,14 @@ def serving_function(loaded: pretrained.LoadedModel
                      ) -> Callable[[Any, Any], jax.Array]:
   """`serve(params, pixels)`: pixels (B, S, S, 3) with values in [0, 255]
   (uint8, or float32 as the resize gives them) at the model's resolution S,
-  to float32 logits, normalised as the checkpoint expects, one image at a
-  time (`to_tflite` says why). `loaded` should be `for_serving`'s."""
+  to float32 logits, normalised as the checkpoint expects. `loaded` should
+  be `for_serving`'s.
+
+  The model is written for one image and vectorised over the batch with
+  `jax.vmap` (one batched computation, no loop): traced with a symbolic
+  batch, indexing such as the class token's `x[:, 0]` would be a dynamic
+  gather, which the TFLite converter cannot lower; under `vmap` it is a
+  static slice."""
   model = loaded.model
   mean = np.asarray(loaded.preprocessing.mean, np.float32)
   std = np.asarray(loaded.preprocessing.std, np.float32)

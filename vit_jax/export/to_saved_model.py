@@ -20,8 +20,26 @@ _PLATFORMS = ('cpu', 'cuda')
 _NO_SPACE = os.strerror(errno.ENOSPC)
 
 
-def write(serve, params, image_size: int, path: str) -> None:
-  """`serve` (`serving.serving_function`'s) with `params` as a SavedModel."""
+def write(serve, params, image_size: int, path: str, *,
+          precision: str = 'float32') -> None:
+  """`serve` (`serving.serving_function`'s) with `params` as a SavedModel.
+
+  Args:
+    serve: the serving function.
+    params: its parameters, stored as float32 variables.
+    image_size: the model's resolution, which the images are resized to.
+    path: the SavedModel directory to write.
+    precision: 'float32' only: TensorFlow's CPU kernels gain nothing from
+      float16 weights, and its int8 path needs a TFLite file
+      (`to_tflite`'s precisions).
+
+  Raises:
+    ValueError: `precision` is not 'float32'.
+  """
+  if precision != 'float32':
+    raise ValueError(f"precision '{precision}' is not the SavedModel's: it "
+                     "is written in float32 only (the TFLite file takes "
+                     "'float16' and 'int8')")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   converted = jax2tf.convert(
