@@ -128,8 +128,8 @@ def test_reduced_precision_files_hold_their_weights_and_agree(files,
 
 
 def test_an_unknown_precision_is_refused_naming_it(tmp_path):
-  with pytest.raises(ValueError, match="precision 'bfloat16' is not one of "
-                     "the TFLite file's: float32, float16, int8"):
+  with pytest.raises(ValueError, match="unknown precision 'bfloat16': give "
+                     "one of float32, float16, int8"):
     to_tflite.write(str(tmp_path / 'none'), str(tmp_path / 'x.tflite'),
                     precision='bfloat16')
   with pytest.raises(ValueError, match="precision 'int8' is not the "
