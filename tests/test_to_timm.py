@@ -309,3 +309,32 @@ class TestTimmLoadsIt:
           timm_pixels.transpose(0, 3, 1, 2).copy())).numpy()
     assert actual.shape == (2, 3)
     assert _relative_error(actual, expected) < 1e-4
+
+
+# --------------------------------------------------- the export program --
+
+def test_export_program_writes_a_timm_directory(tmp_path, capsys):
+  from vit_jax.cli import export as export_cli  # pylint: disable=g-import-not-at-top
+  source = timm_fixtures.write_family(tmp_path / 'source', 'augreg')
+  out = tmp_path / 'out'
+  assert export_cli.run(str(source), str(out), output_format='timm') == {}
+  assert sorted(path.name for path in out.iterdir()) == [
+      'config.json', 'model.safetensors']
+  assert f"timm.create_model('local-dir:{out}'" in capsys.readouterr().out
+  before, after = timm_hub.read(source), timm_hub.read(out)
+  assert after.architecture == 'vit_tiny_patch16_224'
+  assert after.class_names == before.class_names
+  assert after.preprocessing == before.preprocessing
+  jax.tree_util.tree_map(np.testing.assert_array_equal, after.params,
+                         before.params)
+
+
+def test_export_program_refuses_what_timm_cannot_express(tmp_path):
+  from vit_jax.cli import export as export_cli  # pylint: disable=g-import-not-at-top
+  model = vit.VisionTransformer(**BASE, representation_size=8)
+  path = tmp_path / 'model.npz'
+  weights.save_npz(models.init_params(model, jax.random.PRNGKey(0),
+                                      (SIZE, SIZE)), path, model=model)
+  with pytest.raises(to_timm.Untranslatable, match='pre_logits'):
+    export_cli.run(str(path), str(tmp_path / 'out'), output_format='timm')
+  assert not (tmp_path / 'out').exists()

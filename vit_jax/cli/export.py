@@ -1,7 +1,8 @@
-r"""Writes a checkpoint out for serving: TF SavedModel, ONNX and TFLite.
+r"""Writes a checkpoint out for serving: TF SavedModel, ONNX and TFLite;
+or, with --format=timm, as a timm hub directory.
 
   .venv/bin/python -m vit_jax.export --checkpoint=runs/default/model.npz \
-      --out=exported [--model=NAME] [--image_size=N]
+      --out=exported [--model=NAME] [--image_size=N] [--format=timm]
 
 (`python -m vit_jax.cli.export` is the same program, which
 vit_jax/export/__main__.py runs under the library's name.)
@@ -17,6 +18,11 @@ and returns the float32 logits predict computes for them
 their runtimes before they are moved into place; a failed export leaves
 nothing behind, and so does one stopped by SIGTERM or Ctrl-C, which ends
 in one line with status 143 or 130.
+
+--format=timm writes config.json and model.safetensors instead
+(`vit_jax.weights.save_timm`): `timm.create_model('local-dir:OUT')` loads
+them and computes the same outputs; a model timm cannot express is refused
+in one line naming the feature.
 """
 
 import sys
@@ -37,6 +43,7 @@ from vit_jax import export
 from vit_jax import extras
 from vit_jax.training import preemption
 from vit_jax.weights import pretrained
+from vit_jax.weights import to_timm
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -47,16 +54,21 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flags.DEFINE_string, 'out', None,
       'Directory to create (or an empty one) for saved_model/, model.onnx '
       'and model.tflite.')
+  cli_flags.definer(flag_values)(
+      flags.DEFINE_enum, 'format', 'serving', ['serving', 'timm'],
+      "serving: SavedModel, ONNX and TFLite; timm: a timm hub directory "
+      "(config.json + model.safetensors) for timm.create_model('local-dir:"
+      "OUT').")
 
 
 def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
-        image_size: Optional[int] = None,
+        image_size: Optional[int] = None, output_format: str = 'serving',
         **model_overrides) -> Dict[str, float]:
   """Exports `checkpoint` into `out` and prints what was written.
 
   Returns:
     File name -> largest relative difference from JAX's logits on the
-    check batch (`export.export`).
+    check batch (`export.export`); {} for output_format 'timm'.
 
   Raises:
     ValueError / FileNotFoundError: `out` cannot be created, or the
@@ -69,6 +81,8 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   export.check_out(out)  # Before the weights load.
   loaded = pretrained.load(checkpoint, model_name, image_size=image_size,
                            **model_overrides)
+  if output_format == 'timm':
+    return _write_timm(loaded, out)
   try:
     errors = export.export(loaded, out)
   except ImportError as e:
@@ -89,6 +103,18 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   return errors
 
 
+def _write_timm(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
+  """`loaded` as a timm hub directory `out` (`to_timm.save_timm`)."""
+  config = to_timm.save_timm(
+      loaded.params, loaded.model, out, image_size=loaded.image_size,
+      preprocessing=loaded.preprocessing, class_names=loaded.class_names)
+  print(f'wrote {out}: config.json, model.safetensors (timm architecture '
+        f'{config["architecture"]}, model_args {config["model_args"]})')
+  print(f"  load it with timm.create_model('local-dir:{out}', "
+        'pretrained=True)')
+  return {}
+
+
 def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
   """Runs `run` on the parsed flags; user errors exit with status 1, a
   stop signal with 128 + its number."""
@@ -101,6 +127,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
     cli_flags.check_required(flag_values, 'checkpoint', 'out')
     run(flag_values.checkpoint, flag_values.out, flag_values.model,
         image_size=flag_values.image_size,
+        output_format=flag_values.format,
         **cli_flags.architecture_overrides(flag_values))
   try:
     with preemption.raise_on_stop_signals():
