@@ -182,7 +182,8 @@ def test_released_variants_get_their_timm_name(variant, image_size,
     # The 1e-5 LayerNorm's, and of those the quick GELU's.
     ('clip_rectangular_patch', 'vit_base_patch16_clip_quickgelu_224'),
     ('distilled', 'deit_tiny_distilled_patch16_224'),  # Three heads.
-    ('map_registers', 'vit_so150m_patch16_reg4_map_256'),
+    # A MAP head and the tanh GELU: SigLIP's (registers are an override).
+    ('map_registers', 'vit_giantopt_patch16_siglip_256'),
 ])
 def test_fixed_arguments_choose_the_definition(name, architecture):
   model = _model(name)
