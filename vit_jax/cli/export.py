@@ -55,10 +55,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       'Directory to create (or an empty one) for saved_model/, model.onnx '
       'and model.tflite.')
   cli_flags.definer(flag_values)(
-      flags.DEFINE_enum, 'format', 'serving', ['serving', 'timm'],
+      flags.DEFINE_enum, 'format', 'serving',
       "serving: SavedModel, ONNX and TFLite; timm: a timm hub directory "
       "(config.json + model.safetensors) for timm.create_model('local-dir:"
-      "OUT').")
+      "OUT').", enum_values=['serving', 'timm'])
 
 
 def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
