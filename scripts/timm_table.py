@@ -100,6 +100,11 @@ def _tags(architecture: str) -> Dict[str, Dict[str, Any]]:
   return tags
 
 
+def _default_tag(architecture: str) -> str:
+  """The tag timm means by the bare architecture name."""
+  return timm.models.get_pretrained_cfg(architecture).tag
+
+
 def table() -> Dict[str, Any]:
   """architecture -> {module, class, model_args, tags}."""
   entries = {}
@@ -110,7 +115,8 @@ def table() -> Dict[str, Any]:
       model_class, model_args = _definition(module, architecture)
       entries[architecture] = {'module': module_name, 'class': model_class,
                                'model_args': model_args,
-                               'tags': _tags(architecture)}
+                               'tags': _tags(architecture),
+                               'default_tag': _default_tag(architecture)}
   return {'timm_version': timm.__version__, 'architectures': entries}
 
 

@@ -380,7 +380,8 @@ def test_a_missing_source_names_what_sources_are(tmp_path):
   assert str(error.value) == (
       f'checkpoint {tmp_path / "nope.npz"} does not exist: give an .npz '
       'file, a timm checkpoint (hf-hub:ORG/NAME or a directory with '
-      'config.json) or the name of a released file')
+      'config.json), a timm name (e.g. vit_base_patch16_224.augreg_in1k) '
+      'or the name of a released file')
 
 
 def test_read_npz_accepts_file_like_remote_paths(tmp_path, vit_params):

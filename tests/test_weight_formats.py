@@ -32,6 +32,9 @@ def sources(tmp_path, monkeypatch, vit_params):
       'npz': [npz_path, str(npz_path)],
       'timm': [timm_fixtures.write_family(tmp_path / 'hub', 'deit'),
                'hf-hub:timm/vit_base_patch16_224.augreg_in1k'],
+      'timm name': ['vit_base_patch16_224.augreg_in1k',
+                    'timm/vit_base_patch16_224.augreg_in1k',
+                    'vit_small_patch14_reg4_dinov2'],
       'released': [RELEASED_NAME,
                    'augreg/Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-'
                    'sd_0.0'],
@@ -39,7 +42,8 @@ def sources(tmp_path, monkeypatch, vit_params):
 
 
 def test_the_built_in_formats_in_the_order_they_are_asked():
-  assert [f.name for f in formats.formats()] == ['npz', 'timm', 'released']
+  assert [f.name for f in formats.formats()] == ['npz', 'timm', 'timm name',
+                                                  'released']
 
 
 def test_each_format_recognises_its_sources_and_no_other(sources):
@@ -57,7 +61,8 @@ def test_a_source_of_no_format_names_every_format(tmp_path):
   assert str(error.value) == (
       f'checkpoint {tmp_path / "nope.npz"} does not exist: give an .npz '
       'file, a timm checkpoint (hf-hub:ORG/NAME or a directory with '
-      'config.json) or the name of a released file')
+      'config.json), a timm name (e.g. vit_base_patch16_224.augreg_in1k) '
+      'or the name of a released file')
 
 
 def test_an_empty_directory_is_no_timm_checkpoint(tmp_path):

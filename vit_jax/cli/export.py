@@ -1,8 +1,9 @@
-r"""Writes a checkpoint out for serving: TF SavedModel, ONNX and TFLite.
+r"""Writes a checkpoint out for serving: TF SavedModel, ONNX and TFLite;
+or, with --format=timm, as a timm hub directory.
 
   .venv/bin/python -m vit_jax.export --checkpoint=runs/default/model.npz \
       --out=exported [--model=NAME] [--image_size=N] \
-      [--precision=float32|float16|int8]
+      [--precision=float32|float16|int8] [--format=timm]
 
 (`python -m vit_jax.cli.export` is the same program, which
 vit_jax/export/__main__.py runs under the library's name.)
@@ -20,6 +21,11 @@ a looser tolerance (docs/deploy.md has their measured agreement). The files are 
 their runtimes before they are moved into place; a failed export leaves
 nothing behind, and so does one stopped by SIGTERM or Ctrl-C, which ends
 in one line with status 143 or 130.
+
+--format=timm writes config.json and model.safetensors instead
+(`vit_jax.weights.save_timm`): `timm.create_model('local-dir:OUT')` loads
+them and computes the same outputs; a model timm cannot express is refused
+in one line naming the feature.
 """
 
 import sys
@@ -40,6 +46,7 @@ from vit_jax import export
 from vit_jax import extras
 from vit_jax.training import preemption
 from vit_jax.weights import pretrained
+from vit_jax.weights import to_timm
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -55,16 +62,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       'Weights and computation of model.onnx and model.tflite: float32, '
       'float16, or int8 (dynamic range: int8 weights). saved_model/ stays '
       'float32.', enum_values=export.PRECISIONS)
+  cli_flags.definer(flag_values)(
+      flags.DEFINE_enum, 'format', 'serving',
+      "serving: SavedModel, ONNX and TFLite; timm: a timm hub directory "
+      "(config.json + model.safetensors) for timm.create_model('local-dir:"
+      "OUT').", enum_values=['serving', 'timm'])
 
 
 def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
         image_size: Optional[int] = None, precision: str = 'float32',
+        output_format: str = 'serving',
         **model_overrides) -> Dict[str, float]:
   """Exports `checkpoint` into `out` and prints what was written.
 
   Returns:
     File name -> largest relative difference from JAX's logits on the
-    check batch (`export.export`).
+    check batch (`export.export`); {} for output_format 'timm'.
 
   Raises:
     ValueError / FileNotFoundError: `out` cannot be created, or the
@@ -74,9 +87,14 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   if image_size is not None and image_size < 1:
     raise ValueError(f'--image_size={image_size} must be a positive integer '
                      "(pixels); leave it unset for the checkpoint's own")
+  if output_format == 'timm' and precision != 'float32':
+    raise ValueError(f'--format=timm writes float32 weights: drop '
+                     f'--precision={precision}')
   export.check_out(out)  # Before the weights load.
   loaded = pretrained.load(checkpoint, model_name, image_size=image_size,
                            **model_overrides)
+  if output_format == 'timm':
+    return _write_timm(loaded, out)
   try:
     errors = export.export(loaded, out, precision=precision)
   except ImportError as e:
@@ -99,6 +117,18 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   return errors
 
 
+def _write_timm(loaded: pretrained.LoadedModel, out: str) -> Dict[str, float]:
+  """`loaded` as a timm hub directory `out` (`to_timm.save_timm`)."""
+  config = to_timm.save_timm(
+      loaded.params, loaded.model, out, image_size=loaded.image_size,
+      preprocessing=loaded.preprocessing, class_names=loaded.class_names)
+  print(f'wrote {out}: config.json, model.safetensors (timm architecture '
+        f'{config["architecture"]}, model_args {config["model_args"]})')
+  print(f"  load it with timm.create_model('local-dir:{out}', "
+        'pretrained=True)')
+  return {}
+
+
 def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
   """Runs `run` on the parsed flags; user errors exit with status 1, a
   stop signal with 128 + its number."""
@@ -111,6 +141,7 @@ def main(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS):
     cli_flags.check_required(flag_values, 'checkpoint', 'out')
     run(flag_values.checkpoint, flag_values.out, flag_values.model,
         image_size=flag_values.image_size, precision=flag_values.precision,
+        output_format=flag_values.format,
         **cli_flags.architecture_overrides(flag_values))
   try:
     with preemption.raise_on_stop_signals():

@@ -35,12 +35,14 @@ class Definition:
       'Eva', 'NaFlexVit', 'MlpMixer', ...).
     model_args: the entrypoint's arguments to that class.
     tags: pretrained tag -> {'hf_hub_id', 'input_size', 'num_classes'}.
+    default_tag: the tag timm means by the bare architecture name.
   """
   architecture: str
   module: str
   model_class: str
   model_args: Mapping[str, Any]
   tags: Mapping[str, Mapping[str, Any]]
+  default_tag: Optional[str] = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,7 +76,8 @@ def definition(name: str) -> Optional[Definition]:
     return None
   return Definition(architecture=architecture, module=entry['module'],
                     model_class=entry['class'],
-                    model_args=entry['model_args'], tags=entry['tags'])
+                    model_args=entry['model_args'], tags=entry['tags'],
+                    default_tag=entry.get('default_tag'))
 
 
 def model_args(config: Mapping[str, Any]) -> Dict[str, Any]:

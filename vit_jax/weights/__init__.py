@@ -16,6 +16,8 @@ The modules:
   zoo            the released Google files by name, fetched and cached
   download       a remote .npz copied into the cache, verified
   timm_hub       timm / Hugging Face hub directories and ids
+  to_timm        our weights as a timm hub directory (save_timm); the
+                 ViT's arrays and options in timm's terms: to_timm_vit
   safetensors_file  the `.safetensors` container, read from its header
   arrays         what every format checks of its arrays (float, finite,
                  sizes), and arrays known by their header, read when used
@@ -24,6 +26,7 @@ A family's timm key layout is the family's (`vit_jax.models.vit_timm`).
 
 from vit_jax.models import family as _family
 from vit_jax.weights import pretrained as _pretrained
+from vit_jax.weights import to_timm as _to_timm
 
 CheckpointMismatchError = _family.CheckpointMismatchError
 LoadedModel = _pretrained.LoadedModel
@@ -32,3 +35,4 @@ load_for_fine_tuning = _pretrained.load_for_fine_tuning
 load_params = _pretrained.load_params
 load_preprocessing = _pretrained.load_preprocessing
 save_npz = _pretrained.save_npz
+save_timm = _to_timm.save_timm

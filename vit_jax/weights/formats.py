@@ -16,6 +16,9 @@ Built in (`_BUILT_IN`, in the order they are asked):
             config.json + model.safetensors (`timm_hub`); the model family
             whose `foreign_layouts['timm']` recognises the state dict maps
             its keys (the ViT's: `vit_jax.models.vit_timm`)
+  timm name a timm model name, e.g. 'vit_base_patch16_224.augreg_in1k'
+            (with or without 'timm/'; a bare architecture is its default
+            tag): its hf-hub: id (`timm_names`), read as above
   released  a released Google file by name, e.g. 'imagenet21k/ViT-B_16'
             (`zoo` fetches it once; then it is an npz)
 
@@ -43,6 +46,7 @@ from vit_jax.models import family
 from vit_jax.weights import npz
 from vit_jax.weights import sidecar as sidecar_lib
 from vit_jax.weights import timm_hub
+from vit_jax.weights import timm_names
 from vit_jax.weights import zoo
 
 Params = family.Params
@@ -165,6 +169,23 @@ class TimmHub(WeightFormat):
     return timm_hub.read_preprocessing(str(source))
 
 
+class TimmName(WeightFormat):
+  """A timm model name (`timm_names`): the hub id of its tag, fetched
+  through the Hugging Face cache as hf-hub: ids are."""
+  name = 'timm name'
+  sources = 'a timm name (e.g. vit_base_patch16_224.augreg_in1k)'
+
+  def recognises(self, source) -> bool:
+    return timm_names.is_timm_name(source) and not epath.Path(
+        source).exists()
+
+  def read(self, source) -> Weights:
+    return TimmHub().read(timm_names.hub_source(source))
+
+  def read_preprocessing(self, source) -> Optional[family.Preprocessing]:
+    return TimmHub().read_preprocessing(timm_names.hub_source(source))
+
+
 class ReleasedName(WeightFormat):
   """A released file by name (`zoo`): fetched once, then an `.npz`."""
   name = 'released'
@@ -183,7 +204,8 @@ class ReleasedName(WeightFormat):
 # ------------------------------------------------------------ registry --
 
 # Asked in this order; a file is an npz before anything else.
-_BUILT_IN: Tuple[WeightFormat, ...] = (NpzFile(), TimmHub(), ReleasedName())
+_BUILT_IN: Tuple[WeightFormat, ...] = (NpzFile(), TimmHub(), TimmName(),
+                                       ReleasedName())
 _FORMATS: List[WeightFormat] = list(_BUILT_IN)
 
 

@@ -1,0 +1,305 @@
+"""Our ViT as timm's: its state dict and the arguments timm builds it with.
+
+The inverse of `vit_jax.models.vit_timm` (whose docstring has the key
+table): each of our arrays goes to the timm key that mapping reads it from,
+transposed back, and each option of `vit.VisionTransformer` to the
+`VisionTransformer` argument of timm 1.0 (timm/models/vision_transformer.py)
+that computes the same, or `VisionTransformerDistilled` (deit.py) for a
+distillation token:
+
+  ours                                   timm
+  hidden_size, num_layers, num_heads     embed_dim, depth, num_heads
+  mlp_dim                                mlp_ratio (int(embed_dim * ratio))
+  classifier token | gap | map           global_pool 'token' | 'avg' | 'map'
+  classifier unpooled | token_unpooled   global_pool '' (class_token off/on)
+  num_register_tokens                    reg_tokens
+  posemb_covers_prefix=False             no_embed_class=True
+  posemb 'none'                          pos_embed='none'
+  layer_scale_init                       init_values
+  pre_norm, fc_norm, qkv_bias            pre_norm, fc_norm, qkv_bias
+  activation gelu_tanh|gelu_erf|quick    act_layer gelu_tanh|gelu|quick_gelu
+  layer_norm_epsilon 1e-6 | 1e-5         timm's LayerNorm | the definitions'
+                                         LayerNorm(eps=1e-5) (CLIP towers)
+
+The epsilon is the one choice JSON cannot override (timm's `norm_layer`
+takes a layer, not a number): it selects the architecture definitions the
+writer may name (`Conversion.fixed`). What timm's ViT cannot compute is
+refused by name (`Untranslatable`): a tanh `pre_logits` layer
+(representation_size), fixed sin-cos position embeddings, other epsilons.
+"""
+
+import dataclasses
+import math
+from typing import Any, Dict, Mapping, Tuple
+
+import flax
+import numpy as np
+
+from vit_jax.models import vit
+from vit_jax.models import vit_layout
+
+# timm's names for our activations (timm.layers.create_act's strings).
+_ACT_LAYERS = {'gelu_tanh': 'gelu_tanh', 'gelu_erf': 'gelu',
+               'quick_gelu': 'quick_gelu'}
+# Our epsilon -> the `norm_layer` a definition must have to compute it:
+# None (timm's LayerNorm, eps 1e-6) or the CLIP towers' LayerNorm(1e-5).
+_NORM_LAYERS = {1e-6: None,
+                1e-5: {'args': [], 'kwargs': {'eps': 1e-05},
+                       'partial': 'LayerNorm'}}
+_GLOBAL_POOL = {'token': 'token', 'gap': 'avg', 'map': 'map',
+                'unpooled': '', 'token_unpooled': ''}
+# timm 1.0's VisionTransformer defaults of the arguments we write.
+VIT_DEFAULTS = {
+    'patch_size': 16, 'embed_dim': 768, 'depth': 12, 'num_heads': 12,
+    'mlp_ratio': 4.0, 'qkv_bias': True, 'init_values': None,
+    'class_token': True, 'pos_embed': 'learn', 'no_embed_class': False,
+    'reg_tokens': 0, 'pre_norm': False, 'final_norm': True, 'fc_norm': None,
+    'pool_include_prefix': False, 'global_pool': 'token', 'act_layer': None,
+}
+
+
+class Untranslatable(ValueError):
+  """A model timm cannot express; the message names the feature."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+  """A model in timm's terms.
+
+  Attributes:
+    model_class: the timm class ('VisionTransformer', ...).
+    module: the timm module defining it, whose architectures are named
+      before others' of the same fit ('vision_transformer', 'deit').
+    args: constructor arguments (JSON values) that reproduce the model,
+      each of which config.json's model_args may override.
+    defaults: the class's default of each key of `args`.
+    fixed: definition arguments JSON cannot override, with the value the
+      definition must have (None: the key must be absent or None).
+    state_dict: timm key -> float32 array.
+    classifiers: the head's parameter names (pretrained_cfg 'classifier').
+    first_conv: the first convolution's name (pretrained_cfg 'first_conv').
+  """
+  model_class: str
+  module: str
+  args: Dict[str, Any]
+  defaults: Mapping[str, Any]
+  fixed: Mapping[str, Any]
+  state_dict: Dict[str, np.ndarray]
+  classifiers: Tuple[str, ...]
+  first_conv: str = 'patch_embed.proj'
+
+
+# ------------------------------------------------------------- arguments --
+
+def mlp_ratio(hidden_size: int, mlp_dim: int) -> float:
+  """A ratio timm turns back into `mlp_dim` (int(hidden_size * ratio))."""
+  ratio = mlp_dim / hidden_size
+  while int(hidden_size * ratio) < mlp_dim:  # Rounded down by a hair.
+    ratio = math.nextafter(ratio, math.inf)
+  return ratio
+
+
+def _patch_size(patch_size) -> Any:
+  height, width = (int(side) for side in patch_size)
+  return height if height == width else [height, width]
+
+
+def _check_expressible(model: vit.VisionTransformer) -> None:
+  """Raises Untranslatable naming what timm's ViT cannot compute."""
+  problem = None
+  if model.representation_size is not None:
+    problem = ("a tanh pre_logits layer (representation_size="
+               f"{model.representation_size}), which timm's VisionTransformer "
+               'lacks; fine-tune without it (load_for_fine_tuning drops it)')
+  elif model.posemb == 'sincos2d':
+    problem = ("the fixed sin-cos position embedding (posemb='sincos2d'), "
+               "which timm's VisionTransformer lacks")
+  elif model.layer_norm_epsilon not in _NORM_LAYERS:
+    problem = (f'layer_norm_epsilon={model.layer_norm_epsilon:g}: timm\'s '
+               'ViT definitions use 1e-6 or 1e-5')
+  elif model.distillation and model.num_register_tokens:
+    problem = ("register tokens beside a distillation token (timm's "
+               'distilled model ignores them)')
+  elif model.distillation and model.fc_norm:
+    problem = "fc_norm beside a distillation token (timm's distilled head " \
+              'skips it)'
+  if problem:
+    raise Untranslatable(f'timm cannot express {problem}')
+
+
+def timm_args(model: vit.VisionTransformer,
+              image_size: Tuple[int, int]) -> Dict[str, Any]:
+  """The arguments of timm's ViT that compute what `model` computes.
+
+  Raises:
+    Untranslatable: `model` has a feature timm's ViT lacks.
+  """
+  _check_expressible(model)
+  pool = _GLOBAL_POOL[model.classifier]
+  registers = int(model.num_register_tokens)
+  return {
+      'img_size': [int(image_size[0]), int(image_size[1])], 'in_chans': 3,
+      'num_classes': int(model.num_classes or 0),
+      'patch_size': _patch_size(model.patch_size),
+      'embed_dim': int(model.hidden_size), 'depth': int(model.num_layers),
+      'num_heads': int(model.num_heads),
+      'mlp_ratio': mlp_ratio(model.hidden_size, model.mlp_dim),
+      'qkv_bias': bool(model.qkv_bias),
+      'init_values': (None if model.layer_scale_init is None
+                      else float(model.layer_scale_init)),
+      'class_token': model.classifier in vit.TOKEN_CLASSIFIERS,
+      'pos_embed': 'none' if model.posemb == 'none' else 'learn',
+      'no_embed_class': not model.posemb_covers_prefix,
+      'reg_tokens': registers, 'pre_norm': bool(model.pre_norm),
+      'final_norm': True, 'fc_norm': bool(model.fc_norm),
+      # Our MAP head attends to every token, registers included.
+      'pool_include_prefix': pool == 'map' and registers > 0,
+      'global_pool': pool, 'act_layer': _ACT_LAYERS[model.activation],
+  }
+
+
+def same_arg(key: str, definition_value: Any, ours: Any,
+             args: Mapping[str, Any]) -> bool:
+  """Whether a definition's value of `key` computes what ours does."""
+  if key == 'mlp_ratio':
+    width = args['embed_dim']
+    return int(width * definition_value) == int(width * ours)
+  if key == 'fc_norm' and definition_value is None:  # timm: avg pools do.
+    definition_value = args['global_pool'] in ('avg', 'avgmax', 'max')
+  if key == 'init_values':  # Loaded over: only whether there are scales.
+    return (definition_value is None) == (ours is None)
+  if key == 'act_layer' and definition_value is None:
+    definition_value = 'gelu'
+  if key == 'patch_size' and isinstance(definition_value, (list, tuple)):
+    definition_value = _patch_size(definition_value)
+  return definition_value == ours
+
+
+# ---------------------------------------------------------------- arrays --
+
+def _linear(out: Dict[str, np.ndarray], timm: str, ours: Mapping[str, Any]):
+  out[f'{timm}.weight'] = np.asarray(ours['kernel']).T
+  if 'bias' in ours:
+    out[f'{timm}.bias'] = np.asarray(ours['bias'])
+
+
+def _norm(out, timm: str, ours: Mapping[str, Any]):
+  out[f'{timm}.weight'] = np.asarray(ours['scale'])
+  out[f'{timm}.bias'] = np.asarray(ours['bias'])
+
+
+def _fused(out, timm: str, attention: Mapping[str, Any], names) -> None:
+  """DenseGeneral kernels (D, A, E) -> one Linear (len(names)*A*E, D)."""
+  kernels = [np.asarray(attention[name]['kernel']) for name in names]
+  out[f'{timm}.weight'] = np.concatenate(
+      [kernel.reshape(kernel.shape[0], -1).T for kernel in kernels])
+  if all('bias' in attention[name] for name in names):
+    out[f'{timm}.bias'] = np.concatenate(
+        [np.asarray(attention[name]['bias']).reshape(-1) for name in names])
+
+
+def _attention_out(out, timm: str, ours: Mapping[str, Any]) -> None:
+  """`out` kernel (A, E, D) -> proj (D, A*E)."""
+  kernel = np.asarray(ours['kernel'])
+  out[f'{timm}.weight'] = kernel.reshape(-1, kernel.shape[-1]).T
+  out[f'{timm}.bias'] = np.asarray(ours['bias'])
+
+
+def _mlp(out, timm: str, ours: Mapping[str, Any]) -> None:
+  _linear(out, f'{timm}.fc1', ours['Dense_0'])
+  _linear(out, f'{timm}.fc2', ours['Dense_1'])
+
+
+def _block(out, timm: str, ours: Mapping[str, Any]) -> None:
+  attention = ours['MultiHeadDotProductAttention_0']
+  _norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
+  _fused(out, f'{timm}.attn.qkv', attention, ('query', 'key', 'value'))
+  _attention_out(out, f'{timm}.attn.proj', attention['out'])
+  _norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
+  _mlp(out, f'{timm}.mlp', ours['MlpBlock_0'])
+  for index in (0, 1):
+    if f'LayerScale_{index}' in ours:
+      out[f'{timm}.ls{index + 1}.gamma'] = np.asarray(
+          ours[f'LayerScale_{index}']['scale'])
+
+
+def _map_head(out, ours: Mapping[str, Any]) -> None:
+  attention = ours['MultiHeadDotProductAttention_0']
+  out['attn_pool.latent'] = np.asarray(ours['probe'])
+  _fused(out, 'attn_pool.q', attention, ('query',))
+  _fused(out, 'attn_pool.kv', attention, ('key', 'value'))
+  _attention_out(out, 'attn_pool.proj', attention['out'])
+  _norm(out, 'attn_pool.norm', ours['LayerNorm_0'])
+  _mlp(out, 'attn_pool.mlp', ours['MlpBlock_0'])
+
+
+def _embedding(out, params: Mapping[str, Any], pre_norm: bool) -> None:
+  """`embedding` (ph, pw, 3, D) -> patch_embed.proj (D, 3, ph, pw); timm's
+  pre_norm models have no bias there (PatchEmbed(bias=not pre_norm))."""
+  out['patch_embed.proj.weight'] = np.asarray(
+      params['embedding']['kernel']).transpose(3, 2, 0, 1)
+  bias = np.asarray(params['embedding']['bias'])
+  if not pre_norm:
+    out['patch_embed.proj.bias'] = bias
+  elif np.any(bias):
+    raise Untranslatable(
+        "timm cannot express a patch-embedding bias beside pre_norm (timm's "
+        'pre_norm ViTs have none)')
+
+
+def state_dict(params, model: vit.VisionTransformer) -> Dict[str, np.ndarray]:
+  """Our ViT tree (scanned or not) -> timm's state dict, float32.
+
+  Raises:
+    Untranslatable: a nonzero patch-embedding bias beside pre_norm.
+  """
+  params = vit_layout.unstack_blocks(flax.core.unfreeze(params))
+  encoder = params['Transformer']
+  out = {}
+  _embedding(out, params, model.pre_norm)
+  for ours, timm in (('cls', 'cls_token'), ('dist_token', 'dist_token'),
+                     ('reg_token', 'reg_token')):
+    if ours in params:
+      out[timm] = np.asarray(params[ours])
+  if 'pos_embedding' in encoder.get('posembed_input', {}):
+    out['pos_embed'] = np.asarray(encoder['posembed_input']['pos_embedding'])
+  if 'pre_norm' in encoder:
+    _norm(out, 'norm_pre', encoder['pre_norm'])
+  for layer in range(model.num_layers):
+    _block(out, f'blocks.{layer}', encoder[f'encoderblock_{layer}'])
+  if 'encoder_norm' in encoder:
+    _norm(out, 'norm', encoder['encoder_norm'])
+  if 'fc_norm' in params:
+    _norm(out, 'fc_norm', params['fc_norm'])
+  if 'MAPHead_0' in params:
+    _map_head(out, params['MAPHead_0'])
+  for head in ('head', 'head_dist'):
+    if head in params:
+      _linear(out, head, params[head])
+  return {key: np.ascontiguousarray(value, np.float32)
+          for key, value in out.items()}
+
+
+def convert(params, model: vit.VisionTransformer,
+            image_size: Tuple[int, int]) -> Conversion:
+  """`model` and its `params` as timm's (see the module docstring).
+
+  Raises:
+    Untranslatable: a feature timm's ViT lacks (a hybrid's ResNet stem
+      included: `resnet_units` is its own layout).
+  """
+  if model.resnet_units is not None:
+    raise Untranslatable(
+        "timm's VisionTransformer has no ResNet stem (resnet_units): an R+ViT "
+        "hybrid is timm's vision_transformer_hybrid")
+  args = timm_args(model, image_size)
+  distilled = bool(model.distillation)
+  return Conversion(
+      model_class=('VisionTransformerDistilled' if distilled
+                   else 'VisionTransformer'),
+      module='deit' if distilled else 'vision_transformer',
+      args=args, defaults=VIT_DEFAULTS,
+      fixed={'norm_layer': _NORM_LAYERS[model.layer_norm_epsilon]},
+      state_dict=state_dict(params, model),
+      classifiers=('head', 'head_dist') if distilled else ('head',))
+
