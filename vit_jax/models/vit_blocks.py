@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from vit_jax.models import layers
 from vit_jax.models import posemb
 from vit_jax.models import stochastic_depth
+from vit_jax.models import vit_block_variants
 
 Dtype = Any
 
@@ -202,6 +203,11 @@ class EncoderBlock(nn.Module):
   layer_norm_epsilon: float = LAYER_NORM_EPSILON
   layer_scale_init: Optional[float] = None
   drop_path_rate: float = 0.0
+  # timm's block variants (vit_block_variants; see vit.VisionTransformer).
+  norm_layer: str = 'layer_norm'
+  block: str = 'pre_norm'
+  differential_attention: bool = False
+  layer_index: int = 0  # Differential attention's lambda depends on it.
 
   @nn.compact
   def __call__(self, x_BND, drop_path_rate=None):
@@ -210,6 +216,8 @@ class EncoderBlock(nn.Module):
     rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     # A no-op unless the caller maps logical axes to a mesh (vit_jax.sharding).
     x_BND = nn.with_logical_constraint(x_BND, ACTIVATION_AXES)
+    if self.block != 'pre_norm' or self.differential_attention:
+      return vit_block_variants.BLOCKS[self.block](self, x_BND, rate)
     y = self._norm('LayerNorm_0')(x_BND)
     y = MultiHeadAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,
@@ -224,8 +232,27 @@ class EncoderBlock(nn.Module):
                  self.activation, name='MlpBlock_0')(y, train=train)
     return x_BND + self._branch(y, 1, rate)
 
-  def _norm(self, name: str) -> nn.LayerNorm:
-    return layer_norm(name, self.param_dtype, self.layer_norm_epsilon)
+  def _norm(self, name: str) -> nn.Module:
+    return vit_block_variants.norm_layer(self.norm_layer, name,
+                                         self.param_dtype,
+                                         self.layer_norm_epsilon)
+
+  def _attention_layer(self) -> nn.Module:
+    """The attention sublayer, for vit_block_variants' blocks."""
+    if self.differential_attention:
+      return vit_block_variants.DifferentialAttention(
+          self.num_heads, self.attention_dropout_rate, self.dtype,
+          self.param_dtype, self.qkv_bias, self.layer_index,
+          name='MultiHeadDotProductAttention_0')
+    return MultiHeadAttention(
+        self.num_heads, self.attention_dropout_rate, self.dtype,
+        self.param_dtype, self.attention, self.qkv_bias,
+        name='MultiHeadDotProductAttention_0')
+
+  def _mlp_layer(self) -> nn.Module:
+    """The MLP sublayer, for vit_block_variants' blocks."""
+    return MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
+                    self.param_dtype, self.activation, name='MlpBlock_0')
 
   def _branch(self, y, index: int, rate):
     """A residual branch's output as it is added: scaled, maybe dropped."""
@@ -322,6 +349,9 @@ class Encoder(nn.Module):
   posemb_covers_prefix: bool = True
   pre_norm: bool = False
   final_norm: bool = True
+  norm_layer: str = 'layer_norm'
+  block: str = 'pre_norm'
+  differential_attention: bool = False
 
   @nn.compact
   def __call__(self, x_BND, *, train: bool, grid: Tuple[int, int] = (0, 0),
@@ -355,7 +385,8 @@ class Encoder(nn.Module):
         param_dtype=self.param_dtype, train=train, attention=self.attention,
         qkv_bias=self.qkv_bias, activation=self.activation,
         layer_norm_epsilon=self.layer_norm_epsilon,
-        layer_scale_init=self.layer_scale_init)
+        layer_scale_init=self.layer_scale_init, norm_layer=self.norm_layer,
+        block=self.block, differential_attention=self.differential_attention)
     rates = stochastic_depth.rates(self.drop_path_rate, self.num_layers)
     if self.scan_layers:
       if capture_attention or capture_block_outputs:
@@ -378,15 +409,18 @@ class Encoder(nn.Module):
         x_BND = block_class(
             **block_kwargs, capture_attention=layer in capture_attention,
             query_tokens=head_tokens if last else None,
-            drop_path_rate=rates[layer], name=f'encoderblock_{layer}')(x_BND)
+            drop_path_rate=rates[layer], layer_index=layer,
+            name=f'encoderblock_{layer}')(x_BND)
         if capture_block_outputs:
           self.sow('intermediates', 'block_outputs', x_BND)
     if not self.final_norm:
       return x_BND
     return self._norm('encoder_norm')(x_BND)
 
-  def _norm(self, name: str) -> nn.LayerNorm:
-    return layer_norm(name, self.param_dtype, self.layer_norm_epsilon)
+  def _norm(self, name: str) -> nn.Module:
+    return vit_block_variants.norm_layer(self.norm_layer, name,
+                                         self.param_dtype,
+                                         self.layer_norm_epsilon)
 
 
 class MAPHead(nn.Module):
@@ -404,6 +438,7 @@ class MAPHead(nn.Module):
   attention: str = 'auto'
   activation: str = 'gelu_tanh'
   layer_norm_epsilon: float = LAYER_NORM_EPSILON
+  norm_layer: str = 'layer_norm'
 
   @nn.compact
   def __call__(self, x_BND):
@@ -415,8 +450,9 @@ class MAPHead(nn.Module):
         self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         implementation=self.attention, name='MultiHeadDotProductAttention_0')(
             x_BND, train=False, queries_BQD=probe_B1D)
-    z_B1D = layer_norm('LayerNorm_0', self.param_dtype,
-                       self.layer_norm_epsilon)(y_B1D)
+    z_B1D = vit_block_variants.norm_layer(
+        self.norm_layer, 'LayerNorm_0', self.param_dtype,
+        self.layer_norm_epsilon)(y_B1D)
     y_B1D = y_B1D + MlpBlock(
         self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
         activation=self.activation, name='MlpBlock_0')(z_B1D, train=False)

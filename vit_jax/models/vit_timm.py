@@ -103,8 +103,12 @@ def _bias_or_zeros(bias, width: int) -> np.ndarray:
 
 
 def _norm(arrays: _Arrays, out: Dict[str, np.ndarray], timm: str, ours: str):
+  """A LayerNorm, or an RmsNorm (no bias: the model's norm_layer decides
+  which the tree must hold)."""
   out[f'{ours}/scale'] = arrays.take(f'{timm}.weight')
-  out[f'{ours}/bias'] = arrays.take(f'{timm}.bias')
+  bias = arrays.take_optional(f'{timm}.bias')
+  if bias is not None:
+    out[f'{ours}/bias'] = bias
 
 
 def _dense(arrays: _Arrays, out, timm: str, ours: str) -> np.ndarray:
@@ -163,13 +167,22 @@ def _split_heads(arrays: _Arrays, out, timm: str, ours: str,
       out[f'{ours}/{name}/bias'] = bias[rows].reshape(num_heads, -1)
 
 
-def _block(arrays: _Arrays, out, layer: int, num_heads: int) -> int:
-  """blocks.{layer} -> Transformer/encoderblock_{layer}; its MLP width."""
+def _block(arrays: _Arrays, out, layer: int, num_heads: int,
+           recipe: timm_recipe.Recipe) -> int:
+  """blocks.{layer} -> Transformer/encoderblock_{layer}; its MLP width.
+  Block and ResPostBlock have the same keys (the norms' places differ)."""
   timm, ours = f'blocks.{layer}', f'Transformer/encoderblock_{layer}'
   attention = f'{ours}/MultiHeadDotProductAttention_0'
+  if recipe.block == 'parallel':
+    return _parallel_block(arrays, out, timm, ours, num_heads,
+                           recipe.differential_attention)
   _norm(arrays, out, f'{timm}.norm1', f'{ours}/LayerNorm_0')
-  _split_heads(arrays, out, f'{timm}.attn.qkv', attention,
-               ('query', 'key', 'value'), num_heads)
+  if recipe.differential_attention:
+    _differential_qkv(arrays, out, f'{timm}.attn.qkv', attention, num_heads)
+    _differential_extras(arrays, out, f'{timm}.attn', attention)
+  else:
+    _split_heads(arrays, out, f'{timm}.attn.qkv', attention,
+                 ('query', 'key', 'value'), num_heads)
   _attention_out(arrays, out, f'{timm}.attn.proj', f'{attention}/out',
                  num_heads)
   _norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')
@@ -178,6 +191,76 @@ def _block(arrays: _Arrays, out, layer: int, num_heads: int) -> int:
     gamma = arrays.take_optional(f'{timm}.ls{index + 1}.gamma')
     if gamma is not None:
       out[f'{ours}/LayerScale_{index}/scale'] = gamma
+  return mlp_dim
+
+
+def _differential_qkv(arrays: _Arrays, out, timm: str, ours: str,
+                      num_heads: int, weight_OI=None, bias=None) -> None:
+  """DiffAttention's qkv: q and k as 2A heads of E/2 (head a's halves are
+  2a and 2a + 1), v as A heads of E."""
+  if weight_OI is None:
+    weight_OI = arrays.take(f'{timm}.weight')
+    bias = arrays.take_optional(f'{timm}.bias')
+  width = weight_OI.shape[1]
+  for index, (name, heads) in enumerate((('query', 2 * num_heads),
+                                         ('key', 2 * num_heads),
+                                         ('value', num_heads))):
+    rows = slice(index * width, (index + 1) * width)
+    out[f'{ours}/{name}/kernel'] = _heads(weight_OI[rows], heads)
+    if bias is not None:
+      out[f'{ours}/{name}/bias'] = bias[rows].reshape(heads, -1)
+
+
+def _differential_extras(arrays: _Arrays, out, timm: str, ours: str) -> None:
+  """DiffAttention's lambda vectors and per-head output RmsNorm."""
+  for name in ('lambda_q1', 'lambda_k1', 'lambda_q2', 'lambda_k2'):
+    out[f'{ours}/{name}'] = arrays.take(f'{timm}.{name}')
+  out[f'{ours}/sub_norm/scale'] = arrays.take(f'{timm}.sub_norm.weight')
+
+
+def _parallel_block(arrays: _Arrays, out, timm: str, ours: str,
+                    num_heads: int, differential: bool) -> int:
+  """(Diff)ParallelScalingBlock -> our parallel block; its MLP width.
+  in_proj stacks fc1, q, k, v on its output axis (timm's in_split); the
+  output projection is attn_out_proj + mlp_out_proj, or one out_proj of
+  the concatenated (attention, MLP) outputs: the same sum."""
+  attention = f'{ours}/MultiHeadDotProductAttention_0'
+  mlp = f'{ours}/MlpBlock_0'
+  _norm(arrays, out, f'{timm}.in_norm', f'{ours}/LayerNorm_0')
+  weight_OI = arrays.take(f'{timm}.in_proj.weight')
+  bias = arrays.take_optional(f'{timm}.in_proj.bias')
+  width = weight_OI.shape[1]
+  mlp_dim = weight_OI.shape[0] - 3 * width
+  mlp_bias = (arrays.take(f'{timm}.mlp_bias') if bias is None
+              else bias[:mlp_dim])
+  out[f'{mlp}/Dense_0/kernel'] = weight_OI[:mlp_dim].T
+  out[f'{mlp}/Dense_0/bias'] = mlp_bias
+  qkv_bias = None if bias is None else bias[mlp_dim:]
+  if differential:
+    _differential_qkv(arrays, out, '', attention, num_heads,
+                      weight_OI=weight_OI[mlp_dim:], bias=qkv_bias)
+    _differential_extras(arrays, out, timm, attention)
+  else:
+    for index, name in enumerate(('query', 'key', 'value')):
+      rows = slice(mlp_dim + index * width, mlp_dim + (index + 1) * width)
+      out[f'{attention}/{name}/kernel'] = _heads(weight_OI[rows], num_heads)
+      if bias is not None:
+        out[f'{attention}/{name}/bias'] = bias[rows].reshape(num_heads, -1)
+  if arrays.has(f'{timm}.out_proj.weight'):
+    fused_OI = arrays.take(f'{timm}.out_proj.weight')
+    fused_bias = arrays.take_optional(f'{timm}.out_proj.bias')
+    out[f'{attention}/out/kernel'] = fused_OI[:, :width].T.reshape(
+        num_heads, -1, width)
+    out[f'{attention}/out/bias'] = _bias_or_zeros(fused_bias, width)
+    out[f'{mlp}/Dense_1/kernel'] = fused_OI[:, width:].T
+    out[f'{mlp}/Dense_1/bias'] = np.zeros(width, np.float32)
+  else:
+    _attention_out(arrays, out, f'{timm}.attn_out_proj', f'{attention}/out',
+                   num_heads)
+    _dense(arrays, out, f'{timm}.mlp_out_proj', f'{mlp}/Dense_1')
+  gamma = arrays.take_optional(f'{timm}.ls.gamma')
+  if gamma is not None:
+    out[f'{ours}/LayerScale_0/scale'] = gamma
   return mlp_dim
 
 
@@ -226,10 +309,9 @@ def _posemb_options(pos_embed, *, grid: Tuple[int, int],
 
 
 def _grid(image_size, patch_size) -> Tuple[int, int]:
-  if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-    raise family.CheckpointMismatchError(
-        f'input_size {image_size} is not a multiple of the patch size '
-        f'{patch_size}')
+  """timm's PatchEmbed grid: its stride-p conv drops the remainder of a
+  side that is not a multiple of the patch (vit_so400m_patch14_siglip_384:
+  384 px / 14 -> 27 patches)."""
   return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
 
 
@@ -248,8 +330,11 @@ class _Tokens:
 
 
 def _embedding(arrays: _Arrays, out) -> Tuple[int, Tuple[int, int]]:
-  """patch_embed.proj (D, 3, ph, pw) -> `embedding` (ph, pw, 3, D); returns
-  (width, patch size)."""
+  """patch_embed.proj (D, 3, ph, pw) -> `embedding` (ph, pw, 3, D), and
+  its norm (embed_norm_layer) -> `embedding_norm`; returns (width, patch
+  size)."""
+  if arrays.has('patch_embed.norm.weight'):
+    _norm(arrays, out, 'patch_embed.norm', 'embedding_norm')
   weight_DCPP = arrays.take('patch_embed.proj.weight')
   width, channels = weight_DCPP.shape[:2]
   if channels != 3:
@@ -276,27 +361,36 @@ def _prefix_tokens(arrays: _Arrays, out) -> _Tokens:
   return tokens
 
 
-def _encoder(arrays: _Arrays, out, num_heads: int) -> Tuple[int, set]:
+def _encoder(arrays: _Arrays, out, num_heads: int,
+             recipe: timm_recipe.Recipe) -> Tuple[int, set]:
   """norm_pre and the blocks; returns (layers, the blocks' MLP widths)."""
   if arrays.has('norm_pre.weight'):
     _norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
+  first_norm = 'in_norm' if recipe.block == 'parallel' else 'norm1'
   num_layers = 0
-  while arrays.has(f'blocks.{num_layers}.norm1.weight'):
+  while arrays.has(f'blocks.{num_layers}.{first_norm}.weight'):
     num_layers += 1
   if not num_layers:
     raise family.CheckpointMismatchError(
-        'the checkpoint has no blocks.0: not a timm ViT')
-  return num_layers, {_block(arrays, out, layer, num_heads)
+        f'the checkpoint has no blocks.0.{first_norm}: not a timm ViT of '
+        'its definition')
+  return num_layers, {_block(arrays, out, layer, num_heads, recipe)
                       for layer in range(num_layers)}
 
 
-def _final_norm(arrays: _Arrays, out, tokens: _Tokens) -> bool:
-  """`norm` (every token) or `fc_norm` (after pooling); returns fc_norm."""
+def _final_norm(arrays: _Arrays, out, tokens: _Tokens,
+                final_norm: bool) -> bool:
+  """`norm` (every token) or `fc_norm` (after pooling), or neither with
+  timm's final_norm=False; returns fc_norm."""
   fc_norm = arrays.has('fc_norm.weight')
-  if fc_norm == arrays.has('norm.weight'):
+  has_norm = arrays.has('norm.weight')
+  if not (fc_norm or has_norm) and not final_norm:
+    return False
+  if fc_norm == has_norm:
     raise family.CheckpointMismatchError(
-        'the checkpoint has neither or both of `norm` and `fc_norm` '
-        '(final_norm=False?): vit_jax needs exactly one final LayerNorm')
+        f'the checkpoint has {"both" if fc_norm else "neither"} of `norm` '
+        f'and `fc_norm`, but its definition says final_norm={final_norm}: '
+        'timm builds exactly one final norm, or none with final_norm=False')
   if fc_norm and tokens.distilled:
     raise family.CheckpointMismatchError(
         "fc_norm with a distillation token (timm's distilled head skips "
@@ -344,8 +438,8 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
   pos_embed = arrays.take_optional('pos_embed')
   if pos_embed is not None:
     out['Transformer/posembed_input/pos_embedding'] = pos_embed
-  num_layers, mlp_dims = _encoder(arrays, out, num_heads)
-  fc_norm = _final_norm(arrays, out, tokens)
+  num_layers, mlp_dims = _encoder(arrays, out, num_heads, recipe)
+  fc_norm = _final_norm(arrays, out, tokens, recipe.final_norm)
   has_map = arrays.has('attn_pool.latent')
   if has_map:
     mlp_dims.add(_map_head(arrays, out, num_heads))
@@ -357,13 +451,15 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
   options = _options(recipe, out, tokens, fc_norm=fc_norm, posemb=(
       _posemb_options(pos_embed, grid=_grid(image_size, patch_size),
                       num_prefix=tokens.count)))
+  pooling = timm_recipe.pooling(recipe, has_cls=tokens.has_cls,
+                                num_prefix=tokens.count, has_map=has_map,
+                                distilled=tokens.distilled)
+  if pooling.get('extra_class_token'):  # A class token no head reads.
+    out['extra_cls'] = out.pop('cls')
   model_kwargs = dict(
       num_classes=num_classes, patch_size=patch_size, hidden_size=width,
       num_layers=num_layers, num_heads=num_heads, mlp_dim=int(mlp_dims.pop()),
-      classifier=timm_recipe.classifier(recipe, has_cls=tokens.has_cls,
-                             num_prefix=tokens.count, has_map=has_map,
-                             distilled=tokens.distilled),
-      **options)
+      **pooling, **options)
   tree = flax.traverse_util.unflatten_dict(
       {key: np.ascontiguousarray(value, np.float32)
        for key, value in out.items()}, sep='/')
@@ -385,6 +481,10 @@ def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
       qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
       layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
                         if f'{block}/LayerScale_0/scale' in out else None),
+      final_norm=fc_norm or 'Transformer/encoder_norm/scale' in out,
+      norm_layer=recipe.norm_layer,
+      embed_norm='embedding_norm/scale' in out, block=recipe.block,
+      differential_attention=recipe.differential_attention,
       **posemb)
   defaults = {field.name: field.default
               for field in dataclasses.fields(vit.VisionTransformer)}
