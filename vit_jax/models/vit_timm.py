@@ -70,8 +70,10 @@ class _Arrays:
   An array is read (np.asarray) when taken: a reader may hand out arrays
   known by their header only, so that those left are never read."""
 
-  def __init__(self, arrays: Mapping[str, np.ndarray]):
+  def __init__(self, arrays: Mapping[str, np.ndarray],
+               norm_bias: bool = True):
     self._arrays = dict(arrays)
+    self.norm_bias = norm_bias  # LayerNorms; RmsNorms have none.
 
   def has(self, key: str) -> bool:
     return key in self._arrays
@@ -103,12 +105,10 @@ def _bias_or_zeros(bias, width: int) -> np.ndarray:
 
 
 def _norm(arrays: _Arrays, out: Dict[str, np.ndarray], timm: str, ours: str):
-  """A LayerNorm, or an RmsNorm (no bias: the model's norm_layer decides
-  which the tree must hold)."""
+  """A LayerNorm, or an RmsNorm (no bias), as the arrays' norm_layer."""
   out[f'{ours}/scale'] = arrays.take(f'{timm}.weight')
-  bias = arrays.take_optional(f'{timm}.bias')
-  if bias is not None:
-    out[f'{ours}/bias'] = bias
+  if arrays.norm_bias:
+    out[f'{ours}/bias'] = arrays.take(f'{timm}.bias')
 
 
 def _dense(arrays: _Arrays, out, timm: str, ours: str) -> np.ndarray:
@@ -431,7 +431,9 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
     family.CheckpointMismatchError: an array is missing, left over, or of a
       shape or combination vit_jax does not implement.
   """
-  arrays, out = _Arrays(timm_arrays), {}
+  arrays = _Arrays(timm_arrays,
+                   norm_bias=recipe.norm_layer == 'layer_norm')
+  out = {}
   width, patch_size = _embedding(arrays, out)
   num_heads = timm_recipe.num_heads(recipe, width)
   tokens = _prefix_tokens(arrays, out)
