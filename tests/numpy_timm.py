@@ -5,10 +5,13 @@ It reads timm's own state-dict keys and conventions: NCHW images, the patch
 conv weight (D, C, P, P), torch Linear weights (out, in), the fused qkv
 projection (3D, D) read as (3, heads, head_dim) on its output axis, the MAP
 pool's fused kv (2D, D). It follows timm 1.0's vision_transformer.py,
-deit.py and AttentionPoolLatent step by step and shares no code with
-vit_jax: parameters decide what exists (a class, distillation or register
-token, norm_pre, LayerScale, norm or fc_norm, attn_pool, head, head_dist,
-missing biases), the arguments what no parameter shows.
+deit.py and AttentionPoolLatent step by step (and the block variants:
+ResPostBlock, (Diff)ParallelScalingBlock, DiffAttention, RmsNorm) and shares
+no code with vit_jax: parameters decide what exists (a class, distillation or
+register token, patch_embed.norm, norm_pre, LayerScale, norm or fc_norm,
+attn_pool, head, head_dist, missing biases, an RmsNorm where a norm has no
+bias, in_proj of a parallel block, the lambdas of differential attention),
+the arguments what no parameter shows.
 """
 
 import math

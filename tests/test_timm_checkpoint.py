@@ -284,8 +284,8 @@ def test_unknown_heads_ask_for_model_args(tmp_path):
     timm_hub.read(directory)
 
 
-def test_model_args_override_the_name_table(tmp_path):
-  # deit_small says 6 heads; the file's model_args say 4 (48 / 4 = 12).
+def test_model_args_override_the_definition(tmp_path):
+  # deit_small's definition says 6 heads; the file's model_args say 4 (48 / 4 = 12).
   directory = _write_modified(tmp_path, 'deit', model_args={'num_heads': 4})
   assert timm_hub.read(directory).model_kwargs['num_heads'] == 4
 

@@ -7,8 +7,8 @@ input_size / mean / std / ...) and `model.safetensors` holding the state
 dict under timm's keys (written with `safetensors.numpy.save_file`). The
 models are tiny (48 wide, 2 blocks, 32-pixel images), so their config.json
 carries the `model_args` overrides timm records for such models; `num_heads`
-is left out where the architecture name's own head count divides the width,
-which exercises the name table.
+is left out where the head count of timm's definition of the architecture
+divides the width, which exercises `timm_definitions`.
 
 A `Family` also holds the facts no array shows (heads, GELU variant,
 LayerNorm epsilon, pooling), which the tests pass to the NumPy reference

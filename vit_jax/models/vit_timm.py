@@ -35,13 +35,22 @@ fine-tuning (He et al. 2022, arXiv:2111.06377), and the MAP head that of
 "Scaling Vision Transformers" (Zhai et al. 2022, arXiv:2106.04560), as in
 SigLIP (Zhai et al. 2023, arXiv:2303.15343).
 
+timm's block variants map onto the same names (`vit_block_variants`):
+ResPostBlock has Block's keys; a (Diff)ParallelScalingBlock's in_norm is
+LayerNorm_0, its in_proj stacks MlpBlock_0/Dense_0 and query, key, value,
+its attn_out_proj and mlp_out_proj (or one out_proj, split by columns) are
+`out` and Dense_1, its ls LayerScale_0; DiffAttention's lambda_q1 ...
+lambda_k2 and sub_norm sit in the attention module. patch_embed.norm is
+`embedding_norm`; a class token beside average or attention pooling is
+`extra_cls`.
+
 What the arrays show is read off them: width, depth, patch, MLP width, the
 prefix tokens, LayerScale, q/k/v biases, the pre-norm, fc_norm, the MAP head
-and the heads. What they cannot show (attention heads, the GELU variant, the
-LayerNorm epsilon, the pooling) comes from config.json's `model_args` first,
-else from the architecture name (`vit_jax.models.vit_timm_recipe`, which also
-refuses, by name, the timm features our model lacks: qk-norm, gated MLPs,
-rotary embeddings, ...). Every array is used or the mapping fails naming it; the
+and the heads. What they cannot show (attention heads, the activation, the
+norm layer and its epsilon, the pooling, the block and attention kinds)
+comes from timm's definition of the architecture merged with config.json's
+`model_args` (`vit_jax.models.vit_timm_recipe`, which also refuses the timm
+features our model lacks: qk-norm, gated MLPs, rotary embeddings, ...). Every array is used or the mapping fails naming it; the
 reader of timm's files (`vit_jax.weights.timm_hub`) checks the result key by
 key and shape by shape against the model it is for.
 
