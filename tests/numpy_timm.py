@@ -5,10 +5,13 @@ It reads timm's own state-dict keys and conventions: NCHW images, the patch
 conv weight (D, C, P, P), torch Linear weights (out, in), the fused qkv
 projection (3D, D) read as (3, heads, head_dim) on its output axis, the MAP
 pool's fused kv (2D, D). It follows timm 1.0's vision_transformer.py,
-deit.py and AttentionPoolLatent step by step and shares no code with
-vit_jax: parameters decide what exists (a class, distillation or register
-token, norm_pre, LayerScale, norm or fc_norm, attn_pool, head, head_dist,
-missing biases), the arguments what no parameter shows.
+deit.py and AttentionPoolLatent step by step (and the block variants:
+ResPostBlock, (Diff)ParallelScalingBlock, DiffAttention, RmsNorm) and shares
+no code with vit_jax: parameters decide what exists (a class, distillation or
+register token, patch_embed.norm, norm_pre, LayerScale, norm or fc_norm,
+attn_pool, head, head_dist, missing biases, an RmsNorm where a norm has no
+bias, in_proj of a parallel block, the lambdas of differential attention),
+the arguments what no parameter shows.
 """
 
 import math
@@ -25,6 +28,10 @@ ACTIVATIONS = {
 
 
 def _layer_norm(p, name, x, eps):
+  """timm's LayerNorm, or its RmsNorm (the norm without a bias)."""
+  if f'{name}.bias' not in p:
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * p[
+        f'{name}.weight']
   mean = x.mean(-1, keepdims=True)
   var = ((x - mean)**2).mean(-1, keepdims=True)
   return (x - mean) / np.sqrt(var + eps) * p[f'{name}.weight'] + p[
@@ -57,6 +64,76 @@ def _self_attention(p, name, x, num_heads):
   return _linear(p, f'{name}.proj', _attend(q, k, v))
 
 
+def _differential_attention(p, name, q, k, v, num_heads, depth):
+  """DiffAttention on q, k, v (B, N, D) (timm/layers/diff_attention.py):
+  q and k as 2 * heads of half width, two softmax maps per head, the second
+  scaled by lambda and subtracted, then a per-head RmsNorm (eps 1e-5) and
+  the factor 1 - lambda_init."""
+  batch, tokens, width = q.shape
+  half = width // num_heads // 2
+  split = lambda t, heads: t.reshape(batch, tokens, heads, -1).transpose(
+      0, 2, 1, 3)
+  q, k, v = split(q, 2 * num_heads), split(k, 2 * num_heads), split(
+      v, num_heads)
+  weights = _softmax(q @ k.swapaxes(-1, -2) / math.sqrt(half))
+  weights = weights.reshape(batch, num_heads, 2, tokens, tokens)
+  lambda_init = 0.8 - 0.6 * math.exp(-0.3 * depth)
+  lam = (np.exp(np.sum(p[f'{name}lambda_q1'] * p[f'{name}lambda_k1'])) -
+         np.exp(np.sum(p[f'{name}lambda_q2'] * p[f'{name}lambda_k2'])) +
+         lambda_init)
+  out = (weights[:, :, 0] - lam * weights[:, :, 1]) @ v  # (B, A, N, 2E')
+  out = out / np.sqrt((out**2).mean(-1, keepdims=True) + 1e-5) * p[
+      f'{name}sub_norm.weight']
+  out = out * (1 - lambda_init)
+  return out.transpose(0, 2, 1, 3).reshape(batch, tokens, width)
+
+
+def _block(p, block, x, num_heads, eps, activation, post_norm, depth):
+  """Block (pre-norm), ResPostBlock (post_norm) or, with DiffAttention's
+  lambdas, Block with attn_layer='diff'."""
+  norm = lambda name, y: _layer_norm(p, f'{block}.{name}', y, eps)
+  attend = lambda y: _self_attention(p, f'{block}.attn', y, num_heads)
+  if f'{block}.attn.lambda_q1' in p:
+    def attend(y):  # pylint: disable=function-redefined
+      q, k, v = np.split(_linear(p, f'{block}.attn.qkv', y), 3, axis=-1)
+      return _linear(p, f'{block}.attn.proj', _differential_attention(
+          p, f'{block}.attn.', q, k, v, num_heads, depth))
+  mlp = lambda y: _mlp(p, f'{block}.mlp', y, activation)
+  if post_norm:
+    x = x + norm('norm1', attend(x))
+    return x + norm('norm2', mlp(x))
+  x = x + attend(norm('norm1', x)) * p.get(f'{block}.ls1.gamma', 1.)
+  return x + mlp(norm('norm2', x)) * p.get(f'{block}.ls2.gamma', 1.)
+
+
+def _parallel_block(p, block, x, num_heads, eps, activation, depth):
+  """(Diff)ParallelScalingBlock: fc1 and q, k, v from one in_proj of one
+  norm; attention and MLP outputs projected (separately or by one
+  out_proj of their concatenation) and summed."""
+  width = x.shape[-1]
+  y = _linear(p, f'{block}.in_proj', _layer_norm(p, f'{block}.in_norm', x,
+                                                 eps))
+  mlp_dim = y.shape[-1] - 3 * width
+  hidden, q, k, v = np.split(
+      y, [mlp_dim, mlp_dim + width, mlp_dim + 2 * width], axis=-1)
+  hidden = ACTIVATIONS[activation](hidden + p.get(f'{block}.mlp_bias', 0.))
+  if f'{block}.lambda_q1' in p:
+    attended = _differential_attention(p, f'{block}.', q, k, v, num_heads,
+                                       depth)
+  else:
+    batch, tokens, _ = q.shape
+    heads = lambda t: t.reshape(batch, tokens, num_heads, -1).transpose(
+        0, 2, 1, 3)
+    attended = _attend(heads(q), heads(k), heads(v))
+  if f'{block}.out_proj.weight' in p:
+    y = _linear(p, f'{block}.out_proj',
+                np.concatenate([attended, hidden], axis=-1))
+  else:
+    y = (_linear(p, f'{block}.attn_out_proj', attended) +
+         _linear(p, f'{block}.mlp_out_proj', hidden))
+  return x + y * p.get(f'{block}.ls.gamma', 1.)
+
+
 def _mlp(p, name, x, activation):
   return _linear(p, f'{name}.fc2',
                  ACTIVATIONS[activation](_linear(p, f'{name}.fc1', x)))
@@ -82,11 +159,13 @@ def _patch_embed(p, images_BCHW):
   weight = p['patch_embed.proj.weight']  # (D, C, ph, pw)
   width, channels, ph, pw = weight.shape
   batch, _, height, wide = images_BCHW.shape
-  rows, cols = height // ph, wide // pw
+  rows, cols = height // ph, wide // pw  # A stride-p conv drops the rest.
+  images_BCHW = images_BCHW[:, :, :rows * ph, :cols * pw]
   patches = images_BCHW.reshape(batch, channels, rows, ph, cols, pw).transpose(
       0, 2, 4, 1, 3, 5).reshape(batch, rows * cols, channels * ph * pw)
-  return patches @ weight.reshape(width, -1).T + p.get('patch_embed.proj.bias',
-                                                      0.)
+  x = patches @ weight.reshape(width, -1).T + p.get('patch_embed.proj.bias',
+                                                   0.)
+  return x
 
 
 def _pos_embed(p, x, no_embed_class):
@@ -105,12 +184,14 @@ def _pos_embed(p, x, no_embed_class):
 
 def forward(state_dict, images_BCHW, *, num_heads, global_pool='token',
             no_embed_class=False, eps=1e-6, activation='gelu_erf',
-            pool_include_prefix=False):
+            pool_include_prefix=False, post_norm=False):
   """timm's `model(images)` in eval mode: logits, or without `head` what
   timm gives with num_classes=0 (pooled features; every token for
   global_pool '')."""
   p = as_float64(state_dict)
   x = _patch_embed(p, np.asarray(images_BCHW, np.float64))
+  if 'patch_embed.norm.weight' in p:
+    x = _layer_norm(p, 'patch_embed.norm', x, eps)
   x, num_prefix = _pos_embed(p, x, no_embed_class)
   return encode_and_pool(p, x, num_prefix, num_heads=num_heads,
                          global_pool=global_pool, eps=eps,
@@ -130,14 +211,12 @@ def encode_and_pool(p, x, num_prefix, *, num_heads, global_pool, eps,
   if 'norm_pre.weight' in p:
     x = _layer_norm(p, 'norm_pre', x, eps)
   layer = 0
-  while f'blocks.{layer}.norm1.weight' in p:
+  while any(key.startswith(f'blocks.{layer}.') for key in p):
     block = f'blocks.{layer}'
-    y = _self_attention(p, f'{block}.attn',
-                        _layer_norm(p, f'{block}.norm1', x, eps), num_heads)
-    x = x + y * p.get(f'{block}.ls1.gamma', 1.)
-    y = _mlp(p, f'{block}.mlp', _layer_norm(p, f'{block}.norm2', x, eps),
-             activation)
-    x = x + y * p.get(f'{block}.ls2.gamma', 1.)
+    if f'{block}.in_proj.weight' in p:
+      x = _parallel_block(p, block, x, num_heads, eps, activation, layer)
+    else:
+      x = _block(p, block, x, num_heads, eps, activation, post_norm, layer)
     layer += 1
   if 'norm.weight' in p:
     x = _layer_norm(p, 'norm', x, eps)

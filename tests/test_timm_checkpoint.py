@@ -169,8 +169,6 @@ UNSUPPORTED = {
     'SwiGLU packed in one block only': (dict(add={
         'blocks.1.mlp.fc1.weight': np.ones((192, 48)),
         'blocks.1.mlp.fc1.bias': np.ones(192)}), 'Dense_value'),
-    'patch_embed.norm': (dict(add={'patch_embed.norm.weight': _D}),
-                         'norm in the patch embedding'),
     'scale_attn_norm without bias': (dict(add={
         'blocks.0.attn.norm.weight': _D}), "'blocks.0.attn.norm.bias'"),
     'rotary keys': (dict(add={'rope.freqs': np.ones(4)}), 'rotary'),
@@ -178,8 +176,12 @@ UNSUPPORTED = {
                                'differential attention'),
     'hybrid backbone': (dict(add={'patch_embed.backbone.0.conv.weight': _D}),
                         'CNN backbone'),
-    'post-norm by name': (dict(config_changes={
-        'architecture': 'vit_base_patch16_rpn_224'}), 'post-norm'),
+    'parallel keys the definition does not name': (dict(add={
+        'blocks.0.in_proj.weight': np.ones((240, 48))}), 'block_fn'),
+    'dual lambda': (dict(add={'blocks.0.attn.lambda_a': np.ones(())}),
+                    'dual_lambda'),
+    'qk_norm in model_args': (dict(model_args={'qk_norm': True}),
+                              'qk_norm=True'),
     'avgmax': (dict(model_args={'global_pool': 'avgmax'}), "'avgmax'"),
     'max': (dict(model_args={'global_pool': 'max'}), "'max'"),
     'no final norm': (dict(remove=('norm.weight', 'norm.bias')),
@@ -187,7 +189,8 @@ UNSUPPORTED = {
     'block_fn': (dict(model_args={'block_fn': 'ParallelThingsBlock'}),
                  'block_fn'),
     'silu': (dict(model_args={'act_layer': 'silu'}), "act_layer='silu'"),
-    'rmsnorm': (dict(model_args={'norm_layer': 'rmsnorm'}), 'LayerNorm only'),
+    'batchnorm': (dict(model_args={'norm_layer': 'batchnorm'}),
+                  "norm_layer='batchnorm'"),
     'unknown key': (dict(add={'blocks.0.attn.extra.weight': _D}),
                     'blocks.0.attn.extra.weight'),
     'head_dist without dist_token': (dict(add={
@@ -197,8 +200,6 @@ UNSUPPORTED = {
                     "'blocks.1.norm2.bias'"),
     'one block without qkv bias': (dict(remove=('blocks.1.attn.qkv.bias',)),
                                    'encoderblock_1'),
-    'avg beside a class token': (dict(model_args={'global_pool': 'avg'}),
-                                 'beside a class token'),
 }
 
 
@@ -211,22 +212,50 @@ def test_unsupported_feature_is_a_clear_error(tmp_path, case):
   assert message in str(error.value)
 
 
-@pytest.mark.parametrize('spec_changes,message', [
-    (dict(class_token=True), 'beside a class token'),
-    (dict(reg_tokens=2), 'patch tokens only, beside register tokens'),
-])
-def test_unsupported_attention_pooling(tmp_path, spec_changes, message):
-  directory = _write_modified(tmp_path, 'siglip', spec_changes=spec_changes)
-  with pytest.raises(npz.CheckpointMismatchError, match=message):
-    timm_hub.read(directory)
+def test_options_of_timms_vit_variants(tmp_path):
+  """What the definitions and arrays turn into (the numerics are checked
+  against the reference above)."""
+  expected = {
+      'post_norm': dict(block='post_norm', classifier='gap'),
+      'parallel': dict(block='parallel', fc_norm=True),
+      'differential': dict(differential_attention=True, num_heads=4),
+      'differential_parallel': dict(block='parallel',
+                                    differential_attention=True),
+      'rms_norm_embed_norm': dict(norm_layer='rms_norm', embed_norm=True),
+      'no_final_norm': dict(final_norm=False, classifier='token'),
+      'class_token_avg': dict(classifier='gap', extra_class_token=True,
+                              fc_norm=True),
+      'avg_over_prefix': dict(classifier='gap', pool_include_prefix=True),
+      'map_patches_only': dict(classifier='map', pool_include_prefix=False),
+  }
+  for name, options in expected.items():
+    kwargs = timm_hub.read(timm_fixtures.write_family(tmp_path / name, name)
+                           ).model_kwargs
+    assert {key: kwargs.get(key) for key in options} == options, name
+  kwargs = timm_hub.read(timm_fixtures.write_family(
+      tmp_path / 'deit', 'deit')).model_kwargs
+  for key in ('block', 'norm_layer', 'final_norm', 'extra_class_token',
+              'pool_include_prefix', 'embed_norm', 'differential_attention'):
+    assert key not in kwargs  # Defaults are left out.
 
 
-def test_average_pooling_over_registers_is_an_error(tmp_path):
-  directory = _write_modified(tmp_path, 'gap_fc_norm_registers',
-                              model_args={'pool_include_prefix': True})
-  with pytest.raises(npz.CheckpointMismatchError,
-                     match='average pooling that includes the register'):
-    timm_hub.read(directory)
+def test_floor_grid_loads_at_the_stored_size(tmp_path):
+  """40 px of 16-px patches: a 2x2 grid at the 40 px config.json says."""
+  from vit_jax.weights import pretrained  # pylint: disable=g-import-not-at-top
+  loaded = pretrained.load(str(timm_fixtures.write_family(tmp_path,
+                                                           'floor_grid')))
+  assert loaded.image_size == 40
+  with pytest.raises(ValueError, match='not a multiple'):
+    pretrained.load(str(tmp_path), image_size=36)
+
+
+def test_differential_attention_needs_the_unrolled_encoder(tmp_path):
+  kwargs = timm_hub.read(timm_fixtures.write_family(
+      tmp_path, 'differential')).model_kwargs
+  model = vit.VisionTransformer(**kwargs, scan_layers=True)
+  with pytest.raises(ValueError, match='needs scan_layers=False'):
+    model.init(__import__('jax').random.PRNGKey(0),
+               np.zeros((1, 32, 32, 3), np.float32))
 
 
 def test_several_latent_queries_are_an_error(tmp_path):
@@ -236,6 +265,13 @@ def test_several_latent_queries_are_an_error(tmp_path):
     timm_hub.read(directory)
 
 
+def test_heads_come_from_the_definition(tmp_path):
+  # flexivit_small: 6 heads in timm's definition, no name rule.
+  directory = _write_modified(
+      tmp_path, 'deit', config_changes={'architecture': 'flexivit_small'})
+  assert timm_hub.read(directory).model_kwargs['num_heads'] == 6
+
+
 def test_unknown_heads_ask_for_model_args(tmp_path):
   directory = _write_modified(
       tmp_path, 'deit', config_changes={'architecture': 'vit_mystery_224'})
@@ -243,8 +279,8 @@ def test_unknown_heads_ask_for_model_args(tmp_path):
     timm_hub.read(directory)
 
 
-def test_model_args_override_the_name_table(tmp_path):
-  # deit_small says 6 heads; the file's model_args say 4 (48 / 4 = 12).
+def test_model_args_override_the_definition(tmp_path):
+  # deit_small's definition says 6 heads; the file's model_args say 4 (48 / 4 = 12).
   directory = _write_modified(tmp_path, 'deit', model_args={'num_heads': 4})
   assert timm_hub.read(directory).model_kwargs['num_heads'] == 4
 
@@ -389,6 +425,14 @@ TIMM_OVERRIDES = {
     'clip': dict(num_heads=4), 'clip_quickgelu': dict(num_heads=4),
     'siglip': dict(num_heads=4),
     'map_registers': dict(num_heads=4, pool_include_prefix=True),
+    'post_norm': dict(num_heads=4), 'parallel': {}, 'differential': {},
+    'differential_parallel': {}, 'no_final_norm': {},
+    'rms_norm_embed_norm': dict(num_heads=4, norm_layer='rmsnorm',
+                                embed_norm_layer='rmsnorm'),
+    'class_token_avg': dict(num_heads=4),
+    'avg_over_prefix': dict(pool_include_prefix=True),
+    'map_patches_only': dict(num_heads=4, reg_tokens=2),
+    'floor_grid': dict(num_heads=4),
 }
 
 

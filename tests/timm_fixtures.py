@@ -7,8 +7,8 @@ input_size / mean / std / ...) and `model.safetensors` holding the state
 dict under timm's keys (written with `safetensors.numpy.save_file`). The
 models are tiny (48 wide, 2 blocks, 32-pixel images), so their config.json
 carries the `model_args` overrides timm records for such models; `num_heads`
-is left out where the architecture name's own head count divides the width,
-which exercises the name table.
+is left out where the head count of timm's definition of the architecture
+divides the width, which exercises `timm_definitions`.
 
 A `Family` also holds the facts no array shows (heads, GELU variant,
 LayerNorm epsilon, pooling), which the tests pass to the NumPy reference
@@ -52,6 +52,14 @@ class Family:
   pre_norm: bool = False  # norm_pre, and no patch-embedding bias.
   fc_norm: bool = False  # fc_norm after pooling instead of norm before.
   pool_include_prefix: bool = False
+  # timm's block variants: block_fn 'Block', 'ResPostBlock',
+  # 'ParallelScalingBlock' (fused_out: one out_proj), 'DiffParallelScalingBlock'.
+  block_fn: str = 'Block'
+  fused_out: bool = False
+  differential: bool = False  # attn_layer='diff' (implied by DiffParallel...).
+  rms_norm: bool = False  # norm_layer='rmsnorm': norms without bias.
+  embed_norm: bool = False  # embed_norm_layer: patch_embed.norm.
+  final_norm: bool = True  # False: neither norm nor fc_norm.
   eps: float = 1e-6
   activation: str = 'gelu_erf'
   heads_in_model_args: bool = True
@@ -69,7 +77,8 @@ class Family:
     return dict(num_heads=self.num_heads, global_pool=self.global_pool,
                 no_embed_class=self.no_embed_class, eps=self.eps,
                 activation=self.activation,
-                pool_include_prefix=self.pool_include_prefix)
+                pool_include_prefix=self.pool_include_prefix,
+                post_norm=self.block_fn == 'ResPostBlock')
 
 
 FAMILIES = {
@@ -120,6 +129,47 @@ FAMILIES = {
                             pool_include_prefix=True, mean=HALF, std=HALF),
     'unpooled': Family('vit_small_patch16_224', num_heads=6, num_classes=0,
                        global_pool='', heads_in_model_args=False),
+    # timm's VisionTransformer options beyond the families above.
+    'post_norm': Family('vit_base_patch16_rpn_224', num_heads=4,
+                        global_pool='avg', class_token=False,
+                        block_fn='ResPostBlock'),
+    'parallel': Family('vit_pwee_patch16_reg1_gap_256', num_heads=4,
+                       global_pool='avg', class_token=False, reg_tokens=1,
+                       no_embed_class=True, fc_norm=True,
+                       block_fn='ParallelScalingBlock', layer_scale=True,
+                       heads_in_model_args=False),
+    'parallel_fused_no_qkv_bias': Family(
+        'vit_base_patch16_224', num_heads=4, qkv_bias=False,
+        block_fn='ParallelScalingBlock', fused_out=True),
+    'differential': Family('vit_dwee_patch16_reg1_gap_256', num_heads=4,
+                           global_pool='avg', class_token=False, reg_tokens=1,
+                           no_embed_class=True, fc_norm=True,
+                           differential=True, heads_in_model_args=False),
+    'differential_parallel': Family(
+        'vit_dpwee_patch16_reg1_gap_256', num_heads=4, global_pool='avg',
+        class_token=False, reg_tokens=1, no_embed_class=True, fc_norm=True,
+        block_fn='DiffParallelScalingBlock', heads_in_model_args=False),
+    'rms_norm_embed_norm': Family('vit_base_patch16_224', num_heads=4,
+                                  rms_norm=True, embed_norm=True),
+    'no_final_norm': Family('vit_base_patch16_radio_v3', num_heads=12,
+                            final_norm=False, reg_tokens=7,
+                            no_embed_class=True, layer_scale=True,
+                            heads_in_model_args=False),
+    # BEiT-3 / EVA in vision_transformer.py: average pooling beside a class
+    # token.
+    'class_token_avg': Family('vit_base_patch16_224', num_heads=4,
+                              global_pool='avg', fc_norm=True),
+    'avg_over_prefix': Family('vit_medium_patch16_reg4_gap_256', num_heads=8,
+                              global_pool='avg', class_token=False,
+                              reg_tokens=4, no_embed_class=True,
+                              fc_norm=True, pool_include_prefix=True),
+    'map_patches_only': Family('vit_base_patch16_siglip_224', num_heads=4,
+                               num_classes=0, global_pool='map',
+                               class_token=False, reg_tokens=2),
+    # 40 px / 16: timm's conv drops the remainder (a 2x2 grid).
+    'floor_grid': Family('vit_base_patch16_siglip_gap_224', num_heads=4,
+                         image_size=40, global_pool='avg', class_token=False,
+                         num_classes=3),
 }
 
 
@@ -131,9 +181,10 @@ def state_dict(spec: Family, seed: int = 0) -> Dict[str, np.ndarray]:
   d, m, p = spec.embed_dim, spec.mlp_dim, spec.patch
   out = {}
 
-  def norm(name):
-    out[f'{name}.weight'] = (1 + rand(d)).astype(np.float32)
-    out[f'{name}.bias'] = rand(d)
+  def norm(name, width=d):
+    out[f'{name}.weight'] = (1 + rand(width)).astype(np.float32)
+    if not spec.rms_norm:
+      out[f'{name}.bias'] = rand(width)
 
   def linear(name, outputs, inputs, bias=True):
     out[f'{name}.weight'] = rand(outputs, inputs)
@@ -143,28 +194,54 @@ def state_dict(spec: Family, seed: int = 0) -> Dict[str, np.ndarray]:
   out['patch_embed.proj.weight'] = rand(d, 3, p, p)
   if not spec.pre_norm:  # timm: PatchEmbed(bias=not pre_norm).
     out['patch_embed.proj.bias'] = rand(d)
+  if spec.embed_norm:
+    norm('patch_embed.norm')
   for name, count in (('cls_token', int(spec.class_token)),
                       ('dist_token', int(spec.distilled)),
                       ('reg_token', spec.reg_tokens)):
     if count:
       out[name] = rand(1, count, d)
-  patches = (spec.image_size // p)**2
+  patches = (spec.image_size // p)**2  # timm floors the grid.
   out['pos_embed'] = rand(
       1, patches + (0 if spec.no_embed_class else spec.num_prefix), d)
   if spec.pre_norm:
     norm('norm_pre')
+  def differential(name):  # DiffAttention's extras (head_dim E/2).
+    half = d // spec.num_heads // 2
+    for lam in ('lambda_q1', 'lambda_k1', 'lambda_q2', 'lambda_k2'):
+      out[f'{name}.{lam}'] = rand(half)
+    out[f'{name}.sub_norm.weight'] = (1 + rand(2 * half)).astype(np.float32)
+
   for i in range(spec.depth):
     block = f'blocks.{i}'
+    if spec.block_fn in ('ParallelScalingBlock', 'DiffParallelScalingBlock'):
+      norm(f'{block}.in_norm')
+      linear(f'{block}.in_proj', m + 3 * d, d, bias=spec.qkv_bias)
+      if not spec.qkv_bias:
+        out[f'{block}.mlp_bias'] = rand(m)
+      if spec.fused_out or spec.block_fn == 'DiffParallelScalingBlock':
+        linear(f'{block}.out_proj', d, d + m)
+      else:
+        linear(f'{block}.attn_out_proj', d, d)
+        linear(f'{block}.mlp_out_proj', d, m)
+      if spec.block_fn == 'DiffParallelScalingBlock':
+        differential(block)
+      if spec.layer_scale:
+        out[f'{block}.ls.gamma'] = rand(d)
+      continue
     norm(f'{block}.norm1')
     linear(f'{block}.attn.qkv', 3 * d, d, bias=spec.qkv_bias)
     linear(f'{block}.attn.proj', d, d)
+    if spec.differential:
+      differential(f'{block}.attn')
     norm(f'{block}.norm2')
     linear(f'{block}.mlp.fc1', m, d)
     linear(f'{block}.mlp.fc2', d, m)
     if spec.layer_scale:
       out[f'{block}.ls1.gamma'] = rand(d)
       out[f'{block}.ls2.gamma'] = rand(d)
-  norm('fc_norm' if spec.fc_norm else 'norm')
+  if spec.final_norm:
+    norm('fc_norm' if spec.fc_norm else 'norm')
   if spec.global_pool == 'map':
     out['attn_pool.latent'] = rand(1, 1, d)
     linear('attn_pool.q', d, d)
@@ -191,6 +268,16 @@ def config(spec: Family) -> Dict[str, Any]:
     model_args['num_heads'] = spec.num_heads
   if spec.pool_include_prefix:
     model_args['pool_include_prefix'] = True
+  if spec.block_fn != 'Block':
+    model_args['block_fn'] = spec.block_fn
+  if spec.differential:
+    model_args['attn_layer'] = 'diff'
+  if spec.rms_norm:
+    model_args['norm_layer'] = 'rmsnorm'
+  if spec.embed_norm:
+    model_args['embed_norm_layer'] = model_args.get('norm_layer', 'layernorm')
+  if not spec.final_norm:
+    model_args['final_norm'] = False
   model_args.update(spec.extra_model_args)
   result = {'architecture': spec.architecture,
             'num_classes': spec.num_classes,

@@ -32,6 +32,7 @@ from vit_jax.models import layers
 from vit_jax.models import resnet
 from vit_jax.models import rope as rope_lib
 from vit_jax.models import stochastic_depth
+from vit_jax.models import vit_block_variants
 from vit_jax.models import vit_blocks
 
 Dtype = Any
@@ -124,6 +125,25 @@ class VisionTransformer(nn.Module):
     resnet_variance_epsilon: None standardises a hybrid's kernels as
       released, (w - mean) / (std + 1e-5); a value e as timm's port does,
       (w - mean) / sqrt(var + e) (timm: 1e-8). See `resnet`.
+    extra_class_token: a class token `extra_cls` (1, 1, D) before the other
+      prefix tokens that the 'gap' / 'map' / 'unpooled' classifier does not
+      read (timm's class_token beside global_pool 'avg': BEiT-3, EVA).
+    pool_include_prefix: whether 'gap' averages and 'map' attends to the
+      prefix tokens too (timm's pool_include_prefix); None: 'gap' leaves
+      them out, 'map' reads them (big_vision's).
+    final_norm: False drops the final norm (neither
+      `Transformer/encoder_norm` nor `fc_norm`; timm's final_norm=False:
+      RADIO, InternViT).
+    norm_layer: one of vit_block_variants.NORM_LAYERS, every norm's kind:
+      'layer_norm', or 'rms_norm' (scale only; AIMv2).
+    embed_norm: a norm `embedding_norm` on the patch embeddings, before the
+      position embedding (timm's embed_norm_layer).
+    block: one of vit_block_variants.BLOCKS: 'pre_norm' (the paper's),
+      'post_norm' (timm's ResPostBlock), 'parallel' (ViT-22B's attention and
+      MLP side by side; timm's ParallelScalingBlock).
+    differential_attention: the attention of the Differential Transformer
+      (Ye et al. 2024; timm's attn_layer='diff'); needs scan_layers=False
+      (its lambda depends on the block's depth).
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -166,12 +186,19 @@ class VisionTransformer(nn.Module):
   map_mlp_dim: Optional[int] = None
   resnet_norm_epsilon: float = resnet.NORM_EPSILON
   resnet_variance_epsilon: Optional[float] = None
+  extra_class_token: bool = False
+  pool_include_prefix: Optional[bool] = None
+  final_norm: bool = True
+  norm_layer: str = 'layer_norm'
+  embed_norm: bool = False
+  block: str = 'pre_norm'
+  differential_attention: bool = False
 
   @property
   def num_prefix_tokens(self) -> int:
     """Tokens before the patches: class, distillation and register tokens."""
     return (int(self.classifier in TOKEN_CLASSIFIERS) + int(self.distillation)
-            + self.num_register_tokens)
+            + self.num_register_tokens + int(self.extra_class_token))
 
   def check_options(self) -> None:
     """Raises ValueError naming the field of an unknown or bad option."""
@@ -191,9 +218,30 @@ class VisionTransformer(nn.Module):
       vit_blocks.check_choice('rope', self.rope, rope_lib.KINDS)
       vit_blocks.check_choice('rope_grid_indexing', self.rope_grid_indexing,
                               rope_lib.GRID_INDEXINGS)
+    self._check_variant_options()
     if not self.layer_norm_epsilon > 0:
       raise ValueError(f'layer_norm_epsilon must be > 0, got '
                        f'{self.layer_norm_epsilon}')
+
+  def _check_variant_options(self) -> None:
+    vit_blocks.check_choice('norm_layer', self.norm_layer,
+                            vit_block_variants.NORM_LAYERS)
+    vit_blocks.check_choice('block', self.block,
+                            tuple(vit_block_variants.BLOCKS))
+    if self.extra_class_token and self.classifier in TOKEN_CLASSIFIERS:
+      raise ValueError(f'extra_class_token=True needs a classifier without '
+                       f'a class token, got {self.classifier!r}')
+    if self.fc_norm and not self.final_norm:
+      raise ValueError('fc_norm=True needs final_norm=True (fc_norm is the '
+                       'final norm, after pooling)')
+    if self.differential_attention and self.scan_layers:
+      raise ValueError('differential_attention=True needs scan_layers=False '
+                       "(each block's lambda depends on its depth)")
+
+  def _norm(self, name: str) -> nn.Module:
+    return vit_block_variants.norm_layer(self.norm_layer, name,
+                                         self.param_dtype,
+                                         self.layer_norm_epsilon)
 
   @nn.compact
   def __call__(self, images_BHWC, *, train: bool = False,
@@ -226,6 +274,8 @@ class VisionTransformer(nn.Module):
                 name='embedding')(x)
     batch, rows, cols, hidden = x.shape
     x_BND = jnp.reshape(x, (batch, rows * cols, hidden))  # row-major patches
+    if self.embed_norm:
+      x_BND = self._norm('embedding_norm')(x_BND)
     x_BND = self._prepend_prefix_tokens(x_BND)
 
     # The 'token' head reads the class (and distillation) token only.
@@ -240,9 +290,12 @@ class VisionTransformer(nn.Module):
         layer_scale_init=self.layer_scale_init,
         drop_path_rate=self.drop_path_rate, posemb=self.posemb,
         posemb_covers_prefix=self.posemb_covers_prefix,
-        pre_norm=self.pre_norm, final_norm=not self.fc_norm,
+        pre_norm=self.pre_norm,
+        final_norm=self.final_norm and not self.fc_norm,
         rope=self._rope(), attention_norm=self.attention_norm,
         mlp_gated=self.mlp_gated, mlp_norm=self.mlp_norm,
+        norm_layer=self.norm_layer, block=self.block,
+        differential_attention=self.differential_attention,
         name='Transformer')(
             x_BND, train=train, grid=(rows, cols),
             num_prefix_tokens=self.num_prefix_tokens,
@@ -252,8 +305,7 @@ class VisionTransformer(nn.Module):
 
     x = self._pool(x_BND)
     if self.fc_norm:
-      x = vit_blocks.layer_norm('fc_norm', self.param_dtype,
-                                self.layer_norm_epsilon)(x)
+      x = self._norm('fc_norm')(x)
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, dtype=self.dtype,
                    param_dtype=self.param_dtype,
@@ -283,6 +335,9 @@ class VisionTransformer(nn.Module):
     if self.classifier in TOKEN_CLASSIFIERS:
       prefix.append(self._prefix_token('cls', 1, nn.initializers.zeros,
                                        x_BND))
+    if self.extra_class_token:
+      prefix.append(self._prefix_token('extra_cls', 1, nn.initializers.zeros,
+                                       x_BND))
     if self.distillation:
       # Not zero like `cls`: two zero tokens would start out identical.
       prefix.append(self._prefix_token(
@@ -302,13 +357,16 @@ class VisionTransformer(nn.Module):
     if self.classifier == 'token':
       return x_BND[:, 0] if not self.distillation else x_BND[:, :2]
     if self.classifier == 'gap':
-      return jnp.mean(x_BND[:, self.num_prefix_tokens:], axis=1)
+      start = 0 if self.pool_include_prefix else self.num_prefix_tokens
+      return jnp.mean(x_BND[:, start:], axis=1)
     if self.classifier == 'map':
+      if self.pool_include_prefix is False:
+        x_BND = x_BND[:, self.num_prefix_tokens:]
       return vit_blocks.MAPHead(
           self.map_num_heads or self.num_heads,
           self.map_mlp_dim or self.mlp_dim, self.dtype, self.param_dtype,
           self.attention, self.activation, self.layer_norm_epsilon,
-          name='MAPHead_0')(x_BND)
+          self.norm_layer, name='MAPHead_0')(x_BND)
     return x_BND  # 'unpooled', 'token_unpooled': every token.
 
   def _dense_head(self, name: str):

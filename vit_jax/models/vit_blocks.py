@@ -23,6 +23,7 @@ from vit_jax.models import layers
 from vit_jax.models import posemb
 from vit_jax.models import rope as rope_lib
 from vit_jax.models import stochastic_depth
+from vit_jax.models import vit_block_variants
 
 Dtype = Any
 
@@ -262,6 +263,11 @@ class EncoderBlock(nn.Module):
   attention_norm: bool = False
   mlp_gated: bool = False
   mlp_norm: bool = False
+  # timm's block variants (vit_block_variants; see vit.VisionTransformer).
+  norm_layer: str = 'layer_norm'
+  block: str = 'pre_norm'
+  differential_attention: bool = False
+  layer_index: int = 0  # Differential attention's lambda depends on it.
 
   @nn.compact
   def __call__(self, x_BND, drop_path_rate=None):
@@ -270,28 +276,46 @@ class EncoderBlock(nn.Module):
     rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     # A no-op unless the caller maps logical axes to a mesh (vit_jax.sharding).
     x_BND = nn.with_logical_constraint(x_BND, ACTIVATION_AXES)
+    if self.block != 'pre_norm' or self.differential_attention:
+      return vit_block_variants.BLOCKS[self.block](self, x_BND, rate)
     y = self._norm('LayerNorm_0')(x_BND)
-    y = MultiHeadAttention(
+    y = self._attention_layer()(
+        y, train=train, capture_weights=self.capture_attention,
+        num_queries=self.query_tokens)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    x_BND = x_BND[:, :self.query_tokens] + self._branch(y, 0, rate)
+    y = self._norm('LayerNorm_1')(x_BND)
+    y = self._mlp_layer()(y, train=train)
+    return x_BND + self._branch(y, 1, rate)
+
+  def _norm(self, name: str) -> nn.Module:
+    return vit_block_variants.norm_layer(self.norm_layer, name,
+                                         self.param_dtype,
+                                         self.layer_norm_epsilon)
+
+  def _attention_layer(self) -> nn.Module:
+    """The attention sublayer (differential, with RoPE or an inner norm, as
+    the options say)."""
+    if self.differential_attention:
+      return vit_block_variants.DifferentialAttention(
+          self.num_heads, self.attention_dropout_rate, self.dtype,
+          self.param_dtype, self.qkv_bias, self.layer_index,
+          name='MultiHeadDotProductAttention_0')
+    return MultiHeadAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,
         self.param_dtype, self.attention, self.qkv_bias, rope=self.rope,
         rope_grid=self.rope_grid, num_prefix_tokens=self.num_prefix_tokens,
         inner_norm=self.attention_norm,
         layer_norm_epsilon=self.layer_norm_epsilon,
-        name='MultiHeadDotProductAttention_0')(
-            y, train=train, capture_weights=self.capture_attention,
-            num_queries=self.query_tokens)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    x_BND = x_BND[:, :self.query_tokens] + self._branch(y, 0, rate)
-    y = self._norm('LayerNorm_1')(x_BND)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
-                 self.activation, gated=self.mlp_gated,
-                 inner_norm=self.mlp_norm,
-                 layer_norm_epsilon=self.layer_norm_epsilon,
-                 name='MlpBlock_0')(y, train=train)
-    return x_BND + self._branch(y, 1, rate)
+        name='MultiHeadDotProductAttention_0')
 
-  def _norm(self, name: str) -> nn.LayerNorm:
-    return layer_norm(name, self.param_dtype, self.layer_norm_epsilon)
+  def _mlp_layer(self) -> nn.Module:
+    """The MLP sublayer (gated, with an inner norm, as the options say)."""
+    return MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
+                    self.param_dtype, self.activation, gated=self.mlp_gated,
+                    inner_norm=self.mlp_norm,
+                    layer_norm_epsilon=self.layer_norm_epsilon,
+                    name='MlpBlock_0')
 
   def _branch(self, y, index: int, rate):
     """A residual branch's output as it is added: scaled, maybe dropped."""
@@ -392,6 +416,9 @@ class Encoder(nn.Module):
   attention_norm: bool = False
   mlp_gated: bool = False
   mlp_norm: bool = False
+  norm_layer: str = 'layer_norm'
+  block: str = 'pre_norm'
+  differential_attention: bool = False
 
   @nn.compact
   def __call__(self, x_BND, *, train: bool, grid: Tuple[int, int] = (0, 0),
@@ -427,7 +454,8 @@ class Encoder(nn.Module):
         layer_norm_epsilon=self.layer_norm_epsilon,
         layer_scale_init=self.layer_scale_init,
         attention_norm=self.attention_norm, mlp_gated=self.mlp_gated,
-        mlp_norm=self.mlp_norm)
+        mlp_norm=self.mlp_norm, norm_layer=self.norm_layer,
+        block=self.block, differential_attention=self.differential_attention)
     if self.rope is not None:
       block_kwargs.update(rope=self.rope, rope_grid=tuple(grid),
                           num_prefix_tokens=num_prefix_tokens)
@@ -453,15 +481,18 @@ class Encoder(nn.Module):
         x_BND = block_class(
             **block_kwargs, capture_attention=layer in capture_attention,
             query_tokens=head_tokens if last else None,
-            drop_path_rate=rates[layer], name=f'encoderblock_{layer}')(x_BND)
+            drop_path_rate=rates[layer], layer_index=layer,
+            name=f'encoderblock_{layer}')(x_BND)
         if capture_block_outputs:
           self.sow('intermediates', 'block_outputs', x_BND)
     if not self.final_norm:
       return x_BND
     return self._norm('encoder_norm')(x_BND)
 
-  def _norm(self, name: str) -> nn.LayerNorm:
-    return layer_norm(name, self.param_dtype, self.layer_norm_epsilon)
+  def _norm(self, name: str) -> nn.Module:
+    return vit_block_variants.norm_layer(self.norm_layer, name,
+                                         self.param_dtype,
+                                         self.layer_norm_epsilon)
 
 
 class MAPHead(nn.Module):
@@ -479,6 +510,7 @@ class MAPHead(nn.Module):
   attention: str = 'auto'
   activation: str = 'gelu_tanh'
   layer_norm_epsilon: float = LAYER_NORM_EPSILON
+  norm_layer: str = 'layer_norm'
 
   @nn.compact
   def __call__(self, x_BND):
@@ -490,8 +522,9 @@ class MAPHead(nn.Module):
         self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         implementation=self.attention, name='MultiHeadDotProductAttention_0')(
             x_BND, train=False, queries_BQD=probe_B1D)
-    z_B1D = layer_norm('LayerNorm_0', self.param_dtype,
-                       self.layer_norm_epsilon)(y_B1D)
+    z_B1D = vit_block_variants.norm_layer(
+        self.norm_layer, 'LayerNorm_0', self.param_dtype,
+        self.layer_norm_epsilon)(y_B1D)
     y_B1D = y_B1D + MlpBlock(
         self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
         activation=self.activation, name='MlpBlock_0')(z_B1D, train=False)

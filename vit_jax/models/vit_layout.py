@@ -137,7 +137,8 @@ def _is_square(n: int) -> bool:
 def prefix_tokens_in_tree(params: Params) -> int:
   """Class, distillation and register tokens the tree has parameters for."""
   reg_token = params.get('reg_token')
-  return (int('cls' in params) + int('dist_token' in params) +
+  return (int('cls' in params) + int('extra_cls' in params) +
+          int('dist_token' in params) +
           (0 if reg_token is None else int(reg_token.shape[1])))
 
 
@@ -211,8 +212,10 @@ def architecture_of(params: Params) -> Dict[str, Any]:
                      params.get('MAPHead_0', {}))
   if attention_owner:
     # A stacked block's kernels have a leading layer axis: count from the end.
-    query = attention_owner['MultiHeadDotProductAttention_0']['query']
-    architecture['num_heads'] = int(query['kernel'].shape[-2])
+    # The value's heads: differential attention splits q and k in twice as
+    # many.
+    value = attention_owner['MultiHeadDotProductAttention_0']['value']
+    architecture['num_heads'] = int(value['kernel'].shape[-2])
     architecture['mlp_dim'] = int(
         attention_owner['MlpBlock_0']['Dense_0']['kernel'].shape[-1])
   architecture['num_layers'] = _num_layers(params[ENCODER])
@@ -235,6 +238,8 @@ def tree_options(params: Params) -> Dict[str, Any]:
       'pre_norm': 'pre_norm' in params[ENCODER],
       'fc_norm': 'fc_norm' in params,
   }
+  if 'extra_cls' in params:  # vit.VisionTransformer.extra_class_token.
+    options['extra_class_token'] = True
   block = _first_block(params[ENCODER])
   if block:  # Encoders of at least one block.
     # A file's LayerScale is reported by this init value (see vit.py).

@@ -35,13 +35,22 @@ fine-tuning (He et al. 2022, arXiv:2111.06377), and the MAP head that of
 "Scaling Vision Transformers" (Zhai et al. 2022, arXiv:2106.04560), as in
 SigLIP (Zhai et al. 2023, arXiv:2303.15343).
 
+timm's block variants map onto the same names (`vit_block_variants`):
+ResPostBlock has Block's keys; a (Diff)ParallelScalingBlock's in_norm is
+LayerNorm_0, its in_proj stacks MlpBlock_0/Dense_0 and query, key, value,
+its attn_out_proj and mlp_out_proj (or one out_proj, split by columns) are
+`out` and Dense_1, its ls LayerScale_0; DiffAttention's lambda_q1 ...
+lambda_k2 and sub_norm sit in the attention module. patch_embed.norm is
+`embedding_norm`; a class token beside average or attention pooling is
+`extra_cls`.
+
 What the arrays show is read off them: width, depth, patch, MLP width, the
 prefix tokens, LayerScale, q/k/v biases, the pre-norm, fc_norm, the MAP head
-and the heads. What they cannot show (attention heads, the GELU variant, the
-LayerNorm epsilon, the pooling) comes from config.json's `model_args` first,
-else from the architecture name (`vit_jax.models.vit_timm_recipe`, which also
-refuses, by name, the timm features our model lacks: qk-norm, gated MLPs,
-rotary embeddings, ...). Every array is used or the mapping fails naming it; the
+and the heads. What they cannot show (attention heads, the activation, the
+norm layer and its epsilon, the pooling, the block and attention kinds)
+comes from timm's definition of the architecture merged with config.json's
+`model_args` (`vit_jax.models.vit_timm_recipe`, which also refuses the timm
+features our model lacks: qk-norm, gated MLPs, rotary embeddings, ...). Every array is used or the mapping fails naming it; the
 reader of timm's files (`vit_jax.weights.timm_hub`) checks the result key by
 key and shape by shape against the model it is for.
 
@@ -70,8 +79,10 @@ class _Arrays:
   An array is read (np.asarray) when taken: a reader may hand out arrays
   known by their header only, so that those left are never read."""
 
-  def __init__(self, arrays: Mapping[str, np.ndarray]):
+  def __init__(self, arrays: Mapping[str, np.ndarray],
+               norm_bias: bool = True):
     self._arrays = dict(arrays)
+    self.norm_bias = norm_bias  # LayerNorms; RmsNorms have none.
 
   def has(self, key: str) -> bool:
     return key in self._arrays
@@ -103,8 +114,10 @@ def _bias_or_zeros(bias, width: int) -> np.ndarray:
 
 
 def _norm(arrays: _Arrays, out: Dict[str, np.ndarray], timm: str, ours: str):
+  """A LayerNorm, or an RmsNorm (no bias), as the arrays' norm_layer."""
   out[f'{ours}/scale'] = arrays.take(f'{timm}.weight')
-  out[f'{ours}/bias'] = arrays.take(f'{timm}.bias')
+  if arrays.norm_bias:
+    out[f'{ours}/bias'] = arrays.take(f'{timm}.bias')
 
 
 def _dense(arrays: _Arrays, out, timm: str, ours: str) -> np.ndarray:
@@ -183,13 +196,21 @@ def _split_heads(arrays: _Arrays, out, timm: str, ours: str,
 
 
 def _block(arrays: _Arrays, out, layer: int, num_heads: int,
-           gate_last: bool = False) -> int:
-  """blocks.{layer} -> Transformer/encoderblock_{layer}; its MLP width."""
+           recipe: timm_recipe.Recipe) -> int:
+  """blocks.{layer} -> Transformer/encoderblock_{layer}; its MLP width.
+  Block and ResPostBlock have the same keys (the norms' places differ)."""
   timm, ours = f'blocks.{layer}', f'Transformer/encoderblock_{layer}'
   attention = f'{ours}/MultiHeadDotProductAttention_0'
+  if recipe.block == 'parallel':
+    return _parallel_block(arrays, out, timm, ours, num_heads,
+                           recipe.differential_attention)
   _norm(arrays, out, f'{timm}.norm1', f'{ours}/LayerNorm_0')
-  _split_heads(arrays, out, f'{timm}.attn.qkv', attention,
-               ('query', 'key', 'value'), num_heads)
+  if recipe.differential_attention:
+    _differential_qkv(arrays, out, f'{timm}.attn.qkv', attention, num_heads)
+    _differential_extras(arrays, out, f'{timm}.attn', attention)
+  else:
+    _split_heads(arrays, out, f'{timm}.attn.qkv', attention,
+                 ('query', 'key', 'value'), num_heads)
   _attention_out(arrays, out, f'{timm}.attn.proj', f'{attention}/out',
                  num_heads)
   if arrays.has(f'{timm}.attn.norm.weight'):  # scale_attn_norm: (A*E,).
@@ -199,11 +220,81 @@ def _block(arrays: _Arrays, out, layer: int, num_heads: int,
         f'{timm}.attn.norm.bias').reshape(num_heads, -1)
   _norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')
   mlp_dim = _mlp(arrays, out, f'{timm}.mlp', f'{ours}/MlpBlock_0',
-                 gate_last)
+                 recipe.mlp_gate_last)
   for index in (0, 1):
     gamma = arrays.take_optional(f'{timm}.ls{index + 1}.gamma')
     if gamma is not None:
       out[f'{ours}/LayerScale_{index}/scale'] = gamma
+  return mlp_dim
+
+
+def _differential_qkv(arrays: _Arrays, out, timm: str, ours: str,
+                      num_heads: int, weight_OI=None, bias=None) -> None:
+  """DiffAttention's qkv: q and k as 2A heads of E/2 (head a's halves are
+  2a and 2a + 1), v as A heads of E."""
+  if weight_OI is None:
+    weight_OI = arrays.take(f'{timm}.weight')
+    bias = arrays.take_optional(f'{timm}.bias')
+  width = weight_OI.shape[1]
+  for index, (name, heads) in enumerate((('query', 2 * num_heads),
+                                         ('key', 2 * num_heads),
+                                         ('value', num_heads))):
+    rows = slice(index * width, (index + 1) * width)
+    out[f'{ours}/{name}/kernel'] = _heads(weight_OI[rows], heads)
+    if bias is not None:
+      out[f'{ours}/{name}/bias'] = bias[rows].reshape(heads, -1)
+
+
+def _differential_extras(arrays: _Arrays, out, timm: str, ours: str) -> None:
+  """DiffAttention's lambda vectors and per-head output RmsNorm."""
+  for name in ('lambda_q1', 'lambda_k1', 'lambda_q2', 'lambda_k2'):
+    out[f'{ours}/{name}'] = arrays.take(f'{timm}.{name}')
+  out[f'{ours}/sub_norm/scale'] = arrays.take(f'{timm}.sub_norm.weight')
+
+
+def _parallel_block(arrays: _Arrays, out, timm: str, ours: str,
+                    num_heads: int, differential: bool) -> int:
+  """(Diff)ParallelScalingBlock -> our parallel block; its MLP width.
+  in_proj stacks fc1, q, k, v on its output axis (timm's in_split); the
+  output projection is attn_out_proj + mlp_out_proj, or one out_proj of
+  the concatenated (attention, MLP) outputs: the same sum."""
+  attention = f'{ours}/MultiHeadDotProductAttention_0'
+  mlp = f'{ours}/MlpBlock_0'
+  _norm(arrays, out, f'{timm}.in_norm', f'{ours}/LayerNorm_0')
+  weight_OI = arrays.take(f'{timm}.in_proj.weight')
+  bias = arrays.take_optional(f'{timm}.in_proj.bias')
+  width = weight_OI.shape[1]
+  mlp_dim = weight_OI.shape[0] - 3 * width
+  mlp_bias = (arrays.take(f'{timm}.mlp_bias') if bias is None
+              else bias[:mlp_dim])
+  out[f'{mlp}/Dense_0/kernel'] = weight_OI[:mlp_dim].T
+  out[f'{mlp}/Dense_0/bias'] = mlp_bias
+  qkv_bias = None if bias is None else bias[mlp_dim:]
+  if differential:
+    _differential_qkv(arrays, out, '', attention, num_heads,
+                      weight_OI=weight_OI[mlp_dim:], bias=qkv_bias)
+    _differential_extras(arrays, out, timm, attention)
+  else:
+    for index, name in enumerate(('query', 'key', 'value')):
+      rows = slice(mlp_dim + index * width, mlp_dim + (index + 1) * width)
+      out[f'{attention}/{name}/kernel'] = _heads(weight_OI[rows], num_heads)
+      if bias is not None:
+        out[f'{attention}/{name}/bias'] = bias[rows].reshape(num_heads, -1)
+  if arrays.has(f'{timm}.out_proj.weight'):
+    fused_OI = arrays.take(f'{timm}.out_proj.weight')
+    fused_bias = arrays.take_optional(f'{timm}.out_proj.bias')
+    out[f'{attention}/out/kernel'] = fused_OI[:, :width].T.reshape(
+        num_heads, -1, width)
+    out[f'{attention}/out/bias'] = _bias_or_zeros(fused_bias, width)
+    out[f'{mlp}/Dense_1/kernel'] = fused_OI[:, width:].T
+    out[f'{mlp}/Dense_1/bias'] = np.zeros(width, np.float32)
+  else:
+    _attention_out(arrays, out, f'{timm}.attn_out_proj', f'{attention}/out',
+                   num_heads)
+    _dense(arrays, out, f'{timm}.mlp_out_proj', f'{mlp}/Dense_1')
+  gamma = arrays.take_optional(f'{timm}.ls.gamma')
+  if gamma is not None:
+    out[f'{ours}/LayerScale_0/scale'] = gamma
   return mlp_dim
 
 
@@ -252,10 +343,9 @@ def _posemb_options(pos_embed, *, grid: Tuple[int, int],
 
 
 def _grid(image_size, patch_size) -> Tuple[int, int]:
-  if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-    raise family.CheckpointMismatchError(
-        f'input_size {image_size} is not a multiple of the patch size '
-        f'{patch_size}')
+  """timm's PatchEmbed grid: its stride-p conv drops the remainder of a
+  side that is not a multiple of the patch (vit_so400m_patch14_siglip_384:
+  384 px / 14 -> 27 patches)."""
   return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
 
 
@@ -275,8 +365,11 @@ class _Tokens:
 
 def _embedding(arrays: _Arrays, out,
                in_channels: int = 3) -> Tuple[int, Tuple[int, int]]:
-  """patch_embed.proj (D, C, ph, pw) -> `embedding` (ph, pw, C, D); returns
-  (width, patch size). C is 3 (RGB), or a hybrid's feature channels."""
+  """patch_embed.proj (D, C, ph, pw) -> `embedding` (ph, pw, C, D), and
+  its norm (embed_norm_layer) -> `embedding_norm`; returns (width, patch
+  size). C is 3 (RGB), or a hybrid's feature channels."""
+  if arrays.has('patch_embed.norm.weight'):
+    _norm(arrays, out, 'patch_embed.norm', 'embedding_norm')
   weight_DCPP = arrays.take('patch_embed.proj.weight')
   width, channels = weight_DCPP.shape[:2]
   if channels != in_channels:
@@ -305,27 +398,35 @@ def _prefix_tokens(arrays: _Arrays, out) -> _Tokens:
 
 
 def _encoder(arrays: _Arrays, out, num_heads: int,
-             gate_last: bool = False) -> Tuple[int, set]:
+             recipe: timm_recipe.Recipe) -> Tuple[int, set]:
   """norm_pre and the blocks; returns (layers, the blocks' MLP widths)."""
   if arrays.has('norm_pre.weight'):
     _norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
+  first_norm = 'in_norm' if recipe.block == 'parallel' else 'norm1'
   num_layers = 0
-  while arrays.has(f'blocks.{num_layers}.norm1.weight'):
+  while arrays.has(f'blocks.{num_layers}.{first_norm}.weight'):
     num_layers += 1
   if not num_layers:
     raise family.CheckpointMismatchError(
-        'the checkpoint has no blocks.0: not a timm ViT')
-  return num_layers, {_block(arrays, out, layer, num_heads, gate_last)
+        f'the checkpoint has no blocks.0.{first_norm}: not a timm ViT of '
+        'its definition')
+  return num_layers, {_block(arrays, out, layer, num_heads, recipe)
                       for layer in range(num_layers)}
 
 
-def _final_norm(arrays: _Arrays, out, tokens: _Tokens) -> bool:
-  """`norm` (every token) or `fc_norm` (after pooling); returns fc_norm."""
+def _final_norm(arrays: _Arrays, out, tokens: _Tokens,
+                final_norm: bool) -> bool:
+  """`norm` (every token) or `fc_norm` (after pooling), or neither with
+  timm's final_norm=False; returns fc_norm."""
   fc_norm = arrays.has('fc_norm.weight')
-  if fc_norm == arrays.has('norm.weight'):
+  has_norm = arrays.has('norm.weight')
+  if not (fc_norm or has_norm) and not final_norm:
+    return False
+  if fc_norm == has_norm:
     raise family.CheckpointMismatchError(
-        'the checkpoint has neither or both of `norm` and `fc_norm` '
-        '(final_norm=False?): vit_jax needs exactly one final LayerNorm')
+        f'the checkpoint has {"both" if fc_norm else "neither"} of `norm` '
+        f'and `fc_norm`, but its definition says final_norm={final_norm}: '
+        'timm builds exactly one final norm, or none with final_norm=False')
   if fc_norm and tokens.distilled:
     raise family.CheckpointMismatchError(
         "fc_norm with a distillation token (timm's distilled head skips "
@@ -368,16 +469,17 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
     family.CheckpointMismatchError: an array is missing, left over, or of a
       shape or combination vit_jax does not implement.
   """
-  arrays, out = _Arrays(timm_arrays), {}
+  arrays = _Arrays(timm_arrays,
+                   norm_bias=recipe.norm_layer == 'layer_norm')
+  out = {}
   width, patch_size = _embedding(arrays, out, in_channels)
   num_heads = timm_recipe.num_heads(recipe, width)
   tokens = _prefix_tokens(arrays, out)
   pos_embed = arrays.take_optional('pos_embed')
   if pos_embed is not None:
     out['Transformer/posembed_input/pos_embedding'] = pos_embed
-  num_layers, mlp_dims = _encoder(arrays, out, num_heads,
-                                  recipe.mlp_gate_last)
-  fc_norm = _final_norm(arrays, out, tokens)
+  num_layers, mlp_dims = _encoder(arrays, out, num_heads, recipe)
+  fc_norm = _final_norm(arrays, out, tokens, recipe.final_norm)
   has_map = arrays.has('attn_pool.latent')
   if has_map:
     mlp_dims.add(_map_head(arrays, out, num_heads))
@@ -389,13 +491,15 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
   options = _options(recipe, out, tokens, fc_norm=fc_norm, posemb=(
       _posemb_options(pos_embed, grid=_grid(image_size, patch_size),
                       num_prefix=tokens.count)))
+  pooling = timm_recipe.pooling(recipe, has_cls=tokens.has_cls,
+                                num_prefix=tokens.count, has_map=has_map,
+                                distilled=tokens.distilled)
+  if pooling.get('extra_class_token'):  # A class token no head reads.
+    out['extra_cls'] = out.pop('cls')
   model_kwargs = dict(
       num_classes=num_classes, patch_size=patch_size, hidden_size=width,
       num_layers=num_layers, num_heads=num_heads, mlp_dim=int(mlp_dims.pop()),
-      classifier=timm_recipe.classifier(recipe, has_cls=tokens.has_cls,
-                             num_prefix=tokens.count, has_map=has_map,
-                             distilled=tokens.distilled),
-      **options)
+      **pooling, **options)
   tree = flax.traverse_util.unflatten_dict(
       {key: np.ascontiguousarray(value, np.float32)
        for key, value in out.items()}, sep='/')
@@ -422,6 +526,10 @@ def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
       qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
       layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
                         if f'{block}/LayerScale_0/scale' in out else None),
+      final_norm=fc_norm or 'Transformer/encoder_norm/scale' in out,
+      norm_layer=recipe.norm_layer,
+      embed_norm='embedding_norm/scale' in out, block=recipe.block,
+      differential_attention=recipe.differential_attention,
       **posemb)
   defaults = {field.name: field.default
               for field in dataclasses.fields(vit.VisionTransformer)}

@@ -1,13 +1,13 @@
-"""What a timm checkpoint's name and config say that its arrays cannot.
+"""What a timm checkpoint's definition says that its arrays cannot.
 
 timm's config.json names the architecture (e.g. `vit_base_patch16_clip_224`)
 and, for models created with overrides, holds `model_args`. The number of
-attention heads, the GELU variant and the LayerNorm epsilon are not in the
-state dict; they come from `model_args` first, else from the tables below
-(facts of timm 1.0's model definitions in timm/models/vision_transformer.py
-and deit.py). Features of timm's ViTs that `vit.VisionTransformer` lacks
-(qk-norm, gated MLPs, rotary embeddings, ...) are refused here, by name,
-before any key is mapped (`vit_jax.models.vit_timm`).
+attention heads, the activation, the norm layer and its epsilon, the pooling,
+the block and attention kinds are not in the state dict: they are the
+arguments timm builds the architecture with, its definition merged with
+config.json's `model_args` (`timm_definitions.model_args`). Options of timm's
+VisionTransformer that `vit.VisionTransformer` lacks are refused here, by
+name, before any key is mapped (`vit_jax.models.vit_timm`).
 """
 
 import dataclasses
@@ -18,118 +18,140 @@ import numpy as np
 
 from vit_jax.models import family
 from vit_jax.models import timm_definitions
+from vit_jax.models import vit_blocks
 
 
-# ------------------------------------ what the arrays cannot say (tables) --
+# ------------------------------------ what the arrays cannot say (recipe) --
 
-# timm architectures computed in ways our model cannot, although their keys
-# may look like a plain ViT's (re.match on the name).
-_UNSUPPORTED_ARCHITECTURES = (
-    (r'.*_rpn_', 'post-norm blocks (ResPostBlock)'),
-)
-# Attention heads by name, first match (timm's model definitions).
-_NUM_HEADS = (
-    (r'vit_base_patch16_gap_224', 16),
-    (r'vit_base_patch\d+_plus_', 14),
-    (r'vit_giant_patch14_(reg\d+_)?dinov2', 24),
-    (r'(vit|deit3?)_tiny_', 3),
-    (r'vit_xsmall_', 4),
-    (r'(vit|deit3?)_small_', 6),
-    (r'(vit|deit3?)_mediumd?_', 8),
-    (r'vit_betwixt_', 10),
-    (r'(vit|deit3?)_base_', 12),
-    (r'vit_so150m_', 14),
-    (r'vit_so150m2_', 13),
-    (r'vit_p?wee_', 4),
-    (r'vit_little_', 5),
-    (r'(vit|deit3?)_(large|huge|giant|gigantic|giantopt|so400m)_', 16),
-)
-# timm's Mlp uses exact (erf) GELU (nn.GELU) unless the model sets act_layer.
-_ACTIVATIONS_BY_NAME = (
-    (r'.*_quickgelu_', 'quick_gelu'),
-    (r'vit_(base_patch32_siglip(_gap)?_256|large_patch16_siglip(_gap)?_512|'
-     r'so400m_patch16_siglip(_gap)?_\d+|giantopt_patch16_siglip(_gap)?_\d+)$',
-     'gelu_tanh'),
-)
-_DEFAULT_ACTIVATION = 'gelu_erf'
-# model_args act_layer -> ours.
-_ACT_LAYERS = {'gelu': 'gelu_erf', 'gelu_tanh': 'gelu_tanh',
-               'quick_gelu': 'quick_gelu'}
-# timm.layers.LayerNorm's default epsilon; the CLIP towers use 1e-5.
+# timm's classes our ViT computes (timm/models/vision_transformer.py, deit.py).
+_MODEL_CLASSES = ('VisionTransformer', 'VisionTransformerDistilled')
+# act_layer (timm.layers.get_act_layer's names, or the class recorded),
+# lower-cased -> ours. timm's Mlp uses exact (erf) GELU (nn.GELU) by default.
+_ACT_LAYERS = {None: 'gelu_erf', 'gelu': 'gelu_erf', 'gelu_tanh': 'gelu_tanh',
+               'gelutanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu',
+               'quickgelu': 'quick_gelu', 'silu': 'silu', 'swish': 'silu'}
+# norm_layer (get_norm_layer's names or the class), lower-cased without '_'
+# and 'fp32' (float32 statistics, as ours always are) -> ours.
+_NORM_LAYERS = {None: 'layer_norm', 'layernorm': 'layer_norm',
+                'rmsnorm': 'rms_norm'}
+# timm.layers.LayerNorm's and RmsNorm's default epsilon.
 _DEFAULT_EPSILON = 1e-6
-_CLIP_EPSILON = 1e-5
-_NORM_LAYERS = ('layernorm', 'layernormfp32')  # Both with timm's default.
+# block_fn -> our block (vit_block_variants.BLOCKS).
+_BLOCKS = {None: 'pre_norm', 'Block': 'pre_norm', 'ResPostBlock': 'post_norm',
+           'ParallelScalingBlock': 'parallel',
+           'DiffParallelScalingBlock': 'parallel'}
+_DIFFERENTIAL_BLOCKS = ('DiffParallelScalingBlock',)
+# attn_layer -> differential attention or not.
+_ATTENTION_LAYERS = {None: False, '': False, 'attn': False, 'Attention': False,
+                     'diff': True, 'DiffAttention': True}
 # model_args keys the arrays show (or errors on their keys report), or that
-# only matter in training.
+# only matter in training or at another resolution.
 _MODEL_ARGS_SHOWN = frozenset({
     'img_size', 'in_chans', 'num_classes', 'embed_dim', 'depth',
-    'patch_size', 'mlp_ratio', 'class_token', 'reg_tokens', 'no_embed_class',
-    'init_values', 'qkv_bias', 'qk_norm', 'scale_attn_norm',
-    'scale_mlp_norm', 'proj_bias', 'pre_norm', 'final_norm', 'fc_norm',
-    'pos_embed', 'dynamic_img_size', 'dynamic_img_pad', 'weight_init',
-    'fix_init', 'drop_rate', 'pos_drop_rate', 'patch_drop_rate',
-    'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate'})
-_MODEL_ARGS_READ = frozenset({'num_heads', 'act_layer', 'norm_layer',
-                              'global_pool', 'pool_include_prefix',
-                              'mlp_layer'})
-# model_args values that are timm's defaults although the key is a layer.
-_MODEL_ARGS_DEFAULTS = {'attn_layer': ('', 'attn'), 'embed_norm_layer': (None,)}
+    'patch_size', 'mlp_ratio', 'reg_tokens', 'no_embed_class',
+    'init_values', 'qkv_bias', 'proj_bias', 'pre_norm', 'pos_embed',
+    'dynamic_img_size', 'weight_init', 'fix_init', 'drop_rate',
+    'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate', 'attn_drop_rate',
+    'drop_path_rate'})
+_MODEL_ARGS_READ = frozenset({
+    'num_heads', 'act_layer', 'norm_layer', 'embed_norm_layer', 'global_pool',
+    'pool_include_prefix', 'class_token', 'fc_norm', 'final_norm', 'block_fn',
+    'attn_layer', 'mlp_layer'})
+# Options the arrays show (gated MLPs and inner norms: vit_timm maps their
+# keys), read with the keys.
+_MODEL_ARGS_SHOWN |= {'scale_attn_norm', 'scale_mlp_norm'}
+# A CNN backbone (embed_layer) shows as patch_embed.backbone arrays, which
+# the hybrids' layout (vit_hybrid_timm) maps before it hands the rest here.
+_MODEL_ARGS_SHOWN |= {'embed_layer'}
+# Options vit_jax does not implement, when set to other than timm's default:
+# key -> (default values, the feature named in the error).
+_MODEL_ARGS_REFUSED = {
+    'qk_norm': ((False,), 'qk-norm (qk_norm=True)'),
+    'dynamic_img_pad': ((False,), 'padding of inputs to a multiple of the '
+                        'patch (dynamic_img_pad)'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """What a checkpoint's arrays cannot say."""
+  """What a checkpoint's arrays cannot say: timm's model arguments."""
   architecture: str  # config.json's, with its pretrained tag.
   num_heads: Optional[int]
   activation: str
+  norm_layer: str  # 'layer_norm' | 'rms_norm'.
   layer_norm_epsilon: float
   global_pool: Optional[str]  # None: not written; the arrays decide.
   pool_include_prefix: bool
+  final_norm: bool
+  block: str  # vit_block_variants.BLOCKS.
+  differential_attention: bool
   # Gated MLPs (the arrays show one): the gate's activation, and whether
   # a packed fc1 holds the gate in its second half (GluMlp's gate_last).
   mlp_activation: str = 'silu'
   mlp_gate_last: bool = False
 
 
-def _by_name(table, name: str, default):
-  return next((value for pattern, value in table if re.match(pattern, name)),
-              default)
+def _refuse(feature: str):
+  raise family.CheckpointMismatchError(
+      f'the checkpoint uses {feature}, which vit_jax does not implement')
+
+
+def _check_model_class(name: str) -> None:
+  found = timm_definitions.definition(name)
+  if found is None or found.model_class in _MODEL_CLASSES:
+    return
+  features = {'Eva': "rotary position embeddings or other features of "
+                     "timm's Eva models"}
+  _refuse(features.get(found.model_class,
+                       f"timm's {found.model_class} model ({found.module})"))
 
 
 def _check_model_args(model_args: Mapping[str, Any]) -> None:
   for key, value in model_args.items():
-    if key in _MODEL_ARGS_SHOWN or key in _MODEL_ARGS_READ or (
-        value in _MODEL_ARGS_DEFAULTS.get(key, ())):
+    if key in _MODEL_ARGS_SHOWN or key in _MODEL_ARGS_READ:
       continue
+    if key in _MODEL_ARGS_REFUSED:
+      defaults, feature = _MODEL_ARGS_REFUSED[key]
+      if timm_definitions.layer_name(value) in defaults or value in defaults:
+        continue
+      _refuse(feature.format(timm_definitions.layer_name(value) or value))
     raise family.CheckpointMismatchError(
         f'config.json model_args {key}={value!r}: a timm option vit_jax does '
         'not implement')
 
 
-def _activation(name: str, model_args: Mapping[str, Any]) -> str:
-  if 'act_layer' not in model_args:
-    return _by_name(_ACTIVATIONS_BY_NAME, name, _DEFAULT_ACTIVATION)
-  activation = _ACT_LAYERS.get(str(model_args['act_layer']))
-  if activation is None:
+def _from_table(model_args: Mapping[str, Any], key: str, table, *,
+                normalise=lambda name: name):
+  """model_args[key] (a layer's name) -> table's value; refused naming the
+  key when the table lacks it."""
+  value = model_args.get(key)
+  name = timm_definitions.layer_name(value)
+  if value is not None and name is None:
+    name = repr(value)  # Not a recorded layer: found in no table.
+  found = table.get(name if name is None else normalise(name))
+  if found is None:
     raise family.CheckpointMismatchError(
-        f'config.json model_args act_layer={model_args["act_layer"]!r}: '
-        f'vit_jax implements {sorted(_ACT_LAYERS)}')
+        f'timm model_args {key}={name!r}: vit_jax implements '
+        f'{sorted(str(name) for name in table if name)}')
+  return found
+
+
+def _activation(model_args: Mapping[str, Any]) -> str:
+  activation = _from_table(model_args, 'act_layer', _ACT_LAYERS,
+                           normalise=str.lower)
+  if activation not in vit_blocks.ACTIVATIONS:
+    _refuse(f'the activation act_layer={model_args["act_layer"]!r}')
   return activation
 
 
-def _epsilon(name: str, model_args: Mapping[str, Any]) -> float:
-  if 'norm_layer' not in model_args:
-    return _CLIP_EPSILON if '_clip_' in name else _DEFAULT_EPSILON
-  if str(model_args['norm_layer']).lower() not in _NORM_LAYERS:
-    raise family.CheckpointMismatchError(
-        f'config.json model_args norm_layer={model_args["norm_layer"]!r}: '
-        'vit_jax implements LayerNorm only')
-  return _DEFAULT_EPSILON
+def _norm_name(name: str) -> str:
+  return name.lower().replace('_', '').replace('fp32', '')
 
 
 def recipe(config: Mapping[str, Any],
            timm_arrays: Mapping[str, np.ndarray]) -> Recipe:
-  """What the arrays cannot say: model_args first, else the name tables.
+  """What the arrays cannot say: timm's definition of the architecture,
+  overridden by config.json's model_args.
 
   Args:
     config: config.json (`architecture`, optional `model_args` and
@@ -140,26 +162,51 @@ def recipe(config: Mapping[str, Any],
     The recipe for `to_vit`.
 
   Raises:
-    family.CheckpointMismatchError: a feature, architecture or model_args
+    family.CheckpointMismatchError: a feature, model class or model_args
       option vit_jax does not implement.
   """
   _check_features(timm_arrays)
-  name = config['architecture'].split('.')[0]
-  feature = _by_name(_UNSUPPORTED_ARCHITECTURES, name, None)
-  if feature:
-    raise family.CheckpointMismatchError(
-        f'timm architecture {name!r} uses {feature}, which vit_jax does not '
-        'implement')
-  model_args = config.get('model_args') or {}
+  _check_model_class(config['architecture'])
+  model_args = timm_definitions.model_args(config)
   _check_model_args(model_args)
-  return Recipe(
+  block_fn = timm_definitions.layer_name(model_args.get('block_fn'))
+  norm_layer = model_args.get('norm_layer')
+  found = Recipe(
       architecture=config['architecture'],
-      num_heads=model_args.get('num_heads', _by_name(_NUM_HEADS, name, None)),
-      activation=_activation(name, model_args),
-      layer_norm_epsilon=_epsilon(name, model_args),
+      num_heads=model_args.get('num_heads'),
+      activation=_activation(model_args),
+      norm_layer=_from_table(model_args, 'norm_layer', _NORM_LAYERS,
+                             normalise=_norm_name),
+      layer_norm_epsilon=float(timm_definitions.layer_kwargs(norm_layer).get(
+          'eps', _DEFAULT_EPSILON)),
       global_pool=model_args.get('global_pool', config.get('global_pool')),
       pool_include_prefix=bool(model_args.get('pool_include_prefix', False)),
-      **_gated_mlp(config))
+      final_norm=bool(model_args.get('final_norm', True)),
+      block=_from_table(model_args, 'block_fn', _BLOCKS),
+      differential_attention=block_fn in _DIFFERENTIAL_BLOCKS or _from_table(
+          model_args, 'attn_layer', _ATTENTION_LAYERS),
+      **_gated_mlp(model_args))
+  _check_arrays_fit(found, timm_arrays)
+  return found
+
+
+# Keys of the block variants, which the definition must name.
+_VARIANT_KEYS = (
+    (r'^blocks\.\d+\.(attn\.)?lambda_q1$', 'differential attention',
+     lambda found: found.differential_attention),
+    (r'^blocks\.\d+\.in_proj\.', 'parallel blocks (ParallelScalingBlock)',
+     lambda found: found.block == 'parallel'),
+)
+
+
+def _check_arrays_fit(found: Recipe, arrays: Mapping[str, np.ndarray]):
+  for pattern, feature, named in _VARIANT_KEYS:
+    keys = sorted(key for key in arrays if re.search(pattern, key))
+    if keys and not named(found):
+      raise family.CheckpointMismatchError(
+          f'the checkpoint has arrays of {feature} (e.g. {keys[0]!r}) but '
+          f'the definition of {found.architecture!r} (block_fn, attn_layer) '
+          'does not say so: set them in its config.json model_args')
 
 
 # The gate activations of timm's gated MLPs (act_layer names).
@@ -167,10 +214,9 @@ _GATE_ACTIVATIONS = {'silu': 'silu', 'swish': 'silu', 'sigmoid': 'sigmoid',
                      'gelu': 'gelu_erf', 'gelu_tanh': 'gelu_tanh'}
 
 
-def _gated_mlp(config: Mapping[str, Any]) -> Dict[str, Any]:
+def _gated_mlp(merged: Mapping[str, Any]) -> Dict[str, Any]:
   """A gated MLP's activation and gate order, from timm's definition
   (mlp_layer, act_layer) merged with config.json's model_args."""
-  merged = timm_definitions.model_args(config)
   mlp_layer = merged.get('mlp_layer')
   name = timm_definitions.layer_name(mlp_layer) or ''
   bound = timm_definitions.layer_kwargs(mlp_layer)
@@ -213,10 +259,12 @@ def num_heads(recipe: Recipe, width: int) -> int:
 _POOLING_WE_LACK = ('avgmax', 'max', 'prr')
 
 
-def classifier(recipe: Recipe, *, has_cls: bool, num_prefix: int,
-               has_map: bool, distilled: bool) -> str:
-  """timm's global_pool (config.json, else what the arrays hold) -> our
-  `classifier`, given which prefix tokens and head the arrays hold.
+def pooling(recipe: Recipe, *, has_cls: bool, num_prefix: int,
+            has_map: bool, distilled: bool) -> dict:
+  """timm's global_pool (the recipe's, else what the arrays hold) -> our
+  `classifier` and the pooling options that differ from their defaults
+  (`extra_class_token`, `pool_include_prefix`), given which prefix tokens
+  and head the arrays hold.
 
   Raises:
     family.CheckpointMismatchError: a pooling vit_jax does not implement,
@@ -236,22 +284,22 @@ def classifier(recipe: Recipe, *, has_cls: bool, num_prefix: int,
     problem = 'a distillation token needs global_pool \'token\''
   elif pool == 'token' and not has_cls:
     problem = "global_pool 'token' without a class token"
-  elif pool in ('avg', 'map') and has_cls:
-    problem = (f'global_pool {pool!r} beside a class token (vit_jax\'s '
-               "'gap' and 'map' classifiers have none)")
-  elif pool == 'avg' and num_prefix and recipe.pool_include_prefix:
-    problem = 'average pooling that includes the register tokens'
-  elif pool == 'map' and num_prefix and not recipe.pool_include_prefix:
-    problem = ('attention pooling of the patch tokens only, beside register '
-               "tokens (vit_jax's MAP head attends to every token)")
   elif pool not in ('token', 'avg', 'map', ''):
     problem = f'unknown global_pool {pool!r}'
   if problem:
     raise family.CheckpointMismatchError(
         f'{problem}: vit_jax does not implement it')
   if pool == '':
-    return 'token_unpooled' if has_cls else 'unpooled'
-  return {'token': 'token', 'avg': 'gap', 'map': 'map'}[pool]
+    return {'classifier': 'token_unpooled' if has_cls else 'unpooled'}
+  if pool == 'token':
+    return {'classifier': 'token'}
+  options = {'classifier': {'avg': 'gap', 'map': 'map'}[pool]}
+  if has_cls:  # BEiT-3, EVA: a class token beside average pooling.
+    options['extra_class_token'] = True
+  # Ours by default: 'gap' leaves the prefix tokens out, 'map' reads them.
+  if num_prefix and recipe.pool_include_prefix != (pool == 'map'):
+    options['pool_include_prefix'] = recipe.pool_include_prefix
+  return options
 
 
 # --------------------------------------------------------------- features --
@@ -262,14 +310,11 @@ _UNSUPPORTED_KEYS = (
     (r'(^|\.)[qk]_norm\.', 'qk-norm (qk_norm=True)'),
     (r'\.mlp\.(w12|w1|w2|w3)\.', 'a gated MLP of another layout (w12 / w3)'),
     (r'\.attn\.gate\.', 'gated attention'),
-    (r'\.attn\.lambda_', "differential attention (attn_layer='diff')"),
-    (r'^patch_embed\.norm\.', 'a norm in the patch embedding'),
+    (r'\.lambda_[ab]$', 'differential attention with dual_lambda'),
     (r'(^|\.)rope\.|freqs', 'rotary position embeddings'),
     (r'relative_position', 'relative position embeddings'),
     (r'^attn_pool\.pos_embed', 'a position embedding in the attention pool'),
     (r'^blocks\.\d+\.(attns|ffns)\.', 'parallel blocks (ParallelThingsBlock)'),
-    (r'^blocks\.\d+\.(in_proj|in_norm|attn_out_proj|mlp_out_proj)\.',
-     'parallel scaling blocks (ParallelScalingBlock)'),
 )
 
 

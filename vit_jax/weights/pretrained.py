@@ -267,6 +267,11 @@ def _run_size(checkpoint: formats.Weights, model: nn.Module,
   native = (None if facts.native_grid is None else
             (facts.native_grid[0] * patch_h, facts.native_grid[1] * patch_w))
   stored = checkpoint.stored and checkpoint.stored.image_size
+  if native and stored and (stored[0] // patch_h, stored[1] // patch_w) == (
+      tuple(facts.native_grid)):
+    # A stored size that is no multiple of the patch (timm's
+    # vit_so400m_patch14_siglip_384: the conv drops the remainder).
+    native = tuple(stored)
   if native and stored and tuple(stored) != native:
     raise family.CheckpointMismatchError(
         f'the position embedding of {checkpoint.name} is for '
@@ -281,7 +286,8 @@ def _run_size(checkpoint: formats.Weights, model: nn.Module,
       raise ValueError(f'{checkpoint.name} was trained on {native[0]}x'
                        f'{native[1]}-pixel images; pass a square image_size')
     image_size = native[0]
-  if image_size % patch_h or image_size % patch_w:
+  if (image_size % patch_h or image_size % patch_w) and (
+      image_size, image_size) != native:
     raise ValueError(f'image size {image_size} is not a multiple of '
                      f'{model_name or "the model"}\'s {patch_h}-pixel patches')
   return image_size
