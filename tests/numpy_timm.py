@@ -196,7 +196,8 @@ def forward(state_dict, images_BCHW, *, num_heads, global_pool='token',
   return encode_and_pool(p, x, num_prefix, num_heads=num_heads,
                          global_pool=global_pool, eps=eps,
                          activation=activation,
-                         pool_include_prefix=pool_include_prefix)
+                         pool_include_prefix=pool_include_prefix,
+                         post_norm=post_norm)
 
 
 def as_float64(state_dict):
@@ -205,7 +206,7 @@ def as_float64(state_dict):
 
 
 def encode_and_pool(p, x, num_prefix, *, num_heads, global_pool, eps,
-                    activation, pool_include_prefix):
+                    activation, pool_include_prefix, post_norm=False):
   """From the embedded tokens (B, N, D) on, as `forward`: norm_pre, the
   blocks, the final norm, pooling and heads (timm's keys in float64 `p`)."""
   if 'norm_pre.weight' in p:

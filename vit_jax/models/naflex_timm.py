@@ -277,7 +277,9 @@ def _recipe(config: Mapping[str, Any],
       architecture=config['architecture'], num_heads=int(cfg['num_heads']),
       activation=_ACT_LAYERS[cfg['act_layer']], layer_norm_epsilon=_EPSILON,
       global_pool=cfg['global_pool'],
-      pool_include_prefix=bool(cfg['pool_include_prefix']))
+      pool_include_prefix=bool(cfg['pool_include_prefix']),
+      norm_layer='layer_norm', final_norm=bool(cfg['final_norm']),
+      block='pre_norm', differential_attention=False)
 
 
 class NaFlexLayout(family.ForeignLayout):
