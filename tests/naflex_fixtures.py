@@ -96,7 +96,7 @@ FAMILIES = {
     'gap_conv': NaFlex('naflexvit_base_patch16_gap', conv=True,
                        model_args=(('embed_proj_type', 'conv'),), **_GAP),
 }
-# C-RADIO as timm ships it: no final norm, which vit_jax refuses.
+# C-RADIO as timm ships it: no final norm.
 RADIO = NaFlex('naflexvit_base_patch16_radio_v3', final_norm=False, **_RADIO)
 
 

@@ -165,11 +165,15 @@ def test_each_timm_layout_recognises_only_its_own(tmp_path):
   assert not both.recognises(config, {'stem.conv.weight': np.zeros(1)})
 
 
-def test_radio_without_a_final_norm_is_refused(tmp_path):
-  directory = naflex_fixtures.write(tmp_path, naflex_fixtures.RADIO)
-  with pytest.raises(ValueError, match=r'neither or both of `norm` and '
-                     r'`fc_norm` \(final_norm=False\?\)'):
-    timm_hub.read(directory)
+def test_radio_without_a_final_norm_matches_numpy_naflex(tmp_path):
+  spec = naflex_fixtures.RADIO
+  arrays = naflex_fixtures.state_dict(spec)
+  ckpt = timm_hub.read(naflex_fixtures.write(tmp_path, spec))
+  pixels = naflex_fixtures.random_pixels(spec)
+  expected = numpy_naflex.forward(arrays, _timm_inputs(spec, pixels),
+                                  **spec.reference_options())
+  assert_relatively_close(_our_outputs(ckpt, pixels), expected)
+  assert ckpt.model_kwargs['final_norm'] is False
 
 
 @pytest.mark.parametrize('model_args, message', [
