@@ -354,8 +354,8 @@ def _check_rope(checkpoint: formats.Weights, model: nn.Module) -> None:
   if differences:
     raise family.CheckpointMismatchError(
         f'{checkpoint.name} was trained with rotary position embeddings '
-        f'{", ".join(differences)}, which the model lacks: set them in '
-        'config.model')
+        f'{", ".join(differences)}, which the model lacks: set them on the '
+        'model (config.model in a training config)')
 
 
 def load_preprocessing(source, model: nn.Module) -> family.Preprocessing:
