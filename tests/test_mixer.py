@@ -381,8 +381,9 @@ def test_vit_keys_or_a_misspelt_key_are_refused_in_one_line():
   assert '\n' not in message
   assert message.startswith(
       'config.model has keys the mixer family does not have: attention, '
-      'attention_dropout_rate, distillation, fc_norm, layer_norm_epsilon, '
-      'layer_scale_init, mlp_dim, num_heads, ')
+      'attention_dropout_rate, attention_norm, distillation, fc_norm, '
+      'layer_norm_epsilon, layer_scale_init, mlp_dim, mlp_gated, mlp_norm, '
+      'num_heads, ')
   assert message.endswith(
       '; its keys are: activation, channels_mlp_dim, classifier, '
       'drop_path_rate, dropout_rate, dtype, head_bias_init, hidden_size, '

@@ -224,7 +224,7 @@ def test_another_familys_keys_are_refused_in_one_line(toy_family):
   assert '\n' not in message
   assert message.startswith(
       'config.model has keys the toy family does not have: activation, '
-      'attention, attention_dropout_rate, classifier, ')
+      'attention, attention_dropout_rate, attention_norm, classifier, ')
   assert '; its keys are: dtype, hidden_size, patch_size (' in message
   with pytest.raises(ValueError, match='the toy family does not have'):
     models.create_model_from_config(config, num_classes=2)

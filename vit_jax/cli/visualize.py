@@ -8,11 +8,14 @@ writes to --out_dir:
       attention-rollout map and a heat overlay of the map (Fig. 6). Models
       without a class token (`gap`) get the rollout averaged over the patch
       queries, which is what their mean-pooled representation draws on; the
-      figure title and analysis.json say so.
+      figure title and analysis.json say so; so do `gap` models that keep a
+      class token beside average pooling (EVA-02, DINOv3). Maps cover the
+      patch grid only: prefix tokens (class, registers) are never drawn.
   attention_distance.png  mean attention distance of every head against
       depth, averaged over the given images (Fig. 7 right).
   position_embedding_similarity.png  cosine similarity of each patch's
-      position embedding with all the others, a grid of grids (Fig. 7 centre).
+      position embedding with all the others, a grid of grids (Fig. 7 centre);
+      skipped for models without a learned one (rotary or sin-cos positions).
   embedding_filters_pca.png  the first 28 principal components of the patch
       embedding filters as RGB patches (Fig. 7 left); skipped for hybrids,
       whose embedding filters act on ResNet features rather than RGB pixels.
@@ -51,6 +54,7 @@ from vit_jax.analysis import plots
 from vit_jax.cli import _flags as cli_flags
 from vit_jax.data import image_file
 from vit_jax import models
+from vit_jax.models import vit
 from vit_jax.weights import pretrained
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -65,8 +69,8 @@ _ROLLOUT_DESCRIPTIONS = {
     ROLLOUT_CLASS_TOKEN:
         'attention rollout: the class token\'s row over the patches',
     ROLLOUT_MEAN_QUERY:
-        'attention rollout averaged over all patch queries (the model has no '
-        'class token; its gap representation pools every token)',
+        'attention rollout averaged over all patch queries (the head reads '
+        'no class token; its gap representation pools the patch tokens)',
 }
 
 # ----------------------------------------------------------------------------
@@ -143,19 +147,27 @@ def compute_analysis(model, params,
   model_family = models.family_of(model)
   num_prefix = model_family.num_prefix_tokens(model)
   notes = []
-  if num_prefix:
+  # Only a head that reads the class token makes its row the map; a gap head
+  # pools the patch tokens, even where prefix tokens (a class token timm
+  # keeps beside average pooling, registers) take part in attention.
+  reads_class_token = model.classifier in vit.TOKEN_CLASSIFIERS
+  if reads_class_token:
     kind = ROLLOUT_CLASS_TOKEN
   else:
     kind = ROLLOUT_MEAN_QUERY
     notes.append(f'rollout maps are the mean over patch queries: classifier '
-                 f'{model.classifier!r} has no class token.')
+                 f'{model.classifier!r} reads no class token.')
+  if num_prefix and not reads_class_token:
+    notes.append(f'the {num_prefix} prefix token(s) (class or register '
+                 'tokens) are left out of the rollout maps and distances.')
 
   maps, distance_sum_LH = [], 0.0
   for attention, count in _attention_per_chunk(model, params, images,
                                                batch_size):
     rollout = measures.attention_rollout(attention,
-                                         has_class_token=bool(num_prefix))
-    maps.append(rollout.class_token_map(grid) if num_prefix else
+                                         has_class_token=reads_class_token,
+                                         num_prefix_tokens=num_prefix)
+    maps.append(rollout.class_token_map(grid) if reads_class_token else
                 rollout.mean_query_map(grid))
     # Each chunk's value is a mean over its images; weight it by their count.
     distance_sum_LH = distance_sum_LH + count * (
@@ -163,6 +175,10 @@ def compute_analysis(model, params,
             attention, grid, (patch_h, patch_w), num_prefix_tokens=num_prefix))
 
   components, ratio = _filter_components(model, params, model_name, notes)
+  embedding = model_family.position_embedding(params)
+  if embedding is None:
+    notes.append(f'position-embedding similarity skipped: {model_name} has '
+                 'no learned position embedding.')
   return {
       'model': model_name,
       'image_size': [int(height), int(width)],
@@ -172,9 +188,10 @@ def compute_analysis(model, params,
       'rollout_kind': kind,
       'rollout_maps': np.concatenate(maps).astype(np.float32),
       'mean_attention_distance_px': distance_sum_LH / len(images),
-      'position_embedding_similarity': measures.position_embedding_similarity(
-          model_family.position_embedding(params), grid,
-          num_prefix_tokens=num_prefix),
+      'position_embedding_similarity': (
+          None if embedding is None else
+          measures.position_embedding_similarity(
+              embedding, grid, num_prefix_tokens=num_prefix)),
       'filter_components': components,
       'filter_explained_variance': ratio,
       'notes': notes,
@@ -248,11 +265,12 @@ def write_outputs(result: Dict[str, Any], images, image_paths: Sequence[str],
       f'{name}: mean attention distance per head\n(averaged over '
       f'{num_images} image{"s" * (num_images > 1)})',
       os.path.join(out_dir, figures[-1]))
-  figures.append('position_embedding_similarity.png')
-  plots.plot_position_similarity(
-      result['position_embedding_similarity'],
-      f'{name}: position embedding similarity', os.path.join(out_dir,
-                                                             figures[-1]))
+  if result['position_embedding_similarity'] is not None:
+    figures.append('position_embedding_similarity.png')
+    plots.plot_position_similarity(
+        result['position_embedding_similarity'],
+        f'{name}: position embedding similarity', os.path.join(out_dir,
+                                                               figures[-1]))
   if result['filter_components'] is not None:
     figures.append('embedding_filters_pca.png')
     plots.plot_filter_components(

@@ -163,8 +163,11 @@ def _rotate(x, rotate_half: bool):
   if rotate_half:
     first, second = jnp.split(x, 2, axis=-1)
     return jnp.concatenate([-second, first], axis=-1)
+  # (a, b) reversed to (b, a), then signed: a reverse converts to TFLite
+  # where strided slices of a symbolic-batch tensor do not (dynamic slices).
   pairs = x.reshape(*x.shape[:-1], -1, 2)
-  return jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+  signs = jnp.asarray([-1, 1], x.dtype)
+  return (jnp.flip(pairs, axis=-1) * signs).reshape(x.shape)
 
 
 def apply(x_BNAE, sin_NAE, cos_NAE, *, num_prefix_tokens: int,

@@ -165,9 +165,19 @@ class VitFamily(family.ModelFamily):
     model.fc_norm = False  # Final LayerNorm after pooling instead of before.
     model.qkv_bias = True  # Biases of the query/key/value projections.
     model.layer_norm_epsilon = 1e-6  # Every LayerNorm's epsilon (CLIP: 1e-5).
-    model.activation = 'gelu_tanh'  # MLP nonlinearity: gelu_tanh | gelu_erf | quick_gelu.
+    model.activation = 'gelu_tanh'  # MLP nonlinearity: gelu_tanh | gelu_erf | quick_gelu | silu | sigmoid (gates of mlp_gated).
     model.resnet_norm_epsilon = 1e-6  # Hybrids: GroupNorm epsilon (timm's port: 1e-5).
     model.resnet_variance_epsilon = ml_collections.FieldReference(None, float)  # Hybrids: None standardises kernels by std + 1e-5 (released); e by sqrt(var + e) (timm's port: 1e-8).
+    # timm's Eva-style options, as a checkpoint's config.json sets them (fine-tuning checks the rope ones).
+    model.rope = ml_collections.FieldReference(None, str)  # Rotary position embeddings: None | axial | dinov3 | mixed.
+    model.rope_temperature = 10000.0  # RoPE frequency base.
+    model.rope_grid_indexing = 'ij'  # RoPE axis order: ij | xy.
+    model.rope_grid_offset = 0.0  # RoPE patch-position offset.
+    model.rope_ref_grid = ml_collections.FieldReference(None, tuple)  # Grid 'axial' positions are rescaled onto, e.g. (16, 16); None: none.
+    model.rope_rotate_half = False  # RoPE pairs (i, i + E/2) instead of (2i, 2i + 1).
+    model.attention_norm = False  # LayerNorm on the attention output (timm's scale_attn_norm).
+    model.mlp_gated = False  # Gated MLP, activation(x W) * (x V) (SwiGLU with activation silu).
+    model.mlp_norm = False  # LayerNorm on the MLP hidden units (timm's scale_mlp_norm).
     return model
 
   def canonical_name(self, name: str) -> Optional[str]:

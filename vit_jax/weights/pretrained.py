@@ -323,7 +323,9 @@ def load_for_fine_tuning(source, model, init_params: Params, *,
   shapes are checked: the head and other arrays not loaded are never read.
   """
   model_family = models.family_of(model)
-  loaded = dict(formats.read(source).params)
+  checkpoint = formats.read(source)
+  _check_rope(checkpoint, model)
+  loaded = dict(checkpoint.params)
   for name in model_family.head_names:
     loaded.pop(name, None)
   for name in model_family.droppable_for_fine_tuning:
@@ -337,6 +339,29 @@ def load_for_fine_tuning(source, model, init_params: Params, *,
                               dont_load=(*head_patterns, *dont_load))
   # Only now, with keys and shapes checked, are the arrays used read.
   return arrays.read_values(merged)
+
+
+def _check_rope(checkpoint: formats.Weights, model: nn.Module) -> None:
+  """Raises CheckpointMismatchError when `model` would not rotate queries
+  and keys as the checkpoint's weights were trained to: rotary position
+  embeddings have no arrays ('mixed' frequencies aside), so the key and
+  shape checks of fine-tuning cannot see a missing or different RoPE."""
+  stored = checkpoint.stored.model_kwargs if checkpoint.stored else {}
+  if stored.get('rope') is None or not hasattr(model, 'rope'):
+    return
+  defaults = {field.name: field.default
+              for field in dataclasses.fields(model)
+              if field.name.startswith('rope')}
+  normal = lambda value: tuple(value) if isinstance(value, list) else value
+  differences = [
+      f'{key}={normal(stored.get(key, default))!r}'
+      for key, default in defaults.items()
+      if normal(stored.get(key, default)) != normal(getattr(model, key))]
+  if differences:
+    raise family.CheckpointMismatchError(
+        f'{checkpoint.name} was trained with rotary position embeddings '
+        f'{", ".join(differences)}, which the model lacks: set them on the '
+        'model (config.model in a training config)')
 
 
 def load_preprocessing(source, model: nn.Module) -> family.Preprocessing:

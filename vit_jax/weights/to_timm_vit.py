@@ -25,7 +25,8 @@ The epsilon is the one choice JSON cannot override (timm's `norm_layer`
 takes a layer, not a number): it selects the architecture definitions the
 writer may name (`Conversion.fixed`). What timm's ViT cannot compute is
 refused by name (`Untranslatable`): a tanh `pre_logits` layer
-(representation_size), fixed sin-cos position embeddings, other epsilons.
+(representation_size), fixed sin-cos position embeddings, other epsilons,
+and the options of timm's Eva-style models (RoPE, gated MLPs, inner norms).
 """
 
 import dataclasses
@@ -123,6 +124,23 @@ def _check_expressible(model: vit.VisionTransformer) -> None:
   elif model.distillation and model.fc_norm:
     problem = "fc_norm beside a distillation token (timm's distilled head " \
               'skips it)'
+  # The options of timm's Eva-style models: this writer targets timm's
+  # VisionTransformer and writes none of them (their arrays would be
+  # dropped or their computation lost without a word).
+  elif model.rope is not None:
+    problem = (f'rotary position embeddings (rope={model.rope!r}) in its '
+               "VisionTransformer, the class this writer targets (timm's Eva "
+               'has them)')
+  elif model.mlp_gated:
+    problem = ('a gated MLP (mlp_gated=True) through this writer: timm\'s '
+               'SwiGLU / GluMlp layers are not translated yet')
+  elif model.mlp_norm or model.attention_norm:
+    problem = ('an inner norm (mlp_norm / attention_norm) through this '
+               "writer: timm's scale_mlp_norm / scale_attn_norm are not "
+               'translated yet')
+  elif model.activation not in _ACT_LAYERS:
+    problem = (f'the MLP activation {model.activation!r} in its ViT '
+               f'(act_layer: {", ".join(sorted(_ACT_LAYERS))})')
   if problem:
     raise Untranslatable(f'timm cannot express {problem}')
 
