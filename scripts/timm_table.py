@@ -6,11 +6,12 @@ table records what timm's model definition passes to its model class (the
 settings, ...), the class, and each pretrained tag's hub id and input size.
 The library reads this table for what a checkpoint's arrays cannot say.
 
-vit_jax/weights/timm_state_dicts.json.gz records what timm's `save_for_hf` writes
-for each architecture built with one block (as scripts/timm_census.py builds
-it): config.json and the shape of every array of model.safetensors. The
-listing of what loads (`vit_jax.weights.timm_listing`) runs the loader on
-zero arrays of those shapes. The library never imports timm. Regenerate both
+vit_jax/weights/timm_state_dicts.json.gz records what timm's `save_for_hf`
+writes for each architecture built with one block (as scripts/timm_census.py
+builds it): config.json and the shape of every array of model.safetensors
+(and its dtype where not float32). The listing of what loads
+(`vit_jax.weights.timm_listing`) runs the loader on zero arrays of those
+shapes. The library never imports timm. Regenerate both
 after a timm upgrade (needs torch and timm, the `benchmark` extra):
 
   .venv/bin/python scripts/timm_table.py
@@ -151,25 +152,30 @@ def one_block_model(architecture: str, definition_args: Mapping[str, Any]):
     return timm.create_model(architecture, pretrained=False), {}
 
 
-def _saved_for_hf(architecture: str,
+def saved_for_hf(architecture: str,
                   definition_args: Mapping[str, Any]) -> Dict[str, Any]:
-  """{'config': config.json, 'arrays': {key: shape}}: what `save_for_hf`
-  writes for the one-block model, its arrays by shape alone (the model is
-  built on torch's 'meta' device: nothing is allocated)."""
+  """{'config': config.json, 'arrays': {key: shape}, 'dtypes': {key:
+  dtype}}: what `save_for_hf` writes for the one-block model, its arrays by
+  shape (the model is built on torch's 'meta' device: nothing is
+  allocated) and, where not float32, dtype (a BatchNorm's int64 count)."""
   with torch.device('meta'):
     model, model_args = one_block_model(architecture, definition_args)
   with tempfile.TemporaryDirectory() as directory:
     path = pathlib.Path(directory) / 'config.json'
     _hub.save_config_for_hf(model, path, model_args=model_args)
     config = json.loads(path.read_text())
+  state_dict = model.state_dict()
   return {'config': config,
           'arrays': {key: list(value.shape)
-                     for key, value in model.state_dict().items()}}
+                     for key, value in state_dict.items()},
+          'dtypes': {key: str(value.dtype).replace('torch.', '')
+                     for key, value in state_dict.items()
+                     if value.dtype != torch.float32}}
 
 
 def write_state_dicts(definitions: Mapping[str, Any]) -> None:
-  """STATE_DICTS: `_saved_for_hf` of every architecture."""
-  saved = {architecture: _saved_for_hf(architecture, entry['model_args'])
+  """STATE_DICTS: `saved_for_hf` of every architecture."""
+  saved = {architecture: saved_for_hf(architecture, entry['model_args'])
            for architecture, entry in sorted(definitions.items())}
   text = json.dumps({'timm_version': timm.__version__,
                      'architectures': saved}, sort_keys=True,

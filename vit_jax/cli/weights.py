@@ -13,11 +13,11 @@ r"""Lists, tabulates and fetches the released checkpoints by name.
                                                      # whether vit_jax loads it
 
 The released checkpoints come from `vit_jax.weights.zoo.released()`; the
-timm listing from timm's table and the loader's own checks
-(`vit_jax.weights.timm_listing`), each name as --checkpoint takes it. The listing's
-`cached` column is the size of the file in the cache ($VIT_JAX_CACHE, or
---cache_dir), `-` when it is not there yet; the files' sizes before
-download are not recorded. checkpoints/README.md's table
+timm listing from timm's table and the loader itself
+(`vit_jax.weights.timm_listing`), each name as --checkpoint takes it. The
+listing's `cached` column is the size of the file in the cache
+($VIT_JAX_CACHE, or --cache_dir), `-` when it is not there yet; the files'
+sizes before download are not recorded. checkpoints/README.md's table
 is this program's `--markdown` output, between the two marker comments;
 `--update_readme` rewrites it there (tests/test_zoo.py checks it is current).
 A fetch reads from the public buckets, or from $VIT_JAX_CHECKPOINT_BASE, into

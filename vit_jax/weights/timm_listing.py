@@ -1,12 +1,14 @@
-"""Which of timm's models vit_jax loads: the listing of `vit-jax weights --timm`.
+"""Which of timm's models vit_jax loads (the listing of `vit-jax weights
+--timm`).
 
 Not a hand-kept list: for every architecture of timm's table
 (`vit_jax.models.timm_definitions`), the loader itself runs on what timm's
 `save_for_hf` writes for that architecture built with one block, as
 scripts/timm_census.py builds it. scripts/timm_table.py recorded those
 checkpoints from timm into timm_state_dicts.json.gz beside this file:
-config.json as timm writes it, and the shape of every array. The arrays
-become zeros, and go through the loader's own steps for a hub directory:
+config.json as timm writes it, and the shape of every array (its dtype where
+not float32, which the file reader refuses first). The arrays become zeros,
+and go through the loader's own steps for a hub directory:
 `timm_hub.convert` (the registered family whose timm layout recognises them
 maps them) and `pretrained.model_of` (the model they describe, checked
 against config.json; the native size, a multiple of the patch). An
@@ -56,13 +58,17 @@ def _zeros(shape: Sequence[int]) -> arrays.StoredArray:
 
 def one_block_checkpoint(architecture: str
                          ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """(config.json, state dict of unread zero arrays) of timm's one-block
-  model of `architecture`, as `save_for_hf` writes them.
+  """(config.json, state dict of zero arrays) of timm's one-block model of
+  `architecture`, as `save_for_hf` writes them.
 
   Raises:
     KeyError: the architecture is not in timm's table.
+    ValueError: an array is stored as other than a float, which the
+      loader's file reader refuses (`arrays.float_dtype`).
   """
   recorded = _recorded()[architecture]
+  for key, dtype in recorded.get('dtypes', {}).items():
+    arrays.float_dtype(np.dtype(dtype), key, architecture)
   return (recorded['config'],
           {key: _zeros(shape) for key, shape in recorded['arrays'].items()})
 
@@ -94,11 +100,13 @@ def refusal(name: str) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _refusal(architecture: str,
              input_size: Optional[Tuple[int, ...]]) -> Optional[str]:
-  config, state_dict = one_block_checkpoint(architecture)
-  if input_size:
-    config = {**config, 'pretrained_cfg': {**config['pretrained_cfg'],
-                                           'input_size': list(input_size)}}
+  """`refusal` of the architecture at `input_size` (None: its default
+  tag's); remembered, as the table asks once per tag."""
   try:
+    config, state_dict = one_block_checkpoint(architecture)
+    if input_size:
+      config = {**config, 'pretrained_cfg': {**config['pretrained_cfg'],
+                                             'input_size': list(input_size)}}
     checkpoint = timm_hub.convert(config, state_dict, check_shapes=False)
     pretrained.model_of(formats.TimmHub.weights(architecture, checkpoint))
   except ValueError as e:  # CheckpointMismatchError among them.
