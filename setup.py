@@ -72,7 +72,8 @@ setuptools.setup(
     # sys.path), so no other top-level name lands in site-packages.
     packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*']),
     # timm's architecture definitions as data (scripts/timm_table.py).
-    package_data={'vit_jax.models': ['timm_architectures.json']},
+    package_data={'vit_jax.models': ['timm_architectures.json'],
+                  'vit_jax.weights': ['timm_state_dicts.json.gz']},
     python_requires='>=3.10',
     # `vit-jax PROGRAM ...`: each program as `python -m` runs it.
     entry_points={

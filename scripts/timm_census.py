@@ -57,16 +57,10 @@ def _timm_directory(architecture: str, entry: Dict[str, Any],
   """timm's one-block model of `architecture`, saved by timm into
   `directory`; returns (model, input size (C, H, W), mean, std)."""
   import timm  # pylint: disable=g-import-not-at-top
-  model_args = {'depth': 1}
-  depth = entry['model_args'].get('depth')
-  for key, value in entry['model_args'].items():  # Per-block settings.
-    if isinstance(value, list) and len(value) == depth and depth > 2:
-      model_args[key] = value[:1]
-  try:
-    model = timm.create_model(architecture, pretrained=False, **model_args)
-  except TypeError:  # A definition that fixes its depth (timm's Mixers).
-    model_args = {}
-    model = timm.create_model(architecture, pretrained=False)
+  import timm_table  # pylint: disable=g-import-not-at-top
+  # The model the listing's recorded state dicts are of.
+  model, model_args = timm_table.one_block_model(architecture,
+                                                 entry['model_args'])
   model.eval()
   _randomise(model, seed=0)
   timm.models.save_for_hf(model, str(directory), model_args=model_args,

@@ -4,29 +4,40 @@ For every architecture with a pretrained tag in timm's ViT modules, the
 table records what timm's model definition passes to its model class (the
 `model_args` of the entrypoint: heads, activation and norm layers, RoPE
 settings, ...), the class, and each pretrained tag's hub id and input size.
-The library reads this table for what a checkpoint's arrays cannot say, and
-lists by it what loads; it never imports timm. Regenerate after a timm
-upgrade (needs torch and timm, the `benchmark` extra):
+The library reads this table for what a checkpoint's arrays cannot say.
+
+vit_jax/weights/timm_state_dicts.json.gz records what timm's `save_for_hf`
+writes for each architecture built with one block (as scripts/timm_census.py
+builds it): config.json and the shape of every array of model.safetensors
+(and its dtype where not float32). The listing of what loads
+(`vit_jax.weights.timm_listing`) runs the loader on zero arrays of those
+shapes. The library never imports timm. Regenerate both
+after a timm upgrade (needs torch and timm, the `benchmark` extra):
 
   .venv/bin/python scripts/timm_table.py
 """
 
 import dataclasses
 import functools
+import gzip
 import importlib
 import inspect
 import json
 import pathlib
 import sys
-from typing import Any, Dict, Tuple
+import tempfile
+from typing import Any, Dict, Mapping, Tuple
 
 import timm
+from timm.models import _hub
 from timm.models import _registry
+import torch
 
 MODULES = ('vision_transformer', 'deit', 'vision_transformer_hybrid',
            'mlp_mixer', 'eva', 'naflexvit')
 OUT = (pathlib.Path(__file__).resolve().parents[1] / 'vit_jax' / 'models' /
        'timm_architectures.json')
+STATE_DICTS = OUT.parents[1] / 'weights' / 'timm_state_dicts.json.gz'
 # build_model_with_cfg arguments that say how to build or load, not what.
 _BUILDER_ARGS = frozenset({
     'pretrained_cfg', 'pretrained_cfg_overlay', 'model_cfg', 'feature_cfg',
@@ -120,6 +131,61 @@ def table() -> Dict[str, Any]:
   return {'timm_version': timm.__version__, 'architectures': entries}
 
 
+def one_block_model(architecture: str, definition_args: Mapping[str, Any]):
+  """timm's model of `architecture` with one block, and the `model_args` it
+  was created with ({'depth': 1}, with per-block lists cut to one block; {}
+  for a definition that fixes its depth, as timm's Mixers do).
+
+  Args:
+    architecture: a timm architecture name.
+    definition_args: its definition's model_args (`table()`).
+  """
+  model_args = {'depth': 1}
+  depth = definition_args.get('depth')
+  for key, value in definition_args.items():  # Per-block settings.
+    if isinstance(value, list) and len(value) == depth and depth > 2:
+      model_args[key] = value[:1]
+  try:
+    return timm.create_model(architecture, pretrained=False,
+                             **model_args), model_args
+  except TypeError:  # A definition that fixes its depth (timm's Mixers).
+    return timm.create_model(architecture, pretrained=False), {}
+
+
+def saved_for_hf(architecture: str,
+                  definition_args: Mapping[str, Any]) -> Dict[str, Any]:
+  """{'config': config.json, 'arrays': {key: shape}, 'dtypes': {key:
+  dtype}}: what `save_for_hf` writes for the one-block model, its arrays by
+  shape (the model is built on torch's 'meta' device: nothing is
+  allocated) and, where not float32, dtype (a BatchNorm's int64 count)."""
+  with torch.device('meta'):
+    model, model_args = one_block_model(architecture, definition_args)
+  with tempfile.TemporaryDirectory() as directory:
+    path = pathlib.Path(directory) / 'config.json'
+    _hub.save_config_for_hf(model, path, model_args=model_args)
+    config = json.loads(path.read_text())
+  state_dict = model.state_dict()
+  return {'config': config,
+          'arrays': {key: list(value.shape)
+                     for key, value in state_dict.items()},
+          'dtypes': {key: str(value.dtype).replace('torch.', '')
+                     for key, value in state_dict.items()
+                     if value.dtype != torch.float32}}
+
+
+def write_state_dicts(definitions: Mapping[str, Any]) -> None:
+  """STATE_DICTS: `saved_for_hf` of every architecture."""
+  saved = {architecture: saved_for_hf(architecture, entry['model_args'])
+           for architecture, entry in sorted(definitions.items())}
+  text = json.dumps({'timm_version': timm.__version__,
+                     'architectures': saved}, sort_keys=True,
+                    separators=(',', ':'))
+  # mtime=0: the same table gives the same bytes.
+  with open(STATE_DICTS, 'wb') as file:
+    with gzip.GzipFile(fileobj=file, mode='wb', mtime=0) as packed:
+      packed.write(text.encode())
+
+
 def main() -> int:
   result = table()
   lines = [f' {json.dumps(name)}: {json.dumps(entry, sort_keys=True)}'
@@ -129,6 +195,8 @@ def main() -> int:
       '"architectures": {\n' + ',\n'.join(lines) + '\n}}\n')
   print(f'{len(result["architectures"])} architectures of timm '
         f'{result["timm_version"]} -> {OUT}')
+  write_state_dicts(result['architectures'])
+  print(f'their one-block state dicts -> {STATE_DICTS}')
   return 0
 
 

@@ -1,7 +1,6 @@
 """timm names as sources (`vit_jax.weights.timm_names`, the 'timm name'
 weight format): resolution to hub ids, loading through a local stand-in for
-the Hugging Face cache, the one-line offline error, and the listing of what
-loads (`vit-jax weights --timm`), computed from the loader's checks."""
+the Hugging Face cache, and the one-line offline error."""
 
 import time
 
@@ -11,8 +10,6 @@ import pytest
 
 from tests import timm_fixtures
 from vit_jax import weights
-from vit_jax.cli import weights as weights_cli
-from vit_jax.models import timm_definitions
 from vit_jax.weights import formats
 from vit_jax.weights import timm_hub
 from vit_jax.weights import timm_names
@@ -91,41 +88,6 @@ def test_offline_a_timm_name_fails_at_once_in_one_line(offline_cache):
                'hf download timm/vit_base_patch16_224.augreg_in1k '
                'config.json model.safetensors'):
     assert part in message
-
-
-def test_what_loads_comes_from_the_loaders_checks():
-  rows = timm_names.table()
-  why = {architecture: reason for architecture, _, _, reason in rows}
-  assert set(why) == set(timm_definitions.architectures())
-  for loads in ('vit_base_patch16_224', 'vit_base_patch16_clip_224',
-                'deit_tiny_distilled_patch16_224',
-                'vit_so400m_patch14_siglip_224',
-                'vit_small_patch14_reg4_dinov2'):
-    assert why[loads] is None, loads
-  for architecture, reason in (
-      ('vit_so400m_patch14_siglip_384', 'is not a multiple of the patch'),
-      ('vit_base_r50_s16_384', 'a CNN backbone (hybrid ViT)'),
-      ('aimv2_large_patch14_224', 'norm_layer RmsNorm'),
-      ('vit_base_patch16_rpn_224', 'post-norm blocks'),
-      ('flexivit_base', 'cannot tell the attention heads'),
-      ('eva_large_patch14_196', 'rotary position embeddings'),
-      ('eva02_base_patch14_224', "timm's Eva (eva.py)")):
-    assert reason in why[architecture], architecture
-
-
-def test_weights_program_lists_the_timm_names(capsys):
-  output = weights_cli.run(timm=True)
-  lines = output.splitlines()
-  assert lines[0].split() == ['timm', 'name', 'vit_jax']
-  by_name = {line.split()[0]: line.split(None, 1)[1] for line in lines[1:-1]}
-  assert by_name['vit_base_patch16_224.augreg2_in21k_ft_in1k'] == 'loads'
-  assert by_name['vit_base_r50_s16_384.orig_in21k_ft_in1k'].startswith(
-      'refused: the checkpoint uses a CNN backbone')
-  loads = len({name.split('.')[0] for name, status in by_name.items()
-               if status.startswith('loads')})
-  assert lines[-1] == (f'{loads} of {len(timm_definitions.architectures())} '
-                       f'architectures of timm 1.0.31 load')
-  assert capsys.readouterr().out == output + '\n'
 
 
 def test_hub_source_of_a_timm_name_is_what_timm_hub_reads():

@@ -154,7 +154,11 @@ class TimmHub(WeightFormat):
 
   def read(self, source) -> Weights:
     location = str(source)
-    hub = timm_hub.read(location)
+    return self.weights(location, timm_hub.read(location))
+
+  @staticmethod
+  def weights(location: str, hub: timm_hub.TimmCheckpoint) -> Weights:
+    """The Weights of a checkpoint read from `location`."""
     stored = sidecar_lib.Sidecar(
         family=hub.model_family.name, model_kwargs=dict(hub.model_kwargs),
         image_size=sidecar_lib.as_pair(hub.image_size),

@@ -166,11 +166,8 @@ def load(source, model_name: Optional[str] = None, *,
   """
   checkpoint = formats.read(source)
   model_family = checkpoint.model_family
-  facts = model_family.describe(checkpoint.params)
-  _check_stored(checkpoint, facts)
-  model = _build_model(checkpoint, facts, model_name, model_overrides)
-  _check_fit(checkpoint.name, model_name, model, facts)
-  image_size = _run_size(checkpoint, model, facts, image_size, model_name)
+  model, image_size = model_of(checkpoint, model_name, image_size=image_size,
+                               **model_overrides)
   size = (image_size, image_size)
   shapes = models.param_shapes(model, size)
   loaded = model_family.adapt_resolution(checkpoint.params, model, shapes,
@@ -184,6 +181,29 @@ def load(source, model_name: Optional[str] = None, *,
       preprocessing=((stored and stored.preprocessing) or
                      model_family.preprocessing),
       class_names=_check_class_names(checkpoint, model.num_classes))
+
+
+def model_of(checkpoint: formats.Weights, model_name: Optional[str] = None,
+             *, image_size: Optional[int] = None,
+             **model_overrides: Any) -> Tuple[nn.Module, int]:
+  """The model a checkpoint describes and its run resolution: what `load`
+  checks before it compares the arrays with the model's shapes.
+
+  Args:
+    checkpoint: a format's reading of the files (`formats.read`).
+    model_name, image_size, **model_overrides: as `load`'s.
+
+  Returns:
+    (the module, the side of its square input in pixels).
+
+  Raises:
+    As `load`, but for the files and the arrays' shapes and values.
+  """
+  facts = checkpoint.model_family.describe(checkpoint.params)
+  _check_stored(checkpoint, facts)
+  model = _build_model(checkpoint, facts, model_name, model_overrides)
+  _check_fit(checkpoint.name, model_name, model, facts)
+  return model, _run_size(checkpoint, model, facts, image_size, model_name)
 
 
 def _build_model(checkpoint: formats.Weights, facts: family.CheckpointFacts,

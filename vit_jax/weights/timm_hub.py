@@ -122,7 +122,7 @@ def read(source) -> TimmCheckpoint:
     config_path, weights_path = _hub_files(source)
   else:
     config_path, weights_path = _directory_files(source)
-  return _convert(_read_config(config_path), _read_safetensors(weights_path))
+  return convert(_read_config(config_path), _read_safetensors(weights_path))
 
 
 def read_preprocessing(source) -> family.Preprocessing:
@@ -304,18 +304,34 @@ def _class_names(config: Mapping[str, Any],
 
 # ------------------------------------------------------------ conversion --
 
-def _convert(config: Mapping[str, Any],
-             timm_arrays: Mapping[str, np.ndarray]) -> TimmCheckpoint:
-  """config.json and the state dict -> a TimmCheckpoint (see `read`)."""
+def convert(config: Mapping[str, Any],
+            timm_arrays: Mapping[str, np.ndarray], *,
+            check_shapes: bool = True) -> TimmCheckpoint:
+  """config.json and the state dict -> a TimmCheckpoint (see `read`).
+
+  Args:
+    config: config.json's contents.
+    timm_arrays: timm key -> array (or `arrays.StoredArray`, unread).
+    check_shapes: whether to compare the mapped tree with the parameter
+      shapes of the model it describes, which traces that model (a tenth
+      of a second). `read` always does; the listing of what loads
+      (`timm_listing`), which maps every architecture of timm's table,
+      leaves it to the census of scripts/timm_census.py.
+
+  Raises:
+    As `read`, but for the files.
+  """
   model_family, layout = _layout_of(config, timm_arrays)
   image_size = _image_size(config['pretrained_cfg'])
   params, model_kwargs = layout.to_params(config, timm_arrays, image_size)
-  # Checked here for every family: a block unlike the others, for one,
-  # fails here.
-  shapes = models.param_shapes(model_family.build(model_kwargs), image_size)
+  if check_shapes:
+    # Checked here for every family: a block unlike the others, for one,
+    # fails here.
+    shapes = models.param_shapes(model_family.build(model_kwargs), image_size)
+    params = merge.merge_strict(shapes, params)
   return TimmCheckpoint(
       architecture=config['architecture'], model_family=model_family,
-      params=merge.merge_strict(shapes, params), model_kwargs=model_kwargs,
+      params=params, model_kwargs=model_kwargs,
       image_size=image_size,
       preprocessing=_preprocessing(config['pretrained_cfg']),
       class_names=_class_names(config, model_kwargs['num_classes']))
