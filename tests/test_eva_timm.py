@@ -142,7 +142,6 @@ def test_rope_tables_match_the_reference():
 
 
 @pytest.mark.parametrize('model_args,message', [
-    ({'use_post_norm': True}, 'post-norm blocks'),
     ({'qk_norm': True}, 'qk-norm'),
     ({'num_kv_heads': 1}, 'grouped-query attention'),
     ({'norm_layer': {'partial': 'RmsNorm', 'args': [], 'kwargs': {}}},
@@ -172,6 +171,8 @@ class TestAgainstTimm:
       ('vit_small_patch16_dinov3', 160),
       ('vit_small_patch16_rope_mixed_224', 224),
       ('vit_medium_patch16_rope_reg1_gap_256', 192),
+      ('vit_pe_spatial_tiny_patch16_512', 256),  # No final norm.
+      ('eva02_enormous_patch14_clip_224', 112),  # Post-norm blocks.
   ])
   def test_matches_timm(self, tmp_path, architecture, size):
     timm = pytest.importorskip('timm')

@@ -58,7 +58,6 @@ _EVA_DEFAULTS = {
 }
 # model_args that select a computation our model lacks, when truthy.
 _UNSUPPORTED_ARGS = (
-    ('use_post_norm', 'post-norm blocks (use_post_norm)'),
     ('qk_norm', 'qk-norm (qk_norm)'),
     ('num_kv_heads', 'grouped-query attention (num_kv_heads)'),
     ('attn_only_layer_scale', 'LayerScale on the attention branch only '
@@ -227,21 +226,24 @@ def _rope_options(model_args: Mapping[str, Any]) -> Dict[str, Any]:
   return options
 
 
-def _final_norm(arrays, out, model_args, pool: str) -> bool:
-  """`norm` or `fc_norm` as timm's Eva resolves them; returns fc_norm."""
+def _final_norm(arrays, out, model_args, pool: str) -> Tuple[bool, bool]:
+  """`norm`, `fc_norm` or neither (Perception Encoder's spatial and
+  language towers), as timm's Eva resolves them; returns (fc_norm, a final
+  norm at all)."""
   fc_norm = model_args.get('use_fc_norm')
   fc_norm = pool == 'avg' if fc_norm is None else bool(fc_norm)
   post_norm = model_args.get('use_post_transformer_norm')
   post_norm = not fc_norm if post_norm is None else bool(post_norm)
-  if fc_norm == post_norm or fc_norm != arrays.has('fc_norm.weight') or (
+  if (fc_norm and post_norm) or fc_norm != arrays.has('fc_norm.weight') or (
       post_norm != arrays.has('norm.weight')):
     raise family.CheckpointMismatchError(
         f'final norms use_post_transformer_norm={post_norm}, '
-        f'use_fc_norm={fc_norm} (or arrays that disagree): vit_jax needs '
-        'exactly one final LayerNorm')
-  vit_timm._norm(arrays, out, 'fc_norm' if fc_norm else 'norm',  # pylint: disable=protected-access
-                 'fc_norm' if fc_norm else 'Transformer/encoder_norm')
-  return fc_norm
+        f'use_fc_norm={fc_norm} (or arrays that disagree): vit_jax has one '
+        'final LayerNorm or none')
+  if fc_norm or post_norm:
+    vit_timm._norm(arrays, out, 'fc_norm' if fc_norm else 'norm',  # pylint: disable=protected-access
+                   'fc_norm' if fc_norm else 'Transformer/encoder_norm')
+  return fc_norm, fc_norm or post_norm
 
 
 def _classifier(pool: str, has_cls: bool, has_map: bool) -> str:
@@ -310,7 +312,7 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
   rope = _rope_options(model_args)
   if rope.get('rope') == 'mixed':
     _mixed_freqs(arrays, out, num_layers)
-  fc_norm = _final_norm(arrays, out, model_args, pool)
+  fc_norm, final_norm = _final_norm(arrays, out, model_args, pool)
   has_map = arrays.has('attn_pool.latent')
   map_options = _map_head(arrays, out, model_args, num_heads,
                           gated) if has_map else {}
@@ -328,6 +330,8 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
       activation='silu' if mlp_gated else 'gelu_erf',
       layer_norm_epsilon=epsilon, num_register_tokens=num_registers,
       pre_norm='Transformer/pre_norm/scale' in out, fc_norm=fc_norm,
+      final_norm=final_norm,
+      block='post_norm' if model_args.get('use_post_norm') else 'pre_norm',
       qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
       layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
                         if f'{block}/LayerScale_0/scale' in out else None),
