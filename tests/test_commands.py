@@ -65,8 +65,8 @@ def test_every_extra_named_is_one_setup_py_declares():
 def test_export_without_its_converters_names_the_extra(monkeypatch,
                                                          tmp_path):
 
-  def export_without_onnxruntime(loaded, out):
-    del loaded, out
+  def export_without_onnxruntime(loaded, out, **options):
+    del loaded, out, options
     raise ModuleNotFoundError("No module named 'onnxruntime'",
                               name='onnxruntime')
   monkeypatch.setattr(export_program.pretrained, 'load',

@@ -15,6 +15,7 @@ from absl import logging as absl_logging
 import pytest
 
 from benchmarks import benchmark
+from benchmarks import exported
 from benchmarks import jax_side
 from benchmarks import memory_report
 from benchmarks import protocol
@@ -122,10 +123,10 @@ def test_flags_choose_from_the_lists_the_code_checks():
   flag_values = flags.FlagValues()
   benchmark.define_flags(flag_values)
   enum = lambda name: tuple(flag_values[name].parser.enum_values)
-  assert enum('mode') == jax_side.MODES
+  assert enum('mode') == (*jax_side.MODES, benchmark.EXPORTED)
   assert enum('dtype') == jax_side.DTYPES
   assert enum('attention') == vit_blocks.ATTENTION_IMPLEMENTATIONS
-  assert enum('compare') == protocol.COMPARISONS
+  assert enum('compare') == (*protocol.COMPARISONS, *exported.COMPARISONS)
   flag_values = flags.FlagValues()
   memory_report.define_flags(flag_values)
   assert set(flag_values['remat_policy'].parser.enum_values) == set(
