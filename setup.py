@@ -54,8 +54,8 @@ TEST = [*TRAIN, *EXPORT, 'pytest>=8,<10', 'pytest-xdist>=3.5,<4',
 # requirements.lock.
 # onnxscript: torch.onnx.export(dynamo=True), timm's ONNX file that
 # `--mode=exported --compare=timm_onnx` times ours against.
-BENCHMARK = [*TRAIN, 'torch>=2.6,<2.14', 'timm>=1.0.15,<1.1',
-             'torchvision>=0.21,<0.29', 'onnxscript>=0.5,<0.8']
+BENCHMARK = [*TRAIN, 'torch>=2.6,<2.15', 'timm>=1.0.15,<1.1',
+             'torchvision>=0.21,<0.30', 'onnxscript>=0.5,<0.8']
 
 
 def _union(*tiers):

@@ -92,9 +92,9 @@ def _tensorflow(path: str, threads: int) -> Runner:
   serve = saved_model.signatures[serving.SIGNATURE]
 
   def run(images):
-    del saved_model  # Held by the closure: it owns the variables.
     return serve(**{serving.INPUT: tf.constant(images)})[
         serving.OUTPUT].numpy()
+  run.saved_model = saved_model  # It owns the variables `serve` reads.
   return run
 
 

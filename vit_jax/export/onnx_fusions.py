@@ -29,7 +29,7 @@ rounding (the tests compare the files with JAX).
 """
 
 import itertools
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 

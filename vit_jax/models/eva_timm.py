@@ -37,7 +37,7 @@ our model lacks (post-norm blocks, qk-norm, RMSNorm, grouped-query or gated
 attention, ...) are refused in one line naming them.
 """
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import flax
 import numpy as np
