@@ -132,6 +132,32 @@ def test_round_trip_and_the_numpy_reference(tmp_path, name):
   assert _relative_error(reference, expected) < 1e-5
 
 
+def test_a_sincos_embedding_goes_as_its_table(tmp_path):
+  """'Better plain ViT baselines' models (sin-cos, 'gap'): timm's learned
+  pos_embed over the patches holds the table at the written size; the NumPy
+  forward pass on the written keys, and our loader, compute our outputs."""
+  model = vit.VisionTransformer(**{**BASE, 'posemb': 'sincos2d',
+                                   'classifier': 'gap', 'num_classes': 3})
+  params = _random_params(model)
+  config = weights.save_timm(params, model, tmp_path, image_size=SIZE)
+  assert config['model_args']['no_embed_class'] is True
+  state_dict = {key: np.asarray(value) for key, value in
+                safetensors_file.open_safetensors(
+                    tmp_path / 'model.safetensors').items()}
+  pixels = _pixels()
+  expected = model.apply({'params': params}, pixels)
+  reference = numpy_timm.forward(
+      state_dict, pixels.transpose(0, 3, 1, 2),
+      num_heads=config['model_args']['num_heads'], global_pool='avg',
+      no_embed_class=True, eps=model.layer_norm_epsilon,
+      activation=_REFERENCE_ACTIVATION[config['model_args']['act_layer']])
+  assert _relative_error(reference, expected) < 1e-5
+  loaded = timm_hub.read(tmp_path)
+  back = vit.VisionTransformer(**loaded.model_kwargs)
+  assert _relative_error(back.apply({'params': loaded.params}, pixels),
+                         expected) < 1e-5
+
+
 def test_config_json_says_what_timm_needs(tmp_path):
   model = _model('token')
   weights.save_timm(
@@ -194,8 +220,6 @@ def test_fixed_arguments_choose_the_definition(name, architecture):
 
 @pytest.mark.parametrize('changes, message', [
     (dict(representation_size=8), 'timm cannot express a tanh pre_logits'),
-    (dict(posemb='sincos2d', classifier='gap'),
-     "timm cannot express the fixed sin-cos position embedding"),
     (dict(layer_norm_epsilon=1e-3),
      "timm cannot express layer_norm_epsilon=0.001: timm's ViT definitions"),
     (dict(distillation=True, num_register_tokens=1),

@@ -15,6 +15,7 @@ distillation token:
   num_register_tokens                    reg_tokens
   posemb_covers_prefix=False             no_embed_class=True
   posemb 'none'                          pos_embed='none'
+  posemb 'sincos2d'                      its table as pos_embed, no_embed_class
   layer_scale_init                       init_values
   pre_norm, fc_norm, qkv_bias            pre_norm, fc_norm, qkv_bias
   activation gelu_tanh|gelu_erf|quick    act_layer gelu_tanh|gelu|quick_gelu
@@ -36,6 +37,7 @@ from typing import Any, Dict, Mapping, Tuple
 import flax
 import numpy as np
 
+from vit_jax.models import posemb
 from vit_jax.models import vit
 from vit_jax.models import vit_layout
 
@@ -112,9 +114,6 @@ def _check_expressible(model: vit.VisionTransformer) -> None:
     problem = ("a tanh pre_logits layer (representation_size="
                f"{model.representation_size}), which timm's VisionTransformer "
                'lacks; fine-tune without it (load_for_fine_tuning drops it)')
-  elif model.posemb == 'sincos2d':
-    problem = ("the fixed sin-cos position embedding (posemb='sincos2d'), "
-               "which timm's VisionTransformer lacks")
   elif model.layer_norm_epsilon not in _NORM_LAYERS:
     problem = (f'layer_norm_epsilon={model.layer_norm_epsilon:g}: timm\'s '
                'ViT definitions use 1e-6 or 1e-5')
@@ -167,7 +166,10 @@ def timm_args(model: vit.VisionTransformer,
                       else float(model.layer_scale_init)),
       'class_token': model.classifier in vit.TOKEN_CLASSIFIERS,
       'pos_embed': 'none' if model.posemb == 'none' else 'learn',
-      'no_embed_class': not model.posemb_covers_prefix,
+      # A sin-cos embedding is written as its table at this resolution,
+      # which covers the patches only.
+      'no_embed_class': (not model.posemb_covers_prefix or
+                         model.posemb == 'sincos2d'),
       'reg_tokens': registers, 'pre_norm': bool(model.pre_norm),
       'final_norm': True, 'fc_norm': bool(model.fc_norm),
       # Our MAP head attends to every token, registers included.
@@ -265,8 +267,12 @@ def _embedding(out, params: Mapping[str, Any], pre_norm: bool) -> None:
         'pre_norm ViTs have none)')
 
 
-def state_dict(params, model: vit.VisionTransformer) -> Dict[str, np.ndarray]:
-  """Our ViT tree (scanned or not) -> timm's state dict, float32.
+def state_dict(params, model: vit.VisionTransformer,
+               image_size: Tuple[int, int]) -> Dict[str, np.ndarray]:
+  """Our ViT tree (scanned or not) -> timm's state dict, float32. A fixed
+  sin-cos position embedding becomes timm's learned `pos_embed` holding its
+  table for `image_size` (the same numbers at that size; timm resizes it
+  like any learned one at another).
 
   Raises:
     Untranslatable: a nonzero patch-embedding bias beside pre_norm.
@@ -281,6 +287,10 @@ def state_dict(params, model: vit.VisionTransformer) -> Dict[str, np.ndarray]:
       out[timm] = np.asarray(params[ours])
   if 'pos_embedding' in encoder.get('posembed_input', {}):
     out['pos_embed'] = np.asarray(encoder['posembed_input']['pos_embedding'])
+  elif model.posemb == 'sincos2d':
+    grid = [int(size) // int(patch)
+            for size, patch in zip(image_size, model.patch_size)]
+    out['pos_embed'] = posemb.sincos_2d(grid, model.hidden_size)
   if 'pre_norm' in encoder:
     _norm(out, 'norm_pre', encoder['pre_norm'])
   for layer in range(model.num_layers):
@@ -318,6 +328,6 @@ def convert(params, model: vit.VisionTransformer,
       module='deit' if distilled else 'vision_transformer',
       args=args, defaults=VIT_DEFAULTS,
       fixed={'norm_layer': _NORM_LAYERS[model.layer_norm_epsilon]},
-      state_dict=state_dict(params, model),
+      state_dict=state_dict(params, model, image_size),
       classifiers=('head', 'head_dist') if distilled else ('head',))
 
