@@ -265,9 +265,8 @@ TIMM_ARCHITECTURES = {
     'vit_small_r26_s32_224': None, 'vit_small_r26_s32_384': None,
     'vit_tiny_r_s16_p8_224': None, 'vit_tiny_r_s16_p8_384': None,
     'mixer_b16_224': None, 'mixer_l16_224': None,
-    # Its BatchNorm's int64 num_batches_tracked is refused by the reader
-    # first, naming the array; without it, the stem is named (above).
-    'vit_base_mci_224': 'num_batches_tracked',
+    # Its BatchNorms' int64 counters are skipped, as timm skips them.
+    'vit_base_mci_224': "MobileCLIP's convolutional stem",
     'gmixer_24_224': 'gated MLPs',
     'gmlp_s16_224': "gMLP's spatial gating unit",
     'resmlp_12_224': 'ResMLP blocks', 'resmlp_24_224': 'ResMLP blocks',

@@ -54,10 +54,10 @@ def test_each_of_timms_modules_has_models_that_load_and_that_do_not():
   for architecture, reason in (
       ('resmlp_12_224', 'the checkpoint uses ResMLP blocks'),
       ('gmlp_s16_224', "the checkpoint uses gMLP's spatial gating unit"),
-      # Its BatchNorms' counts, which the file reader refuses first.
-      ('vit_base_mci_224', "vit_base_mci_224: array 'patch_embed.backbone."
-       "0.bn.num_batches_tracked' is stored as int64, but weights must be "
-       'floating point')):
+      # Its BatchNorms' int64 counters are skipped as timm skips them.
+      ('vit_base_mci_224', "the checkpoint's CNN backbone "
+       "(patch_embed.backbone.0.bn.bias) is MobileCLIP's convolutional stem"),
+      ('vit_base_patch16_sapiens2', 'the checkpoint uses qk-norm')):
     assert why[architecture].startswith(reason), architecture
 
 

@@ -11,7 +11,7 @@ only.
 """
 
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from etils import epath
 import ml_dtypes
@@ -32,11 +32,13 @@ _DTYPES = {
 }
 
 
-def open_safetensors(path) -> Dict[str, arrays.StoredArray]:
+def open_safetensors(path, skip: Optional[Callable[[str], bool]] = None
+                     ) -> Dict[str, arrays.StoredArray]:
   """The tensors of a `.safetensors` file by name, known by its header.
 
   Every entry's dtype is checked now (`arrays.float_dtype`); its bytes are
-  read, and checked finite, only when its values are asked for.
+  read, and checked finite, only when its values are asked for. Entries
+  whose name `skip` accepts are left out, unchecked.
 
   Raises:
     FileNotFoundError: no file at `path`.
@@ -48,10 +50,11 @@ def open_safetensors(path) -> Dict[str, arrays.StoredArray]:
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist')
   if '://' in str(path):
-    return _read_whole(path)
+    return _read_whole(path, skip)
   try:
     with safetensors.safe_open(os.fspath(path), framework='flax') as f:
-      headers = {name: f.get_slice(name) for name in f.keys()}
+      headers = {name: f.get_slice(name) for name in f.keys()
+                 if skip is None or not skip(name)}
       tensors = {name: _stored(path, name, tuple(header.get_shape()),
                                header.get_dtype(), _reader(path, name))
                  for name, header in headers.items()}
@@ -79,7 +82,8 @@ def _reader(path: epath.Path, name: str) -> Callable[[], np.ndarray]:
   return read
 
 
-def _read_whole(path: epath.Path) -> Dict[str, arrays.StoredArray]:
+def _read_whole(path: epath.Path, skip: Optional[Callable[[str], bool]]
+                ) -> Dict[str, arrays.StoredArray]:
   try:
     loaded = safetensors.flax.load(path.read_bytes())
   except safetensors.SafetensorError as e:
@@ -87,7 +91,8 @@ def _read_whole(path: epath.Path) -> Dict[str, arrays.StoredArray]:
   return {name: _stored(path, name, value.shape,
                         _name_of(np.asarray(value).dtype),
                         lambda value=value: np.asarray(value))
-          for name, value in loaded.items()}
+          for name, value in loaded.items()
+          if skip is None or not skip(name)}
 
 
 def _name_of(dtype: np.dtype) -> str:

@@ -258,10 +258,19 @@ def _read_config(path) -> Dict[str, Any]:
   return config
 
 
+def is_bookkeeping(key: str) -> bool:
+  """BatchNorm's step counter (int64 in torch's state dicts): training
+  bookkeeping, not a weight; timm's own loading skips it too."""
+  return key.endswith('.num_batches_tracked')
+
+
+
 def _read_safetensors(path) -> Dict[str, arrays.StoredArray]:
   """timm key -> its array, known by the file's header and read (float32,
-  checked) only when the layout takes it (`safetensors_file`)."""
-  return safetensors_file.open_safetensors(path)
+  checked) only when the layout takes it (`safetensors_file`); BatchNorm
+  counters left out."""
+  return safetensors_file.open_safetensors(
+      path, skip=is_bookkeeping)
 
 
 # ---------------------------------------------------- what config.json says --

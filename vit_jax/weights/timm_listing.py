@@ -68,9 +68,11 @@ def one_block_checkpoint(architecture: str
   """
   recorded = _recorded()[architecture]
   for key, dtype in recorded.get('dtypes', {}).items():
-    arrays.float_dtype(np.dtype(dtype), key, architecture)
+    if not timm_hub.is_bookkeeping(key):  # The file reader skips those.
+      arrays.float_dtype(np.dtype(dtype), key, architecture)
   return (recorded['config'],
-          {key: _zeros(shape) for key, shape in recorded['arrays'].items()})
+          {key: _zeros(shape) for key, shape in recorded['arrays'].items()
+           if not timm_hub.is_bookkeeping(key)})
 
 
 def refusal(name: str) -> Optional[str]:
