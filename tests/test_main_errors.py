@@ -123,7 +123,7 @@ def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
   assert len(errors) == 1, errors
   assert errors[0].startswith(
       'error: config.model has keys the mixer family does not have: '
-      'activation, attention, ')
+      'attention, attention_dropout_rate, ')
   assert '; its keys are: channels_mlp_dim, classifier, ' in errors[0]
   assert not (tmp_path / 'run').exists()
 
