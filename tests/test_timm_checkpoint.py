@@ -25,28 +25,9 @@ from vit_jax.weights import timm_hub
 FAMILIES = timm_fixtures.FAMILIES
 
 
-def assert_relatively_close(actual, expected, tolerance=1e-5):
-  """max |actual - expected| <= tolerance * max |expected|. 1e-5 (float32
-  against float64 gives ~5e-7) tells the GELU variants (~1e-4) and the
-  LayerNorm epsilons 1e-5 / 1e-6 (~2e-5) apart."""
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape
-  error = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
-  assert error <= tolerance, f'relative error {error:.2e}'
-
-
-def _our_outputs(ckpt, pixels_BHWC):
-  mean = np.asarray(ckpt.preprocessing.mean, np.float32)
-  std = np.asarray(ckpt.preprocessing.std, np.float32)
-  model = vit.VisionTransformer(**ckpt.model_kwargs)
-  return model.apply({'params': ckpt.params}, (pixels_BHWC - mean) / std)
-
-
-def _timm_inputs(spec, pixels_BHWC):
-  """timm's input: [0, 1] pixels normalised by pretrained_cfg, NCHW."""
-  images = (pixels_BHWC / 255. - np.asarray(spec.mean)) / np.asarray(spec.std)
-  return images.transpose(0, 3, 1, 2)
+assert_relatively_close = timm_fixtures.assert_relatively_close
+_our_outputs = timm_fixtures.our_outputs
+_timm_inputs = timm_fixtures.timm_inputs
 
 
 # ------------------------------------------------- families vs reference --

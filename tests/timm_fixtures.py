@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
+from vit_jax.models import vit
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -335,3 +337,29 @@ def write_hub_cache(cache_dir, repo_id: str, directory,
         pathlib.Path('..', '..', 'blobs', blob))
   (repo / 'refs' / 'main').write_text(commit)
   return commit
+
+
+# ------------------------------------------- checks shared by the tests --
+
+def assert_relatively_close(actual, expected, tolerance=1e-5):
+  """max |actual - expected| <= tolerance * max |expected|. 1e-5 (float32
+  against float64 gives ~5e-7) tells the GELU variants (~1e-4) and the
+  LayerNorm epsilons 1e-5 / 1e-6 (~2e-5) apart."""
+  actual = np.asarray(actual, np.float64)
+  expected = np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape
+  error = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+  assert error <= tolerance, f'relative error {error:.2e}'
+
+
+def our_outputs(ckpt, pixels_BHWC):
+  mean = np.asarray(ckpt.preprocessing.mean, np.float32)
+  std = np.asarray(ckpt.preprocessing.std, np.float32)
+  model = vit.VisionTransformer(**ckpt.model_kwargs)
+  return model.apply({'params': ckpt.params}, (pixels_BHWC - mean) / std)
+
+
+def timm_inputs(spec, pixels_BHWC):
+  """timm's input: [0, 1] pixels normalised by pretrained_cfg, NCHW."""
+  images = (pixels_BHWC / 255. - np.asarray(spec.mean)) / np.asarray(spec.std)
+  return images.transpose(0, 3, 1, 2)
