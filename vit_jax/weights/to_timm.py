@@ -26,7 +26,9 @@ A model timm cannot express is refused in one line naming the feature
 (`to_timm_vit.Untranslatable`, a ValueError).
 
 What each family's arrays and options are in timm's terms is that family's
-converter (`_CONVERTERS`; the ViT's: `to_timm_vit`).
+converter (`_CONVERTERS`; the ViT's: `to_timm_vit`, or `to_timm_eva` for
+timm's Eva where the model has RoPE, gated MLPs or inner norms: of the
+layouts of its arrays that compute the same, the one nearest a definition).
 """
 
 import json
