@@ -36,11 +36,7 @@ architecture name: the choice whose nearest definition needs the fewest
 overrides (`convert`'s `rank`), so an EVA-02 gets its own name.
 
 What timm's Eva lacks, or config.json cannot say, is refused in one line
-naming it (`to_timm_vit.Untranslatable`): an MLP activation other than
-GELU (SiLU when gated), RMSNorm, other LayerNorm epsilons, parallel
-blocks, differential attention, a patch-embedding norm, distillation, a
-pre_logits layer, LayerScale in post-norm blocks, a MAP head beside gated
-MLPs, `pool_include_prefix` other than timm's.
+naming it (`to_timm_vit.Untranslatable`; the list is `_problem`).
 """
 
 import dataclasses
@@ -105,12 +101,10 @@ _ROPE_ARGS = {
 }
 
 
-def needs_eva(model) -> bool:
+def needs_eva(model: vit.VisionTransformer) -> bool:
   """Whether `model` has an option of timm's Eva its ViT lacks."""
-  return bool(getattr(model, 'rope', None) is not None or
-              getattr(model, 'mlp_gated', False) or
-              getattr(model, 'mlp_norm', False) or
-              getattr(model, 'attention_norm', False))
+  return bool(model.rope is not None or model.mlp_gated or model.mlp_norm or
+              model.attention_norm)
 
 
 # ------------------------------------------------------------- arguments --
