@@ -26,7 +26,9 @@ A model timm cannot express is refused in one line naming the feature
 (`to_timm_vit.Untranslatable`, a ValueError).
 
 What each family's arrays and options are in timm's terms is that family's
-converter (`_CONVERTERS`; the ViT's: `to_timm_vit`).
+converter (`_CONVERTERS`; the ViT's: `to_timm_vit`, or `to_timm_eva` for
+timm's Eva where the model has RoPE, gated MLPs or inner norms: of the
+layouts of its arrays that compute the same, the one nearest a definition).
 """
 
 import json
@@ -41,14 +43,27 @@ from vit_jax import models
 from vit_jax.models import family
 from vit_jax.models import timm_definitions
 from vit_jax.weights import timm_hub
+from vit_jax.weights import to_timm_eva
 from vit_jax.weights import to_timm_vit
 
 Untranslatable = to_timm_vit.Untranslatable
 Conversion = to_timm_vit.Conversion
 
+
+def _vit_or_eva(params, model, image_size: Tuple[int, int]) -> Conversion:
+  """timm's Eva for a ViT with an option only it has (RoPE, gated MLPs,
+  inner norms; of its equivalent layouts the one nearest a definition),
+  else timm's VisionTransformer."""
+  if to_timm_eva.needs_eva(model):
+    return to_timm_eva.convert(
+        params, model, image_size,
+        rank=lambda conversion: _order(conversion, image_size))
+  return to_timm_vit.convert(params, model, image_size)
+
+
 # Family name -> fn(params, model, image_size) -> Conversion.
 _CONVERTERS: Dict[str, Callable[..., Conversion]] = {
-    'vit': to_timm_vit.convert,
+    'vit': _vit_or_eva,
 }
 # What timm's save_for_hf records in model_args whatever the definition.
 _ALWAYS_RECORDED = ('img_size', 'num_classes', 'global_pool', 'in_chans')
@@ -99,8 +114,9 @@ def overrides(definition: timm_definitions.Definition,
   """The arguments whose value differs from the definition's (or from the
   class default where the definition does not set them)."""
   given = definition.model_args
+  same_arg = conversion.same_arg or to_timm_vit.same_arg
   return {key: value for key, value in conversion.args.items()
-          if key not in _ALWAYS_RECORDED and not to_timm_vit.same_arg(
+          if key not in _ALWAYS_RECORDED and not same_arg(
               key, given.get(key, conversion.defaults.get(key)), value,
               conversion.args)}
 
@@ -111,13 +127,11 @@ def _has_tag_at(definition: timm_definitions.Definition,
              for tag in definition.tags.values())
 
 
-def choose_architecture(conversion: Conversion, image_size: Tuple[int, int]
-                        ) -> Tuple[str, Dict[str, Any]]:
-  """The timm architecture to name and its `model_args` overrides.
-
-  Raises:
-    Untranslatable: no definition of the class has the fixed arguments.
-  """
+def _best_candidate(conversion: Conversion, image_size: Tuple[int, int]
+                    ) -> Optional[Tuple[Tuple[Any, ...], Dict[str, Any]]]:
+  """The nearest definition's (order, overrides): the order is (overrides,
+  no tag at the size, of another module, name), the name last; None where
+  no definition of the class has the fixed arguments."""
   candidates = []
   for name in timm_definitions.architectures():
     if name.startswith(_TEST_MODELS):
@@ -130,13 +144,30 @@ def choose_architecture(conversion: Conversion, image_size: Tuple[int, int]
     candidates.append(((len(changed), not _has_tag_at(definition, image_size),
                         definition.module != conversion.module, name),
                        changed))
-  if not candidates:
+  return min(candidates, key=lambda item: item[0]) if candidates else None
+
+
+def _order(conversion: Conversion, image_size: Tuple[int, int]):
+  """How near `conversion` is to a definition (less is nearer), or None."""
+  best = _best_candidate(conversion, image_size)
+  return None if best is None else best[0]
+
+
+def choose_architecture(conversion: Conversion, image_size: Tuple[int, int]
+                        ) -> Tuple[str, Dict[str, Any]]:
+  """The timm architecture to name and its `model_args` overrides.
+
+  Raises:
+    Untranslatable: no definition of the class has the fixed arguments.
+  """
+  best = _best_candidate(conversion, image_size)
+  if best is None:
     fixed = ', '.join(f'{key}={value!r}'
                       for key, value in conversion.fixed.items())
     raise Untranslatable(
         f'timm cannot express this model: no {conversion.model_class} '
         f'definition of timm {timm_definitions.timm_version()} has {fixed}')
-  (*_, name), changed = min(candidates, key=lambda item: item[0])
+  (*_, name), changed = best
   return name, changed
 
 

@@ -26,13 +26,14 @@ The epsilon is the one choice JSON cannot override (timm's `norm_layer`
 takes a layer, not a number): it selects the architecture definitions the
 writer may name (`Conversion.fixed`). What timm's ViT cannot compute is
 refused by name (`Untranslatable`): a tanh `pre_logits` layer
-(representation_size), fixed sin-cos position embeddings, other epsilons,
-and the options of timm's Eva-style models (RoPE, gated MLPs, inner norms).
+(representation_size), other epsilons, and the options of timm's Eva (RoPE,
+gated MLPs, inner norms), which `to_timm.convert` writes as timm's Eva
+(`to_timm_eva`).
 """
 
 import dataclasses
 import math
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
 import numpy as np
@@ -81,6 +82,8 @@ class Conversion:
     state_dict: timm key -> float32 array.
     classifiers: the head's parameter names (pretrained_cfg 'classifier').
     first_conv: the first convolution's name (pretrained_cfg 'first_conv').
+    same_arg: fn(key, definition's value, ours, args) -> whether they
+      compute the same, for the class's arguments (None: `same_arg`).
   """
   model_class: str
   module: str
@@ -90,6 +93,7 @@ class Conversion:
   state_dict: Dict[str, np.ndarray]
   classifiers: Tuple[str, ...]
   first_conv: str = 'patch_embed.proj'
+  same_arg: Optional[Callable[[str, Any, Any, Mapping[str, Any]], bool]] = None
 
 
 # ------------------------------------------------------------- arguments --
@@ -123,20 +127,12 @@ def _check_expressible(model: vit.VisionTransformer) -> None:
   elif model.distillation and model.fc_norm:
     problem = "fc_norm beside a distillation token (timm's distilled head " \
               'skips it)'
-  # The options of timm's Eva-style models: this writer targets timm's
-  # VisionTransformer and writes none of them (their arrays would be
-  # dropped or their computation lost without a word).
-  elif model.rope is not None:
-    problem = (f'rotary position embeddings (rope={model.rope!r}) in its '
-               "VisionTransformer, the class this writer targets (timm's Eva "
-               'has them)')
-  elif model.mlp_gated:
-    problem = ('a gated MLP (mlp_gated=True) through this writer: timm\'s '
-               'SwiGLU / GluMlp layers are not translated yet')
-  elif model.mlp_norm or model.attention_norm:
-    problem = ('an inner norm (mlp_norm / attention_norm) through this '
-               "writer: timm's scale_mlp_norm / scale_attn_norm are not "
-               'translated yet')
+  # The options of timm's Eva: `to_timm.convert` writes such models as
+  # timm's Eva (`to_timm_eva`), never as its VisionTransformer.
+  elif (model.rope is not None or model.mlp_gated or model.mlp_norm or
+        model.attention_norm):
+    problem = ('rotary position embeddings, gated MLPs or inner norms in '
+               "timm's VisionTransformer: timm's Eva has them (to_timm_eva)")
   elif model.activation not in _ACT_LAYERS:
     problem = (f'the MLP activation {model.activation!r} in its ViT '
                f'(act_layer: {", ".join(sorted(_ACT_LAYERS))})')
