@@ -14,6 +14,7 @@ from tests import timm_fixtures
 from vit_jax.models import rope
 from vit_jax.models import vit
 from vit_jax.weights import npz
+from vit_jax.weights import pretrained
 from vit_jax.weights import timm_hub
 
 FAMILIES = eva_fixtures.FAMILIES
@@ -188,13 +189,15 @@ class TestAgainstTimm:
                         + (1. if parameter.ndim == 1 else 0.))
     timm.models.save_for_hf(model, str(tmp_path), model_args={'depth': 1},
                             safe_serialization=True)
-    ckpt = timm_hub.read(tmp_path)
     pixels = _pixels(size)
     mean, std = model.pretrained_cfg['mean'], model.pretrained_cfg['std']
     images = ((pixels / 255. - np.asarray(mean)) / np.asarray(std)).astype(
         np.float32)
     with torch.no_grad():
       expected = model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-    ours = vit.VisionTransformer(**ckpt.model_kwargs).apply(
-        {'params': ckpt.params}, images)
+    # The library's load call, resizing a learned table as timm's
+    # dynamic_img_size does (resample_abs_pos_embed: antialiased bicubic).
+    loaded = pretrained.load(tmp_path, image_size=size,
+                             posemb_method='bicubic_antialias')
+    ours = loaded.model.apply({'params': loaded.params}, images)
     assert _relative_error(ours, expected.astype(np.float64)) < 1e-4
