@@ -41,6 +41,7 @@ from vit_jax import models
 from vit_jax.models import family
 from vit_jax.models import timm_definitions
 from vit_jax.weights import timm_hub
+from vit_jax.weights import to_timm_mixer
 from vit_jax.weights import to_timm_vit
 
 Untranslatable = to_timm_vit.Untranslatable
@@ -49,6 +50,7 @@ Conversion = to_timm_vit.Conversion
 # Family name -> fn(params, model, image_size) -> Conversion.
 _CONVERTERS: Dict[str, Callable[..., Conversion]] = {
     'vit': to_timm_vit.convert,
+    'mixer': to_timm_mixer.convert,
 }
 # What timm's save_for_hf records in model_args whatever the definition.
 _ALWAYS_RECORDED = ('img_size', 'num_classes', 'global_pool', 'in_chans')
