@@ -26,7 +26,9 @@ A model timm cannot express is refused in one line naming the feature
 (`to_timm_vit.Untranslatable`, a ValueError).
 
 What each family's arrays and options are in timm's terms is that family's
-converter (`_CONVERTERS`; the ViT's: `to_timm_vit`).
+converter (`_CONVERTERS`; the ViT's: `to_timm_vit`; the MLP-Mixer's:
+`to_timm_mixer`, which writes timm's `mixer_b16_224` / `mixer_l16_224` shapes
+with the erf GELU, as timm's Mixer entrypoints allow).
 """
 
 import json
