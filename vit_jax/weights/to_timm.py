@@ -28,7 +28,9 @@ A model timm cannot express is refused in one line naming the feature
 What each family's arrays and options are in timm's terms is that family's
 converter (`_CONVERTERS`; the ViT's: `to_timm_vit`, or `to_timm_eva` for
 timm's Eva where the model has RoPE, gated MLPs or inner norms: of the
-layouts of its arrays that compute the same, the one nearest a definition).
+layouts of its arrays that compute the same, the one nearest a definition;
+the MLP-Mixer's: `to_timm_mixer`, which writes timm's `mixer_b16_224` /
+`mixer_l16_224` shapes with the erf GELU, as timm's Mixer entrypoints allow).
 """
 
 import json
@@ -44,6 +46,7 @@ from vit_jax.models import family
 from vit_jax.models import timm_definitions
 from vit_jax.weights import timm_hub
 from vit_jax.weights import to_timm_eva
+from vit_jax.weights import to_timm_mixer
 from vit_jax.weights import to_timm_vit
 
 Untranslatable = to_timm_vit.Untranslatable
@@ -64,6 +67,7 @@ def _vit_or_eva(params, model, image_size: Tuple[int, int]) -> Conversion:
 # Family name -> fn(params, model, image_size) -> Conversion.
 _CONVERTERS: Dict[str, Callable[..., Conversion]] = {
     'vit': _vit_or_eva,
+    'mixer': to_timm_mixer.convert,
 }
 # What timm's save_for_hf records in model_args whatever the definition.
 _ALWAYS_RECORDED = ('img_size', 'num_classes', 'global_pool', 'in_chans')

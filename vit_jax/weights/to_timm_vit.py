@@ -177,9 +177,11 @@ def timm_args(model: vit.VisionTransformer,
 def same_arg(key: str, definition_value: Any, ours: Any,
              args: Mapping[str, Any]) -> bool:
   """Whether a definition's value of `key` computes what ours does."""
-  if key == 'mlp_ratio':
+  if key == 'mlp_ratio':  # One ratio, or the Mixer's (tokens, channels).
     width = args['embed_dim']
-    return int(width * definition_value) == int(width * ours)
+    widths = lambda ratio: [int(width * value) for value in np.broadcast_to(
+        ratio, np.shape(ours)).ravel()]
+    return widths(definition_value) == widths(ours)
   if key == 'fc_norm' and definition_value is None:  # timm: avg pools do.
     definition_value = args['global_pool'] in ('avg', 'avgmax', 'max')
   if key == 'init_values':  # Loaded over: only whether there are scales.
