@@ -41,14 +41,24 @@ from vit_jax import models
 from vit_jax.models import family
 from vit_jax.models import timm_definitions
 from vit_jax.weights import timm_hub
+from vit_jax.weights import to_timm_hybrid
 from vit_jax.weights import to_timm_vit
 
 Untranslatable = to_timm_vit.Untranslatable
 Conversion = to_timm_vit.Conversion
 
+
+def _convert_vit(params, model, image_size: Tuple[int, int]) -> Conversion:
+  """The ViT family: timm's patch-embedding ViT, or its hybrid layout for
+  an R+ViT (`resnet_units`)."""
+  if model.resnet_units is not None:
+    return to_timm_hybrid.convert(params, model, image_size)
+  return to_timm_vit.convert(params, model, image_size)
+
+
 # Family name -> fn(params, model, image_size) -> Conversion.
 _CONVERTERS: Dict[str, Callable[..., Conversion]] = {
-    'vit': to_timm_vit.convert,
+    'vit': _convert_vit,
 }
 # What timm's save_for_hf records in model_args whatever the definition.
 _ALWAYS_RECORDED = ('img_size', 'num_classes', 'global_pool', 'in_chans')
@@ -120,7 +130,9 @@ def choose_architecture(conversion: Conversion, image_size: Tuple[int, int]
   """
   candidates = []
   for name in timm_definitions.architectures():
-    if name.startswith(_TEST_MODELS):
+    if name.startswith(_TEST_MODELS) or (
+        conversion.architectures is not None and
+        name not in conversion.architectures):
       continue
     definition = timm_definitions.definition(name)
     if (definition.model_class != conversion.model_class or
