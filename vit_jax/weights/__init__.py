@@ -17,7 +17,8 @@ The modules:
   download       a remote .npz copied into the cache, verified
   timm_hub       timm / Hugging Face hub directories and ids
   to_timm        our weights as a timm hub directory (save_timm); the
-                 ViT's arrays and options in timm's terms: to_timm_vit
+                 ViT's arrays and options in timm's terms: to_timm_vit,
+                 the R+ViT hybrids': to_timm_hybrid
   safetensors_file  the `.safetensors` container, read from its header
   arrays         what every format checks of its arrays (float, finite,
                  sizes), and arrays known by their header, read when used

@@ -22,11 +22,15 @@ pretrained tag at the model's resolution, then one of the class's own
 module (`vision_transformer` before `deit`), then the first by name. A model of
 a released shape therefore gets its own name (ViT-B/16 at 384 px:
 `vit_base_patch16_384`), any other the nearest definition with overrides.
+Where timm's code, not the arguments, tells definitions apart (a hybrid's
+ResNet backbone), the converter names those that fit
+(`Conversion.architectures`).
 A model timm cannot express is refused in one line naming the feature
 (`to_timm_vit.Untranslatable`, a ValueError).
 
 What each family's arrays and options are in timm's terms is that family's
-converter (`_CONVERTERS`; the ViT's: `to_timm_vit`).
+converter (`_CONVERTERS`; the ViT's: `to_timm_vit`, and for its R+ViT
+hybrids `to_timm_hybrid`).
 """
 
 import json

@@ -28,6 +28,8 @@ writer may name (`Conversion.fixed`). What timm's ViT cannot compute is
 refused by name (`Untranslatable`): a tanh `pre_logits` layer
 (representation_size), fixed sin-cos position embeddings, other epsilons,
 and the options of timm's Eva-style models (RoPE, gated MLPs, inner norms).
+An R+ViT hybrid (`resnet_units`) is `to_timm_hybrid`'s, which writes this
+module's transformer on its backbone's features.
 """
 
 import dataclasses
