@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests import numpy_timm_hybrid
+from tests import timm_fixtures
 from tests import timm_layout_fixtures
 from vit_jax import models
 from vit_jax import weights
@@ -88,13 +89,6 @@ def _pixels(seed: int = 1) -> np.ndarray:
       -1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
 
 
-def _relative_error(actual, expected) -> float:
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape
-  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
-
-
 def _reference(directory, config, pixels_BHWC):
   """tests.numpy_timm_hybrid on the written keys, with what config.json
   says."""
@@ -127,7 +121,7 @@ def test_round_trip_and_the_numpy_reference(tmp_path, name):
                          jax.tree_util.tree_map(np.asarray, params))
   assert _fields(loaded.model) == _fields(model)
   reference = _reference(tmp_path, config, _pixels())
-  assert _relative_error(reference, _outputs(name)) < 1e-5
+  timm_fixtures.assert_relatively_close(reference, _outputs(name))
 
 
 def test_the_released_numerics_would_compute_differently(tmp_path):
@@ -140,9 +134,10 @@ def test_the_released_numerics_would_compute_differently(tmp_path):
   pixels = _pixels()
   released = model.clone(resnet_norm_epsilon=1e-6,
                          resnet_variance_epsilon=None)
-  assert _relative_error(
-      _reference(tmp_path, config, pixels),
-      jax.jit(released.apply)({'params': params}, pixels)) > 1e-4
+  with pytest.raises(AssertionError, match='relative error'):
+    timm_fixtures.assert_relatively_close(
+        jax.jit(released.apply)({'params': params}, pixels),
+        _reference(tmp_path, config, pixels), 1e-4)
 
 
 def _zeros(model, image_size):
@@ -259,7 +254,7 @@ class TestTimmLoadsIt:
     with self.torch.no_grad():
       actual = timm_model(self.torch.from_numpy(
           pixels.transpose(0, 3, 1, 2).copy())).numpy()
-    assert _relative_error(actual, _outputs(name)) < 1e-4
+    timm_fixtures.assert_relatively_close(actual, _outputs(name), 1e-4)
 
 
 # --------------------------------------------------- the export program --
