@@ -43,11 +43,10 @@ from vit_jax.weights import to_timm_vit
 
 _MODULE = 'vision_transformer_hybrid'
 _BACKBONE = vit_hybrid_timm.BACKBONE
-# timm's ResNetV2: a projection (`downsample`) opens every stage.
+# A bottleneck block of timm's ResNetV2, by stage and index.
 _BLOCK_KEY = re.compile(
     re.escape(_BACKBONE) + r'stages\.(\d+)\.blocks\.(\d+)\.conv1\.weight')
 _ROOT_KEY = _BACKBONE + 'conv.weight'  # The stem alone (R+ViT-Ti).
-_STEM_KEY = _BACKBONE + 'stem.conv.weight'
 # HybridEmbed's patch_size when a definition does not set it
 # (vision_transformer_hybrid._create_vision_transformer_hybrid).
 _DEFAULTS = {**to_timm_vit.VIT_DEFAULTS, 'patch_size': 1}
@@ -71,7 +70,8 @@ def _units(keys) -> Optional[Tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=None)
 def timm_backbones() -> Dict[Tuple[int, ...], Tuple[str, ...]]:
-  """ResNetV2 units per stage -> timm's hybrid architectures built on it."""
+  """ResNetV2 units per stage -> timm's hybrid architectures built on it
+  (computed once: callers must not change it)."""
   backbones = {}
   for name in timm_definitions.architectures():
     if timm_definitions.definition(name).module != _MODULE:
