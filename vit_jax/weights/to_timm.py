@@ -22,15 +22,19 @@ pretrained tag at the model's resolution, then one of the class's own
 module (`vision_transformer` before `deit`), then the first by name. A model of
 a released shape therefore gets its own name (ViT-B/16 at 384 px:
 `vit_base_patch16_384`), any other the nearest definition with overrides.
+Where timm's code, not the arguments, tells definitions apart (a hybrid's
+ResNet backbone), the converter names those that fit
+(`Conversion.architectures`).
 A model timm cannot express is refused in one line naming the feature
 (`to_timm_vit.Untranslatable`, a ValueError).
 
 What each family's arrays and options are in timm's terms is that family's
-converter (`_CONVERTERS`; the ViT's: `to_timm_vit`, or `to_timm_eva` for
-timm's Eva where the model has RoPE, gated MLPs or inner norms: of the
-layouts of its arrays that compute the same, the one nearest a definition;
-the MLP-Mixer's: `to_timm_mixer`, which writes timm's `mixer_b16_224` /
-`mixer_l16_224` shapes with the erf GELU, as timm's Mixer entrypoints allow).
+converter (`_CONVERTERS`). The ViT's: `to_timm_vit`; `to_timm_eva` for
+timm's Eva where the model has RoPE, gated MLPs or inner norms (of the
+layouts of its arrays that compute the same, the one nearest a definition);
+`to_timm_hybrid` for its R+ViT hybrids. The MLP-Mixer's: `to_timm_mixer`,
+which writes timm's `mixer_b16_224` / `mixer_l16_224` shapes with the erf
+GELU, as timm's Mixer entrypoints allow.
 """
 
 import json
@@ -47,16 +51,20 @@ from vit_jax.models import timm_definitions
 from vit_jax.weights import timm_hub
 from vit_jax.weights import to_timm_eva
 from vit_jax.weights import to_timm_mixer
+from vit_jax.weights import to_timm_hybrid
 from vit_jax.weights import to_timm_vit
 
 Untranslatable = to_timm_vit.Untranslatable
 Conversion = to_timm_vit.Conversion
 
 
-def _vit_or_eva(params, model, image_size: Tuple[int, int]) -> Conversion:
-  """timm's Eva for a ViT with an option only it has (RoPE, gated MLPs,
-  inner norms; of its equivalent layouts the one nearest a definition),
-  else timm's VisionTransformer."""
+def _convert_vit(params, model, image_size: Tuple[int, int]) -> Conversion:
+  """The ViT family: timm's hybrid layout for an R+ViT (`resnet_units`);
+  timm's Eva for a ViT with an option only it has (RoPE, gated MLPs, inner
+  norms; of its equivalent layouts the one nearest a definition); else
+  timm's VisionTransformer."""
+  if model.resnet_units is not None:
+    return to_timm_hybrid.convert(params, model, image_size)
   if to_timm_eva.needs_eva(model):
     return to_timm_eva.convert(
         params, model, image_size,
@@ -66,7 +74,7 @@ def _vit_or_eva(params, model, image_size: Tuple[int, int]) -> Conversion:
 
 # Family name -> fn(params, model, image_size) -> Conversion.
 _CONVERTERS: Dict[str, Callable[..., Conversion]] = {
-    'vit': _vit_or_eva,
+    'vit': _convert_vit,
     'mixer': to_timm_mixer.convert,
 }
 # What timm's save_for_hf records in model_args whatever the definition.
@@ -138,7 +146,9 @@ def _best_candidate(conversion: Conversion, image_size: Tuple[int, int]
   no definition of the class has the fixed arguments."""
   candidates = []
   for name in timm_definitions.architectures():
-    if name.startswith(_TEST_MODELS):
+    if name.startswith(_TEST_MODELS) or (
+        conversion.architectures is not None and
+        name not in conversion.architectures):
       continue
     definition = timm_definitions.definition(name)
     if (definition.model_class != conversion.model_class or

@@ -28,7 +28,8 @@ writer may name (`Conversion.fixed`). What timm's ViT cannot compute is
 refused by name (`Untranslatable`): a tanh `pre_logits` layer
 (representation_size), other epsilons, and the options of timm's Eva (RoPE,
 gated MLPs, inner norms), which `to_timm.convert` writes as timm's Eva
-(`to_timm_eva`).
+(`to_timm_eva`). An R+ViT hybrid (`resnet_units`) is `to_timm_hybrid`'s,
+which writes this module's transformer on its backbone's features.
 """
 
 import dataclasses
@@ -84,6 +85,9 @@ class Conversion:
     first_conv: the first convolution's name (pretrained_cfg 'first_conv').
     same_arg: fn(key, definition's value, ours, args) -> whether they
       compute the same, for the class's arguments (None: `same_arg`).
+    architectures: the only definitions that compute the model, where what
+      tells them apart is fixed in timm's code, not in their arguments (a
+      hybrid's backbone); None: any of the class.
   """
   model_class: str
   module: str
@@ -94,6 +98,7 @@ class Conversion:
   classifiers: Tuple[str, ...]
   first_conv: str = 'patch_embed.proj'
   same_arg: Optional[Callable[[str, Any, Any, Mapping[str, Any]], bool]] = None
+  architectures: Optional[Tuple[str, ...]] = None
 
 
 # ------------------------------------------------------------- arguments --
@@ -138,6 +143,12 @@ def _check_expressible(model: vit.VisionTransformer) -> None:
                f'(act_layer: {", ".join(sorted(_ACT_LAYERS))})')
   if problem:
     raise Untranslatable(f'timm cannot express {problem}')
+
+
+def norm_layer(layer_norm_epsilon: float) -> Any:
+  """The `norm_layer` a definition must have to compute our epsilon (as
+  timm_args checks, one of 1e-6 and 1e-5)."""
+  return _NORM_LAYERS[layer_norm_epsilon]
 
 
 def timm_args(model: vit.VisionTransformer,
@@ -312,12 +323,12 @@ def convert(params, model: vit.VisionTransformer,
 
   Raises:
     Untranslatable: a feature timm's ViT lacks (a hybrid's ResNet stem
-      included: `resnet_units` is its own layout).
+      included: `to_timm_hybrid` writes those).
   """
   if model.resnet_units is not None:
     raise Untranslatable(
-        "timm's VisionTransformer has no ResNet stem (resnet_units): an R+ViT "
-        "hybrid is timm's vision_transformer_hybrid")
+        "to_timm_vit writes timm's patch-embedding ViT, not an R+ViT hybrid "
+        '(resnet_units): to_timm_hybrid.convert writes those')
   args = timm_args(model, image_size)
   distilled = bool(model.distillation)
   return Conversion(
@@ -325,7 +336,7 @@ def convert(params, model: vit.VisionTransformer,
                    else 'VisionTransformer'),
       module='deit' if distilled else 'vision_transformer',
       args=args, defaults=VIT_DEFAULTS,
-      fixed={'norm_layer': _NORM_LAYERS[model.layer_norm_epsilon]},
+      fixed={'norm_layer': norm_layer(model.layer_norm_epsilon)},
       state_dict=state_dict(params, model, image_size),
       classifiers=('head', 'head_dist') if distilled else ('head',))
 
