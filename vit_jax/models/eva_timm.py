@@ -243,6 +243,86 @@ def _prefix_tokens(arrays, out, pool: str) -> Tuple[bool, int]:
   return keep_cls, 0 if registers is None else int(registers.shape[1])
 
 
+def _global_pool(config: Mapping[str, Any],
+                 model_args: Mapping[str, Any]) -> str:
+  """timm's global_pool, from model_args, else config.json, else Eva's."""
+  pool = model_args.get('global_pool', config.get('global_pool'))
+  pool = _EVA_DEFAULTS['global_pool'] if pool is None else pool
+  if pool not in ('token', 'avg', 'map', ''):
+    raise family.CheckpointMismatchError(
+        f"global_pool {pool!r}: vit_jax implements 'token', 'avg', 'map' "
+        "and ''")
+  return pool
+
+
+def _num_heads(model_args: Mapping[str, Any], width: int) -> int:
+  num_heads = int(_arg(model_args, 'num_heads'))
+  if width % num_heads:
+    raise family.CheckpointMismatchError(
+        f'width {width} is not divisible by {num_heads} heads')
+  return num_heads
+
+
+def _encoder(arrays, out, model_args: Mapping[str, Any], num_heads: int
+             ) -> Tuple[int, set, set, Dict[str, Any]]:
+  """norm_pre, the blocks and mixed RoPE's learned frequencies; returns
+  (layers, MLP widths, gated flags, the RoPE options)."""
+  if arrays.has('norm_pre.weight'):
+    timm_keys.norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
+  num_layers, mlp_dims, gated = _blocks(arrays, out, num_heads)
+  rope = _rope_options(model_args)
+  if rope.get('rope') == 'mixed':
+    _mixed_freqs(arrays, out, num_layers)
+  return num_layers, mlp_dims, gated, rope
+
+
+def _map_head(arrays, out, model_args, num_heads: int, mlp_dims: set,
+              gated: set) -> Dict[str, Any]:
+  """attn_pool -> MAPHead_0 (its own heads and MLP width, as Perception
+  Encoder's); returns the model options it needs."""
+  if True in gated:
+    raise family.CheckpointMismatchError(
+        "an attention pool beside gated MLPs (timm's pool MLP is GELU): "
+        'vit_jax does not implement it')
+  pool_heads = int(model_args.get('attn_pool_num_heads') or num_heads)
+  mlp_dim = timm_keys.map_head(arrays, out, pool_heads)
+  return {'map_num_heads': None if pool_heads == num_heads else pool_heads,
+          # None: the blocks' width.
+          'map_mlp_dim': None if mlp_dim in mlp_dims else int(mlp_dim)}
+
+
+def _one_mlp(mlp_dims: set, gated: set) -> Tuple[int, bool]:
+  """The blocks' common MLP (width, gated)."""
+  if len(mlp_dims) != 1 or len(gated) != 1:
+    raise family.CheckpointMismatchError(
+        f'MLP widths differ between blocks: {sorted(mlp_dims)}')
+  return int(next(iter(mlp_dims))), next(iter(gated))
+
+
+def _changed_options(out: Dict[str, np.ndarray], model_args, *,
+                     mlp_gated: bool, epsilon: float, num_registers: int,
+                     fc_norm: bool, final_norm: bool,
+                     more: Dict[str, Any]) -> Dict[str, Any]:
+  """The model options, with those the first block's parameters show and
+  `more`, less the ones at `vit.VisionTransformer`'s defaults."""
+  block = 'Transformer/encoderblock_0'
+  options = dict(
+      activation='silu' if mlp_gated else 'gelu_erf',
+      layer_norm_epsilon=epsilon, num_register_tokens=num_registers,
+      pre_norm='Transformer/pre_norm/scale' in out, fc_norm=fc_norm,
+      final_norm=final_norm,
+      block='post_norm' if model_args.get('use_post_norm') else 'pre_norm',
+      qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
+      layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
+                        if f'{block}/LayerScale_0/scale' in out else None),
+      attention_norm=(f'{block}/MultiHeadDotProductAttention_0/LayerNorm_0/'
+                      'scale' in out),
+      mlp_gated=mlp_gated, mlp_norm=f'{block}/MlpBlock_0/LayerNorm_0/scale'
+      in out, **more)
+  return {key: value for key, value in options.items()
+          if value != getattr(vit.VisionTransformer, key, None)}
+
+
 def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
            image_size: Tuple[int, int]
            ) -> Tuple[family.Params, Dict[str, Any]]:
@@ -263,79 +343,34 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
   model_args = timm_definitions.model_args(config)
   _check_args(model_args)
   epsilon = _epsilon(model_args)
-  pool = model_args.get('global_pool', config.get('global_pool'))
-  pool = _EVA_DEFAULTS['global_pool'] if pool is None else pool
-  if pool not in ('token', 'avg', 'map', ''):
-    raise family.CheckpointMismatchError(
-        f"global_pool {pool!r}: vit_jax implements 'token', 'avg', 'map' "
-        "and ''")
+  pool = _global_pool(config, model_args)
   arrays, out = timm_keys.Arrays(timm_arrays), {}
   width, patch_size = timm_keys.patch_embedding(arrays, out)
-  num_heads = int(_arg(model_args, 'num_heads'))
-  if width % num_heads:
-    raise family.CheckpointMismatchError(
-        f'width {width} is not divisible by {num_heads} heads')
+  num_heads = _num_heads(model_args, width)
   has_cls, num_registers = _prefix_tokens(arrays, out, pool)
   pos_embed = timm_keys.position_embedding(arrays, out)
-  if arrays.has('norm_pre.weight'):
-    timm_keys.norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
-  num_layers, mlp_dims, gated = _blocks(arrays, out, num_heads)
-  rope = _rope_options(model_args)
-  if rope.get('rope') == 'mixed':
-    _mixed_freqs(arrays, out, num_layers)
+  num_layers, mlp_dims, gated, rope = _encoder(arrays, out, model_args,
+                                               num_heads)
   fc_norm, final_norm = _final_norm(arrays, out, model_args, pool)
   has_map = arrays.has('attn_pool.latent')
-  map_options = _map_head(arrays, out, model_args, num_heads,
+  map_options = _map_head(arrays, out, model_args, num_heads, mlp_dims,
                           gated) if has_map else {}
-  if len(mlp_dims) != 1 or len(gated) != 1:
-    raise family.CheckpointMismatchError(
-        f'MLP widths differ between blocks: {sorted(mlp_dims)}')
+  mlp_dim, mlp_gated = _one_mlp(mlp_dims, gated)
   num_classes = timm_keys.classifier_heads(
       arrays, out, timm_keys.PrefixTokens(has_cls, False, num_registers))
   arrays.check_all_taken()
-  block = 'Transformer/encoderblock_0'
-  mlp_gated = gated.pop()
-  if map_options.get('map_mlp_dim') in mlp_dims:
-    map_options['map_mlp_dim'] = None  # The blocks' width.
-  options = dict(
-      activation='silu' if mlp_gated else 'gelu_erf',
-      layer_norm_epsilon=epsilon, num_register_tokens=num_registers,
-      pre_norm='Transformer/pre_norm/scale' in out, fc_norm=fc_norm,
-      final_norm=final_norm,
-      block='post_norm' if model_args.get('use_post_norm') else 'pre_norm',
-      qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
-      layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
-                        if f'{block}/LayerScale_0/scale' in out else None),
-      attention_norm=(f'{block}/MultiHeadDotProductAttention_0/LayerNorm_0/'
-                      'scale' in out),
-      mlp_gated=mlp_gated, mlp_norm=f'{block}/MlpBlock_0/LayerNorm_0/scale'
-      in out, **rope, **map_options,
-      **timm_keys.posemb_options(
-          pos_embed, grid=timm_keys.patch_grid(image_size, patch_size),
-          num_prefix=int(has_cls) + num_registers))
-  defaults = {name: getattr(vit.VisionTransformer, name, None)
-              for name in options}
+  posemb = timm_keys.posemb_options(
+      pos_embed, grid=timm_keys.patch_grid(image_size, patch_size),
+      num_prefix=int(has_cls) + num_registers)
+  options = _changed_options(
+      out, model_args, mlp_gated=mlp_gated, epsilon=epsilon,
+      num_registers=num_registers, fc_norm=fc_norm, final_norm=final_norm,
+      more={**rope, **map_options, **posemb})
   model_kwargs = dict(
       num_classes=num_classes, patch_size=patch_size, hidden_size=width,
-      num_layers=num_layers, num_heads=num_heads, mlp_dim=int(mlp_dims.pop()),
-      classifier=_classifier(pool, has_cls, has_map),
-      **{key: value for key, value in options.items()
-         if value != defaults[key]})
+      num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
+      classifier=_classifier(pool, has_cls, has_map), **options)
   return timm_keys.nested_float32(out), model_kwargs
-
-
-def _map_head(arrays, out, model_args, num_heads: int,
-              gated: set) -> Dict[str, Any]:
-  """attn_pool -> MAPHead_0 (its own heads and MLP width, as Perception
-  Encoder's); returns the model options it needs."""
-  if True in gated:
-    raise family.CheckpointMismatchError(
-        "an attention pool beside gated MLPs (timm's pool MLP is GELU): "
-        'vit_jax does not implement it')
-  pool_heads = int(model_args.get('attn_pool_num_heads') or num_heads)
-  mlp_dim = timm_keys.map_head(arrays, out, pool_heads)
-  return {'map_num_heads': None if pool_heads == num_heads else pool_heads,
-          'map_mlp_dim': int(mlp_dim)}
 
 
 class EvaLayout(family.ForeignLayout):
