@@ -47,7 +47,7 @@ from benchmarks import exported
 from benchmarks import jax_side
 from benchmarks import protocol
 from vit_jax.cli import _flags as cli_flags
-from vit_jax.models import vit_blocks
+from vit_jax.models import vit_sublayers
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 EXPORTED = 'exported'
@@ -76,8 +76,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
          enum_values=(*protocol.COMPARISONS, *exported.COMPARISONS))
   define(flags.DEFINE_string, 'json_out', None, 'Write the results here.')
   define(flags.DEFINE_enum, 'attention', 'auto',
-         'Attention implementation (vit_blocks.MultiHeadAttention).',
-         enum_values=vit_blocks.ATTENTION_IMPLEMENTATIONS)
+         'Attention implementation (vit_sublayers.MultiHeadAttention).',
+         enum_values=vit_sublayers.ATTENTION_IMPLEMENTATIONS)
   config_flags.DEFINE_config_file(
       'config', None, 'An experiment config (with --config.<key>=value '
       'overrides): times its model, batch, image size and dtype with the '

@@ -19,7 +19,7 @@ serving function, jitted (`serving.serving_function`).
 
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -36,6 +36,8 @@ COMPARISONS = ('timm_onnx',)
 AGREEMENT_DATASETS = ('fashion_mnist_local',)
 # Images per call when measuring agreement.
 _AGREEMENT_BATCH = 256
+# A side: images -> logits.
+Runner = Callable[[Any], np.ndarray]
 
 
 def load_model(checkpoint: Optional[str], model: str, image_size: int,
@@ -57,6 +59,69 @@ def _jax_runner(loaded: pretrained.LoadedModel):
   serve = jax.jit(serving.serving_function(loaded))
   params = jax.device_put(loaded.params)
   return lambda images: np.asarray(serve(params, images))
+
+
+def _check_options(compare: Optional[str], checkpoint: Optional[str],
+                   agreement_split: Optional[str], dataset: str) -> None:
+  """Raises ValueError for a combination run_exported cannot measure."""
+  if compare not in (None, *COMPARISONS):
+    raise ValueError(f'unknown --compare={compare!r} for --mode=exported; '
+                     'give timm_onnx')
+  if compare and checkpoint:
+    raise ValueError('--compare=timm_onnx times a named --model with random '
+                     'weights: leave --checkpoint out')
+  if agreement_split and not checkpoint:
+    raise ValueError('--agreement_split needs --checkpoint: agreement is '
+                     'measured on a trained model')
+  if agreement_split and dataset not in AGREEMENT_DATASETS:
+    raise ValueError(f'--dataset={dataset} has no agreement reader: give '
+                     + ', '.join(AGREEMENT_DATASETS))
+
+
+def _file_and_jax(path: str, loaded: pretrained.LoadedModel, batch_size: int,
+                  threads: int) -> Tuple[Dict[str, Runner], Dict[str, Any]]:
+  """The exported file's runner and the JAX model's, with their common
+  input: random uint8 images (B, S, S, 3)."""
+  runners = {'exported': exported_side.open_runner(path, threads),
+             'jax': _jax_runner(loaded)}
+  size = loaded.image_size
+  images = np.random.default_rng(0).integers(
+      0, 256, (batch_size, size, size, 3), np.uint8)
+  return runners, {'exported': images, 'jax': images}
+
+
+def _add_timm_onnx(runners: Dict[str, Runner], inputs: Dict[str, Any],
+                   model: str, loaded: pretrained.LoadedModel,
+                   batch_size: int, threads: int, directory: str) -> None:
+  """timm's own ONNX export of the `model` variant, as a third side; it
+  takes float32 images (B, 3, S, S)."""
+  size = loaded.image_size
+  timm_path = exported_side.export_timm_onnx(
+      models.VARIANTS[model], size, loaded.model.num_classes, directory)
+  runners['timm_onnx'] = exported_side.open_runner(timm_path, threads)
+  inputs['timm_onnx'] = np.random.default_rng(0).standard_normal(
+      (batch_size, 3, size, size)).astype(np.float32)
+
+
+def _time_sides(runners: Dict[str, Runner], inputs: Dict[str, Any],
+                steps: int, warmup: int,
+                batch_size: int) -> Dict[str, Dict[str, float]]:
+  """Each side's `protocol.summary`, the sides' steps interleaved."""
+  names = list(runners)
+  times = protocol.time_steps(
+      [lambda name=name: runners[name](inputs[name]) for name in names],
+      steps, warmup)
+  return {name: protocol.summary(step_times, batch_size)
+          for name, step_times in zip(names, times)}
+
+
+def _speed_ratios(result: Dict[str, Any]) -> Dict[str, float]:
+  """The exported file's images/s over each other side's."""
+  speed = lambda name: result[name]['images_per_sec']
+  ratios = {'exported_vs_jax': speed('exported') / speed('jax')}
+  if 'timm_onnx' in result:
+    ratios['exported_vs_timm_onnx'] = speed('exported') / speed('timm_onnx')
+  return ratios
 
 
 def run_exported(exported: str, *, checkpoint: Optional[str] = None,
@@ -89,18 +154,7 @@ def run_exported(exported: str, *, checkpoint: Optional[str] = None,
     ValueError: an unknown `compare` or dataset, or an agreement without a
       checkpoint.
   """
-  if compare not in (None, *COMPARISONS):
-    raise ValueError(f'unknown --compare={compare!r} for --mode=exported; '
-                     'give timm_onnx')
-  if compare and checkpoint:
-    raise ValueError('--compare=timm_onnx times a named --model with random '
-                     'weights: leave --checkpoint out')
-  if agreement_split and not checkpoint:
-    raise ValueError('--agreement_split needs --checkpoint: agreement is '
-                     'measured on a trained model')
-  if agreement_split and dataset not in AGREEMENT_DATASETS:
-    raise ValueError(f'--dataset={dataset} has no agreement reader: give '
-                     + ', '.join(AGREEMENT_DATASETS))
+  _check_options(compare, checkpoint, agreement_split, dataset)
   threads = threads or os.cpu_count() or 1
   loaded = load_model(checkpoint, model, image_size, num_classes)
   with tempfile.TemporaryDirectory() as directory:
@@ -108,37 +162,19 @@ def run_exported(exported: str, *, checkpoint: Optional[str] = None,
     if exported in exported_side.KINDS:
       path = exported_side.export_random(exported, loaded, directory,
                                          precision)
-    runners = {'exported': exported_side.open_runner(path, threads),
-               'jax': _jax_runner(loaded)}
-    size = loaded.image_size
-    images = np.random.default_rng(0).integers(
-        0, 256, (batch_size, size, size, 3), np.uint8)
-    inputs = {'exported': images, 'jax': images}
+    runners, inputs = _file_and_jax(path, loaded, batch_size, threads)
     if compare == 'timm_onnx':
-      variant = models.VARIANTS[model]
-      timm_path = exported_side.export_timm_onnx(
-          variant, size, loaded.model.num_classes, directory)
-      runners['timm_onnx'] = exported_side.open_runner(timm_path, threads)
-      inputs['timm_onnx'] = np.random.default_rng(0).standard_normal(
-          (batch_size, 3, size, size)).astype(np.float32)
-    names = list(runners)
-    times = protocol.time_steps(
-        [lambda name=name: runners[name](inputs[name]) for name in names],
-        steps, warmup)
+      _add_timm_onnx(runners, inputs, model, loaded, batch_size, threads,
+                     directory)
     result = {
         'file': exported if path == exported else
                 f'{exported} ({precision}, exported now)',
         'runtime': exported_side.runtime_name(path),
-        'batch_size': batch_size, 'image_size': size, 'threads': threads,
-        **{name: protocol.summary(step_times, batch_size)
-           for name, step_times in zip(names, times)},
+        'batch_size': batch_size, 'image_size': loaded.image_size,
+        'threads': threads,
+        **_time_sides(runners, inputs, steps, warmup, batch_size),
     }
-    result['exported_vs_jax'] = (result['exported']['images_per_sec'] /
-                                 result['jax']['images_per_sec'])
-    if compare:
-      result['exported_vs_timm_onnx'] = (
-          result['exported']['images_per_sec'] /
-          result['timm_onnx']['images_per_sec'])
+    result.update(_speed_ratios(result))
     if agreement_split:
       result['agreement'] = agreement(runners['exported'], loaded,
                                       agreement_split)

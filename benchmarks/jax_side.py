@@ -165,7 +165,7 @@ def build_step(model_name: str, image_size: int, num_classes: int, mode: str,
     images_np: (batch, image_size, image_size, 3) float32 images.
     labels_np: (batch,) int32 labels (read only for training).
     overrides: architecture overrides for `models.create_model`.
-    attention: one of vit_blocks.ATTENTION_IMPLEMENTATIONS.
+    attention: one of vit_sublayers.ATTENTION_IMPLEMENTATIONS.
 
   Returns:
     (step, info): `step()` runs one step to completion; `info` has 'params',

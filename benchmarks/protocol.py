@@ -209,7 +209,7 @@ def run_benchmark(model: str = 'ViT-B_16', batch_size: int = 8,
     host_devices: XLA devices to split the batch over (default: all).
     peak_matmul_size: side of the square matmul that measures the peak.
     attention: our attention implementation
-      (vit_blocks.ATTENTION_IMPLEMENTATIONS).
+      (vit_sublayers.ATTENTION_IMPLEMENTATIONS).
     **model_overrides: architecture overrides for `models.create_model`
       (e.g. num_layers=1 for a smoke test); timm gets the same.
 

@@ -110,41 +110,31 @@ FAMILIES = {
 
 
 def state_dict(spec: EvaFamily, seed: int = 0) -> Dict[str, np.ndarray]:
-  """Random float32 arrays under timm's keys; values ~0.2, norm scales ~1."""
-  rng = np.random.default_rng(seed)
-  rand = lambda *shape: (0.2 * rng.standard_normal(shape)).astype(np.float32)
+  """Random float32 arrays under timm's keys
+  (`timm_fixtures.RandomStateDict`)."""
+  arrays = timm_fixtures.RandomStateDict(seed)
   d, m, p = spec.embed_dim, spec.mlp_dim, spec.patch
-  out = {}
-
-  def norm(name, width=d):
-    out[f'{name}.weight'] = (1 + rand(width)).astype(np.float32)
-    out[f'{name}.bias'] = rand(width)
-
-  def linear(name, outputs, inputs, bias=True):
-    out[f'{name}.weight'] = rand(outputs, inputs)
-    if bias:
-      out[f'{name}.bias'] = rand(outputs)
-
-  out['patch_embed.proj.weight'] = rand(d, 3, p, p)
+  norm, linear = arrays.norm, arrays.linear
+  arrays.add('patch_embed.proj.weight', d, 3, p, p)
   if not spec.pre_norm:
-    out['patch_embed.proj.bias'] = rand(d)
+    arrays.add('patch_embed.proj.bias', d)
   if spec.class_token:
-    out['cls_token'] = rand(1, 1, d)
+    arrays.add('cls_token', 1, 1, d)
   if spec.reg_tokens:
-    out['reg_token'] = rand(1, spec.reg_tokens, d)
+    arrays.add('reg_token', 1, spec.reg_tokens, d)
   prefix = int(spec.class_token) + spec.reg_tokens
   if spec.pos_embed:
     patches = (spec.image_size // p)**2
-    out['pos_embed'] = rand(1, patches + (0 if spec.no_embed_class
+    arrays.add('pos_embed', 1, patches + (0 if spec.no_embed_class
                                           else prefix), d)
   if spec.mixed_rope:
-    out['rope.freqs'] = rand(2, spec.depth, spec.num_heads,
-                             d // spec.num_heads // 2)
+    arrays.add('rope.freqs', 2, spec.depth, spec.num_heads,
+               d // spec.num_heads // 2)
   if spec.pre_norm:
-    norm('norm_pre')
+    norm('norm_pre', d)
   for i in range(spec.depth):
     block = f'blocks.{i}'
-    norm(f'{block}.norm1')
+    norm(f'{block}.norm1', d)
     if spec.qkv == 'separate':
       linear(f'{block}.attn.q_proj', d, d, spec.qkv_bias)
       linear(f'{block}.attn.k_proj', d, d, False)
@@ -153,12 +143,12 @@ def state_dict(spec: EvaFamily, seed: int = 0) -> Dict[str, np.ndarray]:
       linear(f'{block}.attn.qkv', 3 * d, d,
              spec.qkv_bias and spec.qkv == 'fused')
       if spec.qkv_bias and spec.qkv == 'fused_qv':
-        out[f'{block}.attn.q_bias'] = rand(d)
-        out[f'{block}.attn.v_bias'] = rand(d)
+        arrays.add(f'{block}.attn.q_bias', d)
+        arrays.add(f'{block}.attn.v_bias', d)
     if spec.attn_norm:
-      norm(f'{block}.attn.norm')
+      norm(f'{block}.attn.norm', d)
     linear(f'{block}.attn.proj', d, d)
-    norm(f'{block}.norm2')
+    norm(f'{block}.norm2', d)
     if spec.mlp == 'swiglu':
       linear(f'{block}.mlp.fc1_g', m, d)
       linear(f'{block}.mlp.fc1_x', m, d)
@@ -171,11 +161,11 @@ def state_dict(spec: EvaFamily, seed: int = 0) -> Dict[str, np.ndarray]:
       names = (('gamma_1', 'gamma_2') if spec.layer_scale == 'gamma'
                else ('ls1.gamma', 'ls2.gamma'))
       for name in names:
-        out[f'{block}.{name}'] = rand(d)
-  norm('fc_norm' if spec.fc_norm else 'norm')
+        arrays.add(f'{block}.{name}', d)
+  norm('fc_norm' if spec.fc_norm else 'norm', d)
   if spec.num_classes:
     linear('head', spec.num_classes, d)
-  return out
+  return arrays.arrays
 
 
 def config(spec: EvaFamily) -> Dict[str, Any]:
@@ -187,17 +177,14 @@ def config(spec: EvaFamily) -> Dict[str, Any]:
                     img_size=size, num_classes=spec.num_classes,
                     mlp_ratio=spec.mlp_dim / spec.embed_dim)
   model_args.update(spec.extra_model_args)
-  return {
-      'architecture': spec.architecture, 'num_classes': spec.num_classes,
-      'num_features': spec.embed_dim, 'global_pool': spec.global_pool,
-      'model_args': model_args,
-      'pretrained_cfg': {
-          'tag': 'fixture', 'input_size': [3, size, size],
-          'interpolation': 'bicubic', 'crop_pct': 1.0, 'crop_mode': 'center',
-          'mean': list(timm_fixtures.IMAGENET_MEAN),
-          'std': list(timm_fixtures.IMAGENET_STD),
-          'num_classes': spec.num_classes, 'first_conv': 'patch_embed.proj',
-          'classifier': 'head'}}
+  return timm_fixtures.hub_config(
+      spec.architecture, num_classes=spec.num_classes,
+      num_features=spec.embed_dim, global_pool=spec.global_pool,
+      model_args=model_args,
+      pretrained=timm_fixtures.pretrained_cfg(
+          (size, size), timm_fixtures.IMAGENET_MEAN,
+          timm_fixtures.IMAGENET_STD, spec.num_classes,
+          first_conv='patch_embed.proj', crop_pct=1.0))
 
 
 def write_family(directory, name: str, seed: int = 0):

@@ -119,22 +119,22 @@ def state_dict(spec: NaFlex, seed: int = 0) -> Dict[str, np.ndarray]:
                                 'reg_token'))}
   if not spec.final_norm:
     del out['norm.weight'], out['norm.bias']
-  rng = np.random.default_rng(seed + 1)
-  rand = lambda *shape: (0.2 * rng.standard_normal(shape)).astype(np.float32)
+  embeds = timm_fixtures.RandomStateDict(seed + 1)
   d, p = spec.embed_dim, spec.patch
-  out['embeds.proj.weight'] = (rand(d, 3, p, p) if spec.conv else
-                               rand(d, p * p * 3))
-  out['embeds.proj.bias'] = rand(d)
+  embeds.add('embeds.proj.weight', *((d, 3, p, p) if spec.conv
+                                     else (d, p * p * 3)))
+  embeds.add('embeds.proj.bias', d)
   if spec.class_token:
-    out['embeds.cls_token'] = rand(1, 1, d)
+    embeds.add('embeds.cls_token', 1, 1, d)
   if spec.reg_tokens:
-    out['embeds.reg_token'] = rand(1, spec.reg_tokens, d)
+    embeds.add('embeds.reg_token', 1, spec.reg_tokens, d)
   rows, cols = spec.pos_grid
   if spec.factorized:
-    out['embeds.pos_embed_y'] = rand(1, rows, d)
-    out['embeds.pos_embed_x'] = rand(1, cols, d)
+    embeds.add('embeds.pos_embed_y', 1, rows, d)
+    embeds.add('embeds.pos_embed_x', 1, cols, d)
   else:
-    out['embeds.pos_embed'] = rand(1, rows, cols, d)
+    embeds.add('embeds.pos_embed', 1, rows, cols, d)
+  out.update(embeds.arrays)
   return out
 
 
@@ -142,7 +142,6 @@ def config(spec: NaFlex,
            model_args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """config.json as timm's save_config_for_hf writes it; `model_args` adds
   overrides."""
-  height, width = spec.image_size
   args = dict(
       depth=spec.depth, embed_dim=spec.embed_dim, num_heads=spec.num_heads,
       mlp_ratio=spec.mlp_dim / spec.embed_dim, patch_size=spec.patch,
@@ -150,19 +149,13 @@ def config(spec: NaFlex,
       **(model_args or {}))
   args.update(in_chans=3, num_classes=spec.num_classes,
               global_pool=spec.global_pool)
-  return {
-      'architecture': spec.architecture,
-      'num_classes': spec.num_classes,
-      'num_features': spec.embed_dim,
-      'global_pool': spec.global_pool,
-      'model_args': args,
-      'pretrained_cfg': {
-          'tag': 'fixture', 'custom_load': False,
-          'input_size': [3, height, width], 'fixed_input_size': False,
-          'interpolation': 'bicubic', 'crop_pct': 1.0, 'crop_mode': 'center',
-          'mean': list(spec.mean), 'std': list(spec.std),
-          'num_classes': spec.num_classes, 'pool_size': None,
-          'first_conv': 'embeds.proj', 'classifier': 'head'}}
+  return timm_fixtures.hub_config(
+      spec.architecture, num_classes=spec.num_classes,
+      num_features=spec.embed_dim, global_pool=spec.global_pool,
+      model_args=args,
+      pretrained=timm_fixtures.pretrained_cfg(
+          spec.image_size, spec.mean, spec.std, spec.num_classes,
+          first_conv='embeds.proj', crop_pct=1.0, fixed_input_size=False))
 
 
 def write(directory, spec: NaFlex, seed: int = 0,
@@ -172,7 +165,5 @@ def write(directory, spec: NaFlex, seed: int = 0,
 
 
 def random_pixels(spec: NaFlex, batch: int = 2, seed: int = 1) -> np.ndarray:
-  """uint8-valued float pixels (B, H, W, 3) in [0, 255]."""
-  rng = np.random.default_rng(seed)
-  return rng.integers(0, 256, (batch, *spec.image_size, 3)).astype(
-      np.float32)
+  """`timm_fixtures.uint8_pixels` at the fixture's image size."""
+  return timm_fixtures.uint8_pixels(spec.image_size, batch, seed)

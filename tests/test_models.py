@@ -351,16 +351,17 @@ def test_scanned_model_keeps_the_released_layout_and_intermediates():
 
 
 def test_fused_attention_equals_the_einsum_path():
-  from vit_jax.models import vit_blocks  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from vit_jax.models import vit_sublayers
   x = np.random.default_rng(0).normal(size=(2, 17, 32)).astype(np.float32)
-  fused = vit_blocks.MultiHeadAttention(2, implementation='fused')
-  einsum = vit_blocks.MultiHeadAttention(2, implementation='einsum')
+  fused = vit_sublayers.MultiHeadAttention(2, implementation='fused')
+  einsum = vit_sublayers.MultiHeadAttention(2, implementation='einsum')
   variables = fused.init(jax.random.PRNGKey(0), x, train=False)
   np.testing.assert_allclose(fused.apply(variables, x, train=False),
                              einsum.apply(variables, x, train=False),
                              rtol=1e-5, atol=1e-6)
   # On this CPU, 'auto' takes the einsum path; elsewhere the fused one.
-  auto = vit_blocks.MultiHeadAttention(2)
+  auto = vit_sublayers.MultiHeadAttention(2)
   assert auto._use_fused(False, False) == (jax.default_backend() != 'cpu')
   assert not auto._use_fused(True, False)
 

@@ -24,6 +24,7 @@ from vit_jax.cli import _flags as cli_flags
 from vit_jax.cli import _process
 from vit_jax.models import vit_blocks
 from vit_jax.models import vit_family
+from vit_jax.models import vit_sublayers
 
 
 def _installed(*names):
@@ -125,7 +126,7 @@ def test_flags_choose_from_the_lists_the_code_checks():
   enum = lambda name: tuple(flag_values[name].parser.enum_values)
   assert enum('mode') == (*jax_side.MODES, benchmark.EXPORTED)
   assert enum('dtype') == jax_side.DTYPES
-  assert enum('attention') == vit_blocks.ATTENTION_IMPLEMENTATIONS
+  assert enum('attention') == vit_sublayers.ATTENTION_IMPLEMENTATIONS
   assert enum('compare') == (*protocol.COMPARISONS, *exported.COMPARISONS)
   flag_values = flags.FlagValues()
   memory_report.define_flags(flag_values)

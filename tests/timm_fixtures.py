@@ -33,6 +33,74 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+# ------------------------------------- pieces every timm fixture shares --
+
+class RandomStateDict:
+  """Random float32 arrays under timm's keys, drawn in order from one seeded
+  stream: values ~0.2 (norm scales around 1), so that every array moves
+  the output."""
+
+  def __init__(self, seed: int, *, norm_bias: bool = True):
+    self._rng = np.random.default_rng(seed)
+    self.norm_bias = norm_bias  # False: RmsNorms.
+    self.arrays: Dict[str, np.ndarray] = {}
+
+  def rand(self, *shape: int, scale: float = 0.2) -> np.ndarray:
+    return (scale * self._rng.standard_normal(shape)).astype(np.float32)
+
+  def add(self, name: str, *shape: int, scale: float = 0.2) -> None:
+    self.arrays[name] = self.rand(*shape, scale=scale)
+
+  def norm(self, name: str, width: int) -> None:
+    self.arrays[f'{name}.weight'] = (1 + self.rand(width)).astype(np.float32)
+    if self.norm_bias:
+      self.add(f'{name}.bias', width)
+
+  def linear(self, name: str, outputs: int, inputs: int,
+             bias: bool = True) -> None:
+    self.add(f'{name}.weight', outputs, inputs)
+    if bias:
+      self.add(f'{name}.bias', outputs)
+
+
+def pretrained_cfg(input_size: Sequence[int], mean: Sequence[float],
+                   std: Sequence[float], num_classes: int, *,
+                   first_conv: str, crop_pct: float,
+                   fixed_input_size: bool = True) -> Dict[str, Any]:
+  """config.json's pretrained_cfg as timm writes it; input_size is (H, W)."""
+  return {
+      'tag': 'fixture', 'custom_load': False,
+      'input_size': [3, *input_size], 'fixed_input_size': fixed_input_size,
+      'interpolation': 'bicubic', 'crop_pct': crop_pct, 'crop_mode': 'center',
+      'mean': list(mean), 'std': list(std),
+      'num_classes': num_classes, 'pool_size': None,
+      'first_conv': first_conv, 'classifier': 'head'}
+
+
+def hub_config(architecture: str, *, num_classes: int, num_features: int,
+               global_pool: str, model_args: Dict[str, Any],
+               pretrained: Dict[str, Any],
+               label_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  """config.json as timm's save_config_for_hf writes it."""
+  result = {'architecture': architecture, 'num_classes': num_classes,
+            'num_features': num_features}
+  if global_pool:  # timm writes only a non-empty global_pool here.
+    result['global_pool'] = global_pool
+  if label_names:
+    result['label_names'] = list(label_names)
+  result['model_args'] = model_args
+  result['pretrained_cfg'] = pretrained
+  return result
+
+
+def uint8_pixels(image_size: Tuple[int, int], batch: int = 2,
+                 seed: int = 1) -> np.ndarray:
+  """uint8-valued float pixels (B, H, W, 3) in [0, 255]."""
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (batch, *image_size, 3)).astype(np.float32)
+
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   """A tiny timm model: its name, what its arrays hold, and the facts."""
@@ -55,7 +123,8 @@ class Family:
   fc_norm: bool = False  # fc_norm after pooling instead of norm before.
   pool_include_prefix: bool = False
   # timm's block variants: block_fn 'Block', 'ResPostBlock',
-  # 'ParallelScalingBlock' (fused_out: one out_proj), 'DiffParallelScalingBlock'.
+  # 'ParallelScalingBlock' (fused_out: one out_proj),
+  # 'DiffParallelScalingBlock'.
   block_fn: str = 'Block'
   fused_out: bool = False
   differential: bool = False  # attn_layer='diff' (implied by DiffParallel...).
@@ -176,51 +245,40 @@ FAMILIES = {
 
 
 def state_dict(spec: Family, seed: int = 0) -> Dict[str, np.ndarray]:
-  """Random float32 arrays under timm's keys for `spec`; values ~0.2 (norm
-  scales around 1), so that every array moves the output."""
-  rng = np.random.default_rng(seed)
-  rand = lambda *shape: (0.2 * rng.standard_normal(shape)).astype(np.float32)
+  """Random float32 arrays under timm's keys for `spec` (`RandomStateDict`)."""
+  arrays = RandomStateDict(seed, norm_bias=not spec.rms_norm)
   d, m, p = spec.embed_dim, spec.mlp_dim, spec.patch
-  out = {}
-
-  def norm(name, width=d):
-    out[f'{name}.weight'] = (1 + rand(width)).astype(np.float32)
-    if not spec.rms_norm:
-      out[f'{name}.bias'] = rand(width)
-
-  def linear(name, outputs, inputs, bias=True):
-    out[f'{name}.weight'] = rand(outputs, inputs)
-    if bias:
-      out[f'{name}.bias'] = rand(outputs)
-
-  out['patch_embed.proj.weight'] = rand(d, 3, p, p)
+  norm, linear = arrays.norm, arrays.linear
+  arrays.add('patch_embed.proj.weight', d, 3, p, p)
   if not spec.pre_norm:  # timm: PatchEmbed(bias=not pre_norm).
-    out['patch_embed.proj.bias'] = rand(d)
+    arrays.add('patch_embed.proj.bias', d)
   if spec.embed_norm:
-    norm('patch_embed.norm')
+    norm('patch_embed.norm', d)
   for name, count in (('cls_token', int(spec.class_token)),
                       ('dist_token', int(spec.distilled)),
                       ('reg_token', spec.reg_tokens)):
     if count:
-      out[name] = rand(1, count, d)
+      arrays.add(name, 1, count, d)
   patches = (spec.image_size // p)**2  # timm floors the grid.
-  out['pos_embed'] = rand(
-      1, patches + (0 if spec.no_embed_class else spec.num_prefix), d)
+  arrays.add('pos_embed', 1, patches + (0 if spec.no_embed_class
+                                        else spec.num_prefix), d)
   if spec.pre_norm:
-    norm('norm_pre')
+    norm('norm_pre', d)
+
   def differential(name):  # DiffAttention's extras (head_dim E/2).
     half = d // spec.num_heads // 2
     for lam in ('lambda_q1', 'lambda_k1', 'lambda_q2', 'lambda_k2'):
-      out[f'{name}.{lam}'] = rand(half)
-    out[f'{name}.sub_norm.weight'] = (1 + rand(2 * half)).astype(np.float32)
+      arrays.add(f'{name}.{lam}', half)
+    arrays.arrays[f'{name}.sub_norm.weight'] = (
+        1 + arrays.rand(2 * half)).astype(np.float32)
 
   for i in range(spec.depth):
     block = f'blocks.{i}'
     if spec.block_fn in ('ParallelScalingBlock', 'DiffParallelScalingBlock'):
-      norm(f'{block}.in_norm')
+      norm(f'{block}.in_norm', d)
       linear(f'{block}.in_proj', m + 3 * d, d, bias=spec.qkv_bias)
       if not spec.qkv_bias:
-        out[f'{block}.mlp_bias'] = rand(m)
+        arrays.add(f'{block}.mlp_bias', m)
       if spec.fused_out or spec.block_fn == 'DiffParallelScalingBlock':
         linear(f'{block}.out_proj', d, d + m)
       else:
@@ -229,34 +287,34 @@ def state_dict(spec: Family, seed: int = 0) -> Dict[str, np.ndarray]:
       if spec.block_fn == 'DiffParallelScalingBlock':
         differential(block)
       if spec.layer_scale:
-        out[f'{block}.ls.gamma'] = rand(d)
+        arrays.add(f'{block}.ls.gamma', d)
       continue
-    norm(f'{block}.norm1')
+    norm(f'{block}.norm1', d)
     linear(f'{block}.attn.qkv', 3 * d, d, bias=spec.qkv_bias)
     linear(f'{block}.attn.proj', d, d)
     if spec.differential:
       differential(f'{block}.attn')
-    norm(f'{block}.norm2')
+    norm(f'{block}.norm2', d)
     linear(f'{block}.mlp.fc1', m, d)
     linear(f'{block}.mlp.fc2', d, m)
     if spec.layer_scale:
-      out[f'{block}.ls1.gamma'] = rand(d)
-      out[f'{block}.ls2.gamma'] = rand(d)
+      arrays.add(f'{block}.ls1.gamma', d)
+      arrays.add(f'{block}.ls2.gamma', d)
   if spec.final_norm:
-    norm('fc_norm' if spec.fc_norm else 'norm')
+    norm('fc_norm' if spec.fc_norm else 'norm', d)
   if spec.global_pool == 'map':
-    out['attn_pool.latent'] = rand(1, 1, d)
+    arrays.add('attn_pool.latent', 1, 1, d)
     linear('attn_pool.q', d, d)
     linear('attn_pool.kv', 2 * d, d)
     linear('attn_pool.proj', d, d)
-    norm('attn_pool.norm')
+    norm('attn_pool.norm', d)
     linear('attn_pool.mlp.fc1', m, d)
     linear('attn_pool.mlp.fc2', d, m)
   if spec.num_classes:
     linear('head', spec.num_classes, d)
     if spec.distilled:
       linear('head_dist', spec.num_classes, d)
-  return out
+  return arrays.arrays
 
 
 def config(spec: Family) -> Dict[str, Any]:
@@ -281,22 +339,13 @@ def config(spec: Family) -> Dict[str, Any]:
   if not spec.final_norm:
     model_args['final_norm'] = False
   model_args.update(spec.extra_model_args)
-  result = {'architecture': spec.architecture,
-            'num_classes': spec.num_classes,
-            'num_features': spec.embed_dim}
-  if spec.global_pool:  # timm writes only a non-empty global_pool here.
-    result['global_pool'] = spec.global_pool
-  if spec.label_names:
-    result['label_names'] = list(spec.label_names)
-  result['model_args'] = model_args
-  result['pretrained_cfg'] = {
-      'tag': 'fixture', 'custom_load': False,
-      'input_size': [3, size, size], 'fixed_input_size': True,
-      'interpolation': 'bicubic', 'crop_pct': 0.9, 'crop_mode': 'center',
-      'mean': list(spec.mean), 'std': list(spec.std),
-      'num_classes': spec.num_classes, 'pool_size': None,
-      'first_conv': 'patch_embed.proj', 'classifier': 'head'}
-  return result
+  return hub_config(
+      spec.architecture, num_classes=spec.num_classes,
+      num_features=spec.embed_dim, global_pool=spec.global_pool,
+      model_args=model_args, label_names=spec.label_names,
+      pretrained=pretrained_cfg(
+          (size, size), spec.mean, spec.std, spec.num_classes,
+          first_conv='patch_embed.proj', crop_pct=0.9))
 
 
 def write_hub_dir(directory, config_dict: Dict[str, Any],
@@ -314,10 +363,8 @@ def write_family(directory, name: str, seed: int = 0) -> pathlib.Path:
 
 
 def random_pixels(spec: Family, batch: int = 2, seed: int = 1) -> np.ndarray:
-  """uint8-valued float pixels (B, H, W, 3) in [0, 255]."""
-  rng = np.random.default_rng(seed)
-  return rng.integers(0, 256, (batch, spec.image_size, spec.image_size, 3)
-                      ).astype(np.float32)
+  """`uint8_pixels` at the fixture's image size."""
+  return uint8_pixels((spec.image_size, spec.image_size), batch, seed)
 
 
 def write_hub_cache(cache_dir, repo_id: str, directory,

@@ -56,25 +56,17 @@ HYBRIDS = {
 }
 
 
-def _random(seed):
-  rng = np.random.default_rng(seed)
-  return lambda scale, *shape: (scale * rng.standard_normal(shape)).astype(
-      np.float32)
-
-
 def backbone_state_dict(spec: Hybrid, seed: int = 0) -> Dict[str, np.ndarray]:
   """The ResNetV2 arrays under timm's keys; small kernels (std 0.05), so
   that the weight-standardisation epsilon shows."""
-  rand = _random(seed)
-  out = {}
+  arrays = timm_fixtures.RandomStateDict(seed)
 
   def conv(name, outputs, inputs, size):
-    out[f'patch_embed.backbone.{name}.weight'] = rand(0.05, outputs, inputs,
-                                                      size, size)
+    arrays.add(f'patch_embed.backbone.{name}.weight', outputs, inputs, size,
+               size, scale=0.05)
 
   def norm(name, width):
-    out[f'patch_embed.backbone.{name}.weight'] = 1 + rand(0.2, width)
-    out[f'patch_embed.backbone.{name}.bias'] = rand(0.2, width)
+    arrays.norm(f'patch_embed.backbone.{name}', width)
 
   root = 'stem.' if spec.units else ''
   conv(f'{root}conv', _STEM_WIDTH, 3, 7)
@@ -94,14 +86,14 @@ def backbone_state_dict(spec: Hybrid, seed: int = 0) -> Dict[str, np.ndarray]:
       conv(f'{name}.conv3', width, width // 4, 1)
       norm(f'{name}.norm3', width)
       inputs = width
-  return out
+  return arrays.arrays
 
 
 def hybrid_state_dict(spec: Hybrid, seed: int = 0) -> Dict[str, np.ndarray]:
   out = timm_fixtures.state_dict(spec.vit, seed)
   d, p = spec.vit.embed_dim, spec.vit.patch
-  out['patch_embed.proj.weight'] = _random(seed + 1)(0.05, d, spec.channels,
-                                                     p, p)
+  out['patch_embed.proj.weight'] = timm_fixtures.RandomStateDict(
+      seed + 1).rand(d, spec.channels, p, p, scale=0.05)
   out.update(backbone_state_dict(spec, seed))
   return out
 
@@ -150,52 +142,41 @@ MIXERS = {
 
 
 def mixer_state_dict(spec: Mixer, seed: int = 0) -> Dict[str, np.ndarray]:
-  rand = _random(seed)
+  """Random float32 arrays under timm's MlpMixer keys
+  (`timm_fixtures.RandomStateDict`)."""
+  arrays = timm_fixtures.RandomStateDict(seed)
   d, n = spec.embed_dim, spec.num_tokens
-  out = {'stem.proj.weight': rand(0.2, d, 3, spec.patch, spec.patch),
-         'stem.proj.bias': rand(0.2, d)}
-
-  def norm(name):
-    out[f'{name}.weight'] = 1 + rand(0.2, d)
-    out[f'{name}.bias'] = rand(0.2, d)
+  arrays.add('stem.proj.weight', d, 3, spec.patch, spec.patch)
+  arrays.add('stem.proj.bias', d)
 
   def mlp(name, width, hidden):
-    out[f'{name}.fc1.weight'] = rand(0.2, hidden, width)
-    out[f'{name}.fc1.bias'] = rand(0.2, hidden)
-    out[f'{name}.fc2.weight'] = rand(0.2, width, hidden)
-    out[f'{name}.fc2.bias'] = rand(0.2, width)
+    arrays.linear(f'{name}.fc1', hidden, width)
+    arrays.linear(f'{name}.fc2', width, hidden)
 
   for block in range(spec.depth):
-    norm(f'blocks.{block}.norm1')
+    arrays.norm(f'blocks.{block}.norm1', d)
     mlp(f'blocks.{block}.mlp_tokens', n, spec.tokens_mlp_dim)
-    norm(f'blocks.{block}.norm2')
+    arrays.norm(f'blocks.{block}.norm2', d)
     mlp(f'blocks.{block}.mlp_channels', d, spec.channels_mlp_dim)
-  norm('norm')
+  arrays.norm('norm', d)
   if spec.num_classes:
-    out['head.weight'] = rand(0.2, spec.num_classes, d)
-    out['head.bias'] = rand(0.2, spec.num_classes)
-  return out
+    arrays.linear('head', spec.num_classes, d)
+  return arrays.arrays
 
 
 def mixer_config(spec: Mixer) -> Dict[str, Any]:
   """config.json as timm's save_config_for_hf writes it for an MlpMixer
   created with img_size, num_classes and global_pool."""
   size = spec.image_size
-  result = {'architecture': spec.architecture,
-            'num_classes': spec.num_classes, 'num_features': spec.embed_dim}
-  if spec.global_pool:  # timm writes only a non-empty global_pool here.
-    result['global_pool'] = spec.global_pool
-  result['model_args'] = {'img_size': [size, size], 'in_chans': 3,
-                          'num_classes': spec.num_classes,
-                          'global_pool': spec.global_pool}
-  result['pretrained_cfg'] = {
-      'tag': 'fixture', 'custom_load': False,
-      'input_size': [3, size, size], 'fixed_input_size': True,
-      'interpolation': 'bicubic', 'crop_pct': 0.875, 'crop_mode': 'center',
-      'mean': list(spec.mean), 'std': list(spec.std),
-      'num_classes': spec.num_classes, 'pool_size': None,
-      'first_conv': 'stem.proj', 'classifier': 'head'}
-  return result
+  return timm_fixtures.hub_config(
+      spec.architecture, num_classes=spec.num_classes,
+      num_features=spec.embed_dim, global_pool=spec.global_pool,
+      model_args={'img_size': [size, size], 'in_chans': 3,
+                  'num_classes': spec.num_classes,
+                  'global_pool': spec.global_pool},
+      pretrained=timm_fixtures.pretrained_cfg(
+          (size, size), spec.mean, spec.std, spec.num_classes,
+          first_conv='stem.proj', crop_pct=0.875))
 
 
 def write_mixer(directory, name: str, seed: int = 0):
@@ -205,7 +186,5 @@ def write_mixer(directory, name: str, seed: int = 0):
 
 
 def random_pixels(image_size: int, batch: int = 2, seed: int = 1):
-  """uint8-valued float pixels (B, H, W, 3) in [0, 255]."""
-  rng = np.random.default_rng(seed)
-  return rng.integers(0, 256, (batch, image_size, image_size, 3)).astype(
-      np.float32)
+  """`timm_fixtures.uint8_pixels` of a square image."""
+  return timm_fixtures.uint8_pixels((image_size, image_size), batch, seed)

@@ -6,7 +6,8 @@ arXiv:2508.10104), Perception Encoder (Bolya et al. 2025, arXiv:2504.13181)
 and the RoPE ViTs (Heo et al. 2024, arXiv:2403.13298, and timm's own). They
 are pre-LN ViTs with options our model has: rotary position embeddings
 (`vit_jax.models.rope`), gated MLPs and inner norms. Their state dict,
-beside `vit_timm`'s names for the shared parts (A heads, E head width):
+beside the parts all timm layouts share (`timm_keys`; A heads, E head
+width):
 
   timm key                          ours
   blocks.i.attn.qkv (3*A*E, D)      .../MultiHeadDotProductAttention_0/
@@ -39,13 +40,12 @@ attention, ...) are refused in one line naming them.
 
 from typing import Any, Dict, Mapping, Tuple
 
-import flax
 import numpy as np
 
 from vit_jax.models import family
 from vit_jax.models import timm_definitions
+from vit_jax.models import timm_keys
 from vit_jax.models import vit
-from vit_jax.models import vit_timm
 
 # timm's Eva defaults, where the definition leaves an argument out.
 _DEFAULT_EPSILON = 1e-6  # timm.layers.LayerNorm
@@ -120,7 +120,7 @@ def _check_args(model_args: Mapping[str, Any]) -> None:
 def _attention(arrays, out, timm: str, ours: str, num_heads: int) -> None:
   """Fused qkv (biases in it, as q_bias / v_bias, or none) or q/k/v_proj."""
   if arrays.has(f'{timm}.qkv.weight'):
-    vit_timm._split_heads(arrays, out, f'{timm}.qkv', ours,  # pylint: disable=protected-access
+    timm_keys.split_heads(arrays, out, f'{timm}.qkv', ours,
                           ('query', 'key', 'value'), num_heads)
     q_bias = arrays.take_optional(f'{timm}.q_bias')
     if q_bias is not None:
@@ -132,46 +132,18 @@ def _attention(arrays, out, timm: str, ours: str, num_heads: int) -> None:
     for name, key in (('query', 'q_proj'), ('key', 'k_proj'),
                       ('value', 'v_proj')):
       weight_OI = arrays.take(f'{timm}.{key}.weight')
-      out[f'{ours}/{name}/kernel'] = vit_timm._heads(weight_OI, num_heads)  # pylint: disable=protected-access
+      out[f'{ours}/{name}/kernel'] = timm_keys.heads_kernel(weight_OI,
+                                                            num_heads)
       bias = arrays.take_optional(f'{timm}.{key}.bias')
       if bias is not None or name == 'key':
         # timm's EvaAttention has no k bias: ours is zero beside q and v's.
-        out[f'{ours}/{name}/bias'] = vit_timm._bias_or_zeros(  # pylint: disable=protected-access
+        out[f'{ours}/{name}/bias'] = timm_keys.bias_or_zeros(
             bias, weight_OI.shape[0]).reshape(num_heads, -1)
     if f'{ours}/query/bias' not in out:
       del out[f'{ours}/key/bias']
-  if arrays.has(f'{timm}.norm.weight'):
-    for part in ('weight', 'bias'):
-      out[f'{ours}/LayerNorm_0/{"scale" if part == "weight" else "bias"}'] = (
-          arrays.take(f'{timm}.norm.{part}').reshape(num_heads, -1))
-  vit_timm._attention_out(arrays, out, f'{timm}.proj', f'{ours}/out',  # pylint: disable=protected-access
+  timm_keys.attention_inner_norm(arrays, out, timm, ours, num_heads)
+  timm_keys.attention_out(arrays, out, f'{timm}.proj', f'{ours}/out',
                           num_heads)
-
-
-def _mlp(arrays, out, timm: str, ours: str) -> Tuple[int, bool]:
-  """Mlp, GluMlp (packed, gate first) or SwiGLU; returns (width, gated)."""
-  dense = vit_timm._dense  # pylint: disable=protected-access
-  if arrays.has(f'{timm}.fc1_g.weight'):
-    width = dense(arrays, out, f'{timm}.fc1_g', f'{ours}/Dense_0').shape[1]
-    dense(arrays, out, f'{timm}.fc1_x', f'{ours}/Dense_value')
-    gated = True
-  else:
-    kernel = dense(arrays, out, f'{timm}.fc1', f'{ours}/Dense_0')
-    width = kernel.shape[1]
-    gated = dense(arrays, out, f'{timm}.fc2',
-                  f'{ours}/Dense_1').shape[0] * 2 == width
-    if gated:  # GluMlp(gate_last=False): act(first half) * second half.
-      width //= 2
-      bias = out[f'{ours}/Dense_0/bias']
-      out[f'{ours}/Dense_0/kernel'] = kernel[:, :width]
-      out[f'{ours}/Dense_0/bias'] = bias[:width]
-      out[f'{ours}/Dense_value/kernel'] = kernel[:, width:]
-      out[f'{ours}/Dense_value/bias'] = bias[width:]
-  if arrays.has(f'{timm}.norm.weight'):
-    vit_timm._norm(arrays, out, f'{timm}.norm', f'{ours}/LayerNorm_0')  # pylint: disable=protected-access
-  if f'{ours}/Dense_1/kernel' not in out:
-    dense(arrays, out, f'{timm}.fc2', f'{ours}/Dense_1')
-  return int(width), gated
 
 
 def _blocks(arrays, out, num_heads: int) -> Tuple[int, set, set]:
@@ -185,13 +157,14 @@ def _blocks(arrays, out, num_heads: int) -> Tuple[int, set, set]:
   widths, gated = set(), set()
   for layer in range(num_layers):
     timm, ours = f'blocks.{layer}', f'Transformer/encoderblock_{layer}'
-    vit_timm._norm(arrays, out, f'{timm}.norm1', f'{ours}/LayerNorm_0')  # pylint: disable=protected-access
+    timm_keys.norm(arrays, out, f'{timm}.norm1', f'{ours}/LayerNorm_0')
     _attention(arrays, out, f'{timm}.attn',
                f'{ours}/MultiHeadDotProductAttention_0', num_heads)
-    vit_timm._norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')  # pylint: disable=protected-access
-    width, is_gated = _mlp(arrays, out, f'{timm}.mlp', f'{ours}/MlpBlock_0')
-    widths.add(width)
-    gated.add(is_gated)
+    timm_keys.norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')
+    # Mlp, GluMlp (packed, gate first) or SwiGLU.
+    widths.add(timm_keys.mlp(arrays, out, f'{timm}.mlp',
+                             f'{ours}/MlpBlock_0'))
+    gated.add(f'{ours}/MlpBlock_0/Dense_value/kernel' in out)
     for index in (0, 1):
       gamma = arrays.take_optional(f'{timm}.gamma_{index + 1}')
       if gamma is not None:
@@ -241,7 +214,7 @@ def _final_norm(arrays, out, model_args, pool: str) -> Tuple[bool, bool]:
         f'use_fc_norm={fc_norm} (or arrays that disagree): vit_jax has one '
         'final LayerNorm or none')
   if fc_norm or post_norm:
-    vit_timm._norm(arrays, out, 'fc_norm' if fc_norm else 'norm',  # pylint: disable=protected-access
+    timm_keys.norm(arrays, out, 'fc_norm' if fc_norm else 'norm',
                    'fc_norm' if fc_norm else 'Transformer/encoder_norm')
   return fc_norm, fc_norm or post_norm
 
@@ -270,6 +243,86 @@ def _prefix_tokens(arrays, out, pool: str) -> Tuple[bool, int]:
   return keep_cls, 0 if registers is None else int(registers.shape[1])
 
 
+def _global_pool(config: Mapping[str, Any],
+                 model_args: Mapping[str, Any]) -> str:
+  """timm's global_pool, from model_args, else config.json, else Eva's."""
+  pool = model_args.get('global_pool', config.get('global_pool'))
+  pool = _EVA_DEFAULTS['global_pool'] if pool is None else pool
+  if pool not in ('token', 'avg', 'map', ''):
+    raise family.CheckpointMismatchError(
+        f"global_pool {pool!r}: vit_jax implements 'token', 'avg', 'map' "
+        "and ''")
+  return pool
+
+
+def _num_heads(model_args: Mapping[str, Any], width: int) -> int:
+  num_heads = int(_arg(model_args, 'num_heads'))
+  if width % num_heads:
+    raise family.CheckpointMismatchError(
+        f'width {width} is not divisible by {num_heads} heads')
+  return num_heads
+
+
+def _encoder(arrays, out, model_args: Mapping[str, Any], num_heads: int
+             ) -> Tuple[int, set, set, Dict[str, Any]]:
+  """norm_pre, the blocks and mixed RoPE's learned frequencies; returns
+  (layers, MLP widths, gated flags, the RoPE options)."""
+  if arrays.has('norm_pre.weight'):
+    timm_keys.norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
+  num_layers, mlp_dims, gated = _blocks(arrays, out, num_heads)
+  rope = _rope_options(model_args)
+  if rope.get('rope') == 'mixed':
+    _mixed_freqs(arrays, out, num_layers)
+  return num_layers, mlp_dims, gated, rope
+
+
+def _map_head(arrays, out, model_args, num_heads: int, mlp_dims: set,
+              gated: set) -> Dict[str, Any]:
+  """attn_pool -> MAPHead_0 (its own heads and MLP width, as Perception
+  Encoder's); returns the model options it needs."""
+  if True in gated:
+    raise family.CheckpointMismatchError(
+        "an attention pool beside gated MLPs (timm's pool MLP is GELU): "
+        'vit_jax does not implement it')
+  pool_heads = int(model_args.get('attn_pool_num_heads') or num_heads)
+  mlp_dim = timm_keys.map_head(arrays, out, pool_heads)
+  return {'map_num_heads': None if pool_heads == num_heads else pool_heads,
+          # None: the blocks' width.
+          'map_mlp_dim': None if mlp_dim in mlp_dims else int(mlp_dim)}
+
+
+def _one_mlp(mlp_dims: set, gated: set) -> Tuple[int, bool]:
+  """The blocks' common MLP (width, gated)."""
+  if len(mlp_dims) != 1 or len(gated) != 1:
+    raise family.CheckpointMismatchError(
+        f'MLP widths differ between blocks: {sorted(mlp_dims)}')
+  return int(next(iter(mlp_dims))), next(iter(gated))
+
+
+def _changed_options(out: Dict[str, np.ndarray], model_args, *,
+                     mlp_gated: bool, epsilon: float, num_registers: int,
+                     fc_norm: bool, final_norm: bool,
+                     more: Dict[str, Any]) -> Dict[str, Any]:
+  """The model options, with those the first block's parameters show and
+  `more`, less the ones at `vit.VisionTransformer`'s defaults."""
+  block = 'Transformer/encoderblock_0'
+  options = dict(
+      activation='silu' if mlp_gated else 'gelu_erf',
+      layer_norm_epsilon=epsilon, num_register_tokens=num_registers,
+      pre_norm='Transformer/pre_norm/scale' in out, fc_norm=fc_norm,
+      final_norm=final_norm,
+      block='post_norm' if model_args.get('use_post_norm') else 'pre_norm',
+      qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
+      layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
+                        if f'{block}/LayerScale_0/scale' in out else None),
+      attention_norm=(f'{block}/MultiHeadDotProductAttention_0/LayerNorm_0/'
+                      'scale' in out),
+      mlp_gated=mlp_gated, mlp_norm=f'{block}/MlpBlock_0/LayerNorm_0/scale'
+      in out, **more)
+  return {key: value for key, value in options.items()
+          if value != getattr(vit.VisionTransformer, key, None)}
+
+
 def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
            image_size: Tuple[int, int]
            ) -> Tuple[family.Params, Dict[str, Any]]:
@@ -290,84 +343,34 @@ def to_vit(config: Mapping[str, Any], timm_arrays: Mapping[str, np.ndarray],
   model_args = timm_definitions.model_args(config)
   _check_args(model_args)
   epsilon = _epsilon(model_args)
-  pool = model_args.get('global_pool', config.get('global_pool'))
-  pool = _EVA_DEFAULTS['global_pool'] if pool is None else pool
-  if pool not in ('token', 'avg', 'map', ''):
-    raise family.CheckpointMismatchError(
-        f"global_pool {pool!r}: vit_jax implements 'token', 'avg', 'map' "
-        "and ''")
-  arrays, out = vit_timm._Arrays(timm_arrays), {}  # pylint: disable=protected-access
-  width, patch_size = vit_timm._embedding(arrays, out)  # pylint: disable=protected-access
-  num_heads = int(_arg(model_args, 'num_heads'))
-  if width % num_heads:
-    raise family.CheckpointMismatchError(
-        f'width {width} is not divisible by {num_heads} heads')
+  pool = _global_pool(config, model_args)
+  arrays, out = timm_keys.Arrays(timm_arrays), {}
+  width, patch_size = timm_keys.patch_embedding(arrays, out)
+  num_heads = _num_heads(model_args, width)
   has_cls, num_registers = _prefix_tokens(arrays, out, pool)
-  pos_embed = arrays.take_optional('pos_embed')
-  if pos_embed is not None:
-    out['Transformer/posembed_input/pos_embedding'] = pos_embed
-  if arrays.has('norm_pre.weight'):
-    vit_timm._norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')  # pylint: disable=protected-access
-  num_layers, mlp_dims, gated = _blocks(arrays, out, num_heads)
-  rope = _rope_options(model_args)
-  if rope.get('rope') == 'mixed':
-    _mixed_freqs(arrays, out, num_layers)
+  pos_embed = timm_keys.position_embedding(arrays, out)
+  num_layers, mlp_dims, gated, rope = _encoder(arrays, out, model_args,
+                                               num_heads)
   fc_norm, final_norm = _final_norm(arrays, out, model_args, pool)
   has_map = arrays.has('attn_pool.latent')
-  map_options = _map_head(arrays, out, model_args, num_heads,
+  map_options = _map_head(arrays, out, model_args, num_heads, mlp_dims,
                           gated) if has_map else {}
-  if len(mlp_dims) != 1 or len(gated) != 1:
-    raise family.CheckpointMismatchError(
-        f'MLP widths differ between blocks: {sorted(mlp_dims)}')
-  num_classes = vit_timm._classifier_heads(  # pylint: disable=protected-access
-      arrays, out, vit_timm._Tokens(has_cls, False, num_registers))  # pylint: disable=protected-access
+  mlp_dim, mlp_gated = _one_mlp(mlp_dims, gated)
+  num_classes = timm_keys.classifier_heads(
+      arrays, out, timm_keys.PrefixTokens(has_cls, False, num_registers))
   arrays.check_all_taken()
-  block = 'Transformer/encoderblock_0'
-  mlp_gated = gated.pop()
-  if map_options.get('map_mlp_dim') in mlp_dims:
-    map_options['map_mlp_dim'] = None  # The blocks' width.
-  options = dict(
-      activation='silu' if mlp_gated else 'gelu_erf',
-      layer_norm_epsilon=epsilon, num_register_tokens=num_registers,
-      pre_norm='Transformer/pre_norm/scale' in out, fc_norm=fc_norm,
-      final_norm=final_norm,
-      block='post_norm' if model_args.get('use_post_norm') else 'pre_norm',
-      qkv_bias=f'{block}/MultiHeadDotProductAttention_0/query/bias' in out,
-      layer_scale_init=(vit.LOADED_LAYER_SCALE_INIT
-                        if f'{block}/LayerScale_0/scale' in out else None),
-      attention_norm=(f'{block}/MultiHeadDotProductAttention_0/LayerNorm_0/'
-                      'scale' in out),
-      mlp_gated=mlp_gated, mlp_norm=f'{block}/MlpBlock_0/LayerNorm_0/scale'
-      in out, **rope, **map_options,
-      **vit_timm._posemb_options(  # pylint: disable=protected-access
-          pos_embed, grid=vit_timm._grid(image_size, patch_size),  # pylint: disable=protected-access
-          num_prefix=int(has_cls) + num_registers))
-  defaults = {name: getattr(vit.VisionTransformer, name, None)
-              for name in options}
+  posemb = timm_keys.posemb_options(
+      pos_embed, grid=timm_keys.patch_grid(image_size, patch_size),
+      num_prefix=int(has_cls) + num_registers)
+  options = _changed_options(
+      out, model_args, mlp_gated=mlp_gated, epsilon=epsilon,
+      num_registers=num_registers, fc_norm=fc_norm, final_norm=final_norm,
+      more={**rope, **map_options, **posemb})
   model_kwargs = dict(
       num_classes=num_classes, patch_size=patch_size, hidden_size=width,
-      num_layers=num_layers, num_heads=num_heads, mlp_dim=int(mlp_dims.pop()),
-      classifier=_classifier(pool, has_cls, has_map),
-      **{key: value for key, value in options.items()
-         if value != defaults[key]})
-  tree = flax.traverse_util.unflatten_dict(
-      {key: np.ascontiguousarray(value, np.float32)
-       for key, value in out.items()}, sep='/')
-  return tree, model_kwargs
-
-
-def _map_head(arrays, out, model_args, num_heads: int,
-              gated: set) -> Dict[str, Any]:
-  """attn_pool -> MAPHead_0 (its own heads and MLP width, as Perception
-  Encoder's); returns the model options it needs."""
-  if True in gated:
-    raise family.CheckpointMismatchError(
-        "an attention pool beside gated MLPs (timm's pool MLP is GELU): "
-        'vit_jax does not implement it')
-  pool_heads = int(model_args.get('attn_pool_num_heads') or num_heads)
-  mlp_dim = vit_timm._map_head(arrays, out, pool_heads)  # pylint: disable=protected-access
-  return {'map_num_heads': None if pool_heads == num_heads else pool_heads,
-          'map_mlp_dim': int(mlp_dim)}
+      num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
+      classifier=_classifier(pool, has_cls, has_map), **options)
+  return timm_keys.nested_float32(out), model_kwargs
 
 
 class EvaLayout(family.ForeignLayout):

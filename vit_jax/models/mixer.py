@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from vit_jax.models import layers
 from vit_jax.models import stochastic_depth
-from vit_jax.models import vit_blocks
+from vit_jax.models import vit_sublayers
 
 Dtype = Any
 
@@ -49,7 +49,7 @@ class MlpBlock(nn.Module):
   """Dense(mlp_dim) -> GELU -> Dense(back to the input width), acting on the
   last axis, with dropout after the GELU and the output as in the ViT's MLP.
   Flax's default initialisers, as released; `activation` is one of
-  vit_blocks.ACTIVATIONS (released: tanh-GELU)."""
+  vit_sublayers.ACTIVATIONS (released: tanh-GELU)."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -62,7 +62,7 @@ class MlpBlock(nn.Module):
         features, dtype=self.dtype, param_dtype=self.param_dtype,
         dot_general=layers.dot_general(self.dtype), name=name)
     y = dense(self.mlp_dim, 'Dense_0')(x)
-    y = vit_blocks.activation_fn(self.activation)(y)
+    y = vit_sublayers.activation_fn(self.activation)(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = dense(x.shape[-1], 'Dense_1')(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -123,7 +123,7 @@ class MlpMixer(nn.Module):
     drop_path_rate: stochastic depth of the token- and channel-mixing
       branches, growing linearly from 0 at the first block to this at the
       last, as the ViT's (`vit_jax.models.stochastic_depth`). In [0, 1).
-    activation: the MLPs' nonlinearity, one of vit_blocks.ACTIVATIONS:
+    activation: the MLPs' nonlinearity, one of vit_sublayers.ACTIVATIONS:
       'gelu_tanh' (released), 'gelu_erf' (timm's port, torch's nn.GELU).
   """
   num_classes: Optional[int]
@@ -146,8 +146,8 @@ class MlpMixer(nn.Module):
       raise ValueError(f'unknown classifier {self.classifier!r}; expected '
                        f'one of {CLASSIFIERS}')
     stochastic_depth.check_rate(self.drop_path_rate)
-    vit_blocks.check_choice('activation', self.activation,
-                            tuple(vit_blocks.ACTIVATIONS))
+    vit_sublayers.check_choice('activation', self.activation,
+                               tuple(vit_sublayers.ACTIVATIONS))
 
   @nn.compact
   def __call__(self, images_BHWC, *, train: bool = False,

@@ -34,6 +34,7 @@ from vit_jax.models import rope as rope_lib
 from vit_jax.models import stochastic_depth
 from vit_jax.models import vit_block_variants
 from vit_jax.models import vit_blocks
+from vit_jax.models import vit_sublayers
 
 Dtype = Any
 
@@ -69,7 +70,7 @@ class VisionTransformer(nn.Module):
       (faster compiles; params stacked under `encoderblock`).
     remat_policy: one of vit_blocks.REMAT_POLICIES: recompute activations
       in the backward pass instead of storing them.
-    attention: vit_blocks.MultiHeadAttention's `implementation` ('auto',
+    attention: vit_sublayers.MultiHeadAttention's `implementation` ('auto',
       'fused' or 'einsum').
     drop_path_rate: stochastic depth (Huang et al. 2016, "Deep Networks
       with Stochastic Depth"): in training each example's attention and MLP
@@ -105,7 +106,7 @@ class VisionTransformer(nn.Module):
       its average-pooling models; He et al. 2022, MAE).
     qkv_bias: False drops the query, key and value biases.
     layer_norm_epsilon: of every LayerNorm (1e-6 released; CLIP 1e-5).
-    activation: the MLPs' nonlinearity, one of vit_blocks.ACTIVATIONS
+    activation: the MLPs' nonlinearity, one of vit_sublayers.ACTIVATIONS
       (of the gate, with `mlp_gated`).
     rope: None, or rotary position embeddings of the patch tokens in every
       attention layer, one of rope.KINDS ('axial': EVA-02's and the
@@ -171,7 +172,7 @@ class VisionTransformer(nn.Module):
   pre_norm: bool = False
   fc_norm: bool = False
   qkv_bias: bool = True
-  layer_norm_epsilon: float = vit_blocks.LAYER_NORM_EPSILON
+  layer_norm_epsilon: float = vit_sublayers.LAYER_NORM_EPSILON
   activation: str = 'gelu_tanh'
   rope: Optional[str] = None
   rope_temperature: float = 10000.0
@@ -202,10 +203,10 @@ class VisionTransformer(nn.Module):
 
   def check_options(self) -> None:
     """Raises ValueError naming the field of an unknown or bad option."""
-    vit_blocks.check_choice('classifier', self.classifier, CLASSIFIERS)
-    vit_blocks.check_choice('posemb', self.posemb, POSEMB_KINDS)
-    vit_blocks.check_choice('activation', self.activation,
-                            tuple(vit_blocks.ACTIVATIONS))
+    vit_sublayers.check_choice('classifier', self.classifier, CLASSIFIERS)
+    vit_sublayers.check_choice('posemb', self.posemb, POSEMB_KINDS)
+    vit_sublayers.check_choice('activation', self.activation,
+                               tuple(vit_sublayers.ACTIVATIONS))
     stochastic_depth.check_rate(self.drop_path_rate)
     if int(self.num_register_tokens) != self.num_register_tokens or (
         self.num_register_tokens < 0):
@@ -215,19 +216,20 @@ class VisionTransformer(nn.Module):
       raise ValueError(f'distillation=True needs classifier \'token\', got '
                        f'{self.classifier!r}')
     if self.rope is not None:
-      vit_blocks.check_choice('rope', self.rope, rope_lib.KINDS)
-      vit_blocks.check_choice('rope_grid_indexing', self.rope_grid_indexing,
-                              rope_lib.GRID_INDEXINGS)
+      vit_sublayers.check_choice('rope', self.rope, rope_lib.KINDS)
+      vit_sublayers.check_choice('rope_grid_indexing',
+                                 self.rope_grid_indexing,
+                                 rope_lib.GRID_INDEXINGS)
     self._check_variant_options()
     if not self.layer_norm_epsilon > 0:
       raise ValueError(f'layer_norm_epsilon must be > 0, got '
                        f'{self.layer_norm_epsilon}')
 
   def _check_variant_options(self) -> None:
-    vit_blocks.check_choice('norm_layer', self.norm_layer,
-                            vit_block_variants.NORM_LAYERS)
-    vit_blocks.check_choice('block', self.block,
-                            tuple(vit_block_variants.BLOCKS))
+    vit_sublayers.check_choice('norm_layer', self.norm_layer,
+                               vit_block_variants.NORM_LAYERS)
+    vit_sublayers.check_choice('block', self.block,
+                               tuple(vit_block_variants.BLOCKS))
     if self.extra_class_token and self.classifier in TOKEN_CLASSIFIERS:
       raise ValueError(f'extra_class_token=True needs a classifier without '
                        f'a class token, got {self.classifier!r}')

@@ -1,11 +1,13 @@
-"""The ViT's building blocks: attention, MLP, encoder block, encoder, MAP head.
+"""The ViT's building blocks: encoder block, encoder, MAP head.
 
 Numerics and module names follow the released checkpoints: pre-LN blocks,
 LayerNorm epsilon 1e-6, tanh-GELU, query scaled by 1/sqrt(head_dim). Parameter
 names are the ones newer Flax code writes (`LayerNorm_0`,
 `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0` inside each
-`encoderblock_{i}`); `vit_layout` maps the older global numbering. The model
-that assembles them is `vit.VisionTransformer`.
+`encoderblock_{i}`); `vit_layout` maps the older global numbering. The
+sublayers (attention, MLP, LayerScale) live in `vit_sublayers`, timm's block
+variants in `vit_block_variants`; the model that assembles the blocks is
+`vit.VisionTransformer`.
 
 Shape letters in array names: B batch, H/W image height/width, N tokens, D
 token width, M MLP width, Q query tokens, K key tokens, A attention heads,
@@ -13,219 +15,22 @@ E width per head, C classes, P prefix tokens. (x_BND is a (batch, tokens,
 width) array.)
 """
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import layers
 from vit_jax.models import posemb
 from vit_jax.models import rope as rope_lib
 from vit_jax.models import stochastic_depth
 from vit_jax.models import vit_block_variants
+from vit_jax.models import vit_sublayers
 
 Dtype = Any
 
-LAYER_NORM_EPSILON = 1e-6
 # Logical names of the (B, N, D) activation axes, for sharding rules.
 ACTIVATION_AXES = ('batch', 'tokens', 'embed')
-# MultiHeadAttention's `implementation` (config.model.attention).
-ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'einsum')
-# The MLP's nonlinearity. The released models use the tanh approximation of
-# GELU (Hendrycks and Gimpel 2016); timm's ports the exact (erf) one; OpenAI's
-# CLIP (Radford et al. 2021) the sigmoid approximation x * sigmoid(1.702 x).
-ACTIVATIONS = {
-    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
-    'gelu_erf': lambda x: nn.gelu(x, approximate=False),
-    'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
-    # Gates of gated MLPs (SwiGLU: Shazeer 2020, arXiv:2002.05202; GLU).
-    'silu': jax.nn.silu,
-    'sigmoid': jax.nn.sigmoid,
-}
-
-_xavier = nn.initializers.xavier_uniform()
-
-
-def check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:
-  """Raises ValueError naming `field` when `value` is not one of `choices`."""
-  if value not in choices:
-    raise ValueError(f'unknown {field} {value!r}; expected one of '
-                     f'{tuple(choices)}')
-
-
-def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The function of an `activation` name (see ACTIVATIONS)."""
-  check_choice('activation', name, tuple(ACTIVATIONS))
-  return ACTIVATIONS[name]
-
-
-def layer_norm(name: str, param_dtype: Dtype,
-               epsilon: float = LAYER_NORM_EPSILON) -> nn.LayerNorm:
-  """A LayerNorm whose statistics and output are float32 whatever the compute
-  dtype (see layers)."""
-  return nn.LayerNorm(epsilon=epsilon, dtype=jnp.float32,
-                      param_dtype=param_dtype, name=name)
-
-
-class MultiHeadAttention(nn.Module):
-  """Self-attention with q/k/v kernels (D, heads, D/heads), out (heads, ., D).
-
-  `implementation`:
-    'fused': `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU,
-      XLA's elsewhere);
-    'einsum': two einsums around a float32 softmax, the same computation
-      written out: it can sow and drop out the weights, and XLA:CPU runs it
-      faster (no grouped-query vmap, no bf16 round trip of the
-      probabilities);
-    'auto' (default): 'fused', except on CPU and whenever the weights are
-      wanted or attention dropout is active.
-  `qkv_bias`: False drops the query, key and value biases (timm's
-  `qkv_bias=False` models); `out` keeps its bias.
-  `rope`: rotary embeddings of the queries' and keys' patch tokens (the
-  `rope_grid` after `num_prefix_tokens`), see `vit_jax.models.rope`; its
-  'mixed' kind learns `rope_freqs` (2, heads, head_dim / 2).
-  `inner_norm`: a LayerNorm `LayerNorm_0` (scale and bias (heads,
-  head_dim)) on the attention output before `out` (timm's
-  `scale_attn_inner` / `scale_attn_norm`; NormFormer, Shleifer et al.
-  2021, arXiv:2110.09456).
-  """
-  num_heads: int
-  dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  implementation: str = 'auto'
-  qkv_bias: bool = True
-  rope: Optional[rope_lib.Rope] = None
-  rope_grid: Tuple[int, int] = (0, 0)
-  num_prefix_tokens: int = 0
-  inner_norm: bool = False
-  layer_norm_epsilon: float = LAYER_NORM_EPSILON
-
-  def _use_fused(self, capture_weights: bool, use_dropout: bool) -> bool:
-    if self.implementation not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f'unknown attention implementation '
-                       f'{self.implementation!r}')
-    if capture_weights or use_dropout:
-      return False
-    if self.implementation == 'auto':
-      return jax.default_backend() != 'cpu'
-    return self.implementation == 'fused'
-
-  @nn.compact
-  def __call__(self, x_BND, *, train: bool, capture_weights: bool = False,
-               num_queries: Optional[int] = None, queries_BQD=None):
-    """Attends from the first `num_queries` tokens (default: all) to all;
-    from `queries_BQD` instead when given (attention pooling)."""
-    hidden = x_BND.shape[-1]
-    if hidden % self.num_heads:
-      raise ValueError(f'hidden size {hidden} is not divisible by '
-                       f'{self.num_heads} heads')
-    head_dim = hidden // self.num_heads
-    projection = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=_xavier,
-        use_bias=self.qkv_bias, dot_general=layers.dot_general(self.dtype),
-        name=name)
-    if queries_BQD is None:
-      queries_BQD = x_BND[:, :num_queries]
-    q_BQAE = projection('query')(queries_BQD)
-    k_BKAE = projection('key')(x_BND)
-    v_BKAE = projection('value')(x_BND)
-    if self.rope is not None:
-      q_BQAE, k_BKAE = self._rotate(q_BQAE, k_BKAE, head_dim)
-
-    use_dropout = train and self.dropout_rate > 0
-    if self._use_fused(capture_weights, use_dropout):
-      out_BQAE = jax.nn.dot_product_attention(
-          q_BQAE.astype(self.dtype), k_BKAE.astype(self.dtype),
-          v_BKAE.astype(self.dtype)).astype(jnp.float32)
-    else:
-      logits_BAQK = layers.einsum('bqae,bkae->baqk', q_BQAE, k_BKAE,
-                                  self.dtype)
-      logits_BAQK = logits_BAQK * jnp.float32(1 / head_dim**0.5)
-      weights_BAQK = jax.nn.softmax(logits_BAQK, axis=-1)
-      if capture_weights:
-        self.sow('intermediates', 'attention_weights', weights_BAQK)
-      weights_BAQK = nn.Dropout(self.dropout_rate)(
-          weights_BAQK, deterministic=not use_dropout)
-      out_BQAE = layers.einsum('baqk,bkae->bqae', weights_BAQK, v_BKAE,
-                               self.dtype)
-    if self.inner_norm:
-      out_BQAE = nn.LayerNorm(
-          epsilon=self.layer_norm_epsilon, dtype=jnp.float32,
-          param_dtype=self.param_dtype, reduction_axes=(-2, -1),
-          feature_axes=(-2, -1), name='LayerNorm_0')(out_BQAE)
-
-    return nn.DenseGeneral(
-        hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_xavier, dot_general=layers.dot_general(self.dtype),
-        name='out')(out_BQAE)
-
-  def _rotate(self, q_BQAE, k_BKAE, head_dim: int):
-    """The queries and keys with their patch tokens rotated."""
-    self.rope.check(head_dim)
-    freqs_2AF = None
-    if self.rope.kind == 'mixed':
-      freqs_2AF = self.param(
-          'rope_freqs', rope_lib.mixed_freqs_init(self.rope.temperature),
-          (2, self.num_heads, head_dim // 2), self.param_dtype)
-    sin_NAE, cos_NAE = rope_lib.sin_cos(self.rope, self.rope_grid, head_dim,
-                                        freqs_2AF)
-    rotate = lambda x: rope_lib.apply(
-        x, sin_NAE, cos_NAE, num_prefix_tokens=self.num_prefix_tokens,
-        rotate_half=self.rope.rotate_half)
-    return rotate(q_BQAE), rotate(k_BKAE)
-
-
-class MlpBlock(nn.Module):
-  """Dense -> activation (tanh-GELU) -> dropout -> Dense -> dropout.
-
-  `gated`: a gated linear unit (Shazeer 2020, "GLU Variants Improve
-  Transformer", arXiv:2002.05202): activation(Dense_0(x)) * Dense_value(x)
-  replaces activation(Dense_0(x)) (SwiGLU with activation 'silu').
-  `inner_norm`: a LayerNorm `LayerNorm_0` on the hidden units before
-  Dense_1 (timm's `scale_mlp` / `scale_mlp_norm`).
-  """
-  mlp_dim: int
-  dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  activation: str = 'gelu_tanh'
-  gated: bool = False
-  inner_norm: bool = False
-  layer_norm_epsilon: float = LAYER_NORM_EPSILON
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    dense = lambda features, name: nn.Dense(
-        features, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_xavier, bias_init=nn.initializers.normal(stddev=1e-6),
-        dot_general=layers.dot_general(self.dtype), name=name)
-    y = dense(self.mlp_dim, 'Dense_0')(x)
-    y = activation_fn(self.activation)(y)
-    if self.gated:
-      y = y * dense(self.mlp_dim, 'Dense_value')(x)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    if self.inner_norm:
-      y = layer_norm('LayerNorm_0', self.param_dtype,
-                     self.layer_norm_epsilon)(y).astype(y.dtype)
-    y = dense(x.shape[-1], 'Dense_1')(y)
-    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-
-
-class LayerScale(nn.Module):
-  """Multiplies each channel by a learned `scale` (D,) initialised to
-  `init_value` (Touvron et al. 2021, "Going deeper with image transformers"):
-  a small init lets deep models start near the identity."""
-  init_value: float
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    scale_D = self.param('scale', nn.initializers.constant(self.init_value),
-                         (x.shape[-1],), self.param_dtype)
-    return x * scale_D.astype(x.dtype)
 
 
 class EncoderBlock(nn.Module):
@@ -253,10 +58,11 @@ class EncoderBlock(nn.Module):
   query_tokens: Optional[int] = None
   qkv_bias: bool = True
   activation: str = 'gelu_tanh'
-  layer_norm_epsilon: float = LAYER_NORM_EPSILON
+  layer_norm_epsilon: float = vit_sublayers.LAYER_NORM_EPSILON
   layer_scale_init: Optional[float] = None
   drop_path_rate: float = 0.0
-  # Options of timm's Eva blocks (see MultiHeadAttention and MlpBlock).
+  # Options of timm's Eva blocks (see vit_sublayers' MultiHeadAttention and
+  # MlpBlock).
   rope: Optional[rope_lib.Rope] = None
   rope_grid: Tuple[int, int] = (0, 0)
   num_prefix_tokens: int = 0
@@ -301,7 +107,7 @@ class EncoderBlock(nn.Module):
           self.num_heads, self.attention_dropout_rate, self.dtype,
           self.param_dtype, self.qkv_bias, self.layer_index,
           name='MultiHeadDotProductAttention_0')
-    return MultiHeadAttention(
+    return vit_sublayers.MultiHeadAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,
         self.param_dtype, self.attention, self.qkv_bias, rope=self.rope,
         rope_grid=self.rope_grid, num_prefix_tokens=self.num_prefix_tokens,
@@ -311,17 +117,16 @@ class EncoderBlock(nn.Module):
 
   def _mlp_layer(self) -> nn.Module:
     """The MLP sublayer (gated, with an inner norm, as the options say)."""
-    return MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
-                    self.param_dtype, self.activation, gated=self.mlp_gated,
-                    inner_norm=self.mlp_norm,
-                    layer_norm_epsilon=self.layer_norm_epsilon,
-                    name='MlpBlock_0')
+    return vit_sublayers.MlpBlock(
+        self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
+        self.activation, gated=self.mlp_gated, inner_norm=self.mlp_norm,
+        layer_norm_epsilon=self.layer_norm_epsilon, name='MlpBlock_0')
 
   def _branch(self, y, index: int, rate):
     """A residual branch's output as it is added: scaled, maybe dropped."""
     if self.layer_scale_init is not None:
-      y = LayerScale(self.layer_scale_init, self.param_dtype,
-                     name=f'LayerScale_{index}')(y)
+      y = vit_sublayers.LayerScale(self.layer_scale_init, self.param_dtype,
+                                   name=f'LayerScale_{index}')(y)
     return stochastic_depth.drop_path(self, y, rate, self.train)
 
 
@@ -405,7 +210,7 @@ class Encoder(nn.Module):
   attention: str = 'auto'
   qkv_bias: bool = True
   activation: str = 'gelu_tanh'
-  layer_norm_epsilon: float = LAYER_NORM_EPSILON
+  layer_norm_epsilon: float = vit_sublayers.LAYER_NORM_EPSILON
   layer_scale_init: Optional[float] = None
   drop_path_rate: float = 0.0
   posemb: str = 'learned'
@@ -509,23 +314,24 @@ class MAPHead(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention: str = 'auto'
   activation: str = 'gelu_tanh'
-  layer_norm_epsilon: float = LAYER_NORM_EPSILON
+  layer_norm_epsilon: float = vit_sublayers.LAYER_NORM_EPSILON
   norm_layer: str = 'layer_norm'
 
   @nn.compact
   def __call__(self, x_BND):
     batch, _, hidden = x_BND.shape
-    probe_11D = self.param('probe', _xavier, (1, 1, hidden), self.param_dtype)
+    probe_11D = self.param('probe', nn.initializers.xavier_uniform(),
+                           (1, 1, hidden), self.param_dtype)
     probe_B1D = jnp.broadcast_to(probe_11D.astype(x_BND.dtype),
                                  (batch, 1, hidden))
-    y_B1D = MultiHeadAttention(
+    y_B1D = vit_sublayers.MultiHeadAttention(
         self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         implementation=self.attention, name='MultiHeadDotProductAttention_0')(
             x_BND, train=False, queries_BQD=probe_B1D)
     z_B1D = vit_block_variants.norm_layer(
         self.norm_layer, 'LayerNorm_0', self.param_dtype,
         self.layer_norm_epsilon)(y_B1D)
-    y_B1D = y_B1D + MlpBlock(
+    y_B1D = y_B1D + vit_sublayers.MlpBlock(
         self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
         activation=self.activation, name='MlpBlock_0')(z_B1D, train=False)
     return y_B1D[:, 0]

@@ -50,152 +50,31 @@ and the heads. What they cannot show (attention heads, the activation, the
 norm layer and its epsilon, the pooling, the block and attention kinds)
 comes from timm's definition of the architecture merged with config.json's
 `model_args` (`vit_jax.models.vit_timm_recipe`, which also refuses the timm
-features our model lacks: qk-norm, gated MLPs, rotary embeddings, ...). Every array is used or the mapping fails naming it; the
-reader of timm's files (`vit_jax.weights.timm_hub`) checks the result key by
-key and shape by shape against the model it is for.
+features our model lacks: qk-norm, gated MLPs, rotary embeddings, ...).
+The layers timm's other layouts share (Linear, norms, fused qkv, the MAP
+head, the patch embedding) are mapped by `timm_keys`. Every array is used or
+the mapping fails naming it; the reader of timm's files
+(`vit_jax.weights.timm_hub`) checks the result key by key and shape by shape
+against the model it is for.
 
 `LAYOUT` is the ViT family's `foreign_layouts['timm']`: timm's other
 families get their own layout beside their family, not in the reader.
 """
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
-import flax
 import numpy as np
 
 from vit_jax.models import family
+from vit_jax.models import timm_keys
 from vit_jax.models import vit
 from vit_jax.models import vit_timm_recipe as timm_recipe
 
 
-# ---------------------------------------------------------------- mapping --
+# ---------------------------------------------------------------- blocks --
 
-_MAX_LISTED = 20  # Left-over keys named in the error.
-
-
-class _Arrays:
-  """timm's arrays, each taken once; what is left at the end is an error.
-  An array is read (np.asarray) when taken: a reader may hand out arrays
-  known by their header only, so that those left are never read."""
-
-  def __init__(self, arrays: Mapping[str, np.ndarray],
-               norm_bias: bool = True):
-    self._arrays = dict(arrays)
-    self.norm_bias = norm_bias  # LayerNorms; RmsNorms have none.
-
-  def has(self, key: str) -> bool:
-    return key in self._arrays
-
-  def take(self, key: str) -> np.ndarray:
-    if key not in self._arrays:
-      raise family.CheckpointMismatchError(
-          f'the checkpoint has no {key!r}, which a timm ViT of its shape has')
-    return np.asarray(self._arrays.pop(key))
-
-  def take_optional(self, key: str) -> Optional[np.ndarray]:
-    value = self._arrays.pop(key, None)
-    return None if value is None else np.asarray(value)
-
-  def check_all_taken(self) -> None:
-    left = sorted(self._arrays)
-    if left:
-      listed = ', '.join(left[:_MAX_LISTED])
-      more = f' and {len(left) - _MAX_LISTED} more' if len(left) > (
-          _MAX_LISTED) else ''
-      raise family.CheckpointMismatchError(
-          f'{len(left)} timm keys fit no part of vit_jax\'s ViT: {listed}'
-          f'{more} (a timm feature vit_jax does not implement?)')
-
-
-def _bias_or_zeros(bias, width: int) -> np.ndarray:
-  """A layer timm built with bias=False is ours with a zero bias."""
-  return np.zeros(width, np.float32) if bias is None else bias
-
-
-def _norm(arrays: _Arrays, out: Dict[str, np.ndarray], timm: str, ours: str):
-  """A LayerNorm, or an RmsNorm (no bias), as the arrays' norm_layer."""
-  out[f'{ours}/scale'] = arrays.take(f'{timm}.weight')
-  if arrays.norm_bias:
-    out[f'{ours}/bias'] = arrays.take(f'{timm}.bias')
-
-
-def _dense(arrays: _Arrays, out, timm: str, ours: str) -> np.ndarray:
-  """torch Linear weight (out, in) -> kernel (in, out); returns the kernel."""
-  weight_OI = arrays.take(f'{timm}.weight')
-  out[f'{ours}/kernel'] = weight_OI.T
-  out[f'{ours}/bias'] = _bias_or_zeros(arrays.take_optional(f'{timm}.bias'),
-                                       weight_OI.shape[0])
-  return out[f'{ours}/kernel']
-
-
-def _mlp(arrays: _Arrays, out, timm: str, ours: str,
-         gate_last: bool = False) -> int:
-  """fc1, fc2 -> Dense_0, Dense_1; returns the MLP width. Gated MLPs:
-  SwiGLU's fc1_g (activated), fc1_x -> Dense_0, Dense_value; GluMlp's
-  packed fc1 (twice fc2's inputs) -> its activated half (the second with
-  `gate_last`) as Dense_0, the other as Dense_value. An inner `norm` ->
-  LayerNorm_0."""
-  if arrays.has(f'{timm}.fc1_g.weight'):
-    _dense(arrays, out, f'{timm}.fc1_g', f'{ours}/Dense_0')
-    _dense(arrays, out, f'{timm}.fc1_x', f'{ours}/Dense_value')
-  else:
-    _dense(arrays, out, f'{timm}.fc1', f'{ours}/Dense_0')
-  kernel_DM = out[f'{ours}/Dense_0/kernel']
-  kernel_MD = _dense(arrays, out, f'{timm}.fc2', f'{ours}/Dense_1')
-  if kernel_DM.shape[1] == 2 * kernel_MD.shape[0]:
-    halves = [slice(None, kernel_MD.shape[0]), slice(kernel_MD.shape[0], None)]
-    gate, value = halves[::-1] if gate_last else halves
-    bias_M = out[f'{ours}/Dense_0/bias']
-    out[f'{ours}/Dense_value/kernel'] = kernel_DM[:, value]
-    out[f'{ours}/Dense_value/bias'] = bias_M[value]
-    out[f'{ours}/Dense_0/kernel'] = kernel_DM[:, gate]
-    out[f'{ours}/Dense_0/bias'] = bias_M[gate]
-  elif kernel_DM.shape[1] != kernel_MD.shape[0]:
-    raise family.CheckpointMismatchError(
-        f'{timm}.fc1 has {kernel_DM.shape[1]} outputs but fc2 '
-        f'{kernel_MD.shape[0]} inputs: an MLP vit_jax does not implement')
-  if arrays.has(f'{timm}.norm.weight'):
-    _norm(arrays, out, f'{timm}.norm', f'{ours}/LayerNorm_0')
-  return kernel_MD.shape[0]
-
-
-def _heads(weight_OI: np.ndarray, num_heads: int) -> np.ndarray:
-  """Linear weight (A*E, D) -> DenseGeneral kernel (D, A, E)."""
-  return weight_OI.T.reshape(weight_OI.shape[1], num_heads, -1)
-
-
-def _attention_out(arrays: _Arrays, out, timm: str, ours: str,
-                   num_heads: int) -> None:
-  """proj (D, A*E) -> `out` kernel (A, E, D)."""
-  weight_OI = arrays.take(f'{timm}.weight')
-  out[f'{ours}/kernel'] = weight_OI.T.reshape(num_heads, -1,
-                                              weight_OI.shape[0])
-  out[f'{ours}/bias'] = _bias_or_zeros(arrays.take_optional(f'{timm}.bias'),
-                                       weight_OI.shape[0])
-
-
-def _split_heads(arrays: _Arrays, out, timm: str, ours: str,
-                 names: Tuple[str, ...], num_heads: int) -> None:
-  """A fused projection (q, k, v or k, v stacked on the output axis, as
-  timm's reshape(B, N, len(names), heads, head_dim) reads it) -> one
-  DenseGeneral per name; no bias stays no bias (qkv_bias=False)."""
-  weight_OI = arrays.take(f'{timm}.weight')
-  bias = arrays.take_optional(f'{timm}.bias')
-  width = weight_OI.shape[1]
-  if weight_OI.shape[0] != len(names) * width:
-    raise family.CheckpointMismatchError(
-        f'{timm}.weight is {weight_OI.shape}: attention {weight_OI.shape[0]}'
-        f' wide for {width}-wide tokens (attn_head_dim), which vit_jax does '
-        'not implement')
-  for index, name in enumerate(names):
-    rows = slice(index * width, (index + 1) * width)
-    out[f'{ours}/{name}/kernel'] = _heads(weight_OI[rows], num_heads)
-    if bias is not None:
-      out[f'{ours}/{name}/bias'] = bias[rows].reshape(num_heads, -1)
-
-
-def _block(arrays: _Arrays, out, layer: int, num_heads: int,
+def _block(arrays: timm_keys.Arrays, out, layer: int, num_heads: int,
            recipe: timm_recipe.Recipe) -> int:
   """blocks.{layer} -> Transformer/encoderblock_{layer}; its MLP width.
   Block and ResPostBlock have the same keys (the norms' places differ)."""
@@ -204,23 +83,23 @@ def _block(arrays: _Arrays, out, layer: int, num_heads: int,
   if recipe.block == 'parallel':
     return _parallel_block(arrays, out, timm, ours, num_heads,
                            recipe.differential_attention)
-  _norm(arrays, out, f'{timm}.norm1', f'{ours}/LayerNorm_0')
+  timm_keys.norm(arrays, out, f'{timm}.norm1', f'{ours}/LayerNorm_0')
   if recipe.differential_attention:
-    _differential_qkv(arrays, out, f'{timm}.attn.qkv', attention, num_heads)
+    _differential_qkv(out, attention, num_heads,
+                      arrays.take(f'{timm}.attn.qkv.weight'),
+                      arrays.take_optional(f'{timm}.attn.qkv.bias'))
     _differential_extras(arrays, out, f'{timm}.attn', attention)
   else:
-    _split_heads(arrays, out, f'{timm}.attn.qkv', attention,
-                 ('query', 'key', 'value'), num_heads)
-  _attention_out(arrays, out, f'{timm}.attn.proj', f'{attention}/out',
-                 num_heads)
-  if arrays.has(f'{timm}.attn.norm.weight'):  # scale_attn_norm: (A*E,).
-    out[f'{attention}/LayerNorm_0/scale'] = arrays.take(
-        f'{timm}.attn.norm.weight').reshape(num_heads, -1)
-    out[f'{attention}/LayerNorm_0/bias'] = arrays.take(
-        f'{timm}.attn.norm.bias').reshape(num_heads, -1)
-  _norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')
-  mlp_dim = _mlp(arrays, out, f'{timm}.mlp', f'{ours}/MlpBlock_0',
-                 recipe.mlp_gate_last)
+    timm_keys.split_heads(arrays, out, f'{timm}.attn.qkv', attention,
+                          ('query', 'key', 'value'), num_heads)
+  timm_keys.attention_out(arrays, out, f'{timm}.attn.proj',
+                          f'{attention}/out', num_heads)
+  # scale_attn_norm: (A*E,).
+  timm_keys.attention_inner_norm(arrays, out, f'{timm}.attn', attention,
+                                 num_heads)
+  timm_keys.norm(arrays, out, f'{timm}.norm2', f'{ours}/LayerNorm_1')
+  mlp_dim = timm_keys.mlp(arrays, out, f'{timm}.mlp', f'{ours}/MlpBlock_0',
+                          recipe.mlp_gate_last)
   for index in (0, 1):
     gamma = arrays.take_optional(f'{timm}.ls{index + 1}.gamma')
     if gamma is not None:
@@ -228,31 +107,23 @@ def _block(arrays: _Arrays, out, layer: int, num_heads: int,
   return mlp_dim
 
 
-def _differential_qkv(arrays: _Arrays, out, timm: str, ours: str,
-                      num_heads: int, weight_OI=None, bias=None) -> None:
+def _differential_qkv(out, ours: str, num_heads: int, weight_OI, bias) -> None:
   """DiffAttention's qkv: q and k as 2A heads of E/2 (head a's halves are
   2a and 2a + 1), v as A heads of E."""
-  if weight_OI is None:
-    weight_OI = arrays.take(f'{timm}.weight')
-    bias = arrays.take_optional(f'{timm}.bias')
-  width = weight_OI.shape[1]
-  for index, (name, heads) in enumerate((('query', 2 * num_heads),
-                                         ('key', 2 * num_heads),
-                                         ('value', num_heads))):
-    rows = slice(index * width, (index + 1) * width)
-    out[f'{ours}/{name}/kernel'] = _heads(weight_OI[rows], heads)
-    if bias is not None:
-      out[f'{ours}/{name}/bias'] = bias[rows].reshape(heads, -1)
+  timm_keys.stacked_heads(out, ours, weight_OI, bias,
+                          (('query', 2 * num_heads), ('key', 2 * num_heads),
+                           ('value', num_heads)))
 
 
-def _differential_extras(arrays: _Arrays, out, timm: str, ours: str) -> None:
+def _differential_extras(arrays: timm_keys.Arrays, out, timm: str,
+                         ours: str) -> None:
   """DiffAttention's lambda vectors and per-head output RmsNorm."""
   for name in ('lambda_q1', 'lambda_k1', 'lambda_q2', 'lambda_k2'):
     out[f'{ours}/{name}'] = arrays.take(f'{timm}.{name}')
   out[f'{ours}/sub_norm/scale'] = arrays.take(f'{timm}.sub_norm.weight')
 
 
-def _parallel_block(arrays: _Arrays, out, timm: str, ours: str,
+def _parallel_block(arrays: timm_keys.Arrays, out, timm: str, ours: str,
                     num_heads: int, differential: bool) -> int:
   """(Diff)ParallelScalingBlock -> our parallel block; its MLP width.
   in_proj stacks fc1, q, k, v on its output axis (timm's in_split); the
@@ -260,7 +131,7 @@ def _parallel_block(arrays: _Arrays, out, timm: str, ours: str,
   the concatenated (attention, MLP) outputs: the same sum."""
   attention = f'{ours}/MultiHeadDotProductAttention_0'
   mlp = f'{ours}/MlpBlock_0'
-  _norm(arrays, out, f'{timm}.in_norm', f'{ours}/LayerNorm_0')
+  timm_keys.norm(arrays, out, f'{timm}.in_norm', f'{ours}/LayerNorm_0')
   weight_OI = arrays.take(f'{timm}.in_proj.weight')
   bias = arrays.take_optional(f'{timm}.in_proj.bias')
   width = weight_OI.shape[1]
@@ -269,127 +140,52 @@ def _parallel_block(arrays: _Arrays, out, timm: str, ours: str,
               else bias[:mlp_dim])
   out[f'{mlp}/Dense_0/kernel'] = weight_OI[:mlp_dim].T
   out[f'{mlp}/Dense_0/bias'] = mlp_bias
+  qkv_OI = weight_OI[mlp_dim:]
   qkv_bias = None if bias is None else bias[mlp_dim:]
   if differential:
-    _differential_qkv(arrays, out, '', attention, num_heads,
-                      weight_OI=weight_OI[mlp_dim:], bias=qkv_bias)
+    _differential_qkv(out, attention, num_heads, qkv_OI, qkv_bias)
     _differential_extras(arrays, out, timm, attention)
   else:
-    for index, name in enumerate(('query', 'key', 'value')):
-      rows = slice(mlp_dim + index * width, mlp_dim + (index + 1) * width)
-      out[f'{attention}/{name}/kernel'] = _heads(weight_OI[rows], num_heads)
-      if bias is not None:
-        out[f'{attention}/{name}/bias'] = bias[rows].reshape(num_heads, -1)
-  if arrays.has(f'{timm}.out_proj.weight'):
-    fused_OI = arrays.take(f'{timm}.out_proj.weight')
-    fused_bias = arrays.take_optional(f'{timm}.out_proj.bias')
-    out[f'{attention}/out/kernel'] = fused_OI[:, :width].T.reshape(
-        num_heads, -1, width)
-    out[f'{attention}/out/bias'] = _bias_or_zeros(fused_bias, width)
-    out[f'{mlp}/Dense_1/kernel'] = fused_OI[:, width:].T
-    out[f'{mlp}/Dense_1/bias'] = np.zeros(width, np.float32)
-  else:
-    _attention_out(arrays, out, f'{timm}.attn_out_proj', f'{attention}/out',
-                   num_heads)
-    _dense(arrays, out, f'{timm}.mlp_out_proj', f'{mlp}/Dense_1')
+    timm_keys.stacked_heads(out, attention, qkv_OI, qkv_bias,
+                            [(name, num_heads)
+                             for name in ('query', 'key', 'value')])
+  _parallel_out_projections(arrays, out, timm, attention, mlp, num_heads,
+                            width)
   gamma = arrays.take_optional(f'{timm}.ls.gamma')
   if gamma is not None:
     out[f'{ours}/LayerScale_0/scale'] = gamma
   return mlp_dim
 
 
-def _map_head(arrays: _Arrays, out, num_heads: int) -> int:
-  """attn_pool (AttentionPoolLatent) -> MAPHead_0; its MLP width."""
-  latent = arrays.take('attn_pool.latent')  # (1, latent_len, D)
-  if latent.shape[1] != 1:
-    raise family.CheckpointMismatchError(
-        f'attn_pool has {latent.shape[1]} latent queries; vit_jax\'s MAP head '
-        'has one')
-  width = latent.shape[-1]
-  out['MAPHead_0/probe'] = latent
-  attention = 'MAPHead_0/MultiHeadDotProductAttention_0'
-  if arrays.has('attn_pool.q.weight'):
-    _split_heads(arrays, out, 'attn_pool.q', attention, ('query',), num_heads)
-  else:  # q_proj=False: the latent itself is the query.
-    out[f'{attention}/query/kernel'] = np.eye(width, dtype=np.float32).reshape(
-        width, num_heads, -1)
-  _split_heads(arrays, out, 'attn_pool.kv', attention, ('key', 'value'),
-               num_heads)
-  for name in ('query', 'key', 'value'):  # Our MAP head has q/k/v biases.
-    out.setdefault(f'{attention}/{name}/bias',
-                   np.zeros((num_heads, width // num_heads), np.float32))
-  _attention_out(arrays, out, 'attn_pool.proj', f'{attention}/out', num_heads)
-  _norm(arrays, out, 'attn_pool.norm', 'MAPHead_0/LayerNorm_0')
-  return _mlp(arrays, out, 'attn_pool.mlp', 'MAPHead_0/MlpBlock_0')
-
-
-# ---------------------------------------------- position embedding options --
-
-def _posemb_options(pos_embed, *, grid: Tuple[int, int],
-                    num_prefix: int) -> Dict[str, Any]:
-  """pos_embed over every token, the patches only (no_embed_class), or
-  absent (pos_embed='none'), told apart by its length at the native grid."""
-  if pos_embed is None:
-    return {'posemb': 'none'}
-  patches = grid[0] * grid[1]
-  if pos_embed.shape[1] == patches + num_prefix:
-    return {}
-  if pos_embed.shape[1] == patches:
-    return {'posemb_covers_prefix': False}
-  raise family.CheckpointMismatchError(
-      f'pos_embed has {pos_embed.shape[1]} positions, but the native '
-      f'{grid[0]}x{grid[1]} patch grid has {patches} (+ {num_prefix} prefix '
-      'tokens): is pretrained_cfg input_size right?')
-
-
-def _grid(image_size, patch_size) -> Tuple[int, int]:
-  """timm's PatchEmbed grid: its stride-p conv drops the remainder of a
-  side that is not a multiple of the patch (vit_so400m_patch14_siglip_384:
-  384 px / 14 -> 27 patches)."""
-  return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+def _parallel_out_projections(arrays: timm_keys.Arrays, out, timm: str,
+                              attention: str, mlp: str, num_heads: int,
+                              width: int) -> None:
+  """attn_out_proj and mlp_out_proj, or one out_proj split by its input
+  columns (attention's first), -> `out` and Dense_1."""
+  if arrays.has(f'{timm}.out_proj.weight'):
+    fused_OI = arrays.take(f'{timm}.out_proj.weight')
+    fused_bias = arrays.take_optional(f'{timm}.out_proj.bias')
+    out[f'{attention}/out/kernel'] = fused_OI[:, :width].T.reshape(
+        num_heads, -1, width)
+    out[f'{attention}/out/bias'] = timm_keys.bias_or_zeros(fused_bias, width)
+    out[f'{mlp}/Dense_1/kernel'] = fused_OI[:, width:].T
+    out[f'{mlp}/Dense_1/bias'] = np.zeros(width, np.float32)
+  else:
+    timm_keys.attention_out(arrays, out, f'{timm}.attn_out_proj',
+                            f'{attention}/out', num_heads)
+    timm_keys.dense(arrays, out, f'{timm}.mlp_out_proj', f'{mlp}/Dense_1')
 
 
 # ------------------------------------------------------------ conversion --
 
-@dataclasses.dataclass(frozen=True)
-class _Tokens:
-  """The prefix tokens the arrays hold: [cls] [dist] [registers]."""
-  has_cls: bool
-  distilled: bool
-  num_registers: int
-
-  @property
-  def count(self) -> int:
-    return int(self.has_cls) + int(self.distilled) + self.num_registers
-
-
-def _embedding(arrays: _Arrays, out,
-               in_channels: int = 3) -> Tuple[int, Tuple[int, int]]:
-  """patch_embed.proj (D, C, ph, pw) -> `embedding` (ph, pw, C, D), and
-  its norm (embed_norm_layer) -> `embedding_norm`; returns (width, patch
-  size). C is 3 (RGB), or a hybrid's feature channels."""
-  if arrays.has('patch_embed.norm.weight'):
-    _norm(arrays, out, 'patch_embed.norm', 'embedding_norm')
-  weight_DCPP = arrays.take('patch_embed.proj.weight')
-  width, channels = weight_DCPP.shape[:2]
-  if channels != in_channels:
-    raise family.CheckpointMismatchError(
-        f'patch_embed takes {channels} input channels; vit_jax takes '
-        f'{"RGB" if in_channels == 3 else in_channels}')
-  out['embedding/kernel'] = weight_DCPP.transpose(2, 3, 1, 0)
-  # CLIP towers (pre_norm) have no patch-embedding bias.
-  out['embedding/bias'] = _bias_or_zeros(
-      arrays.take_optional('patch_embed.proj.bias'), width)
-  return int(width), (int(weight_DCPP.shape[2]), int(weight_DCPP.shape[3]))
-
-
-def _prefix_tokens(arrays: _Arrays, out) -> _Tokens:
+def _prefix_tokens(arrays: timm_keys.Arrays, out) -> timm_keys.PrefixTokens:
   for timm, ours in (('cls_token', 'cls'), ('dist_token', 'dist_token'),
                      ('reg_token', 'reg_token')):
     if arrays.has(timm):
       out[ours] = arrays.take(timm)
-  tokens = _Tokens('cls' in out, 'dist_token' in out,
-                   int(out['reg_token'].shape[1]) if 'reg_token' in out else 0)
+  tokens = timm_keys.PrefixTokens(
+      'cls' in out, 'dist_token' in out,
+      int(out['reg_token'].shape[1]) if 'reg_token' in out else 0)
   if tokens.distilled and tokens.num_registers:
     raise family.CheckpointMismatchError(
         "register tokens beside a distillation token (timm's distilled "
@@ -397,11 +193,11 @@ def _prefix_tokens(arrays: _Arrays, out) -> _Tokens:
   return tokens
 
 
-def _encoder(arrays: _Arrays, out, num_heads: int,
+def _encoder(arrays: timm_keys.Arrays, out, num_heads: int,
              recipe: timm_recipe.Recipe) -> Tuple[int, set]:
   """norm_pre and the blocks; returns (layers, the blocks' MLP widths)."""
   if arrays.has('norm_pre.weight'):
-    _norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
+    timm_keys.norm(arrays, out, 'norm_pre', 'Transformer/pre_norm')
   first_norm = 'in_norm' if recipe.block == 'parallel' else 'norm1'
   num_layers = 0
   while arrays.has(f'blocks.{num_layers}.{first_norm}.weight'):
@@ -414,8 +210,8 @@ def _encoder(arrays: _Arrays, out, num_heads: int,
                       for layer in range(num_layers)}
 
 
-def _final_norm(arrays: _Arrays, out, tokens: _Tokens,
-                final_norm: bool) -> bool:
+def _final_norm(arrays: timm_keys.Arrays, out,
+                tokens: timm_keys.PrefixTokens, final_norm: bool) -> bool:
   """`norm` (every token) or `fc_norm` (after pooling), or neither with
   timm's final_norm=False; returns fc_norm."""
   fc_norm = arrays.has('fc_norm.weight')
@@ -431,19 +227,9 @@ def _final_norm(arrays: _Arrays, out, tokens: _Tokens,
     raise family.CheckpointMismatchError(
         "fc_norm with a distillation token (timm's distilled head skips "
         'it): vit_jax does not implement it')
-  _norm(arrays, out, 'fc_norm' if fc_norm else 'norm',
-        'fc_norm' if fc_norm else 'Transformer/encoder_norm')
+  timm_keys.norm(arrays, out, 'fc_norm' if fc_norm else 'norm',
+                 'fc_norm' if fc_norm else 'Transformer/encoder_norm')
   return fc_norm
-
-
-def _classifier_heads(arrays: _Arrays, out, tokens: _Tokens) -> Optional[int]:
-  """head (and head_dist); returns the class count, None without a head."""
-  if not arrays.has('head.weight'):
-    return None
-  num_classes = int(_dense(arrays, out, 'head', 'head').shape[1])
-  if tokens.distilled:
-    _dense(arrays, out, 'head_dist', 'head_dist')
-  return num_classes
 
 
 def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
@@ -469,28 +255,27 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
     family.CheckpointMismatchError: an array is missing, left over, or of a
       shape or combination vit_jax does not implement.
   """
-  arrays = _Arrays(timm_arrays,
-                   norm_bias=recipe.norm_layer == 'layer_norm')
+  arrays = timm_keys.Arrays(timm_arrays,
+                            norm_bias=recipe.norm_layer == 'layer_norm')
   out = {}
-  width, patch_size = _embedding(arrays, out, in_channels)
+  width, patch_size = timm_keys.patch_embedding(arrays, out, in_channels)
   num_heads = timm_recipe.num_heads(recipe, width)
   tokens = _prefix_tokens(arrays, out)
-  pos_embed = arrays.take_optional('pos_embed')
-  if pos_embed is not None:
-    out['Transformer/posembed_input/pos_embedding'] = pos_embed
+  pos_embed = timm_keys.position_embedding(arrays, out)
   num_layers, mlp_dims = _encoder(arrays, out, num_heads, recipe)
   fc_norm = _final_norm(arrays, out, tokens, recipe.final_norm)
   has_map = arrays.has('attn_pool.latent')
   if has_map:
-    mlp_dims.add(_map_head(arrays, out, num_heads))
+    mlp_dims.add(timm_keys.map_head(arrays, out, num_heads))
   if len(mlp_dims) != 1:
     raise family.CheckpointMismatchError(
         f'MLP widths differ between blocks: {sorted(mlp_dims)}')
-  num_classes = _classifier_heads(arrays, out, tokens)
+  num_classes = timm_keys.classifier_heads(arrays, out, tokens)
   arrays.check_all_taken()
   options = _options(recipe, out, tokens, fc_norm=fc_norm, posemb=(
-      _posemb_options(pos_embed, grid=_grid(image_size, patch_size),
-                      num_prefix=tokens.count)))
+      timm_keys.posemb_options(
+          pos_embed, grid=timm_keys.patch_grid(image_size, patch_size),
+          num_prefix=tokens.count)))
   pooling = timm_recipe.pooling(recipe, has_cls=tokens.has_cls,
                                 num_prefix=tokens.count, has_map=has_map,
                                 distilled=tokens.distilled)
@@ -500,14 +285,11 @@ def to_vit(recipe: timm_recipe.Recipe, timm_arrays: Mapping[str, np.ndarray],
       num_classes=num_classes, patch_size=patch_size, hidden_size=width,
       num_layers=num_layers, num_heads=num_heads, mlp_dim=int(mlp_dims.pop()),
       **pooling, **options)
-  tree = flax.traverse_util.unflatten_dict(
-      {key: np.ascontiguousarray(value, np.float32)
-       for key, value in out.items()}, sep='/')
-  return tree, model_kwargs
+  return timm_keys.nested_float32(out), model_kwargs
 
 
 def _options(recipe: timm_recipe.Recipe, out: Dict[str, np.ndarray],
-             tokens: _Tokens, *, fc_norm: bool,
+             tokens: timm_keys.PrefixTokens, *, fc_norm: bool,
              posemb: Dict[str, Any]) -> Dict[str, Any]:
   """The model options that differ from `vit.VisionTransformer`'s defaults
   (an option at its default is left out of model_kwargs)."""

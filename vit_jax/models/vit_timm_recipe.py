@@ -18,7 +18,7 @@ import numpy as np
 
 from vit_jax.models import family
 from vit_jax.models import timm_definitions
-from vit_jax.models import vit_blocks
+from vit_jax.models import vit_sublayers
 
 
 # ------------------------------------ what the arrays cannot say (recipe) --
@@ -139,7 +139,7 @@ def _from_table(model_args: Mapping[str, Any], key: str, table, *,
 def _activation(model_args: Mapping[str, Any]) -> str:
   activation = _from_table(model_args, 'act_layer', _ACT_LAYERS,
                            normalise=str.lower)
-  if activation not in vit_blocks.ACTIVATIONS:
+  if activation not in vit_sublayers.ACTIVATIONS:
     _refuse(f'the activation act_layer={model_args["act_layer"]!r}')
   return activation
 
