@@ -19,7 +19,8 @@ The modules:
   to_timm        our weights as a timm hub directory (save_timm); the
                  ViT's arrays and options in timm's terms: to_timm_vit,
                  (timm's Eva) to_timm_eva, (R+ViT hybrids) to_timm_hybrid;
-                 the MLP-Mixer's: to_timm_mixer
+                 the MLP-Mixer's: to_timm_mixer; the array layouts they
+                 share: to_timm_arrays
   safetensors_file  the `.safetensors` container, read from its header
   arrays         what every format checks of its arrays (float, finite,
                  sizes), and arrays known by their header, read when used

@@ -49,19 +49,9 @@ import numpy as np
 from vit_jax.models import posemb
 from vit_jax.models import vit
 from vit_jax.models import vit_layout
+from vit_jax.weights import to_timm_arrays
 from vit_jax.weights import to_timm_vit
 
-# The ViT writer's array moves, the same for Eva's shared parts.
-# pylint: disable=protected-access
-_linear = to_timm_vit._linear
-_norm = to_timm_vit._norm
-_fused = to_timm_vit._fused
-_attention_out = to_timm_vit._attention_out
-_map_head = to_timm_vit._map_head
-_embedding = to_timm_vit._embedding
-_patch_size = to_timm_vit._patch_size
-_NORM_LAYERS = to_timm_vit._NORM_LAYERS
-# pylint: enable=protected-access
 
 Conversion = to_timm_vit.Conversion
 Untranslatable = to_timm_vit.Untranslatable
@@ -121,7 +111,7 @@ def _problem(model: vit.VisionTransformer) -> Optional[str]:
       (model.norm_layer != 'layer_norm',
        f"norm_layer={model.norm_layer!r} in timm's Eva (its RMSNorm "
        'definitions, Sapiens2, have qk-norm)'),
-      (model.layer_norm_epsilon not in _NORM_LAYERS,
+      (model.layer_norm_epsilon not in to_timm_vit.NORM_LAYERS,
        f'layer_norm_epsilon={model.layer_norm_epsilon:g}: timm\'s Eva '
        'definitions use 1e-6 or 1e-5'),
       (model.embed_norm, "a patch-embedding norm (embed_norm) in timm's Eva"),
@@ -182,7 +172,7 @@ def _fixed_args(model: vit.VisionTransformer,
   return {
       'img_size': [int(image_size[0]), int(image_size[1])], 'in_chans': 3,
       'num_classes': int(model.num_classes or 0),
-      'patch_size': _patch_size(model.patch_size),
+      'patch_size': to_timm_vit.patch_size_arg(model.patch_size),
       'embed_dim': int(model.hidden_size), 'depth': int(model.num_layers),
       'num_heads': int(model.num_heads),
       'mlp_ratio': to_timm_vit.mlp_ratio(model.hidden_size, model.mlp_dim),
@@ -267,14 +257,14 @@ def _attention(out, timm: str, ours: Mapping[str, Any],
   names = ('query', 'key', 'value')
   biased = args['qkv_bias']
   if args['qkv_fused']:
-    _fused(out, f'{timm}.qkv', ours, names)
+    to_timm_arrays.fused(out, f'{timm}.qkv', ours, names)
     if biased and args['attn_type'] == 'eva':
       del out[f'{timm}.qkv.bias']
       out[f'{timm}.q_bias'] = np.asarray(ours['query']['bias']).reshape(-1)
       out[f'{timm}.v_bias'] = np.asarray(ours['value']['bias']).reshape(-1)
   else:
     for name, proj in zip(names, ('q_proj', 'k_proj', 'v_proj')):
-      _fused(out, f'{timm}.{proj}', ours, (name,))
+      to_timm_arrays.fused(out, f'{timm}.{proj}', ours, (name,))
       if name == 'key' and args['attn_type'] == 'eva':
         out.pop(f'{timm}.k_proj.bias', None)
   if 'LayerNorm_0' in ours:  # (A, E) -> timm's norm over A * E.
@@ -282,35 +272,35 @@ def _attention(out, timm: str, ours: Mapping[str, Any],
         ours['LayerNorm_0']['scale']).reshape(-1)
     out[f'{timm}.norm.bias'] = np.asarray(
         ours['LayerNorm_0']['bias']).reshape(-1)
-  _attention_out(out, f'{timm}.proj', ours['out'])
+  to_timm_arrays.attention_out(out, f'{timm}.proj', ours['out'])
 
 
 def _mlp(out, timm: str, ours: Mapping[str, Any]) -> None:
   """Mlp, SwiGLU (fc1_g, fc1_x: beside its norm) or GluMlp (fc1 holds
   [gate, value])."""
   if 'Dense_value' not in ours:
-    _linear(out, f'{timm}.fc1', ours['Dense_0'])
+    to_timm_arrays.linear(out, f'{timm}.fc1', ours['Dense_0'])
   elif 'LayerNorm_0' in ours:
-    _linear(out, f'{timm}.fc1_g', ours['Dense_0'])
-    _linear(out, f'{timm}.fc1_x', ours['Dense_value'])
+    to_timm_arrays.linear(out, f'{timm}.fc1_g', ours['Dense_0'])
+    to_timm_arrays.linear(out, f'{timm}.fc1_x', ours['Dense_value'])
   else:
     gate, value = {}, {}
-    _linear(gate, 'fc1', ours['Dense_0'])
-    _linear(value, 'fc1', ours['Dense_value'])
+    to_timm_arrays.linear(gate, 'fc1', ours['Dense_0'])
+    to_timm_arrays.linear(value, 'fc1', ours['Dense_value'])
     for part in ('weight', 'bias'):
       out[f'{timm}.fc1.{part}'] = np.concatenate(
           [gate[f'fc1.{part}'], value[f'fc1.{part}']])
   if 'LayerNorm_0' in ours:
-    _norm(out, f'{timm}.norm', ours['LayerNorm_0'])
-  _linear(out, f'{timm}.fc2', ours['Dense_1'])
+    to_timm_arrays.norm(out, f'{timm}.norm', ours['LayerNorm_0'])
+  to_timm_arrays.linear(out, f'{timm}.fc2', ours['Dense_1'])
 
 
 def _block(out, timm: str, ours: Mapping[str, Any],
            args: Mapping[str, Any]) -> None:
-  _norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
+  to_timm_arrays.norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
   _attention(out, f'{timm}.attn', ours['MultiHeadDotProductAttention_0'],
              args)
-  _norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
+  to_timm_arrays.norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
   _mlp(out, f'{timm}.mlp', ours['MlpBlock_0'])
   for index in (0, 1):
     if f'LayerScale_{index}' in ours:
@@ -343,7 +333,7 @@ def state_dict(params, model: vit.VisionTransformer,
   encoder = params['Transformer']
   blocks = [encoder[f'encoderblock_{i}'] for i in range(model.num_layers)]
   out = {}
-  _embedding(out, params, model.pre_norm)
+  to_timm_vit.patch_embedding(out, params, model.pre_norm)
   _prefix_tokens(out, params, args)
   if 'pos_embedding' in encoder.get('posembed_input', {}):
     out['pos_embed'] = np.asarray(encoder['posembed_input']['pos_embedding'])
@@ -356,17 +346,17 @@ def state_dict(params, model: vit.VisionTransformer,
         [np.asarray(block['MultiHeadDotProductAttention_0']['rope_freqs'])
          for block in blocks], axis=1)
   if 'pre_norm' in encoder:
-    _norm(out, 'norm_pre', encoder['pre_norm'])
+    to_timm_arrays.norm(out, 'norm_pre', encoder['pre_norm'])
   for layer, block in enumerate(blocks):
     _block(out, f'blocks.{layer}', block, args)
   if 'encoder_norm' in encoder:
-    _norm(out, 'norm', encoder['encoder_norm'])
+    to_timm_arrays.norm(out, 'norm', encoder['encoder_norm'])
   if 'fc_norm' in params:
-    _norm(out, 'fc_norm', params['fc_norm'])
+    to_timm_arrays.norm(out, 'fc_norm', params['fc_norm'])
   if 'MAPHead_0' in params:
-    _map_head(out, params['MAPHead_0'])
+    to_timm_arrays.map_head(out, params['MAPHead_0'])
   if 'head' in params:
-    _linear(out, 'head', params['head'])
+    to_timm_arrays.linear(out, 'head', params['head'])
   return {key: np.ascontiguousarray(value, np.float32)
           for key, value in out.items()}
 
@@ -392,7 +382,7 @@ def convert(params, model: vit.VisionTransformer,
   params = vit_layout.unstack_blocks(flax.core.unfreeze(params))
   blocks = [params['Transformer'][f'encoderblock_{i}']
             for i in range(model.num_layers)]
-  fixed = {'norm_layer': _NORM_LAYERS[model.layer_norm_epsilon],
+  fixed = {'norm_layer': to_timm_vit.NORM_LAYERS[model.layer_norm_epsilon],
            **{key: None for key in _ABSENT}}
   candidates = [
       Conversion(model_class='Eva', module='eva',

@@ -33,14 +33,10 @@ import numpy as np
 
 from vit_jax.models import mixer
 from vit_jax.models import timm_definitions
+from vit_jax.weights import to_timm_arrays
 from vit_jax.weights import to_timm_vit
 
 Untranslatable = to_timm_vit.Untranslatable
-# The ViT writer's array moves: our Mixer names its Dense and LayerNorm
-# parameters as the ViT does.
-_linear = to_timm_vit._linear  # pylint: disable=protected-access
-_norm = to_timm_vit._norm  # pylint: disable=protected-access
-_mlp = to_timm_vit._mlp  # pylint: disable=protected-access
 
 _GLOBAL_POOL = {'gap': 'avg', 'unpooled': ''}
 # timm 1.0's MlpMixer defaults of the arguments we write.
@@ -142,14 +138,14 @@ def state_dict(params) -> Dict[str, np.ndarray]:
   layer = 0
   while f'MixerBlock_{layer}' in params:
     ours, timm = params[f'MixerBlock_{layer}'], f'blocks.{layer}'
-    _norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
-    _mlp(out, f'{timm}.mlp_tokens', ours['token_mixing'])
-    _norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
-    _mlp(out, f'{timm}.mlp_channels', ours['channel_mixing'])
+    to_timm_arrays.norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
+    to_timm_arrays.mlp(out, f'{timm}.mlp_tokens', ours['token_mixing'])
+    to_timm_arrays.norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
+    to_timm_arrays.mlp(out, f'{timm}.mlp_channels', ours['channel_mixing'])
     layer += 1
-  _norm(out, 'norm', params['pre_head_layer_norm'])
+  to_timm_arrays.norm(out, 'norm', params['pre_head_layer_norm'])
   if 'head' in params:
-    _linear(out, 'head', params['head'])
+    to_timm_arrays.linear(out, 'head', params['head'])
   return {key: np.ascontiguousarray(value, np.float32)
           for key, value in out.items()}
 

@@ -42,13 +42,14 @@ import numpy as np
 from vit_jax.models import posemb
 from vit_jax.models import vit
 from vit_jax.models import vit_layout
+from vit_jax.weights import to_timm_arrays
 
 # timm's names for our activations (timm.layers.create_act's strings).
 _ACT_LAYERS = {'gelu_tanh': 'gelu_tanh', 'gelu_erf': 'gelu',
                'quick_gelu': 'quick_gelu'}
 # Our epsilon -> the `norm_layer` a definition must have to compute it:
 # None (timm's LayerNorm, eps 1e-6) or the CLIP towers' LayerNorm(1e-5).
-_NORM_LAYERS = {1e-6: None,
+NORM_LAYERS = {1e-6: None,
                 1e-5: {'args': [], 'kwargs': {'eps': 1e-05},
                        'partial': 'LayerNorm'}}
 _GLOBAL_POOL = {'token': 'token', 'gap': 'avg', 'map': 'map',
@@ -111,7 +112,7 @@ def mlp_ratio(hidden_size: int, mlp_dim: int) -> float:
   return ratio
 
 
-def _patch_size(patch_size) -> Any:
+def patch_size_arg(patch_size) -> Any:
   height, width = (int(side) for side in patch_size)
   return height if height == width else [height, width]
 
@@ -123,7 +124,7 @@ def _check_expressible(model: vit.VisionTransformer) -> None:
     problem = ("a tanh pre_logits layer (representation_size="
                f"{model.representation_size}), which timm's VisionTransformer "
                'lacks; fine-tune without it (load_for_fine_tuning drops it)')
-  elif model.layer_norm_epsilon not in _NORM_LAYERS:
+  elif model.layer_norm_epsilon not in NORM_LAYERS:
     problem = (f'layer_norm_epsilon={model.layer_norm_epsilon:g}: timm\'s '
                'ViT definitions use 1e-6 or 1e-5')
   elif model.distillation and model.num_register_tokens:
@@ -148,7 +149,7 @@ def _check_expressible(model: vit.VisionTransformer) -> None:
 def norm_layer(layer_norm_epsilon: float) -> Any:
   """The `norm_layer` a definition must have to compute our epsilon (as
   timm_args checks, one of 1e-6 and 1e-5)."""
-  return _NORM_LAYERS[layer_norm_epsilon]
+  return NORM_LAYERS[layer_norm_epsilon]
 
 
 def timm_args(model: vit.VisionTransformer,
@@ -164,7 +165,7 @@ def timm_args(model: vit.VisionTransformer,
   return {
       'img_size': [int(image_size[0]), int(image_size[1])], 'in_chans': 3,
       'num_classes': int(model.num_classes or 0),
-      'patch_size': _patch_size(model.patch_size),
+      'patch_size': patch_size_arg(model.patch_size),
       'embed_dim': int(model.hidden_size), 'depth': int(model.num_layers),
       'num_heads': int(model.num_heads),
       'mlp_ratio': mlp_ratio(model.hidden_size, model.mlp_dim),
@@ -200,69 +201,27 @@ def same_arg(key: str, definition_value: Any, ours: Any,
   if key == 'act_layer' and definition_value is None:
     definition_value = 'gelu'
   if key == 'patch_size' and isinstance(definition_value, (list, tuple)):
-    definition_value = _patch_size(definition_value)
+    definition_value = patch_size_arg(definition_value)
   return definition_value == ours
 
 
 # ---------------------------------------------------------------- arrays --
 
-def _linear(out: Dict[str, np.ndarray], timm: str, ours: Mapping[str, Any]):
-  out[f'{timm}.weight'] = np.asarray(ours['kernel']).T
-  if 'bias' in ours:
-    out[f'{timm}.bias'] = np.asarray(ours['bias'])
-
-
-def _norm(out, timm: str, ours: Mapping[str, Any]):
-  out[f'{timm}.weight'] = np.asarray(ours['scale'])
-  out[f'{timm}.bias'] = np.asarray(ours['bias'])
-
-
-def _fused(out, timm: str, attention: Mapping[str, Any], names) -> None:
-  """DenseGeneral kernels (D, A, E) -> one Linear (len(names)*A*E, D)."""
-  kernels = [np.asarray(attention[name]['kernel']) for name in names]
-  out[f'{timm}.weight'] = np.concatenate(
-      [kernel.reshape(kernel.shape[0], -1).T for kernel in kernels])
-  if all('bias' in attention[name] for name in names):
-    out[f'{timm}.bias'] = np.concatenate(
-        [np.asarray(attention[name]['bias']).reshape(-1) for name in names])
-
-
-def _attention_out(out, timm: str, ours: Mapping[str, Any]) -> None:
-  """`out` kernel (A, E, D) -> proj (D, A*E)."""
-  kernel = np.asarray(ours['kernel'])
-  out[f'{timm}.weight'] = kernel.reshape(-1, kernel.shape[-1]).T
-  out[f'{timm}.bias'] = np.asarray(ours['bias'])
-
-
-def _mlp(out, timm: str, ours: Mapping[str, Any]) -> None:
-  _linear(out, f'{timm}.fc1', ours['Dense_0'])
-  _linear(out, f'{timm}.fc2', ours['Dense_1'])
-
-
 def _block(out, timm: str, ours: Mapping[str, Any]) -> None:
   attention = ours['MultiHeadDotProductAttention_0']
-  _norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
-  _fused(out, f'{timm}.attn.qkv', attention, ('query', 'key', 'value'))
-  _attention_out(out, f'{timm}.attn.proj', attention['out'])
-  _norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
-  _mlp(out, f'{timm}.mlp', ours['MlpBlock_0'])
+  to_timm_arrays.norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
+  to_timm_arrays.fused(out, f'{timm}.attn.qkv', attention,
+                       ('query', 'key', 'value'))
+  to_timm_arrays.attention_out(out, f'{timm}.attn.proj', attention['out'])
+  to_timm_arrays.norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
+  to_timm_arrays.mlp(out, f'{timm}.mlp', ours['MlpBlock_0'])
   for index in (0, 1):
     if f'LayerScale_{index}' in ours:
       out[f'{timm}.ls{index + 1}.gamma'] = np.asarray(
           ours[f'LayerScale_{index}']['scale'])
 
 
-def _map_head(out, ours: Mapping[str, Any]) -> None:
-  attention = ours['MultiHeadDotProductAttention_0']
-  out['attn_pool.latent'] = np.asarray(ours['probe'])
-  _fused(out, 'attn_pool.q', attention, ('query',))
-  _fused(out, 'attn_pool.kv', attention, ('key', 'value'))
-  _attention_out(out, 'attn_pool.proj', attention['out'])
-  _norm(out, 'attn_pool.norm', ours['LayerNorm_0'])
-  _mlp(out, 'attn_pool.mlp', ours['MlpBlock_0'])
-
-
-def _embedding(out, params: Mapping[str, Any], pre_norm: bool) -> None:
+def patch_embedding(out, params: Mapping[str, Any], pre_norm: bool) -> None:
   """`embedding` (ph, pw, 3, D) -> patch_embed.proj (D, 3, ph, pw); timm's
   pre_norm models have no bias there (PatchEmbed(bias=not pre_norm))."""
   out['patch_embed.proj.weight'] = np.asarray(
@@ -289,7 +248,7 @@ def state_dict(params, model: vit.VisionTransformer,
   params = vit_layout.unstack_blocks(flax.core.unfreeze(params))
   encoder = params['Transformer']
   out = {}
-  _embedding(out, params, model.pre_norm)
+  patch_embedding(out, params, model.pre_norm)
   for ours, timm in (('cls', 'cls_token'), ('dist_token', 'dist_token'),
                      ('reg_token', 'reg_token')):
     if ours in params:
@@ -301,18 +260,18 @@ def state_dict(params, model: vit.VisionTransformer,
             for size, patch in zip(image_size, model.patch_size)]
     out['pos_embed'] = posemb.sincos_2d(grid, model.hidden_size)
   if 'pre_norm' in encoder:
-    _norm(out, 'norm_pre', encoder['pre_norm'])
+    to_timm_arrays.norm(out, 'norm_pre', encoder['pre_norm'])
   for layer in range(model.num_layers):
     _block(out, f'blocks.{layer}', encoder[f'encoderblock_{layer}'])
   if 'encoder_norm' in encoder:
-    _norm(out, 'norm', encoder['encoder_norm'])
+    to_timm_arrays.norm(out, 'norm', encoder['encoder_norm'])
   if 'fc_norm' in params:
-    _norm(out, 'fc_norm', params['fc_norm'])
+    to_timm_arrays.norm(out, 'fc_norm', params['fc_norm'])
   if 'MAPHead_0' in params:
-    _map_head(out, params['MAPHead_0'])
+    to_timm_arrays.map_head(out, params['MAPHead_0'])
   for head in ('head', 'head_dist'):
     if head in params:
-      _linear(out, head, params[head])
+      to_timm_arrays.linear(out, head, params[head])
   return {key: np.ascontiguousarray(value, np.float32)
           for key, value in out.items()}
 
