@@ -13,5 +13,5 @@ ARGS=()
 for arg in "$@"; do
   if [ "$arg" = --fast ]; then ARGS+=(-m "not slow"); else ARGS+=("$arg"); fi
 done
-exec .venv/bin/python -m pytest -n 2 -q -p no:cacheprovider tests \
+exec .venv/bin/python -m pytest -n 2 --dist worksteal -q -p no:cacheprovider tests \
   ${ARGS[@]+"${ARGS[@]}"}
