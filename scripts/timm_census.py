@@ -101,11 +101,14 @@ def _back_to_timm(loaded, images: np.ndarray,
                         preprocessing=loaded.preprocessing)
     except Exception as error:  # pylint: disable=broad-except
       return _known_refusal(error)
-    model = timm.create_model('local-dir:' + directory,
-                              pretrained=True).eval()
-    with torch.no_grad():
-      back = model(torch.from_numpy(
-          images.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
+    try:  # timm failing on what we wrote is our error.
+      model = timm.create_model('local-dir:' + directory,
+                                pretrained=True).eval()
+      with torch.no_grad():
+        back = model(torch.from_numpy(
+            images.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
+    except Exception as error:  # pylint: disable=broad-except
+      return {'result': 'wrong', 'reason': f'timm: {error!r}'[:300]}
   if back.shape != expected.shape:
     return {'result': 'wrong', 'reason': f'output shape {back.shape}, timm '
             f'{expected.shape}'}

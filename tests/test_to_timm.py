@@ -41,6 +41,8 @@ MODELS = {
                                    patch_size=(16, 8)),
     'unpooled_without_posemb': dict(classifier='unpooled', num_classes=0,
                                     posemb='none'),
+    # A class token no head reads: timm's class_token beside 'avg' (BEiT-3).
+    'gap_extra_class_token': dict(classifier='gap', extra_class_token=True),
     'token_unpooled': dict(classifier='token_unpooled', num_classes=3),
 }
 # config.json's act_layer -> tests.numpy_timm's activation.

@@ -172,7 +172,10 @@ def timm_args(model: vit.VisionTransformer,
       'qkv_bias': bool(model.qkv_bias),
       'init_values': (None if model.layer_scale_init is None
                       else float(model.layer_scale_init)),
-      'class_token': model.classifier in vit.TOKEN_CLASSIFIERS,
+      # A class token no head reads (BEiT-3, EVA: extra_class_token) is
+      # timm's class token beside its average pool.
+      'class_token': (model.classifier in vit.TOKEN_CLASSIFIERS or
+                      bool(model.extra_class_token)),
       'pos_embed': 'none' if model.posemb == 'none' else 'learn',
       # A sin-cos embedding is written as its table at this resolution,
       # which covers the patches only.
@@ -249,7 +252,8 @@ def state_dict(params, model: vit.VisionTransformer,
   encoder = params['Transformer']
   out = {}
   patch_embedding(out, params, model.pre_norm)
-  for ours, timm in (('cls', 'cls_token'), ('dist_token', 'dist_token'),
+  for ours, timm in (('cls', 'cls_token'), ('extra_cls', 'cls_token'),
+                     ('dist_token', 'dist_token'),
                      ('reg_token', 'reg_token')):
     if ours in params:
       out[timm] = np.asarray(params[ours])
