@@ -182,7 +182,7 @@ def timm_args(model: vit.VisionTransformer,
       'no_embed_class': (not model.posemb_covers_prefix or
                          model.posemb == 'sincos2d'),
       'reg_tokens': registers, 'pre_norm': bool(model.pre_norm),
-      'final_norm': True, 'fc_norm': bool(model.fc_norm),
+      'final_norm': bool(model.final_norm), 'fc_norm': bool(model.fc_norm),
       # Our MAP head attends to every token, registers included.
       'pool_include_prefix': pool == 'map' and registers > 0,
       'global_pool': pool, 'act_layer': _ACT_LAYERS[model.activation],
