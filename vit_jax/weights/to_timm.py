@@ -76,8 +76,8 @@ def _convert_vit(params, model, image_size: Tuple[int, int]) -> Conversion:
       conversions.append(writer(params, model, image_size, rank=rank))
     except Untranslatable as refusal:
       refusals.append(refusal)
-  if not conversions:  # Eva's reason where the model needs its options.
-    raise refusals[-1]
+  if not conversions:  # RoPE is Eva's alone: its reason; else the ViT's.
+    raise refusals[-1] if model.rope is not None else refusals[0]
   ranked = [(rank(conversion), index)
             for index, conversion in enumerate(conversions)]
   fitting = [item for item in ranked if item[0] is not None]
