@@ -78,11 +78,8 @@ def _convert_vit(params, model, image_size: Tuple[int, int]) -> Conversion:
       refusals.append(refusal)
   if not conversions:  # RoPE is Eva's alone: its reason; else the ViT's.
     raise refusals[-1] if model.rope is not None else refusals[0]
-  ranked = [(rank(conversion), index)
-            for index, conversion in enumerate(conversions)]
-  fitting = [item for item in ranked if item[0] is not None]
   # None fits: the last, whose fixed arguments choose_architecture names.
-  return conversions[min(fitting)[1] if fitting else -1]
+  return conversions[to_timm_vit.nearest(conversions, rank, default=-1)]
 
 
 # Family name -> fn(params, model, image_size) -> Conversion.

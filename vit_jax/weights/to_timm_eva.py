@@ -372,12 +372,7 @@ def convert(params, model: vit.VisionTransformer,
                  defaults=EVA_DEFAULTS, fixed=fixed, state_dict={},
                  classifiers=('head',), same_arg=same_arg)
       for choice in _choices(model, blocks)]
-  if rank is not None:
-    ranked = [(rank(candidate), index) for index, candidate
-              in enumerate(candidates)]
-    fitting = [item for item in ranked if item[0] is not None]
-    if fitting:
-      candidates = [candidates[min(fitting)[1]]]
-  chosen = candidates[0]
+  chosen = candidates[0 if rank is None else to_timm_vit.nearest(candidates,
+                                                                  rank)]
   return dataclasses.replace(
       chosen, state_dict=state_dict(params, model, chosen.args))

@@ -28,38 +28,32 @@ distillation token:
   zero output-projection biases          proj_bias=False (AIMv2), a choice
 
 Some options are classes, which JSON cannot give: they select the
-architecture definitions the writer may name (`Conversion.fixed`), among
-those timm's pretrained definitions have:
+architecture definitions the writer may name (`Conversion.fixed`):
 
   layer_norm_epsilon 1e-6 | 1e-5         norm_layer: timm's LayerNorm | the
                                          definitions' LayerNorm(eps=1e-5)
-  norm_layer 'rms_norm'                  norm_layer RmsNorm(eps) (AIMv2)
-  embed_norm                             embed_norm_layer, the same norm
-  mlp_gated                              mlp_layer SwiGLU (fc1_g, fc1_x;
-                                         AIMv2) or GluMlp(gate_last=False)
-                                         (one fc1 of [gate; value]; the
-                                         DINOv2 giants), a choice
-  block 'post_norm'                      block_fn ResPostBlock
-  block 'parallel'                       block_fn ParallelScalingBlock, or
-                                         DiffParallelScalingBlock beside
-                                         differential attention
+  norm_layer 'rms_norm', embed_norm      norm_layer, embed_norm_layer
+                                         RmsNorm(eps) (AIMv2)
+  mlp_gated                              mlp_layer SwiGLU (AIMv2) or GluMlp
+                                         (the DINOv2 giants), a choice
+  block 'post_norm' | 'parallel'         block_fn ResPostBlock |
+                                         (Diff)ParallelScalingBlock
 
-Where two layouts compute the model (the gated MLP's, whether zero output
+Where layouts compute the same model (the gated MLP's; whether zero output
 biases are written), `convert` names the one whose nearest definition needs
-the fewest overrides (its `rank`), so an AIMv2 gets its own name. What
-timm's ViT cannot compute is refused by name (`Untranslatable`): a tanh
-`pre_logits` layer (representation_size), other LayerNorm epsilons, RoPE
-(timm's Eva has it: `to_timm.convert` writes such models with `to_timm_eva`,
-and ranks its layouts beside these for models with gated MLPs or inner
-norms), and the combinations timm's blocks lack (`_problem`). An R+ViT
-hybrid (`resnet_units`) is `to_timm_hybrid`'s, which writes this module's
-transformer on its backbone's features.
+the fewest overrides (its `rank`), so an AIMv2 gets its own name. The
+blocks' arrays are `to_timm_vit_blocks`'. What timm's ViT cannot compute is
+refused by name (`Untranslatable`, the list is `_problem`): RoPE is timm's
+Eva's (`to_timm.convert` writes it with `to_timm_eva`, and ranks Eva's
+layouts beside these for the models with gated MLPs or inner norms). An
+R+ViT hybrid (`resnet_units`) is `to_timm_hybrid`'s, which writes this
+module's transformer on its backbone's features.
 """
 
 import dataclasses
 import math
-import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import flax
 import numpy as np
@@ -68,6 +62,7 @@ from vit_jax.models import posemb
 from vit_jax.models import vit
 from vit_jax.models import vit_layout
 from vit_jax.weights import to_timm_arrays
+from vit_jax.weights import to_timm_vit_blocks
 
 # timm's names for our activations (timm.layers.create_act's strings).
 _ACT_LAYERS = {'gelu_tanh': 'gelu_tanh', 'gelu_erf': 'gelu',
@@ -95,11 +90,6 @@ _DIFFERENTIAL_PARALLEL = 'DiffParallelScalingBlock'
 # Arguments a block_fn does not read: any definition's value fits.
 _UNREAD = {'post_norm': ('init_values',),  # Only initialises its norms.
            'parallel': ('attn_layer',)}
-# The biases timm's proj_bias=False drops: the attention's and MLP's
-# output projections and, in Block, the MLP's input ones.
-_PROJECTION_BIAS = re.compile(
-    r'^blocks\.\d+\.(attn\.proj|attn_out_proj|mlp_out_proj|out_proj|'
-    r'mlp\.fc1(_g|_x)?|mlp\.fc2)\.bias$')
 _GLOBAL_POOL = {'token': 'token', 'gap': 'avg', 'map': 'map',
                 'unpooled': '', 'token_unpooled': ''}
 # timm 1.0's VisionTransformer defaults of the arguments we write.
@@ -348,70 +338,6 @@ def _same_arg_in(block: str) -> Callable[..., bool]:
 
 # ---------------------------------------------------------------- arrays --
 
-def _attention(out, timm: str, ours: Mapping[str, Any]) -> None:
-  """Attention or DiffAttention (q and k of 2A half-width heads fuse the
-  same way) -> qkv, proj, and the inner norm (A, E) -> `norm` (A*E,)."""
-  to_timm_arrays.fused(out, f'{timm}.qkv', ours, ('query', 'key', 'value'))
-  _differential_extras(out, timm, ours)
-  if 'LayerNorm_0' in ours:
-    out[f'{timm}.norm.weight'] = np.asarray(
-        ours['LayerNorm_0']['scale']).reshape(-1)
-    out[f'{timm}.norm.bias'] = np.asarray(
-        ours['LayerNorm_0']['bias']).reshape(-1)
-  to_timm_arrays.attention_out(out, f'{timm}.proj', ours['out'])
-
-
-def _differential_extras(out, timm: str, ours: Mapping[str, Any]) -> None:
-  """DiffAttention's lambda vectors and per-head RmsNorm, if any."""
-  if 'sub_norm' in ours:
-    for name in ('lambda_q1', 'lambda_k1', 'lambda_q2', 'lambda_k2'):
-      out[f'{timm}.{name}'] = np.asarray(ours[name])
-    out[f'{timm}.sub_norm.weight'] = np.asarray(ours['sub_norm']['scale'])
-
-
-def _block(out, timm: str, ours: Mapping[str, Any], layout: Layout) -> None:
-  """Block or ResPostBlock (the same keys; the norms' places differ)."""
-  to_timm_arrays.norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
-  _attention(out, f'{timm}.attn', ours['MultiHeadDotProductAttention_0'])
-  to_timm_arrays.norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
-  to_timm_arrays.mlp(out, f'{timm}.mlp', ours['MlpBlock_0'],
-                     packed=layout.mlp_layer == GLU_MLP)
-  for index in (0, 1):
-    if f'LayerScale_{index}' in ours:
-      out[f'{timm}.ls{index + 1}.gamma'] = np.asarray(
-          ours[f'LayerScale_{index}']['scale'])
-
-
-def _parallel_block(out, timm: str, ours: Mapping[str, Any]) -> None:
-  """(Diff)ParallelScalingBlock: in_proj stacks fc1, q, k, v (its bias, or
-  mlp_bias without q/k/v biases); the output projections are
-  attn_out_proj and mlp_out_proj, or DiffParallelScalingBlock's one
-  out_proj of [attention; MLP] whose bias is the sum of ours."""
-  attention = ours['MultiHeadDotProductAttention_0']
-  mlp = ours['MlpBlock_0']
-  stacked = {'mlp': mlp['Dense_0'], **{name: attention[name] for name in
-                                       ('query', 'key', 'value')}}
-  to_timm_arrays.norm(out, f'{timm}.in_norm', ours['LayerNorm_0'])
-  to_timm_arrays.fused(out, f'{timm}.in_proj', stacked,
-                       ('mlp', 'query', 'key', 'value'))
-  if f'{timm}.in_proj.bias' not in out:
-    out[f'{timm}.mlp_bias'] = np.asarray(mlp['Dense_0']['bias'])
-  _differential_extras(out, timm, attention)
-  if 'sub_norm' in attention:
-    parts = {}
-    to_timm_arrays.attention_out(parts, 'attn', attention['out'])
-    to_timm_arrays.linear(parts, 'mlp', mlp['Dense_1'])
-    out[f'{timm}.out_proj.weight'] = np.concatenate(
-        [parts['attn.weight'], parts['mlp.weight']], axis=1)
-    out[f'{timm}.out_proj.bias'] = parts['attn.bias'] + parts['mlp.bias']
-  else:
-    to_timm_arrays.attention_out(out, f'{timm}.attn_out_proj',
-                                 attention['out'])
-    to_timm_arrays.linear(out, f'{timm}.mlp_out_proj', mlp['Dense_1'])
-  if 'LayerScale_0' in ours:
-    out[f'{timm}.ls.gamma'] = np.asarray(ours['LayerScale_0']['scale'])
-
-
 def patch_embedding(out, params: Mapping[str, Any], pre_norm: bool) -> None:
   """`embedding` (ph, pw, 3, D) -> patch_embed.proj (D, 3, ph, pw); timm's
   pre_norm models have no bias there (PatchEmbed(bias=not pre_norm)); its
@@ -460,9 +386,10 @@ def state_dict(params, model: vit.VisionTransformer,
   for layer in range(model.num_layers):
     block = encoder[f'encoderblock_{layer}']
     if model.block == 'parallel':
-      _parallel_block(out, f'blocks.{layer}', block)
+      to_timm_vit_blocks.parallel_block(out, f'blocks.{layer}', block)
     else:
-      _block(out, f'blocks.{layer}', block, layout)
+      to_timm_vit_blocks.block(out, f'blocks.{layer}', block,
+                               packed=layout.mlp_layer == GLU_MLP)
   if 'encoder_norm' in encoder:
     to_timm_arrays.norm(out, 'norm', encoder['encoder_norm'])
   if 'fc_norm' in params:
@@ -474,32 +401,27 @@ def state_dict(params, model: vit.VisionTransformer,
       to_timm_arrays.linear(out, head, params[head])
   return {key: np.ascontiguousarray(value, np.float32)
           for key, value in out.items()
-          if layout.proj_bias or not _PROJECTION_BIAS.match(key)}
+          if layout.proj_bias or
+          not to_timm_vit_blocks.PROJECTION_BIAS.match(key)}
 
 
 # ------------------------------------------------------------ conversion --
 
-def _projection_biases_are_zero(params, model: vit.VisionTransformer) -> bool:
-  """Whether proj_bias=False computes `model`: the biases it drops
-  (`_PROJECTION_BIAS`) are zero (a checkpoint timm built without them)."""
-  encoder = vit_layout.unstack_blocks(flax.core.unfreeze(params))[
-      'Transformer']
-  layers = (('MultiHeadDotProductAttention_0', 'out'),
-            ('MlpBlock_0', 'Dense_1'))
-  if model.block != 'parallel':  # Its fc1 is in_proj, of qkv_bias.
-    layers += (('MlpBlock_0', 'Dense_0'), ('MlpBlock_0', 'Dense_value'))
-  return not any(
-      np.any(np.asarray(block[sublayer][layer].get('bias', 0.)))
-      for block in (encoder[f'encoderblock_{index}']
-                    for index in range(model.num_layers))
-      for sublayer, layer in layers if layer in block[sublayer])
+def nearest(conversions: Sequence[Conversion],
+            rank: Callable[[Conversion], Any], *, default: int = 0) -> int:
+  """The index of the conversion `rank` orders least among those some
+  definition fits (whose rank is not None); `default` where none fits."""
+  ranked = [(rank(conversion), index)
+            for index, conversion in enumerate(conversions)]
+  fitting = [item for item in ranked if item[0] is not None]
+  return min(fitting)[1] if fitting else default
 
 
 def layouts(params, model: vit.VisionTransformer) -> List[Layout]:
   """The layouts that compute `model`, in order of preference."""
   mlp_layers = [SWIGLU, GLU_MLP] if model.mlp_gated else [None]
   proj_biases = [True]
-  if _projection_biases_are_zero(params, model):
+  if to_timm_vit_blocks.projection_biases_are_zero(params, model):
     proj_biases.append(False)
   return [Layout(mlp_layer, proj_bias) for mlp_layer in mlp_layers
           for proj_bias in proj_biases]
@@ -537,12 +459,7 @@ def convert(params, model: vit.VisionTransformer,
           classifiers=('head', 'head_dist') if distilled else ('head',),
           same_arg=_same_arg_in(model.block)))
       for layout in layouts(params, model)]
-  if rank is not None:
-    ranked = [(rank(conversion), index)
-              for index, (_, conversion) in enumerate(candidates)]
-    fitting = [item for item in ranked if item[0] is not None]
-    if fitting:
-      candidates = [candidates[min(fitting)[1]]]
-  layout, chosen = candidates[0]
+  layout, chosen = candidates[0 if rank is None else nearest(
+      [conversion for _, conversion in candidates], rank)]
   return dataclasses.replace(
       chosen, state_dict=state_dict(params, model, image_size, layout))
