@@ -15,7 +15,6 @@ fine-tuning with a new head at another resolution.
 import dataclasses
 import json
 import os
-import re
 import types
 
 from absl import flags
