@@ -24,6 +24,7 @@ ACTIVATIONS = {
     'gelu_tanh': lambda x: 0.5 * x * (1 + np.tanh(
         math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
     'quick_gelu': lambda x: x / (1 + np.exp(-1.702 * x)),
+    'silu': lambda x: x / (1 + np.exp(-x)),
 }
 
 
@@ -57,11 +58,16 @@ def _attend(q_BAQE, k_BAKE, v_BAKE):
                                                  heads * head_dim)
 
 
-def _self_attention(p, name, x, num_heads):
+def _self_attention(p, name, x, num_heads, eps=1e-6):
+  """Attention, with the inner norm (scale_attn_norm) before proj where
+  there is one."""
   batch, tokens, _ = x.shape
   qkv = _linear(p, f'{name}.qkv', x).reshape(batch, tokens, 3, num_heads, -1)
   q, k, v = qkv.transpose(2, 0, 3, 1, 4)
-  return _linear(p, f'{name}.proj', _attend(q, k, v))
+  y = _attend(q, k, v)
+  if f'{name}.norm.weight' in p:
+    y = _layer_norm(p, f'{name}.norm', y, eps)
+  return _linear(p, f'{name}.proj', y)
 
 
 def _differential_attention(p, name, q, k, v, num_heads, depth):
@@ -92,13 +98,13 @@ def _block(p, block, x, num_heads, eps, activation, post_norm, depth):
   """Block (pre-norm), ResPostBlock (post_norm) or, with DiffAttention's
   lambdas, Block with attn_layer='diff'."""
   norm = lambda name, y: _layer_norm(p, f'{block}.{name}', y, eps)
-  attend = lambda y: _self_attention(p, f'{block}.attn', y, num_heads)
+  attend = lambda y: _self_attention(p, f'{block}.attn', y, num_heads, eps)
   if f'{block}.attn.lambda_q1' in p:
     def attend(y):  # pylint: disable=function-redefined
       q, k, v = np.split(_linear(p, f'{block}.attn.qkv', y), 3, axis=-1)
       return _linear(p, f'{block}.attn.proj', _differential_attention(
           p, f'{block}.attn.', q, k, v, num_heads, depth))
-  mlp = lambda y: _mlp(p, f'{block}.mlp', y, activation)
+  mlp = lambda y: _mlp(p, f'{block}.mlp', y, activation, eps)
   if post_norm:
     x = x + norm('norm1', attend(x))
     return x + norm('norm2', mlp(x))
@@ -134,9 +140,23 @@ def _parallel_block(p, block, x, num_heads, eps, activation, depth):
   return x + y * p.get(f'{block}.ls.gamma', 1.)
 
 
-def _mlp(p, name, x, activation):
-  return _linear(p, f'{name}.fc2',
-                 ACTIVATIONS[activation](_linear(p, f'{name}.fc1', x)))
+def _mlp(p, name, x, activation, eps=1e-6):
+  """Mlp, SwiGLU (act(fc1_g) * fc1_x) or GluMlp(gate_last=False) (fc1
+  twice fc2's inputs: act(first half) * second half), with the inner norm
+  (scale_mlp_norm) where there is one."""
+  act = ACTIVATIONS[activation]
+  if f'{name}.fc1_g.weight' in p:
+    y = act(_linear(p, f'{name}.fc1_g', x)) * _linear(p, f'{name}.fc1_x', x)
+  else:
+    y = _linear(p, f'{name}.fc1', x)
+    if y.shape[-1] == 2 * p[f'{name}.fc2.weight'].shape[1]:
+      gate, value = np.split(y, 2, axis=-1)
+      y = act(gate) * value
+    else:
+      y = act(y)
+  if f'{name}.norm.weight' in p:
+    y = _layer_norm(p, f'{name}.norm', y, eps)
+  return _linear(p, f'{name}.fc2', y)
 
 
 def _attention_pool(p, x, num_heads, eps, activation):

@@ -15,7 +15,6 @@ fine-tuning with a new head at another resolution.
 import dataclasses
 import json
 import os
-import re
 import types
 
 from absl import flags
@@ -252,14 +251,17 @@ def test_the_way_back_to_timm_writes_the_checkpoint_again(hubs, name,
     np.testing.assert_array_equal(np.asarray(written[key]), value)
 
 
-def test_save_timm_refuses_a_gelu_gated_mlp_by_name(tmp_path):
-  # timm's ViT with GluMlp and GELU: timm's Eva gates with SiLU only.
+def test_save_timm_writes_a_gelu_gated_mlp_as_timm_vit(tmp_path):
+  # timm's ViT with GluMlp and GELU (timm's Eva gates with SiLU only) goes
+  # back as timm's ViT: GluMlp's packed fc1 (gate first) and act_layer.
   loaded = pretrained.load(str(eva_fixtures.write_family(
       tmp_path / 'hub', 'vit_glu_inner_norms')))
-  with pytest.raises(to_timm.Untranslatable, match='^' + re.escape(
-      "timm cannot express a gated MLP of activation 'gelu_erf'")):
-    to_timm.save_timm(loaded.params, loaded.model, tmp_path / 'out')
-  assert not (tmp_path / 'out').exists()
+  config = to_timm.save_timm(loaded.params, loaded.model, tmp_path / 'out')
+  assert config['architecture'] == 'vit_giant_patch14_dinov2'
+  assert config['model_args']['act_layer'] == 'gelu'
+  back = pretrained.load(str(tmp_path / 'out'))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back.params,
+                         loaded.params)
 
 
 # -------------------------------------------------------------- fine-tuning --

@@ -60,16 +60,26 @@ Conversion = to_timm_vit.Conversion
 
 def _convert_vit(params, model, image_size: Tuple[int, int]) -> Conversion:
   """The ViT family: timm's hybrid layout for an R+ViT (`resnet_units`);
-  timm's Eva for a ViT with an option only it has (RoPE, gated MLPs, inner
-  norms; of its equivalent layouts the one nearest a definition); else
-  timm's VisionTransformer."""
+  else timm's VisionTransformer and, for a model with an option of timm's
+  Eva (RoPE, gated MLPs, inner norms), its Eva: of the layouts either can
+  write, the one nearest a definition (an AIMv2 or a BEiT-3 is timm's ViT,
+  an EVA-02 its Eva)."""
   if model.resnet_units is not None:
     return to_timm_hybrid.convert(params, model, image_size)
+  rank = lambda conversion: _order(conversion, image_size)
+  writers = [to_timm_vit.convert]
   if to_timm_eva.needs_eva(model):
-    return to_timm_eva.convert(
-        params, model, image_size,
-        rank=lambda conversion: _order(conversion, image_size))
-  return to_timm_vit.convert(params, model, image_size)
+    writers.append(to_timm_eva.convert)
+  conversions, refusals = [], []
+  for writer in writers:
+    try:
+      conversions.append(writer(params, model, image_size, rank=rank))
+    except Untranslatable as refusal:
+      refusals.append(refusal)
+  if not conversions:  # RoPE is Eva's alone: its reason; else the ViT's.
+    raise refusals[-1] if model.rope is not None else refusals[0]
+  # None fits: the last, whose fixed arguments choose_architecture names.
+  return conversions[to_timm_vit.nearest(conversions, rank, default=-1)]
 
 
 # Family name -> fn(params, model, image_size) -> Conversion.
@@ -177,7 +187,8 @@ def choose_architecture(conversion: Conversion, image_size: Tuple[int, int]
   best = _best_candidate(conversion, image_size)
   if best is None:
     fixed = ', '.join(f'{key}={value!r}'
-                      for key, value in conversion.fixed.items())
+                      for key, value in conversion.fixed.items()
+                      if value is not None)
     raise Untranslatable(
         f'timm cannot express this model: no {conversion.model_class} '
         f'definition of timm {timm_definitions.timm_version()} has {fixed}')

@@ -21,9 +21,10 @@ def linear(out: Dict[str, np.ndarray], timm: str,
 
 
 def norm(out, timm: str, ours: Mapping[str, Any]) -> None:
-  """LayerNorm scale, bias -> weight, bias."""
+  """LayerNorm scale, bias -> weight, bias (an RMSNorm has no bias)."""
   out[f'{timm}.weight'] = np.asarray(ours['scale'])
-  out[f'{timm}.bias'] = np.asarray(ours['bias'])
+  if 'bias' in ours:
+    out[f'{timm}.bias'] = np.asarray(ours['bias'])
 
 
 def fused(out, timm: str, attention: Mapping[str, Any], names) -> None:
@@ -43,9 +44,25 @@ def attention_out(out, timm: str, ours: Mapping[str, Any]) -> None:
   out[f'{timm}.bias'] = np.asarray(ours['bias'])
 
 
-def mlp(out, timm: str, ours: Mapping[str, Any]) -> None:
-  """MlpBlock Dense_0, Dense_1 -> fc1, fc2."""
-  linear(out, f'{timm}.fc1', ours['Dense_0'])
+def mlp(out, timm: str, ours: Mapping[str, Any], *,
+        packed: bool = False) -> None:
+  """MlpBlock Dense_0, Dense_1 -> fc1, fc2; its inner norm -> `norm`. A
+  gated one (Dense_0 the activated gate, Dense_value the value) -> SwiGLU's
+  fc1_g, fc1_x or, `packed`, GluMlp's one fc1 of [gate; value]
+  (gate_last=False)."""
+  if 'Dense_value' not in ours:
+    linear(out, f'{timm}.fc1', ours['Dense_0'])
+  elif packed:
+    gate, value = {}, {}
+    linear(gate, 'fc1', ours['Dense_0'])
+    linear(value, 'fc1', ours['Dense_value'])
+    for part in gate:
+      out[f'{timm}.{part}'] = np.concatenate([gate[part], value[part]])
+  else:
+    linear(out, f'{timm}.fc1_g', ours['Dense_0'])
+    linear(out, f'{timm}.fc1_x', ours['Dense_value'])
+  if 'LayerNorm_0' in ours:
+    norm(out, f'{timm}.norm', ours['LayerNorm_0'])
   linear(out, f'{timm}.fc2', ours['Dense_1'])
 
 

@@ -275,33 +275,15 @@ def _attention(out, timm: str, ours: Mapping[str, Any],
   to_timm_arrays.attention_out(out, f'{timm}.proj', ours['out'])
 
 
-def _mlp(out, timm: str, ours: Mapping[str, Any]) -> None:
-  """Mlp, SwiGLU (fc1_g, fc1_x: beside its norm) or GluMlp (fc1 holds
-  [gate, value])."""
-  if 'Dense_value' not in ours:
-    to_timm_arrays.linear(out, f'{timm}.fc1', ours['Dense_0'])
-  elif 'LayerNorm_0' in ours:
-    to_timm_arrays.linear(out, f'{timm}.fc1_g', ours['Dense_0'])
-    to_timm_arrays.linear(out, f'{timm}.fc1_x', ours['Dense_value'])
-  else:
-    gate, value = {}, {}
-    to_timm_arrays.linear(gate, 'fc1', ours['Dense_0'])
-    to_timm_arrays.linear(value, 'fc1', ours['Dense_value'])
-    for part in ('weight', 'bias'):
-      out[f'{timm}.fc1.{part}'] = np.concatenate(
-          [gate[f'fc1.{part}'], value[f'fc1.{part}']])
-  if 'LayerNorm_0' in ours:
-    to_timm_arrays.norm(out, f'{timm}.norm', ours['LayerNorm_0'])
-  to_timm_arrays.linear(out, f'{timm}.fc2', ours['Dense_1'])
-
-
 def _block(out, timm: str, ours: Mapping[str, Any],
            args: Mapping[str, Any]) -> None:
   to_timm_arrays.norm(out, f'{timm}.norm1', ours['LayerNorm_0'])
   _attention(out, f'{timm}.attn', ours['MultiHeadDotProductAttention_0'],
              args)
   to_timm_arrays.norm(out, f'{timm}.norm2', ours['LayerNorm_1'])
-  _mlp(out, f'{timm}.mlp', ours['MlpBlock_0'])
+  # SwiGLU (fc1_g, fc1_x) beside an MLP norm, else GluMlp's packed fc1.
+  mlp = ours['MlpBlock_0']
+  to_timm_arrays.mlp(out, f'{timm}.mlp', mlp, packed='LayerNorm_0' not in mlp)
   for index in (0, 1):
     if f'LayerScale_{index}' in ours:
       out[f'{timm}.gamma_{index + 1}'] = np.asarray(
@@ -390,12 +372,7 @@ def convert(params, model: vit.VisionTransformer,
                  defaults=EVA_DEFAULTS, fixed=fixed, state_dict={},
                  classifiers=('head',), same_arg=same_arg)
       for choice in _choices(model, blocks)]
-  if rank is not None:
-    ranked = [(rank(candidate), index) for index, candidate
-              in enumerate(candidates)]
-    fitting = [item for item in ranked if item[0] is not None]
-    if fitting:
-      candidates = [candidates[min(fitting)[1]]]
-  chosen = candidates[0]
+  chosen = candidates[0 if rank is None else to_timm_vit.nearest(candidates,
+                                                                  rank)]
   return dataclasses.replace(
       chosen, state_dict=state_dict(params, model, chosen.args))

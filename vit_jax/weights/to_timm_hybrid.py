@@ -187,8 +187,7 @@ def convert(params, model: vit.VisionTransformer,
   return to_timm_vit.Conversion(
       model_class='VisionTransformer', module=_MODULE, args=args,
       defaults=_DEFAULTS,
-      fixed={'norm_layer': to_timm_vit.norm_layer(model.layer_norm_epsilon),
-             'embed_layer': embed_layer},
+      fixed={**to_timm_vit.fixed_args(model), 'embed_layer': embed_layer},
       state_dict=state_dict, classifiers=('head',),
       first_conv=(f'{_BACKBONE}stem.conv' if units else f'{_BACKBONE}conv'),
       architectures=architectures)
