@@ -59,11 +59,41 @@ def _train_losses(workdir):
           if 'train_loss' in r}
 
 
+# The run most tests read: tiny_config's 4 steps, checkpointed at 2 and 4,
+# evaluated at 4, with dropout, so a resume must restore the dropout rng too.
+_DROPOUT = {'model.dropout_rate': 0.1}
+
+
+def _config(image_folder, **overrides):
+  return helpers.tiny_config(image_folder, **{**_DROPOUT, **overrides})
+
+
+@pytest.fixture(scope='module')
+def finished_run(image_folder, tmp_path_factory):
+  """The run of `_config`, trained once for the module in a workdir given
+  relative to the working directory.
+
+  Returns:
+    (the workdir's absolute path, the record the run returned).
+  """
+  base = tmp_path_factory.mktemp('finished')
+  with pytest.MonkeyPatch.context() as patch:
+    patch.chdir(base)
+    record = loop.train_and_evaluate(_config(image_folder), 'runs/relative')
+  return str(base / 'runs' / 'relative'), record
+
+
+def _copy(finished_run, tmp_path):
+  """A copy of the finished run's workdir to change (tests share it)."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished_run[0], workdir)
+  return workdir
+
+
 @pytest.mark.slow
 def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
-                                                             tmp_path):
-  workdir = str(tmp_path / 'run')
-  record = loop.train_and_evaluate(helpers.tiny_config(image_folder), workdir)
+                                                             finished_run):
+  workdir, record = finished_run
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   records = _records(workdir)
@@ -79,9 +109,31 @@ def test_train_and_eval_write_checkpoints_metrics_and_export(image_folder,
   # The logged lr is the one applied: warm-up step 0 already uses lr > 0.
   lrs = [r['train_lr'] for r in records if 'train_lr' in r]
   schedule = optim.learning_rate_schedule(
-      run_spec.optim_spec(helpers.tiny_config(image_folder)))
+      run_spec.optim_spec(_config(image_folder)))
   np.testing.assert_allclose(lrs, [schedule(s) for s in range(4)], rtol=1e-6)
   assert lrs[0] == pytest.approx(1e-3)
+
+
+@pytest.mark.slow
+def test_relative_workdir_checkpoints(finished_run):
+  # `finished_run` trained in 'runs/relative' from its own directory.
+  workdir, _ = finished_run
+  assert workdir.endswith(os.path.join('runs', 'relative'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
+      '2', '4']
+
+
+@pytest.fixture(scope='module')
+def options_run(image_folder, tmp_path_factory):
+  """A run with the options `finished_run` leaves off: EMA, and log windows
+  of 3 steps and 1 (a mean would differ from every step's lr).
+
+  Returns:
+    (its config, its workdir, the record it returned).
+  """
+  config = helpers.tiny_config(image_folder, log_every=3, ema_decay=0.5)
+  workdir = str(tmp_path_factory.mktemp('options') / 'run')
+  return config, workdir, loop.train_and_evaluate(config, workdir)
 
 
 def test_a_log_window_averages_loss_but_gives_lr_and_param_norm_at_its_step():
@@ -96,16 +148,23 @@ def test_a_log_window_averages_loss_but_gives_lr_and_param_norm_at_its_step():
 
 
 @pytest.mark.slow
-def test_the_logged_lr_is_the_schedules_at_the_logged_step(image_folder,
-                                                           tmp_path):
-  # Windows of 3 steps and 1: a mean would differ from every step's lr.
-  config = helpers.tiny_config(image_folder, log_every=3)
-  loop.train_and_evaluate(config, str(tmp_path / 'run'))
+def test_the_logged_lr_is_the_schedules_at_the_logged_step(options_run):
+  config, workdir, _ = options_run
   schedule = optim.learning_rate_schedule(run_spec.optim_spec(config))
   # Logged at step s (s updates done): the lr of the last update, s - 1.
-  assert [(r['step'], r['train_lr']) for r in _records(tmp_path / 'run')
+  assert [(r['step'], r['train_lr']) for r in _records(workdir)
           if r['record'] == 'train'] == [(3, float(schedule(2))),
                                          (4, float(schedule(3)))]
+
+
+@pytest.mark.slow
+def test_ema_params_are_evaluated_and_exported(options_run):
+  _, workdir, record = options_run
+  assert 'ema_top1_accuracy' in record
+  ema = pretrained.load_params(os.path.join(workdir, 'model_ema.npz'))
+  final = pretrained.load_params(os.path.join(workdir, 'model.npz'))
+  assert not np.allclose(ema['embedding']['kernel'],
+                         final['embedding']['kernel'])
 
 
 @dataclasses.dataclass
@@ -136,32 +195,23 @@ def test_run_evaluators_runs_the_due_ones_on_their_params_by_record():
 
 @pytest.mark.slow
 def test_a_finished_run_started_again_reports_without_logging_twice(
-    image_folder, tmp_path):
-  workdir = str(tmp_path / 'run')
-  first = loop.train_and_evaluate(helpers.tiny_config(image_folder), workdir)
+    image_folder, finished_run, tmp_path):
+  first = finished_run[1]
+  workdir = _copy(finished_run, tmp_path)
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read()
-  again = loop.train_and_evaluate(helpers.tiny_config(image_folder), workdir)
+  again = loop.train_and_evaluate(_config(image_folder), workdir)
   assert again == first
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == lines
 
 
 @pytest.mark.slow
-def test_relative_workdir_checkpoints(image_folder, tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  loop.train_and_evaluate(helpers.tiny_config(image_folder), 'runs/relative')
-  assert sorted(os.listdir(tmp_path / 'runs/relative/checkpoints')) == [
-      '2', '4']
-
-
-@pytest.mark.slow
 def test_eval_counts_every_example_once_and_matches_the_export(image_folder,
-                                                               tmp_path):
-  workdir = str(tmp_path / 'run')
-  record = loop.train_and_evaluate(helpers.tiny_config(image_folder), workdir)
+                                                               finished_run):
+  workdir, record = finished_run
   loaded = pretrained.load(os.path.join(workdir, 'model.npz'), 'Ti/16',
                            **helpers.TINY_VIT)
   model, params = loaded.model, loaded.params
-  data = run_spec.data_spec(helpers.tiny_config(image_folder))
+  data = run_spec.data_spec(_config(image_folder))
   images, labels = [], []
   for batch in data.eval_batches(data.source()):
     keep = batch['mask'] > 0
@@ -193,33 +243,27 @@ def _flip_a_byte_of_the_largest_file(directory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('last_checkpoint', ['never written', 'damaged'])
-def test_resume_after_a_stop_repeats_the_same_losses(image_folder, tmp_path,
+def test_resume_after_a_stop_repeats_the_same_losses(image_folder,
+                                                     finished_run, tmp_path,
                                                      caplog, last_checkpoint):
-  config = helpers.tiny_config(image_folder, total_steps=6,
-                               checkpoint_every=3, eval_every=0,
-                               **{'model.dropout_rate': 0.1})
-  straight = str(tmp_path / 'straight')
-  loop.train_and_evaluate(config, straight)
-
-  interrupted = str(tmp_path / 'interrupted')
-  loop.train_and_evaluate(config, interrupted)
-  step_6 = os.path.join(interrupted, 'checkpoints', '6')
+  interrupted = _copy(finished_run, tmp_path)
+  step_4 = os.path.join(interrupted, 'checkpoints', '4')
   if last_checkpoint == 'never written':
-    # A kill after the step-3 checkpoint: the step-6 one never happened.
-    shutil.rmtree(step_6)
+    # A kill after the step-2 checkpoint: the step-4 one never happened.
+    shutil.rmtree(step_4)
   else:
-    _flip_a_byte_of_the_largest_file(step_6)
-  loop.train_and_evaluate(config, interrupted)
+    _flip_a_byte_of_the_largest_file(step_4)
+  loop.train_and_evaluate(_config(image_folder), interrupted)
   if last_checkpoint == 'damaged':
-    assert re.search(r'checkpoint step 6 \(.*\) is damaged: changed bytes in '
-                     r'.*; resuming from step 3', caplog.text)
+    assert re.search(r'checkpoint step 4 \(.*\) is damaged: changed bytes in '
+                     r'.*; resuming from step 2', caplog.text)
     assert os.listdir(os.path.join(interrupted, 'damaged_checkpoints')) == [
-        '6']
+        '4']
 
-  assert _train_losses(interrupted) == _train_losses(straight)
+  assert _train_losses(interrupted) == _train_losses(finished_run[0])
   steps_logged = [r['step'] for r in _records(interrupted)
                   if 'train_loss' in r]
-  assert steps_logged == [1, 2, 3, 4, 5, 6]  # No step logged twice.
+  assert steps_logged == [1, 2, 3, 4]  # No step logged twice.
 
 
 def _one_step(config, devices, batch):
@@ -238,25 +282,31 @@ def _batch(size, seed=0):
           'label': rng.integers(0, len(CLASSES), size).astype(np.int32)}
 
 
+@pytest.fixture(scope='module')
+def replicated_step(image_folder):
+  """(params, metrics) of one step of a batch of 16 on the 8 devices,
+  replicated: what the other ways of taking the step must give."""
+  return _one_step(helpers.tiny_config(image_folder, batch_size=16),
+                   jax.devices(), _batch(16))
+
+
 @pytest.mark.slow
-def test_eight_device_step_equals_one_device_step(image_folder):
-  batch = _batch(16)
-  config = helpers.tiny_config(image_folder, batch_size=16)
-  params8, metrics8 = _one_step(config, jax.devices(), batch)
-  params1, metrics1 = _one_step(config, jax.devices()[:1], batch)
+def test_eight_device_step_equals_one_device_step(image_folder,
+                                                  replicated_step):
+  params8, metrics8 = replicated_step
+  params1, metrics1 = _one_step(
+      helpers.tiny_config(image_folder, batch_size=16), jax.devices()[:1],
+      _batch(16))
   np.testing.assert_allclose(metrics8['loss'], metrics1['loss'], rtol=1e-5)
   helpers.assert_trees_close(params8, params1, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_fsdp_step_equals_replicated_step(image_folder):
-  batch = _batch(16)
-  replicated, _ = _one_step(helpers.tiny_config(image_folder, batch_size=16),
-                            jax.devices(), batch)
+def test_fsdp_step_equals_replicated_step(image_folder, replicated_step):
   fsdp, _ = _one_step(
       helpers.tiny_config(image_folder, batch_size=16, fsdp=True),
-      jax.devices(), batch)
-  helpers.assert_trees_close(fsdp, replicated, rtol=1e-4, atol=1e-6)
+      jax.devices(), _batch(16))
+  helpers.assert_trees_close(fsdp, replicated_step[0], rtol=1e-4, atol=1e-6)
 
 
 def test_fsdp_shards_parameters_over_the_data_axis(image_folder):
@@ -270,13 +320,13 @@ def test_fsdp_shards_parameters_over_the_data_axis(image_folder):
 
 
 @pytest.mark.slow
-def test_gradient_accumulation_equals_one_big_batch(image_folder):
-  batch = _batch(32)
-  big, metrics_big = _one_step(
-      helpers.tiny_config(image_folder, batch_size=32), jax.devices(), batch)
+def test_gradient_accumulation_equals_one_big_batch(image_folder,
+                                                    replicated_step):
+  big, metrics_big = replicated_step
+  # Two micro-batches of 8: one example per device in each.
   accumulated, metrics_acc = _one_step(
-      helpers.tiny_config(image_folder, batch_size=32, grad_accum_steps=4),
-      jax.devices(), batch)
+      helpers.tiny_config(image_folder, batch_size=16, grad_accum_steps=2),
+      jax.devices(), _batch(16))
   np.testing.assert_allclose(metrics_acc['loss'], metrics_big['loss'],
                              rtol=1e-5)
   np.testing.assert_allclose(metrics_acc['grad_norm'],
@@ -285,43 +335,16 @@ def test_gradient_accumulation_equals_one_big_batch(image_folder):
 
 
 @pytest.mark.slow
-def test_ema_params_are_evaluated_and_exported(image_folder, tmp_path):
-  workdir = str(tmp_path / 'run')
-  record = loop.train_and_evaluate(
-      helpers.tiny_config(image_folder, ema_decay=0.5), workdir)
-  assert 'ema_top1_accuracy' in record
-  ema = pretrained.load_params(os.path.join(workdir, 'model_ema.npz'))
-  final = pretrained.load_params(os.path.join(workdir, 'model.npz'))
-  assert not np.allclose(ema['embedding']['kernel'],
-                         final['embedding']['kernel'])
-
-
-@pytest.mark.slow
-def test_fine_tune_from_a_released_npz_at_new_size_and_classes(image_folder,
-                                                               tmp_path):
+def test_fine_tune_from_an_export_at_new_size_classes_and_normalisation(
+    image_folder, tmp_path):
+  # 7 classes and a pre-logits layer, at 8 px (2x2 patches), its sidecar
+  # naming ImageNet's normalisation.
   source = helpers.tiny_model(num_classes=7, representation_size=16)
-  path = str(tmp_path / 'pretrained.npz')
-  pretrained.save_npz(helpers.random_params(source, 8), path)  # 8 px, 2x2.
-  workdir = str(tmp_path / 'run')
-  loop.train_and_evaluate(
-      helpers.tiny_config(image_folder, pretrained_path=path, optimizer='sgd',
-                          lr=0.01, total_steps=2), workdir)
-  tuned = pretrained.load_params(os.path.join(workdir, 'model.npz'))
-  assert tuned['head']['kernel'].shape == (32, len(CLASSES))
-  assert 'pre_logits' not in tuned
-  assert tuned['Transformer']['posembed_input']['pos_embedding'].shape == (
-      1, 1 + 16, 32)
-
-
-@pytest.mark.slow
-def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
-                                                       tmp_path):
-  source = helpers.tiny_model(num_classes=7)
   imagenet = models.Preprocessing(mean=(123.675, 116.28, 103.53),
                                   std=(58.395, 57.12, 57.375))
   path = str(tmp_path / 'pretrained.npz')
-  pretrained.save_npz(helpers.random_params(source, IMAGE_SIZE), path,
-                      model=source, preprocessing=imagenet)
+  pretrained.save_npz(helpers.random_params(source, 8), path, model=source,
+                      preprocessing=imagenet)
   config = helpers.tiny_config(image_folder, pretrained_path=path,
                                total_steps=2)
   assert setup_lib.preprocessing(config.pretrained_path, source) == imagenet
@@ -329,6 +352,12 @@ def test_fine_tuning_uses_the_checkpoints_normalisation(image_folder,
   record = loop.train_and_evaluate(config, workdir)
   tuned = pretrained.load(os.path.join(workdir, 'model.npz'))
   assert (tuned.preprocessing, tuned.class_names) == (imagenet, CLASSES)
+  # A new head for the 3 classes, no pre-logits, the position embedding
+  # resized to 4x4 patches.
+  assert tuned.params['head']['kernel'].shape == (32, len(CLASSES))
+  assert 'pre_logits' not in tuned.params
+  assert tuned.params['Transformer']['posembed_input'][
+      'pos_embedding'].shape == (1, 1 + 16, 32)
 
   def eval_loss(normalization):
     """The export's loss on the test split normalised so."""
@@ -437,33 +466,38 @@ def test_a_failing_evaluation_loses_no_training(image_folder, tmp_path,
   assert '2' in os.listdir(os.path.join(workdir, 'checkpoints'))
 
 
+def _signal_at(step, signum, real_evaluators):
+  """`loop.run_evaluators` that sends `signum` to this process at `step`."""
+
+  def evaluators_then_signal(evals, state, at, total_steps):
+    if at == step:
+      os.kill(os.getpid(), signum)  # Arrives in the middle of the step.
+    return real_evaluators(evals, state, at, total_steps)
+
+  return evaluators_then_signal
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_its_step_and_resuming_repeats_the_run(
-    image_folder, tmp_path, monkeypatch, signum):
-  config = helpers.tiny_config(image_folder, total_steps=6,
-                               checkpoint_every=0, eval_every=0)
-  straight = str(tmp_path / 'straight')
-  loop.train_and_evaluate(config, straight)
-
+def test_each_signal_saves_its_step_and_resuming_repeats_the_run(
+    image_folder, finished_run, tmp_path, monkeypatch):
+  # No periodic checkpoints: the stops' are the only ones.
+  config = _config(image_folder, checkpoint_every=0)
   real_evaluators = loop.run_evaluators
-
-  def evaluators_then_signal(evals, state, step, total_steps):
-    if step == 3:
-      os.kill(os.getpid(), signum)  # Arrives in the middle of step 3.
-    return real_evaluators(evals, state, step, total_steps)
-
-  monkeypatch.setattr(loop, 'run_evaluators', evaluators_then_signal)
   handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
   stopped = str(tmp_path / 'stopped')
-  with pytest.raises(preemption.Preempted,
-                     match=f'stopped by {signum.name} after step 3'):
-    loop.train_and_evaluate(config, stopped)
-  assert os.listdir(os.path.join(stopped, 'checkpoints')) == ['3']
-  # The handlers are the caller's again.
-  assert (signal.getsignal(signal.SIGTERM),
-          signal.getsignal(signal.SIGINT)) == handlers
+  # SIGTERM stops the first run at step 2, SIGINT its resume at step 3.
+  for step, signum in ((2, signal.SIGTERM), (3, signal.SIGINT)):
+    monkeypatch.setattr(loop, 'run_evaluators',
+                        _signal_at(step, signum, real_evaluators))
+    with pytest.raises(preemption.Preempted,
+                       match=f'stopped by {signum.name} after step {step}'):
+      loop.train_and_evaluate(config, stopped)
+    assert sorted(os.listdir(os.path.join(stopped, 'checkpoints'))) == [
+        str(s) for s in range(2, step + 1)]
+    # The handlers are the caller's again.
+    assert (signal.getsignal(signal.SIGTERM),
+            signal.getsignal(signal.SIGINT)) == handlers
 
   monkeypatch.setattr(loop, 'run_evaluators', real_evaluators)
   loop.train_and_evaluate(config, stopped)
-  assert _train_losses(stopped) == _train_losses(straight)
+  assert _train_losses(stopped) == _train_losses(finished_run[0])

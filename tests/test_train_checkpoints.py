@@ -5,6 +5,7 @@ import gc
 import hashlib
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -47,6 +48,31 @@ def _save_steps(workdir, steps, keep=5):
   for step in steps:
     checkpointer.save(_on_devices(_state(step)), step)
   checkpointer.close()
+
+
+@pytest.fixture(scope='module')
+def saved_workdir(tmp_path_factory):
+  """A workdir holding the checkpoints of steps 1, 2 and 3, saved once for
+  the module (orbax's saves are what costs here)."""
+  workdir = tmp_path_factory.mktemp('saved')
+  _save_steps(workdir, [1, 2, 3])
+  return workdir
+
+
+@pytest.fixture
+def saved(saved_workdir, tmp_path):
+  """Returns `copy(steps)`: tmp_path made a copy of `saved_workdir` holding
+  the checkpoints of `steps` (a subset of 1, 2, 3), as `_save_steps` would
+  have left it."""
+
+  def copy(steps):
+    source = saved_workdir / 'checkpoints'
+    for step in steps:
+      shutil.copytree(source / str(step),
+                      tmp_path / 'checkpoints' / str(step))
+    return tmp_path
+
+  return copy
 
 
 def _restore_intact(workdir, abstract=None):
@@ -118,8 +144,9 @@ def test_the_manifest_follows_the_save_without_waiting_for_close(tmp_path):
     checkpointer.close()
 
 
-def test_restore_intact_returns_the_newest_step_and_keeps_it_intact(tmp_path):
-  _save_steps(tmp_path, [1, 2])
+def test_restore_intact_returns_the_newest_step_and_keeps_it_intact(
+    saved, tmp_path):
+  saved([1, 2])
   state, step = _restore_intact(tmp_path)
   assert step == 2
   _assert_state_equal(state, _state(2))
@@ -165,9 +192,9 @@ def _add_file(step_dir):
 @pytest.mark.parametrize('damage', [
     _flip_largest_data_file, _delete_largest_data_file, _delete_manifest,
     _truncate_metadata, _add_file])
-def test_a_damaged_newest_step_is_skipped_and_moved_aside(tmp_path, caplog,
-                                                          damage):
-  _save_steps(tmp_path, [1, 2, 3])
+def test_a_damaged_newest_step_is_skipped_and_moved_aside(saved, tmp_path,
+                                                          caplog, damage):
+  saved([1, 2, 3])
   step_dir = tmp_path / 'checkpoints' / '3'
   reason = damage(step_dir)
 
@@ -181,9 +208,9 @@ def test_a_damaged_newest_step_is_skipped_and_moved_aside(tmp_path, caplog,
   assert os.listdir(tmp_path / 'damaged_checkpoints') == ['3']
 
 
-def test_several_damaged_steps_fall_back_to_the_newest_intact(tmp_path,
-                                                              caplog):
-  _save_steps(tmp_path, [1, 2, 3])
+def test_several_damaged_steps_fall_back_to_the_newest_intact(
+    saved, tmp_path, caplog):
+  saved([1, 2, 3])
   _flip_largest_data_file(tmp_path / 'checkpoints' / '3')
   _delete_manifest(tmp_path / 'checkpoints' / '2')
   state, step = _restore_intact(tmp_path)
@@ -194,8 +221,8 @@ def test_several_damaged_steps_fall_back_to_the_newest_intact(tmp_path,
   assert sorted(os.listdir(tmp_path / 'damaged_checkpoints')) == ['2', '3']
 
 
-def test_no_intact_step_is_an_error_and_moves_nothing(tmp_path):
-  _save_steps(tmp_path, [1, 2])
+def test_no_intact_step_is_an_error_and_moves_nothing(saved, tmp_path):
+  saved([1, 2])
   _flip_largest_data_file(tmp_path / 'checkpoints' / '1')
   reason = _flip_largest_data_file(tmp_path / 'checkpoints' / '2')
   step_dir = tmp_path / 'checkpoints' / '2'
@@ -211,8 +238,8 @@ def test_no_intact_step_is_an_error_and_moves_nothing(tmp_path):
   assert not os.path.exists(tmp_path / 'damaged_checkpoints')
 
 
-def test_a_skipped_step_can_be_saved_again_and_restored(tmp_path):
-  _save_steps(tmp_path, [1, 2, 3])
+def test_a_skipped_step_can_be_saved_again_and_restored(saved, tmp_path):
+  saved([1, 2, 3])
   _flip_largest_data_file(tmp_path / 'checkpoints' / '3')
   checkpointer = train_checkpoints.Checkpointer(tmp_path, keep=5)
   _, step = checkpointer.restore_intact(_abstract(_state(0)))
@@ -247,8 +274,8 @@ def test_a_skipped_step_can_be_saved_again_and_restored(tmp_path):
 # collects them itself, so their warnings are not blamed on a later test.
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_another_models_checkpoint_is_refused_not_called_damaged(
-    tmp_path, other, detail):
-  _save_steps(tmp_path, [1, 2])
+    saved, tmp_path, other, detail):
+  saved([1, 2])
   with pytest.raises(ValueError) as error:
     _restore_intact(tmp_path, _abstract(other))
   message = str(error.value)
@@ -263,8 +290,8 @@ def test_another_models_checkpoint_is_refused_not_called_damaged(
 
 
 def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(
-    tmp_path, monkeypatch):
-  _save_steps(tmp_path, [1])
+    saved, tmp_path, monkeypatch):
+  saved([1])
   state_bytes = train_checkpoints.state_bytes(_state(2))
   monkeypatch.setattr(train_checkpoints, '_free_bytes',
                       lambda directory: state_bytes // 2)

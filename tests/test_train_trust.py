@@ -108,12 +108,13 @@ loop.train_and_evaluate(helpers.tiny_config(sys.argv[1], eval_every=2),
 
 
 @pytest.mark.slow
-def test_an_evaluation_killed_midway_is_run_again_on_resume(image_folder,
-                                                            tmp_path):
+def test_evaluations_killed_or_failed_are_run_again_on_resume(
+    image_folder, tmp_path, monkeypatch):
   config = helpers.tiny_config(image_folder, eval_every=2)
   straight = str(tmp_path / 'straight')
   loop.train_and_evaluate(config, straight)
 
+  # A kill in the middle of step 2's evaluation, in a process of its own.
   killed = str(tmp_path / 'killed')
   run = subprocess.Popen(
       [sys.executable, '-c', _KILLED_IN_EVALUATION, image_folder, killed],
@@ -134,17 +135,8 @@ def test_an_evaluation_killed_midway_is_run_again_on_resume(image_folder,
   assert os.path.exists(manifest)
   assert [r['record'] for r in _records(killed)] == ['train', 'train']
 
-  loop.train_and_evaluate(config, killed)
-  evaluations = [r for r in _records(killed) if r['record'] == 'eval']
-  assert [r['step'] for r in evaluations] == [2, 4]
-  assert _without_time(_records(killed)) == _without_time(_records(straight))
-
-
-@pytest.mark.slow
-def test_a_finished_run_killed_in_its_last_evaluation_records_it(
-    image_folder, tmp_path, monkeypatch):
-  config = helpers.tiny_config(image_folder)
-  workdir = str(tmp_path / 'run')
+  # The resume evaluates step 2 again, then fails in the last evaluation:
+  # the finished run's, whose checkpoint is saved.
   real_evaluators = loop.run_evaluators
 
   def failing_last_evaluation(evals, state, step, total_steps):
@@ -154,12 +146,15 @@ def test_a_finished_run_killed_in_its_last_evaluation_records_it(
 
   monkeypatch.setattr(loop, 'run_evaluators', failing_last_evaluation)
   with pytest.raises(OSError):
-    loop.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, killed)
+  assert [r['step'] for r in _records(killed)
+          if r['record'] == 'eval'] == [2]
   monkeypatch.setattr(loop, 'run_evaluators', real_evaluators)
-  record = loop.train_and_evaluate(config, workdir)
-  evaluations = [r for r in _records(workdir) if r['record'] == 'eval']
-  assert [r['step'] for r in evaluations] == [4]
-  assert evaluations[0]['top1_accuracy'] == record['top1_accuracy']
+  record = loop.train_and_evaluate(config, killed)
+  evaluations = [r for r in _records(killed) if r['record'] == 'eval']
+  assert [r['step'] for r in evaluations] == [2, 4]
+  assert evaluations[1]['top1_accuracy'] == record['top1_accuracy']
+  assert _without_time(_records(killed)) == _without_time(_records(straight))
 
 
 @pytest.mark.slow
@@ -232,7 +227,11 @@ def test_the_programs_refusal_is_its_last_line_without_orbax_noise(
   config_file.write_text(textwrap.dedent(_CONFIG_FILE.format(
       folder=image_folder)))
   workdir = tmp_path / 'run'
-  assert _program(config_file, workdir).returncode == 0
+  # The run to resume, trained in this process (a program's start is what
+  # costs here) with the config file's config.
+  loop.train_and_evaluate(
+      helpers.tiny_config(image_folder, total_steps=2, eval_every=0),
+      str(workdir))
 
   changed = _program(config_file, workdir, '--config.lr=0.5',
                      '--config.model.mlp_dim=48')
