@@ -24,9 +24,15 @@ def _batch(batch_size=4):
   return {'image': images, 'label': jnp.arange(batch_size) % NUM_CLASSES}
 
 
+@functools.cache
+def _jitted_mix_fn(spec):
+  # One compilation per spec (jax.random.beta takes seconds to compile):
+  # the tests' seeds and batches then reuse it.
+  return jax.jit(mixing.make_mix_fn(spec, NUM_CLASSES))
+
+
 def _mix(spec, seed, batch=None):
-  mix = mixing.make_mix_fn(spec, NUM_CLASSES)
-  return jax.jit(mix)(batch or _batch(), jax.random.PRNGKey(seed))
+  return _jitted_mix_fn(spec)(batch or _batch(), jax.random.PRNGKey(seed))
 
 
 def _partner_weight(mixed, batch):
@@ -80,15 +86,17 @@ def test_cutmix_label_weight_equals_the_pasted_area(seed):
 
 
 def test_cutmix_box_area_follows_lam_away_from_the_border():
-  box = mixing.cutmix_box(jax.random.PRNGKey(0), 100, 100, jnp.float32(0.75))
+  # Jitted once per size, rather than dispatched op by op for every seed.
+  cutmix_box = jax.jit(mixing.cutmix_box, static_argnums=(1, 2))
+  box = cutmix_box(jax.random.PRNGKey(0), 100, 100, jnp.float32(0.75))
   # sqrt(1 - 0.75) = 0.5 of each side: 25% of the image unless clipped.
   assert float(box.mean()) <= 0.25 + 1e-6
-  areas = [float(mixing.cutmix_box(jax.random.PRNGKey(seed), 100, 100,
-                                   jnp.float32(0.75)).mean())
+  areas = [float(cutmix_box(jax.random.PRNGKey(seed), 100, 100,
+                            jnp.float32(0.75)).mean())
            for seed in range(20)]
   assert 0.25 in areas and min(areas) > 0.0
-  assert not np.any(mixing.cutmix_box(jax.random.PRNGKey(1), 10, 10,
-                                      jnp.float32(1.0)))
+  assert not np.any(cutmix_box(jax.random.PRNGKey(1), 10, 10,
+                               jnp.float32(1.0)))
 
 
 def test_mix_prob_zero_or_unlucky_batches_pass_through_exactly():
@@ -116,7 +124,9 @@ def test_mix_switch_prob_picks_both_methods_and_the_key_decides():
 @pytest.mark.slow
 def test_soft_labels_of_a_mixed_batch_train_through_the_step():
   """The hook runs inside the jitted step with both losses and smoothing."""
-  model = helpers.tiny_model(num_classes=NUM_CLASSES)
+  # One block: the hook and the losses are what is tested, and each loss
+  # compiles its own step.
+  model = helpers.tiny_model(num_classes=NUM_CLASSES, num_layers=1)
   params = helpers.random_params(model, SIZE)
   optimizer = optax.sgd(0.1)
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -50,8 +50,12 @@ def test_a_label_distribution_is_the_mixture_of_its_losses():
         0.5 * loss_fn(logits_BC, other_B), rtol=1e-6)
 
 
+@functools.cache
 def _state_and_step(grad_accum_steps=1, mix_batch=None):
-  model = helpers.tiny_model(num_classes=NUM_CLASSES, dropout_rate=0.1)
+  """(initial state, jitted step), built and compiled once per arguments:
+  the tests share their plain steps. One block keeps compiling cheap."""
+  model = helpers.tiny_model(num_classes=NUM_CLASSES, dropout_rate=0.1,
+                             num_layers=1)
   optimizer = optax.adam(1e-2)
   params = helpers.random_params(model, helpers.TINY_IMAGE_SIZE)
   state = steps.TrainState(
@@ -98,16 +102,16 @@ def test_mix_batch_updates_as_the_step_on_the_transformed_batch(accum_steps):
                          plain.params['head']['kernel'])
 
 
+def _one_hot_labels(batch, rng):
+  del rng
+  return {**batch, 'label': jax.nn.one_hot(batch['label'], NUM_CLASSES)}
+
+
 @pytest.mark.slow
 def test_a_hook_giving_one_hot_labels_gives_the_integer_label_update():
-
-  def one_hot(batch, rng):
-    del rng
-    return {**batch, 'label': jax.nn.one_hot(batch['label'], NUM_CLASSES)}
-
   batch = _batch()
-  state, plain_step = _state_and_step(grad_accum_steps=2)
-  _, soft_step = _state_and_step(grad_accum_steps=2, mix_batch=one_hot)
+  state, plain_step = _state_and_step(2)
+  _, soft_step = _state_and_step(2, mix_batch=_one_hot_labels)
   soft, soft_metrics = soft_step(state, batch)
   plain, plain_metrics = plain_step(state, batch)
   np.testing.assert_allclose(soft_metrics['loss'], plain_metrics['loss'],
