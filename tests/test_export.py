@@ -3,9 +3,9 @@
 Tiny random models of each family (ViT, R+ViT hybrid, Mixer, a timm
 family) are exported with only --checkpoint and --out; their SavedModel,
 ONNX and TFLite files then run in TensorFlow, ONNX Runtime and LiteRT on
-generated PNGs, at two batch sizes (the files have a symbolic batch), and
-must give the logits of `python -m vit_jax.cli.predict --logits_out`. The
-command and serving code of docs/deploy.md run as they are written.
+generated PNGs, at batch sizes 3 and 1 (the files have a symbolic batch),
+and must give the logits of `python -m vit_jax.cli.predict --logits_out`.
+The command and serving code of docs/deploy.md run as they are written.
 """
 
 import errno
@@ -100,6 +100,16 @@ def _checkpoint(family, tmp_path):
   return str(directory), spec.image_size
 
 
+def _assert_each_file_gives(expected, out, images, label):
+  """Each file of `out`, run in its runtime on `images`, gives `expected`."""
+  for name, run in export.RUNTIMES.items():
+    logits = run(os.path.join(out, name), images)
+    assert logits.dtype == np.float32 and logits.shape == expected.shape
+    error = serving.relative_error(logits, expected)
+    print(f'{label} {name}: {error:.2e}')
+    assert error <= export.TOLERANCE[name], (name, error)
+
+
 # DINOv2-style timm model with a head: register tokens, LayerScale, a
 # position embedding over the patches only, average pooling and fc_norm.
 @pytest.mark.slow
@@ -116,28 +126,18 @@ def test_each_file_gives_predicts_logits_in_its_runtime(family, tmp_path,
                                      'saved_model']
   assert 'largest relative difference' in capsys.readouterr().out
   images = _pixels(paths)
-  for name, run in export.RUNTIMES.items():
-    for batch in (3, 1):
-      logits = run(os.path.join(out, name), images[:batch])
-      assert logits.dtype == np.float32
-      assert logits.shape == expected[:batch].shape
-      error = serving.relative_error(logits, expected[:batch])
-      print(f'{family} {name} B={batch}: {error:.2e}')
-      assert error <= export.TOLERANCE[name], (name, batch, error)
+  _assert_each_file_gives(expected, out, images, f'{family} B=3')
 
-  # 28-px greyscale images, as Fashion-MNIST's: the files resize them as
-  # predict does.
+  # One 28-px greyscale image, as Fashion-MNIST's: the files resize it as
+  # predict does, and take a batch of one (export checked them on batches
+  # of 2, `bundle.CHECK_BATCH`).
   fashion = tmp_path / 'fashion'
   fashion.mkdir()
-  paths = _write_pngs(fashion, 28, ['a.png', 'b.png'], seed=1, channels=1)
+  paths = _write_pngs(fashion, 28, ['a.png'], seed=1, channels=1)
   expected = _predict_logits(checkpoint, paths, tmp_path)
   images = _pixels(paths)
-  assert images.shape == (2, 28, 28, 3) and size != 28
-  for name, run in export.RUNTIMES.items():
-    error = serving.relative_error(run(os.path.join(out, name), images),
-                                   expected)
-    print(f'{family} {name} 28 px: {error:.2e}')
-    assert error <= export.TOLERANCE[name], (name, error)
+  assert images.shape == (1, 28, 28, 3) and size != 28
+  _assert_each_file_gives(expected, out, images, f'{family} B=1, 28 px')
 
 
 def _deploy_blocks():

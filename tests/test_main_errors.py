@@ -1,5 +1,11 @@
 """vit_jax.main's bad command lines and configs: one `error:` line, exit
-status 1, no traceback, nothing written."""
+status 1, no traceback, nothing written.
+
+Errors of the flags and of the config run vit_jax.main's parse and main in
+this process (`_parse`, `_run_in_process`); the run-time error runs the real
+program (`_run_default_config`), whose stderr must hold the one line and the
+run's log line alone, at both verbosities.
+"""
 
 import os
 import re
@@ -44,6 +50,23 @@ def _parse(capsys, monkeypatch, *arguments):
   lines = capsys.readouterr().err.splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), lines
   return lines[0]
+
+
+def _run_in_process(capsys, monkeypatch, *arguments):
+  """vit_jax.main's parse and main on `--config=configs/default.py
+  ARGUMENTS...`, which must exit with status 1: stderr's lines less the
+  run's log line (`_errors`)."""
+  flag_values = flags.FlagValues()
+  main.define_flags(flag_values)
+  argv = ['main', '--config=configs/default.py', *arguments]
+  monkeypatch.setattr(sys, 'argv', argv)
+  monkeypatch.chdir(REPO)
+  with pytest.raises(SystemExit) as stopped:
+    main.main(cli_flags.parse_flags(argv, flag_values), flag_values)
+  assert stopped.value.code == 1
+  captured = capsys.readouterr()
+  assert 'Traceback' not in captured.err
+  return _errors(captured.err)
 
 
 @pytest.mark.parametrize('arguments,message', [
@@ -112,14 +135,12 @@ def test_a_misspelt_mixer_key_is_one_line(capsys, monkeypatch, tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.slow
-def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
+def test_another_familys_name_with_vit_keys_is_one_line(capsys, monkeypatch,
+                                                       tmp_path):
   # configs/default.py's config.model holds ViT keys: naming a Mixer alone
   # is refused before the workdir exists.
-  result = _run_default_config(
-      f'--workdir={tmp_path}/run', '--config.model_name=Mixer-B_16')
-  assert result.returncode == 1
-  errors = _errors(result.stderr)
+  errors = _run_in_process(capsys, monkeypatch, f'--workdir={tmp_path}/run',
+                           '--config.model_name=Mixer-B_16')
   assert len(errors) == 1, errors
   assert errors[0].startswith(
       'error: config.model has keys the mixer family does not have: '
@@ -131,30 +152,25 @@ def test_another_familys_name_with_vit_keys_is_one_line(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.slow
-def test_a_missing_data_dir_is_one_line(tmp_path):
-  result = _run_default_config(
-      f'--workdir={tmp_path}', '--config.dataset=imagefolder',
-      f'--config.data_dir={tmp_path}/nope')
-  assert result.returncode == 1
-  errors = _errors(result.stderr)
+def test_a_missing_data_dir_is_one_line(capsys, monkeypatch, tmp_path):
+  errors = _run_in_process(capsys, monkeypatch, f'--workdir={tmp_path}',
+                           '--config.dataset=imagefolder',
+                           f'--config.data_dir={tmp_path}/nope')
   assert len(errors) == 1 and errors[0].startswith('error: '), errors
   assert 'nope' in errors[0]
 
 
-@pytest.mark.slow
-def test_a_class_only_in_test_is_one_line_before_the_workdir(tmp_path):
+def test_a_class_only_in_test_is_one_line_before_the_workdir(
+    capsys, monkeypatch, tmp_path):
   # train {cat, dog} + test {cat, bird} would train a 3-way head whose
   # 'bird' is never trained.
   for split, classes in (('train', ('cat', 'dog')), ('test', ('cat', 'bird'))):
     for name in classes:
       os.makedirs(tmp_path / 'data' / split / name)
       data_helpers.write_png(tmp_path / 'data' / split / name / 'a.png', 4, 4)
-  result = _run_default_config(
-      f'--workdir={tmp_path}/run', '--config.dataset=imagefolder',
-      f'--config.data_dir={tmp_path}/data')
-  assert result.returncode == 1
-  errors = _errors(result.stderr)
+  errors = _run_in_process(capsys, monkeypatch, f'--workdir={tmp_path}/run',
+                           '--config.dataset=imagefolder',
+                           f'--config.data_dir={tmp_path}/data')
   assert len(errors) == 1, errors
   assert errors[0].startswith(
       "error: Split 'test' has class folders that the training split 'train' "

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from absl import flags
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -112,7 +113,11 @@ def test_cli_success_prints_top_k(files):
   # (next test). Here: a full-depth file through the documented command.
   model = models.create_model(MODEL, num_classes=3, num_layers=12)
   full = str(files['root'] / 'full.npz')
-  pretrained.save_npz(helpers.random_params(model, 32), full)
+  # Random values of the right shapes: an init would compile 12 blocks.
+  rng = np.random.default_rng(0)
+  pretrained.save_npz(jax.tree_util.tree_map(
+      lambda shape: 0.1 * rng.standard_normal(shape.shape).astype(np.float32),
+      models.param_shapes(model, (32, 32))), full)
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.cli.predict', f'--checkpoint={full}',
        '--model=ViT-S_16', '--top_k=3', *files['images'][:2]],
@@ -256,27 +261,38 @@ def test_override_flags_name_their_families():
     assert flag_values[name].help.startswith(family), name
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('case,args,message', [
-    ('missing checkpoint', ['--checkpoint=/nonexistent/m.npz'],
-     'does not exist'),
-    ('wrong model', ['--model=ViT-B_16'], 'hidden size 384 but ViT-B_16'),
-    ('depth mismatch', [], 'num layers 1 but ViT-S_16 has 12'),
-])
-def test_cli_bad_input_exits_non_zero_with_a_message(files, case, args,
-                                                     message):
-  del case
+def _bad_input_arguments(files, args):
   base = {'--checkpoint': files['checkpoint'], '--model': 'ViT-S_16'}
   for arg in args:
     key, value = arg.split('=', 1)
     base[key] = value
+  return [*(f'{k}={v}' for k, v in base.items()), files['images'][0]]
+
+
+@pytest.mark.slow
+def test_cli_bad_input_exits_non_zero_with_a_message(files):
+  # The program itself: status 1, the message, no traceback.
   result = subprocess.run(
       [sys.executable, '-m', 'vit_jax.cli.predict',
-       *(f'{k}={v}' for k, v in base.items()), files['images'][0]],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+       *_bad_input_arguments(files, [])], cwd=REPO, capture_output=True,
+      text=True, timeout=300)
   assert result.returncode == 1
-  assert message in result.stderr
+  assert 'num layers 1 but ViT-S_16 has 12' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+# The same path as the program's depth mismatch above, in this process.
+@pytest.mark.parametrize('args,message', [
+    (['--checkpoint=/nonexistent/m.npz'], 'does not exist'),
+    (['--model=ViT-B_16'], 'hidden size 384 but ViT-B_16'),
+])
+def test_other_bad_input_exits_with_one_line(files, capsys, args, message):
+  with pytest.raises(SystemExit) as exit_info:
+    _cli(_bad_input_arguments(files, args))
+  assert exit_info.value.code == 1
+  error = capsys.readouterr().err
+  assert error.startswith('error: ') and error.count('\n') == 1, error
+  assert message in error
 
 
 def test_truncated_checkpoint_and_broken_image(files, tmp_path):
