@@ -90,6 +90,38 @@ def random_params(model, image_size, seed=0, scale=0.3):
           x.shape).astype(np.float32), params)
 
 
+def quick_random_params(model, image_size, seed=0, scale=0.3):
+  """Random params of `model`'s tree without running its initialiser.
+
+  `random_params` compiles the initialiser (seconds on a CPU, per model);
+  this traces it for the shapes only and draws every leaf from NumPy:
+  `scale` times a standard normal, around 1 for the 'scale' leaves (norms,
+  layer scale) and around 0 for the rest, the magnitudes `random_params`
+  gives. For tests of what a model computes from its params; the
+  initialisation is tested on its own.
+
+  Args:
+    model: a model of any registered family.
+    image_size: the input size, an int (square) or (H, W).
+    seed: the NumPy seed.
+    scale: the standard deviation of every leaf.
+
+  Returns:
+    The params tree of float32 NumPy arrays.
+  """
+  size = ((image_size, image_size) if isinstance(image_size, int)
+          else tuple(image_size))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, shape):
+    centre = 1.0 if getattr(path[-1], 'key', None) == 'scale' else 0.0
+    return (centre + scale * rng.standard_normal(shape.shape)).astype(
+        np.float32)
+
+  return jax.tree_util.tree_map_with_path(
+      draw, models.param_shapes(model, size))
+
+
 def random_images(batch, image_size, seed=0):
   rng = np.random.default_rng(seed)
   return rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(

@@ -110,8 +110,8 @@ def test_options_off_by_default_add_no_parameters():
                 num_layers=1, num_heads=2, mlp_dim=32)
   images = np.zeros((1, 16, 16, 3), np.float32)
   shapes = lambda **extra: jax.tree_util.tree_map(
-      np.shape, vit.VisionTransformer(**kwargs, **extra).init(
-          jax.random.PRNGKey(0), images)['params'])
+      np.shape, jax.eval_shape(vit.VisionTransformer(**kwargs, **extra).init,
+                               jax.random.PRNGKey(0), images)['params'])
   plain = shapes()
   block = lambda tree: tree['Transformer']['encoderblock_0']
   assert 'Dense_value' not in block(plain)['MlpBlock_0']

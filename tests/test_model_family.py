@@ -5,7 +5,6 @@ prediction, features and the weight-decay mask."""
 from typing import Any, Mapping, Optional, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -127,7 +126,7 @@ def test_names_resolve_to_their_family_and_clashes_are_refused(toy_family):
 
 def test_weight_decay_mask_follows_the_family(toy_family):
   model = models.create_model('Toy-S_4', num_classes=2)
-  params = models.init_params(model, jax.random.PRNGKey(0), (8, 8))
+  params = models.param_shapes(model, (8, 8))
   mask = optim.weight_decay_mask('kernels', toy_family.no_weight_decay)(params)
   assert mask == {'toy_embed': {'kernel': True, 'bias': False},
                   'offset': False, 'head': {'kernel': True, 'bias': False}}
@@ -179,9 +178,7 @@ def test_trains_exports_loads_and_predicts_like_a_vit(toy_family,
 def test_features_and_fine_tuning_go_through_the_family(toy_family,
                                                         tmp_path):
   source = models.create_model('Toy-S_4', num_classes=5)
-  params = jax.tree_util.tree_map(
-      lambda x: x + 0.5, models.init_params(source, jax.random.PRNGKey(0),
-                                            (8, 8)))
+  params = helpers.quick_random_params(source, 8)
   path = tmp_path / 'toy.npz'
   pretrained.save_npz(params, path)
 
@@ -196,7 +193,7 @@ def test_features_and_fine_tuning_go_through_the_family(toy_family,
                                     attention_layers=(0,))
 
   target = models.create_model('Toy-S_4', num_classes=2)
-  init = models.init_params(target, jax.random.PRNGKey(1), (8, 8))
+  init = helpers.quick_random_params(target, 8, seed=1)
   tuned = pretrained.load_for_fine_tuning(path, target, init,
                                           image_size=(8, 8))
   np.testing.assert_array_equal(tuned['toy_embed']['kernel'],

@@ -48,12 +48,12 @@ def _to_new_numbering(flat):
 @pytest.fixture(scope='module')
 def hybrid_params():
   model = helpers.tiny_hybrid()
-  return helpers.random_params(model, 32)
+  return helpers.quick_random_params(model, 32)
 
 
 @pytest.fixture(scope='module')
 def vit_params():
-  return helpers.random_params(helpers.tiny_model(), helpers.TINY_IMAGE_SIZE)
+  return helpers.quick_random_params(helpers.tiny_model(), helpers.TINY_IMAGE_SIZE)
 
 
 def test_round_trip_write_read(tmp_path, vit_params):
@@ -204,17 +204,18 @@ def test_resize_to_a_non_square_grid_and_back_from_one():
 @pytest.mark.slow
 def test_fine_tuning_load_replaces_the_head_and_resizes(tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
-  source_params = helpers.random_params(source, 16)
+  source_params = helpers.quick_random_params(source, 16)
   path = tmp_path / 'pre.npz'
   pretrained.save_npz(source_params, path)
 
   target = helpers.tiny_model(num_classes=3)  # No pre_logits, 24 px.
-  init = models.init_params(target, jax.random.PRNGKey(1), (24, 24))
+  init = helpers.quick_random_params(target, 24, seed=1)
   params = pretrained.load_for_fine_tuning(path, target, init,
                                           image_size=(24, 24))
   assert 'pre_logits' not in params
   assert params['head']['kernel'].shape == (32, 3)
-  np.testing.assert_array_equal(params['head']['kernel'], 0)
+  np.testing.assert_array_equal(params['head']['kernel'],
+                                init['head']['kernel'])
   np.testing.assert_array_equal(params['cls'], source_params['cls'])
   expected = posemb.resize(
       source_params['Transformer']['posembed_input']['pos_embedding'], (6, 6),
@@ -226,11 +227,11 @@ def test_fine_tuning_load_replaces_the_head_and_resizes(tmp_path):
 @pytest.mark.slow
 def test_fine_tuning_keeps_pre_logits_when_the_model_has_them(tmp_path):
   source = helpers.tiny_model(num_classes=7, representation_size=16)
-  source_params = helpers.random_params(source, 16)
+  source_params = helpers.quick_random_params(source, 16)
   path = tmp_path / 'pre.npz'
   pretrained.save_npz(source_params, path)
   target = helpers.tiny_model(representation_size=16)
-  init = models.init_params(target, jax.random.PRNGKey(1), (16, 16))
+  init = helpers.quick_random_params(target, 16, seed=1)
   params = pretrained.load_for_fine_tuning(path, target, init,
                                           image_size=(16, 16))
   np.testing.assert_array_equal(params['pre_logits']['kernel'],
@@ -241,9 +242,9 @@ def test_fine_tuning_keeps_pre_logits_when_the_model_has_them(tmp_path):
 def test_fine_tuning_from_another_model_names_the_mismatch(tmp_path):
   path = tmp_path / 'other.npz'
   pretrained.save_npz(
-      helpers.random_params(helpers.tiny_model(hidden_size=16), 16), path)
+      helpers.quick_random_params(helpers.tiny_model(hidden_size=16), 16), path)
   target = helpers.tiny_model()
-  init = models.init_params(target, jax.random.PRNGKey(0), (16, 16))
+  init = helpers.quick_random_params(target, 16)
   with pytest.raises(npz.CheckpointMismatchError,
                      match='shape mismatch'):
     pretrained.load_for_fine_tuning(path, target, init, image_size=(16, 16))
@@ -254,7 +255,7 @@ def test_pretrained_load_infers_the_model_and_matches_numpy(tmp_path,
                                                             classifier):
   source = models.create_model('ViT-S_16', num_classes=5, num_layers=1,
                                classifier=classifier, representation_size=8)
-  params = helpers.random_params(source, 32)
+  params = helpers.quick_random_params(source, 32)
   path = tmp_path / 'm.npz'
   pretrained.save_npz(params, path)
 
@@ -269,13 +270,13 @@ def test_pretrained_load_infers_the_model_and_matches_numpy(tmp_path,
   resized = vit_family.FAMILY.to_released(loaded)
   reference = numpy_vit.forward(resized, images, num_layers=1, patch=16,
                                 classifier=classifier)
-  np.testing.assert_allclose(pretrained.predict_logits(model, loaded, images),
+  np.testing.assert_allclose(model.apply({'params': loaded}, images),
                              reference, rtol=1e-4, atol=1e-5)
 
 
 def test_pretrained_load_with_the_wrong_model_is_explained(tmp_path):
   path = tmp_path / 'm.npz'
-  pretrained.save_npz(helpers.random_params(helpers.tiny_model(), 16), path)
+  pretrained.save_npz(helpers.quick_random_params(helpers.tiny_model(), 16), path)
   with pytest.raises(npz.CheckpointMismatchError,
                      match='hidden size 32 but ViT-B_16 has 768'):
     pretrained.load(path, 'ViT-B_16')
@@ -306,7 +307,7 @@ def test_load_reads_the_whole_architecture_off_the_arrays(tmp_path, kind):
     source, size, name = helpers.tiny_model(num_classes=5, **options), 16, (
         'Ti/16')
     architecture = helpers.TINY_VIT
-  params = helpers.random_params(source, size)
+  params = helpers.quick_random_params(source, size)
   path = tmp_path / 'm.npz'
   pretrained.save_npz(params, path)  # No sidecar: the arrays alone.
 
@@ -324,8 +325,8 @@ def test_load_reads_the_whole_architecture_off_the_arrays(tmp_path, kind):
       size, vit_family.FAMILY.preprocessing, None)
   images = helpers.random_images(2, size)
   np.testing.assert_allclose(
-      pretrained.predict_logits(model, loaded.params, images),
-      pretrained.predict_logits(source, params, images), rtol=1e-5, atol=1e-6)
+      model.apply({'params': loaded.params}, images),
+      source.apply({'params': params}, images), rtol=1e-5, atol=1e-6)
 
 
 def test_describe_reads_the_variants_architecture():

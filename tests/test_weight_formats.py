@@ -19,7 +19,8 @@ RELEASED_NAME = 'imagenet21k/ViT-B_16'
 
 @pytest.fixture(scope='module')
 def vit_params():
-  return helpers.random_params(helpers.tiny_model(), helpers.TINY_IMAGE_SIZE)
+  return helpers.quick_random_params(helpers.tiny_model(),
+                                     helpers.TINY_IMAGE_SIZE)
 
 
 @pytest.fixture
