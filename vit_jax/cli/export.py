@@ -96,7 +96,9 @@ def run(checkpoint: str, out: str, model_name: Optional[str] = None, *,
   if output_format == 'timm':
     return _write_timm(loaded, out)
   try:
-    errors = export.export(loaded, out, precision=precision)
+    # A stop signal whose exception a library swallowed still stops it.
+    errors = export.export(loaded, out, precision=precision,
+                           before_commit=preemption.raise_if_stopped)
   except ImportError as e:
     if not extras.is_optional(e.name):
       raise

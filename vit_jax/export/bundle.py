@@ -12,7 +12,7 @@ import errno
 import os
 import secrets
 import shutil
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -61,7 +61,9 @@ def check_out(out: str) -> None:
 
 
 def export(loaded: pretrained.LoadedModel, out: str, *,
-           precision: str = 'float32') -> Dict[str, float]:
+           precision: str = 'float32',
+           before_commit: Optional[Callable[[], None]] = None
+           ) -> Dict[str, float]:
   """Writes the serving files of `loaded` into the new directory `out`.
 
   They are written into a temporary directory beside `out`, checked in
@@ -76,6 +78,9 @@ def export(loaded: pretrained.LoadedModel, out: str, *,
     precision: the ONNX and TFLite files' weights and computation: 'float32'
       (the default), 'float16' or 'int8' (dynamic-range); the SavedModel is
       float32. A reduced file is checked against `tolerance`.
+    before_commit: called once the files are written and checked, before
+      they are renamed to `out`; an exception from it abandons them (the
+      export program re-raises a stop signal a library swallowed).
 
   Returns:
     File name -> largest relative difference of its logits from JAX's on
@@ -106,6 +111,8 @@ def export(loaded: pretrained.LoadedModel, out: str, *,
       os.makedirs(parent, exist_ok=True)
       os.mkdir(work, 0o700)
       errors = _write_and_check(loaded, work, precision)
+      if before_commit is not None:
+        before_commit()
     except OSError as e:
       raise _write_error(e, work, out) from e
     _move_into_place(work, path, out)

@@ -106,6 +106,19 @@ class Interrupted(BaseException):
     return EXIT_STATUS[self.signal_name]
 
 
+# The stop signal `raise_on_stop_signals` raised, while inside it: code it
+# runs (a library's broad except) can swallow the exception.
+_raised_signal: Optional[str] = None
+
+
+def raise_if_stopped() -> None:
+  """Raises `Interrupted` again if a stop signal arrived inside
+  `raise_on_stop_signals` and its exception was swallowed on the way; a
+  program calls it before it commits its work."""
+  if _raised_signal is not None:
+    raise Interrupted(_raised_signal)
+
+
 @contextlib.contextmanager
 def raise_on_stop_signals() -> Iterator[None]:
   """Within it, SIGTERM and SIGINT raise `Interrupted` in the main thread.
@@ -122,9 +135,11 @@ def raise_on_stop_signals() -> Iterator[None]:
 
   def interrupt(signum, frame):
     del frame
+    global _raised_signal
     for stop_signal in previous:
       signal.signal(stop_signal, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
+    _raised_signal = signal.Signals(signum).name
+    raise Interrupted(_raised_signal)
 
   for stop_signal in (signal.SIGTERM, signal.SIGINT):
     previous[stop_signal] = signal.signal(stop_signal, interrupt)
@@ -133,3 +148,9 @@ def raise_on_stop_signals() -> Iterator[None]:
   finally:
     for stop_signal, handler in previous.items():
       signal.signal(stop_signal, handler)
+    _forget_raised_signal()
+
+
+def _forget_raised_signal() -> None:
+  global _raised_signal
+  _raised_signal = None
