@@ -18,7 +18,6 @@ from tests import numpy_timm
 from tests import timm_fixtures
 from vit_jax import weights
 from vit_jax.models import vit
-from vit_jax.weights import safetensors_file
 from vit_jax.weights import to_timm
 
 SIZE = 32
@@ -93,10 +92,7 @@ def _written(tmp_path, name):
   return model, params, config
 
 
-def _state_dict(directory):
-  return {key: np.asarray(value) for key, value in
-          safetensors_file.open_safetensors(
-              directory / 'model.safetensors').items()}
+_state_dict = timm_fixtures.written_state_dict
 
 
 # ----------------------------------------------- round trip, no timm needed --

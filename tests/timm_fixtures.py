@@ -25,6 +25,7 @@ import numpy as np
 from safetensors import numpy as safetensors_numpy
 
 from vit_jax.models import vit
+from vit_jax.weights import safetensors_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -410,3 +411,11 @@ def timm_inputs(spec, pixels_BHWC):
   """timm's input: [0, 1] pixels normalised by pretrained_cfg, NCHW."""
   images = (pixels_BHWC / 255. - np.asarray(spec.mean)) / np.asarray(spec.std)
   return images.transpose(0, 3, 1, 2)
+
+
+def written_state_dict(directory) -> Dict[str, np.ndarray]:
+  """The arrays of the model.safetensors in `directory` (what save_timm or
+  timm wrote)."""
+  return {key: np.asarray(value) for key, value in
+          safetensors_file.open_safetensors(
+              pathlib.Path(directory) / 'model.safetensors').items()}
